@@ -1,0 +1,63 @@
+"""modelshrink: make PyTorch models smaller and faster from a YAML recipe, and prove it with numbers.
+
+Public API (mirrors the CLI; torch is imported only when a function is called):
+
+    report = modelshrink.run_recipe("recipes/resnet50_prune20.yaml", overrides=["seed=1"])
+    model = modelshrink.load("runs/resnet50_prune20/model.pt")
+    info = modelshrink.inspect("runs/resnet50_prune20/model.pt")
+    recipe = modelshrink.validate("recipes/resnet50_prune20.yaml")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from modelshrink.recipe.schema import Recipe
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "inspect", "load", "run_recipe", "validate"]
+
+
+def validate(recipe: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Parse and validate a recipe file; raises `UserError` naming the field and line."""
+    from modelshrink.recipe import load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+def run_recipe(recipe: str | Path | Recipe, *, output_dir: str | Path | None = None, force: bool = False,
+               overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run a recipe (a path or a `Recipe`) end to end; returns the report dict that report.json holds.
+
+    Raises `UserError` for bad input and `ConstraintFailed` (after writing the reports) when a gate fails."""
+    from modelshrink import pipeline
+    from modelshrink.recipe import Recipe as RecipeType
+    from modelshrink.recipe import load_recipe
+
+    if isinstance(recipe, RecipeType):
+        if overrides:
+            raise TypeError("overrides apply to recipe files; use recipe.model_copy(update=...) for objects")
+        parsed, source = recipe, None
+    else:
+        parsed, source = load_recipe(recipe, overrides), str(recipe)
+    return pipeline.run(parsed, output_dir=Path(output_dir) if output_dir else None, force=force,
+                        recipe_source=source)
+
+
+def load(path: str | Path, *, allow_pickle: bool = False) -> nn.Module:
+    """Rebuild a compressed model from its checkpoint, in eval mode, without the recipe."""
+    from modelshrink.checkpoint import load as load_checkpoint
+
+    return load_checkpoint(path, allow_pickle=allow_pickle)
+
+
+def inspect(path: str | Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """Per-layer and total parameters, sparsity, dtypes and bytes of a checkpoint or state_dict."""
+    from modelshrink.inspection import inspect_file
+
+    return inspect_file(path, allow_pickle=allow_pickle)

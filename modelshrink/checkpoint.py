@@ -1,0 +1,113 @@
+"""The compressed-model file: architecture + structural transforms + tensors, no pickled code.
+
+A pruned or quantized model no longer matches the class that built it, and pickling the module
+would make every reload run arbitrary code. So a checkpoint records how to rebuild the module:
+the architecture it came from (torchvision name or factory) and the list of structural transforms
+the stages applied (e.g. "these Linear layers became dynamic int8"). Loading rebuilds the
+architecture, replays each transform through the rebuilder its stage registered, then loads the
+state_dict strictly; everything is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelshrink.errors import UserError
+
+FORMAT = "modelshrink"
+FORMAT_VERSION = 1
+
+Rebuilder = Callable[[nn.Module, dict[str, Any]], nn.Module]
+_REBUILDERS: dict[str, Rebuilder] = {}
+
+
+@dataclass
+class Lineage:
+    """How to rebuild a model: where its architecture came from and the structural changes since."""
+
+    architecture: dict[str, Any]
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def pickled(self) -> bool:
+        return bool(self.architecture.get("pickled"))
+
+
+def register_rebuilder(kind: str) -> Callable[[Rebuilder], Rebuilder]:
+    """Stages that change a model's structure register how to redo that change on a fresh model."""
+
+    def decorator(fn: Rebuilder) -> Rebuilder:
+        _REBUILDERS[kind] = fn
+        return fn
+
+    return decorator
+
+
+def to_bytes(model: nn.Module, lineage: Lineage, input_shape: tuple[int, ...] | None = None) -> bytes:
+    from modelshrink import __version__
+
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "modelshrink_version": __version__,
+        "architecture": lineage.architecture,
+        "transforms": lineage.transforms,
+        "input_shape": list(input_shape) if input_shape else None,
+    }
+    if lineage.pickled:
+        payload["model"] = model  # the source itself was a full pickle: there is nothing to rebuild from
+    else:
+        payload["state_dict"] = model.state_dict()
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def is_checkpoint_payload(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load(path: str | Path, allow_pickle: bool = False) -> nn.Module:
+    """Rebuild a modelshrink checkpoint in eval mode, with no recipe needed."""
+    model, _ = load_with_lineage(path, allow_pickle=allow_pickle)
+    return model
+
+
+def load_with_lineage(path: str | Path, allow_pickle: bool = False) -> tuple[nn.Module, Lineage]:
+    from modelshrink.models.weights import read_file
+
+    path = Path(path)
+    payload = read_file(path, allow_pickle=allow_pickle)
+    if not is_checkpoint_payload(payload):
+        raise UserError(f"{path}: not a modelshrink checkpoint (use `modelshrink inspect` for plain state_dicts)")
+    return model_from_payload(payload, path, allow_pickle=allow_pickle)
+
+
+def model_from_payload(payload: dict[str, Any], path: Path, allow_pickle: bool = False) -> tuple[nn.Module, Lineage]:
+    from modelshrink import stages  # noqa: F401  (importing the stages registers their rebuilders)
+    from modelshrink.models import build_architecture, describe
+    from modelshrink.models.weights import load_into
+
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {version!r} is newer than this modelshrink reads")
+    lineage = Lineage(payload["architecture"], list(payload.get("transforms", [])))
+    if lineage.pickled:
+        if not isinstance(payload.get("model"), nn.Module):
+            raise UserError(f"{path}: damaged checkpoint (pickled model missing)")
+        return payload["model"].eval(), lineage
+    model = build_architecture(lineage.architecture)
+    for record in lineage.transforms:
+        rebuild = _REBUILDERS.get(record.get("kind", ""))
+        if rebuild is None:
+            raise UserError(f"{path}: unknown transform {record.get('kind')!r}; is modelshrink too old?")
+        model = rebuild(model, record)
+    load_into(model, payload["state_dict"], path, describe(lineage.architecture))
+    return model.eval(), lineage

@@ -1,0 +1,154 @@
+"""The `modelshrink` command: thin Typer wrappers over the public API; the only place exit codes live.
+
+Exit codes: 0 ok, 1 a recipe constraint failed (reports written), 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import modelshrink
+from modelshrink.errors import ConstraintFailed, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make PyTorch models smaller and faster from a YAML recipe, and prove it with numbers.")
+
+SetOption = Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
+                                              help="Override a recipe key, e.g. --set model.checkpoint=x.pt "
+                                                   "or --set stages[0].amount=0.3 (repeatable).")]
+
+
+@contextmanager
+def _exit_codes() -> Iterator[None]:
+    try:
+        yield
+    except UserError as exc:
+        _error(str(exc))
+        raise typer.Exit(UserError.exit_code) from None
+    except ConstraintFailed as exc:
+        _error(str(exc))
+        raise typer.Exit(ConstraintFailed.exit_code) from None
+
+
+def _error(message: str) -> None:
+    for line in message.splitlines():
+        print(f"error: {line}", file=sys.stderr)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output directory (overrides output.dir).")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    overrides: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout and nothing else.")] = False,
+) -> None:
+    """Compress a model as the recipe says; write the checkpoint, report.json and report.md."""
+    with _exit_codes():
+        try:
+            report = modelshrink.run_recipe(recipe, output_dir=output, force=force, overrides=overrides or [])
+        except ConstraintFailed as exc:
+            _print_report(exc.report, as_json)  # a failed gate still shows (and has written) its numbers
+            raise
+        _print_report(report, as_json)
+
+
+def _stdout() -> Any:
+    """A console for tables; wide when piped, so CI logs keep one row per line."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        from modelshrink.report import to_json
+
+        sys.stdout.write(to_json(report))
+        return
+    from rich.table import Table
+
+    from modelshrink.report import human_bytes, human_count
+
+    table = Table(title=report["recipe"].get("name") or "modelshrink", title_justify="left")
+    for column in ("stage", "accuracy", "latency b1 (ms)", f"b{report['baseline']['latency_ms']['batch_n']} (ms)",
+                   "params", "sparsity", "MACs", "size"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    rows = [("baseline", report["baseline"])] + [(s["name"], s["metrics"]) for s in report["stages"]]
+    for name, m in rows:
+        table.add_row(name, f"{m['accuracy']:.4f}", f"{m['latency_ms']['batch1_median']:.2f}",
+                      f"{m['latency_ms']['batchN_median']:.2f}", human_count(m["params"]), f"{m['sparsity']:.1%}",
+                      human_count(m["macs"]), human_bytes(m["size_bytes"]))
+    console = _stdout()
+    console.print(table)
+    for c in report["constraints"]:
+        console.print(f"{c['name']}: limit {c['limit']:.4f}, value {c['value']:.4f} → "
+                      f"{'pass' if c['passed'] else 'FAIL'}", markup=False)
+    for note in report["findings"]:
+        console.print(f"note: {note}", markup=False)
+
+
+@app.command()
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
+    overrides: SetOption = None,
+) -> None:
+    """Check a recipe without running it (same checks as `run`)."""
+    with _exit_codes():
+        parsed = modelshrink.validate(recipe, overrides or [])
+    print(f"{recipe}: ok ({len(parsed.stages)} stages: {', '.join(parsed.stage_names()) or 'none'})")
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A modelshrink checkpoint, a state_dict (.pt/.pth) or .safetensors.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the inspection as JSON.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow full unpickling (trusted files only).")]
+    = False,
+) -> None:
+    """Per-layer name, type, shape, dtype, params and sparsity; totals and size on disk."""
+    with _exit_codes():
+        info = modelshrink.inspect(path, allow_pickle=allow_pickle)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    _print_inspection(info)
+
+
+def _print_inspection(info: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from modelshrink.report import human_bytes, human_count
+
+    table = Table(title=f"{info['path']} ({info['kind']})", title_justify="left")
+    for column in ("layer", "type", "shape", "dtype", "params", "sparsity", "bytes"):
+        table.add_column(column, justify="right" if column in {"params", "sparsity", "bytes"} else "left")
+    for row in info["layers"]:
+        table.add_row(row["name"], row["type"], "x".join(map(str, row["shape"])), row["dtype"], f"{row['params']:,}",
+                      f"{row['sparsity']:.1%}", human_bytes(row["bytes"]))
+    t = info["totals"]
+    table.add_section()
+    dtypes = ", ".join(f"{k}: {human_count(v)}" for k, v in t["params_by_dtype"].items())
+    table.add_row("total", "", "", dtypes, f"{t['params']:,}", f"{t['sparsity']:.1%}", human_bytes(t["tensor_bytes"]))
+    console = _stdout()
+    console.print(table)
+    extras = [f"file {human_bytes(info['file_bytes'])}", f"non-zero params {t['nonzero_params']:,}"]
+    if "architecture" in info:
+        arch = info["architecture"]
+        extras.append(f"architecture {arch.get('torchvision') or arch.get('factory') or 'pickled'}")
+        extras.append(f"transforms {', '.join(info['transforms']) or 'none'}")
+    if "macs" in info:
+        extras.append(f"MACs {human_count(info['macs'])} at input {info['input_shape']}")
+    console.print(" · ".join(extras), markup=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

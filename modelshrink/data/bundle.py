@@ -1,0 +1,73 @@
+"""What every data source hands the pipeline: loaders, the class count and the input shape."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataBundle:
+    train: DataLoader
+    val: DataLoader
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str]
+
+    def example_inputs(self, batch_size: int, seed: int = 0) -> torch.Tensor:
+        """A fixed random batch of the model's input shape, for latency and MACs."""
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(batch_size, *self.input_shape, generator=generator)
+
+
+def make_bundle(
+    train: Dataset,
+    val: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    num_classes: int,
+    input_shape: Sequence[int],
+    class_names: Sequence[str] | None = None,
+) -> DataBundle:
+    generator = torch.Generator().manual_seed(seed)
+    common = {"batch_size": batch_size, "num_workers": num_workers}
+    return DataBundle(
+        train=DataLoader(train, shuffle=True, generator=generator, **common),
+        val=DataLoader(val, shuffle=False, **common),
+        num_classes=num_classes,
+        input_shape=tuple(input_shape),
+        class_names=list(class_names or [str(i) for i in range(num_classes)]),
+    )
+
+
+def normalization(mean: Sequence[float] | None, std: Sequence[float] | None, channels: int,
+                  default: tuple[Sequence[float], Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std as (C, 1, 1) tensors; a single value is broadcast to every channel."""
+    mean, std = (mean, std) if mean is not None and std is not None else default
+    if len(mean) == 1:
+        mean, std = list(mean) * channels, list(std) * channels
+    if len(mean) != channels or len(std) != channels:
+        from modelshrink.errors import UserError
+
+        raise UserError(f"data.mean/std: need 1 or {channels} values, got {len(mean)} and {len(std)}")
+    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices for a train/val split that keeps class proportions (falls back to random if a class is tiny)."""
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(labels)))
+    try:
+        train, val = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=list(labels))
+    except ValueError:
+        train, val = train_test_split(indices, test_size=val_fraction, random_state=seed)
+    return sorted(train), sorted(val)

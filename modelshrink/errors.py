@@ -1,0 +1,21 @@
+"""The two ways a run ends badly, each with its own exit code (only the CLI maps them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    """Bad input from the user (recipe, checkpoint, data, arguments): exit code 2, nothing written."""
+
+    exit_code = 2
+
+
+class ConstraintFailed(Exception):
+    """The run finished and wrote its reports, but a recipe constraint was violated: exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report

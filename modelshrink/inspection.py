@@ -1,0 +1,76 @@
+"""`inspect`: per-layer shapes, dtypes, parameters and sparsity of a checkpoint or a plain state_dict.
+
+(Named `inspection` so that it cannot shadow the public function `modelshrink.inspect`.)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelshrink.metrics.size import TensorEntry, count_macs, module_tensors
+
+# State-dict entries that are buffers, not learned parameters, when there is no module to ask.
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "scale", "zero_point")
+
+
+def inspect_file(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
+    from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
+    from modelshrink.models.weights import as_state_dict, read_file
+
+    path = Path(path)
+    obj = read_file(path, allow_pickle=allow_pickle)
+    info: dict[str, Any] = {"path": str(path), "file_bytes": path.stat().st_size}
+    if is_checkpoint_payload(obj):
+        model, lineage = model_from_payload(obj, path, allow_pickle=allow_pickle)
+        entries = list(module_tensors(model))
+        input_shape = obj.get("input_shape")
+        info.update(kind="modelshrink checkpoint", architecture=lineage.architecture,
+                    transforms=[t["kind"] for t in lineage.transforms], input_shape=input_shape)
+        if input_shape:
+            info["macs"] = count_macs(model, torch.zeros(1, *input_shape))
+    elif isinstance(obj, torch.nn.Module):
+        entries = list(module_tensors(obj))
+        info["kind"] = "pickled nn.Module"
+    else:
+        state_dict = as_state_dict(obj, path)
+        entries = [TensorEntry(name.rpartition(".")[0], "", name, tensor,
+                               not name.endswith(_BUFFER_SUFFIXES) and tensor.is_floating_point())
+                   for name, tensor in state_dict.items()]
+        info["kind"] = "safetensors" if path.suffix == ".safetensors" else "state_dict"
+    info["layers"] = layer_rows(entries)
+    info["totals"] = totals(entries)
+    return info
+
+
+def layer_rows(entries: list[TensorEntry]) -> list[dict[str, Any]]:
+    grouped: dict[str, list[TensorEntry]] = defaultdict(list)
+    for entry in entries:
+        grouped[entry.module].append(entry)
+    rows = []
+    for module, group in grouped.items():
+        params = [e for e in group if e.is_param]
+        if not params:
+            continue
+        main = next((e for e in params if e.name.endswith("weight")), params[0])
+        count = sum(e.tensor.numel() for e in params)
+        nonzero = sum(e.nonzero for e in params)
+        rows.append({"name": module or "(root)", "type": main.module_type, "shape": list(main.tensor.shape),
+                     "dtype": str(main.tensor.dtype).removeprefix("torch."), "params": count,
+                     "nonzero": nonzero, "sparsity": 1 - nonzero / count if count else 0.0,
+                     "bytes": sum(e.nbytes for e in group)})
+    return rows
+
+
+def totals(entries: list[TensorEntry]) -> dict[str, Any]:
+    params = [e for e in entries if e.is_param]
+    count = sum(e.tensor.numel() for e in params)
+    nonzero = sum(e.nonzero for e in params)
+    by_dtype: dict[str, int] = defaultdict(int)
+    for e in params:
+        by_dtype[str(e.tensor.dtype).removeprefix("torch.")] += e.tensor.numel()
+    return {"params": count, "nonzero_params": nonzero, "sparsity": 1 - nonzero / count if count else 0.0,
+            "tensor_bytes": sum(e.nbytes for e in entries), "params_by_dtype": dict(by_dtype)}

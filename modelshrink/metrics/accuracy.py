@@ -1,0 +1,24 @@
+"""Top-1 accuracy and mean cross-entropy on the validation split."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@torch.inference_mode()
+def evaluate_classifier(model: nn.Module, loader: DataLoader, max_batches: int | None = None) -> dict[str, float]:
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for inputs, targets in itertools.islice(loader, max_batches):
+        logits = model(inputs)
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == targets).sum().item()
+        total += targets.numel()
+    if total == 0:
+        return {"accuracy": float("nan"), "loss": float("nan")}
+    return {"accuracy": correct / total, "loss": loss_sum / total}

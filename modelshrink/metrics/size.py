@@ -1,0 +1,89 @@
+"""Parameters, non-zeros, sparsity and MACs, counted the same way for float and quantized modules.
+
+Quantized modules keep their weights behind `weight()`/`bias()` methods instead of Parameters, so
+`model.parameters()` would report an int8 Linear as having no weights; `module_tensors` looks behind.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    module: str
+    module_type: str
+    name: str
+    tensor: torch.Tensor
+    is_param: bool
+
+    @property
+    def nonzero(self) -> int:
+        t = self.tensor.dequantize() if self.tensor.is_quantized else self.tensor
+        return int(torch.count_nonzero(t).item())
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.numel() * self.tensor.element_size()
+
+
+def _packed_weights(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Weights of quantized modules, which expose `weight()` / `bias()` methods instead of Parameters."""
+    for attr in ("weight", "bias"):
+        getter = getattr(module, attr, None)
+        if callable(getter) and not isinstance(getter, torch.Tensor):
+            value = getter()
+            if isinstance(value, torch.Tensor):
+                yield attr, value
+
+
+def module_tensors(model: nn.Module) -> Iterator[TensorEntry]:
+    for module_name, module in model.named_modules():
+        kind = type(module).__name__
+        prefix = f"{module_name}." if module_name else ""
+        params = list(module.named_parameters(recurse=False))
+        for name, tensor in params or list(_packed_weights(module)):
+            yield TensorEntry(module_name, kind, prefix + name, tensor.detach(), True)
+        for name, tensor in module.named_buffers(recurse=False):
+            yield TensorEntry(module_name, kind, prefix + name, tensor, False)
+
+
+def count_parameters(model: nn.Module) -> dict[str, float]:
+    params = nonzero = 0
+    for entry in module_tensors(model):
+        if entry.is_param:
+            params += entry.tensor.numel()
+            nonzero += entry.nonzero
+    return {"params": params, "nonzero_params": nonzero, "sparsity": 1.0 - nonzero / params if params else 0.0}
+
+
+def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass (dense: zeros still cost a MAC in a dense kernel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    quantized_macs = 0
+
+    def count_quantized(module: nn.Module, _args: object, output: torch.Tensor) -> None:
+        nonlocal quantized_macs
+        if not isinstance(output, torch.Tensor):
+            return
+        if hasattr(module, "in_features"):
+            quantized_macs += output.numel() * module.in_features
+        elif hasattr(module, "kernel_size"):
+            per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+            quantized_macs += output.numel() * per_output
+
+    hooks = [m.register_forward_hook(count_quantized) for m in model.modules()
+             if any(True for _ in _packed_weights(m)) and not list(m.parameters(recurse=False))]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model(inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counter.get_total_flops() // 2 + quantized_macs

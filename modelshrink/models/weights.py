@@ -1,0 +1,88 @@
+"""Read tensors from a file safely: `weights_only=True` unless the user opted in to full unpickling."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelshrink.errors import UserError
+
+# Keys under which training scripts commonly nest the weights they save.
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
+# Prefixes that wrappers add to every key: DistributedDataParallel/DataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def read_file(path: Path, allow_pickle: bool = False) -> Any:
+    """Load a .pt/.pth/.safetensors file onto the CPU (checkpoints saved on a GPU load too)."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's TypedStorage deprecation noise on old files
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not allow_pickle:
+            raise UserError(
+                f"{path}: holds pickled Python objects (e.g. a whole nn.Module); refused because unpickling "
+                "can run arbitrary code. If you trust this file, set model.allow_pickle: true"
+            ) from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # any failure inside user pickles is the file's problem, not ours
+            raise UserError(f"{path}: cannot unpickle ({type(exc2).__name__}: {exc2})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a PyTorch checkpoint ({first})") from None
+
+
+def as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Unwrap the common shapes of a saved state_dict into a flat {name: tensor} dict."""
+    for _ in range(2):
+        if isinstance(obj, dict) and not _all_tensors(obj):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not obj or not _all_tensors(obj):
+        raise UserError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return obj
+
+
+def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    """`load_state_dict(strict=True)` with a one-line explanation when the weights do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and hasattr(v, "shape") and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise UserError(f"{path}: weights do not fit {arch}: {'; '.join(problems)}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _all_tensors(obj: dict[Any, Any]) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())

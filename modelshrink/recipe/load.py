@@ -1,0 +1,181 @@
+"""Read a recipe file, apply `--set` overrides, validate, and explain every error by path and line.
+
+PyYAML's composed node tree keeps line marks that `safe_load` drops; we walk it beside pydantic's
+error locations so that a message reads `recipe.yaml:14 stages[1].amount: must be in (0, 1), got 1.5`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from modelshrink.errors import UserError
+from modelshrink.recipe.schema import Recipe
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Parse and validate a recipe file; raise UserError with file:line messages on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read recipe ({exc})") from None
+    return parse_recipe(text, source=str(path), overrides=overrides)
+
+
+def parse_recipe(text: str, source: str = "<recipe>", overrides: Sequence[str] = ()) -> Recipe:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{where} invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe must be a YAML mapping (model, data, stages, output, ...)")
+    overridden = [apply_override(data, item) for item in overrides]
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [_explain(err, root, source, overridden) for err in exc.errors()]
+        raise UserError("\n".join(dict.fromkeys(lines))) from None
+
+
+def apply_override(data: dict[str, Any], item: str) -> list[str | int]:
+    """Set `a.b[1].c=value` (value parsed as YAML) inside `data`; return the path that was set."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.checkpoint=nightly.pt")
+    path = parse_path(key.strip())
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise UserError(f"--set {key}: {format_path(path[: i + 1])} does not exist in the recipe")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {format_path(path[:i])} is not a mapping")
+            node = node.setdefault(part, [] if isinstance(nxt, int) else {})
+    last = path[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise UserError(f"--set {key}: {format_path(path)} does not exist in the recipe")
+    elif not isinstance(node, dict):
+        raise UserError(f"--set {key}: {format_path(path[:-1])} is not a mapping")
+    node[last] = value
+    return path
+
+
+def parse_path(key: str) -> list[str | int]:
+    """`stages[1].amount` or `stages.1.amount` -> ['stages', 1, 'amount']."""
+    parts: list[str | int] = []
+    for name, index in _PATH_TOKEN.findall(key):
+        if index:
+            parts.append(int(index))
+        else:
+            parts.append(int(name) if name.isdigit() else name)
+    if not parts:
+        raise UserError(f"--set {key!r}: empty key")
+    return parts
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "recipe"
+
+
+def _explain(err: dict[str, Any], root: yaml.Node | None, source: str, overridden: list[list[str | int]]) -> str:
+    path, node = _locate(err["loc"], root)
+    message = _message(err, path)
+    for over in overridden:
+        if path[: len(over)] == over or over[: len(path)] == path:
+            return f"--set {format_path(path)}: {message}"
+    where = f"{source}:{node.start_mark.line + 1}" if node is not None else source
+    return f"{where} {format_path(path)}: {message}"
+
+
+def _locate(loc: tuple[Any, ...], root: yaml.Node | None) -> tuple[list[str | int], yaml.Node | None]:
+    """Follow pydantic's location through the YAML tree, dropping union tags that are not in the file."""
+    path: list[str | int] = []
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == part), None)
+            if child is None:
+                if isinstance(part, str) and part in _union_tags():
+                    continue
+                path.append(part)
+                node = next((k for k, _ in node.value if k.value == part), node)
+                continue
+            path.append(part)
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            path.append(part)
+            node = node.value[part]
+        elif isinstance(part, str) and part in _union_tags():
+            continue
+        else:
+            path.append(part)
+    return path, node
+
+
+def _union_tags() -> set[str]:
+    """Tag values pydantic puts into locations of tagged unions (e.g. 'prune', 'digits')."""
+    from modelshrink.recipe import schema
+
+    tags: set[str] = set()
+    for cls in vars(schema).values():
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and "kind" in cls.model_fields:
+            tags.update(getattr(cls.model_fields["kind"].annotation, "__args__", ()))
+    return tags
+
+
+def _message(err: dict[str, Any], path: list[str | int]) -> str:
+    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        field = path[-1] if path else "?"
+        return f"unknown key {field!r}" + _did_you_mean(field)
+    if kind == "missing":
+        return "required"
+    if kind == "union_tag_invalid":
+        return f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return "missing 'kind'"
+    msg = msg.removeprefix("Value error, ")
+    if "input" in err and not isinstance(err["input"], dict | list):
+        msg += f", got {err['input']!r}"
+    return msg
+
+
+def _did_you_mean(field: Any) -> str:
+    close = difflib.get_close_matches(str(field), _known_keys(), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _known_keys() -> list[str]:
+    from modelshrink.recipe import schema
+
+    keys: set[str] = set()
+    for cls in vars(schema).values():
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            keys.update(cls.model_fields)
+    return sorted(keys)

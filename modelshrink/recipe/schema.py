@@ -1,0 +1,241 @@
+"""The recipe as typed, immutable objects.
+
+Every section rejects unknown keys so that a typo ("epoch:" for "epochs:") fails loudly instead of
+silently running with a default. Stage specs form a union tagged by `kind`; adding a stage kind means
+adding one spec class here and one module in `modelshrink/stages/`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _open_fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be in (0, 1)")
+    return value
+
+
+def _closed_fraction(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be in [0, 1]")
+    return value
+
+
+Fraction = Annotated[float, AfterValidator(_open_fraction)]
+Probability = Annotated[float, AfterValidator(_closed_fraction)]
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+# ----------------------------------------------------------------------------------------------- model
+class ModelSpec(Strict):
+    """Where the model comes from: an architecture (torchvision name or factory), a checkpoint, or both.
+
+    A modelshrink checkpoint describes its own architecture. A plain state_dict or safetensors file
+    needs `torchvision` or `factory` beside it to say which module to load it into.
+    """
+
+    torchvision: str | None = None
+    factory: str | None = Field(default=None, description="'pkg.module:function' returning an nn.Module")
+    num_classes: PositiveInt | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = None
+    allow_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _one_architecture(self) -> ModelSpec:
+        if self.torchvision and self.factory:
+            raise ValueError("give either 'torchvision' or 'factory', not both")
+        if not (self.torchvision or self.factory or self.checkpoint):
+            raise ValueError("needs 'torchvision', 'factory' or 'checkpoint'")
+        if self.factory and not _FACTORY_RE.match(self.factory):
+            raise ValueError(f"factory must look like 'package.module:function', got {self.factory!r}")
+        if self.num_classes is not None and "num_classes" in self.kwargs:
+            raise ValueError("num_classes is given twice (also in kwargs)")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ data
+class _DataCommon(Strict):
+    batch_size: PositiveInt = 64
+    val_fraction: Fraction = 0.2
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _mean_std(self) -> _DataCommon:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both 'mean' and 'std', or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class DigitsData(_DataCommon):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 real images, no download)."""
+
+    kind: Literal["digits"]
+    image_size: Annotated[int, Field(ge=8)] = 32
+    channels: Literal[1, 3] = 3
+
+
+class ImageFolderData(_DataCommon):
+    """A torchvision ImageFolder: `path/train` + `path/val`, or one folder split by `val_fraction`."""
+
+    kind: Literal["imagefolder"]
+    path: Path
+    image_size: Annotated[int, Field(ge=8)] = 224
+    channels: Literal[1, 3] = 3
+
+
+class Cifar10Data(_DataCommon):
+    """CIFAR-10 in its python format (`cifar-10-batches-py`) from a local folder."""
+
+    kind: Literal["cifar10"]
+    path: Path
+    image_size: Annotated[int, Field(ge=8)] = 32
+    channels: Literal[1, 3] = 3
+
+
+class SyntheticData(_DataCommon):
+    """Random images with learnable labels, for smoke tests and benchmarks."""
+
+    kind: Literal["synthetic"]
+    num_classes: Annotated[int, Field(ge=2)] = 10
+    num_samples: Annotated[int, Field(ge=4)] = 256
+    image_size: Annotated[int, Field(ge=1)] = 32
+    channels: PositiveInt = 3
+
+
+DataSpec = Annotated[DigitsData | ImageFolderData | Cifar10Data | SyntheticData, Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------------------------------------- stages
+class _StageCommon(Strict):
+    name: str | None = Field(default=None, description="shown in reports; defaults to '<kind><index>'")
+
+
+class PruneSpec(_StageCommon):
+    """Unstructured pruning: zero the least important weights and make it permanent (no masks left)."""
+
+    kind: Literal["prune"]
+    method: Literal["unstructured"] = "unstructured"
+    importance: Literal["l1", "random"] = "l1"
+    amount: Fraction
+    scope: Literal["global", "layer"] = "global"
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    module_types: list[Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]] = Field(
+        default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"]
+    )
+
+
+class QuantizeSpec(_StageCommon):
+    kind: Literal["quantize"]
+    mode: Literal["dynamic"] = "dynamic"
+    exclude: list[str] = Field(default_factory=list)
+    module_types: list[Literal["Linear", "LSTM", "GRU"]] = Field(
+        default_factory=lambda: ["Linear", "LSTM", "GRU"]
+    )
+
+
+class TrainingSpec(_StageCommon):
+    """Settings of the one training loop, shared by every stage that trains."""
+
+    epochs: PositiveInt = 1
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Probability = 0.9
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    step_size: PositiveInt = Field(default=1, description="epochs between LR drops (schedule: step)")
+    gamma: Fraction = Field(default=0.1, description="LR factor per drop (schedule: step)")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    keep_sparsity: bool = Field(default=True, description="weights that are exactly zero stay zero")
+    max_batches_per_epoch: PositiveInt | None = None
+
+
+class FinetuneSpec(TrainingSpec):
+    """Train the current model on the recipe's data; `freeze` chooses what may change."""
+
+    kind: Literal["finetune"]
+    freeze: Literal["none", "backbone", "all_but_classifier"] = "none"
+
+
+StageSpec = Annotated[PruneSpec | QuantizeSpec | FinetuneSpec, Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------- evaluation and output
+class LatencySpec(Strict):
+    batch_size: PositiveInt = Field(default=16, description="N in 'batch N'; batch 1 is always measured")
+    warmup: Annotated[int, Field(ge=0)] = 3
+    iterations: PositiveInt = 20
+    threads: PositiveInt | None = Field(default=None, description="torch threads; default: all cores")
+
+
+class EvaluateSpec(Strict):
+    latency: LatencySpec = Field(default_factory=LatencySpec)
+    max_val_batches: PositiveInt | None = None
+
+
+class OutputSpec(Strict):
+    dir: Path
+    checkpoint_name: str = "model.pt"
+
+    @model_validator(mode="after")
+    def _plain_name(self) -> OutputSpec:
+        if "/" in self.checkpoint_name or self.checkpoint_name in {"report.json", "report.md"}:
+            raise ValueError("checkpoint_name must be a plain file name other than the reports")
+        return self
+
+
+class ConstraintsSpec(Strict):
+    max_accuracy_drop: Probability | None = Field(
+        default=None, description="absolute top-1 drop allowed against the baseline, e.g. 0.01"
+    )
+    min_accuracy: Probability | None = None
+
+
+class Recipe(Strict):
+    name: str | None = None
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec
+    stages: list[StageSpec] = Field(default_factory=list)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    output: OutputSpec
+    constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
+
+    def stage_names(self) -> list[str]:
+        """Names used in reports: the recipe's own, or '<kind><index>' (1-based)."""
+        return [spec.name or f"{spec.kind}{i}" for i, spec in enumerate(self.stages, start=1)]
+
+    @model_validator(mode="after")
+    def _trainable_after_quantize(self) -> Recipe:
+        quantized = False
+        for spec in self.stages:
+            if isinstance(spec, TrainingSpec) and quantized:
+                raise ValueError(f"stage {spec.kind!r} cannot train a model that an earlier 'quantize' stage "
+                                 "made int8; put training stages before quantization")
+            quantized = quantized or isinstance(spec, QuantizeSpec)
+        return self
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> Recipe:
+        names = self.stage_names()
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stage names must be unique, repeated: {', '.join(duplicates)}")
+        return self

@@ -1,0 +1,140 @@
+"""report.json (a stable schema for machines) and report.md (the same numbers for people).
+
+Schema version 1 — top-level keys: schema_version, version, recipe, recipe_source, environment,
+baseline, stages[{name, kind, params, metrics, duration_s}], final, constraints[{name, limit, value,
+passed}], findings[str], checkpoint, passed. Metrics keys are `modelshrink.metrics.METRIC_KEYS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from typing import Any
+
+SCHEMA_VERSION = 1
+# A stage slower than the baseline beyond noise gets called out: compressed models that run slower
+# than fp32 are a common, silent failure in compression tools. Beyond noise = above both 1.1x the
+# baseline's median and the baseline's own p95.
+SLOWDOWN_TOLERANCE = 1.10
+
+
+def build_report(*, recipe: dict[str, Any], recipe_source: str | None, baseline: dict[str, Any],
+                 stages: list[dict[str, Any]], constraints: list[dict[str, Any]], checkpoint: str) -> dict[str, Any]:
+    from modelshrink import __version__
+
+    final = stages[-1]["metrics"] if stages else baseline
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "version": __version__,
+        "recipe": recipe,
+        "recipe_source": recipe_source,
+        "environment": environment(),
+        "baseline": baseline,
+        "stages": stages,
+        "final": final,
+        "constraints": constraints,
+        "findings": findings(baseline, stages),
+        "checkpoint": checkpoint,
+        "passed": all(c["passed"] for c in constraints),
+    }
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    """Plain-language flags a reviewer should not miss (slower than the baseline, no real size gain)."""
+    notes = []
+    for stage in stages:
+        metrics = stage["metrics"]
+        for size, label in (("batch1", "batch 1"), ("batchN", "batch N")):
+            median, base = metrics["latency_ms"][f"{size}_median"], baseline["latency_ms"]
+            ratio = median / base[f"{size}_median"]
+            if ratio > SLOWDOWN_TOLERANCE and median > base[f"{size}_p95"]:
+                notes.append(f"{stage['name']}: {label} latency is {ratio:.2f}x the baseline's (slower)")
+        if stage["kind"] == "prune" and stage["params"].get("method") == "unstructured":
+            notes.append(f"{stage['name']}: unstructured zeros do not shrink the file or speed up dense kernels; "
+                         "use method: channel for speed, or compress the file for transport")
+    return notes
+
+
+# --------------------------------------------------------------------------------------------- markdown
+def to_markdown(report: dict[str, Any]) -> str:
+    base = report["baseline"]
+    title = report["recipe"].get("name") or report.get("recipe_source") or "modelshrink run"
+    lines = [f"# {title}", "", f"**{'PASSED' if report['passed'] else 'FAILED'}** · modelshrink "
+             f"{report['version']} · torch {report['environment']['torch']} · "
+             f"{base['latency_ms']['threads']} threads", ""]
+    n = base["latency_ms"]["batch_n"]
+    lines += [
+        f"| stage | accuracy | loss | latency b1 median (ms) | b1 p95 (ms) | b{n} median (ms) | params | "
+        "non-zero | sparsity | MACs | size | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        _row("baseline", "", base, base, None),
+    ]
+    lines += [_row(s["name"], s["kind"], s["metrics"], base, s["duration_s"]) for s in report["stages"]]
+    if report["constraints"]:
+        lines += ["", "## Constraints", "", "| constraint | limit | value | result |", "|---|---|---|---|"]
+        lines += [f"| {c['name']} | {c['limit']:.4f} | {c['value']:.4f} | {'pass' if c['passed'] else '**FAIL**'} |"
+                  for c in report["constraints"]]
+    if report["findings"]:
+        lines += ["", "## Findings", ""] + [f"- {note}" for note in report["findings"]]
+    lines += ["", f"Checkpoint: `{report['checkpoint']}` · deltas are against the baseline "
+              "(accuracy in points, the rest as ratios).", ""]
+    return "\n".join(lines)
+
+
+def _row(name: str, kind: str, m: dict[str, Any], base: dict[str, Any], duration: float | None) -> str:
+    lat, blat = m["latency_ms"], base["latency_ms"]
+    label = f"{name} ({kind})" if kind else name
+    cells = [
+        label,
+        _with_delta(f"{m['accuracy']:.4f}", _points(m["accuracy"] - base["accuracy"]), duration),
+        f"{m['loss']:.4f}",
+        _with_delta(f"{lat['batch1_median']:.2f}", _ratio(lat["batch1_median"], blat["batch1_median"]), duration),
+        _with_delta(f"{lat['batch1_p95']:.2f}", _ratio(lat["batch1_p95"], blat["batch1_p95"]), duration),
+        _with_delta(f"{lat['batchN_median']:.2f}", _ratio(lat["batchN_median"], blat["batchN_median"]), duration),
+        _with_delta(human_count(m["params"]), _ratio(m["params"], base["params"]), duration),
+        _with_delta(human_count(m["nonzero_params"]), _ratio(m["nonzero_params"], base["nonzero_params"]), duration),
+        f"{m['sparsity']:.1%}",
+        _with_delta(human_count(m["macs"]), _ratio(m["macs"], base["macs"]), duration),
+        _with_delta(human_bytes(m["size_bytes"]), _ratio(m["size_bytes"], base["size_bytes"]), duration),
+        "" if duration is None else f"{duration:.1f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _with_delta(value: str, delta: str, duration: float | None) -> str:
+    return value if duration is None else f"{value} ({delta})"
+
+
+def _points(delta: float) -> str:
+    return "n/a" if math.isnan(delta) else f"{delta * 100:+.2f} pt"
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
+
+
+def human_count(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(int(value))
+
+
+def human_bytes(value: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{int(value)} B"
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"

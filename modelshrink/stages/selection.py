@@ -1,0 +1,33 @@
+"""Choosing layers by name pattern and module type, shared by every stage that targets layers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
+from torch import nn
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def select_modules(model: nn.Module, include: Iterable[str], exclude: Iterable[str],
+                   types: Iterable[str]) -> list[tuple[str, nn.Module]]:
+    """Modules whose type name is in `types`, whose name matches an `include` glob and no `exclude` glob."""
+    include, exclude, types = list(include), list(exclude), set(types)
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if name
+        and type(module).__name__ in types
+        and any(fnmatchcase(name, pattern) for pattern in include)
+        and not any(fnmatchcase(name, pattern) for pattern in exclude)
+    ]
+
+
+def find_classifier(model: nn.Module) -> str:
+    """Name of the output layer: the last Linear, or the last Conv for all-convolutional heads."""
+    for types in ((nn.Linear,), (nn.Conv2d, nn.Conv1d)):
+        names = [name for name, module in model.named_modules() if isinstance(module, types)]
+        if names:
+            return names[-1]
+    raise ValueError("no Linear or Conv layer found to act as the classifier")
