@@ -30,8 +30,13 @@ def validate(recipe: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     return load_recipe(recipe, overrides)
 
 
-def run_recipe(recipe: str | Path | Recipe, *, output_dir: str | Path | None = None, force: bool = False,
-               overrides: Sequence[str] = ()) -> dict[str, Any]:
+def run_recipe(
+    recipe: str | Path | Recipe,
+    *,
+    output_dir: str | Path | None = None,
+    force: bool = False,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
     """Run a recipe (a path or a `Recipe`) end to end; returns the report dict that report.json holds.
 
     Raises `UserError` for bad input and `ConstraintFailed` (after writing the reports) when a gate fails."""
@@ -45,8 +50,7 @@ def run_recipe(recipe: str | Path | Recipe, *, output_dir: str | Path | None = N
         parsed, source = recipe, None
     else:
         parsed, source = load_recipe(recipe, overrides), str(recipe)
-    return pipeline.run(parsed, output_dir=Path(output_dir) if output_dir else None, force=force,
-                        recipe_source=source)
+    return pipeline.run(parsed, output_dir=Path(output_dir) if output_dir else None, force=force, recipe_source=source)
 
 
 def load(path: str | Path, *, allow_pickle: bool = False) -> nn.Module:

@@ -17,12 +17,21 @@ import typer
 import modelshrink
 from modelshrink.errors import ConstraintFailed, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make PyTorch models smaller and faster from a YAML recipe, and prove it with numbers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make PyTorch models smaller and faster from a YAML recipe, and prove it with numbers.",
+)
 
-SetOption = Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
-                                              help="Override a recipe key, e.g. --set model.checkpoint=x.pt "
-                                                   "or --set stages[0].amount=0.3 (repeatable).")]
+SetOption = Annotated[
+    list[str],
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a recipe key, e.g. --set model.checkpoint=x.pt or --set stages[0].amount=0.3 (repeatable).",
+    ),
+]
 
 
 @contextmanager
@@ -45,8 +54,9 @@ def _error(message: str) -> None:
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output directory (overrides output.dir).")]
-    = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output directory (overrides output.dir).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
     overrides: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout and nothing else.")] = False,
@@ -79,19 +89,36 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     from modelshrink.report import human_bytes, human_count
 
     table = Table(title=report["recipe"].get("name") or "modelshrink", title_justify="left")
-    for column in ("stage", "accuracy", "latency b1 (ms)", f"b{report['baseline']['latency_ms']['batch_n']} (ms)",
-                   "params", "sparsity", "MACs", "size"):
+    for column in (
+        "stage",
+        "accuracy",
+        "latency b1 (ms)",
+        f"b{report['baseline']['latency_ms']['batch_n']} (ms)",
+        "params",
+        "sparsity",
+        "MACs",
+        "size",
+    ):
         table.add_column(column, justify="left" if column == "stage" else "right")
     rows = [("baseline", report["baseline"])] + [(s["name"], s["metrics"]) for s in report["stages"]]
     for name, m in rows:
-        table.add_row(name, f"{m['accuracy']:.4f}", f"{m['latency_ms']['batch1_median']:.2f}",
-                      f"{m['latency_ms']['batchN_median']:.2f}", human_count(m["params"]), f"{m['sparsity']:.1%}",
-                      human_count(m["macs"]), human_bytes(m["size_bytes"]))
+        table.add_row(
+            name,
+            f"{m['accuracy']:.4f}",
+            f"{m['latency_ms']['batch1_median']:.2f}",
+            f"{m['latency_ms']['batchN_median']:.2f}",
+            human_count(m["params"]),
+            f"{m['sparsity']:.1%}",
+            human_count(m["macs"]),
+            human_bytes(m["size_bytes"]),
+        )
     console = _stdout()
     console.print(table)
     for c in report["constraints"]:
-        console.print(f"{c['name']}: limit {c['limit']:.4f}, value {c['value']:.4f} → "
-                      f"{'pass' if c['passed'] else 'FAIL'}", markup=False)
+        console.print(
+            f"{c['name']}: limit {c['limit']:.4f}, value {c['value']:.4f} → {'pass' if c['passed'] else 'FAIL'}",
+            markup=False,
+        )
     for note in report["findings"]:
         console.print(f"note: {note}", markup=False)
 
@@ -111,8 +138,9 @@ def validate(
 def inspect(
     path: Annotated[Path, typer.Argument(help="A modelshrink checkpoint, a state_dict (.pt/.pth) or .safetensors.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the inspection as JSON.")] = False,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow full unpickling (trusted files only).")]
-    = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow full unpickling (trusted files only).")
+    ] = False,
 ) -> None:
     """Per-layer name, type, shape, dtype, params and sparsity; totals and size on disk."""
     with _exit_codes():
@@ -132,8 +160,15 @@ def _print_inspection(info: dict[str, Any]) -> None:
     for column in ("layer", "type", "shape", "dtype", "params", "sparsity", "bytes"):
         table.add_column(column, justify="right" if column in {"params", "sparsity", "bytes"} else "left")
     for row in info["layers"]:
-        table.add_row(row["name"], row["type"], "x".join(map(str, row["shape"])), row["dtype"], f"{row['params']:,}",
-                      f"{row['sparsity']:.1%}", human_bytes(row["bytes"]))
+        table.add_row(
+            row["name"],
+            row["type"],
+            "x".join(map(str, row["shape"])),
+            row["dtype"],
+            f"{row['params']:,}",
+            f"{row['sparsity']:.1%}",
+            human_bytes(row["bytes"]),
+        )
     t = info["totals"]
     table.add_section()
     dtypes = ", ".join(f"{k}: {human_count(v)}" for k, v in t["params_by_dtype"].items())

@@ -28,8 +28,12 @@ def inspect_file(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]
         model, lineage = model_from_payload(obj, path, allow_pickle=allow_pickle)
         entries = list(module_tensors(model))
         input_shape = obj.get("input_shape")
-        info.update(kind="modelshrink checkpoint", architecture=lineage.architecture,
-                    transforms=[t["kind"] for t in lineage.transforms], input_shape=input_shape)
+        info.update(
+            kind="modelshrink checkpoint",
+            architecture=lineage.architecture,
+            transforms=[t["kind"] for t in lineage.transforms],
+            input_shape=input_shape,
+        )
         if input_shape:
             info["macs"] = count_macs(model, torch.zeros(1, *input_shape))
     elif isinstance(obj, torch.nn.Module):
@@ -37,9 +41,16 @@ def inspect_file(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]
         info["kind"] = "pickled nn.Module"
     else:
         state_dict = as_state_dict(obj, path)
-        entries = [TensorEntry(name.rpartition(".")[0], "", name, tensor,
-                               not name.endswith(_BUFFER_SUFFIXES) and tensor.is_floating_point())
-                   for name, tensor in state_dict.items()]
+        entries = [
+            TensorEntry(
+                name.rpartition(".")[0],
+                "",
+                name,
+                tensor,
+                not name.endswith(_BUFFER_SUFFIXES) and tensor.is_floating_point(),
+            )
+            for name, tensor in state_dict.items()
+        ]
         info["kind"] = "safetensors" if path.suffix == ".safetensors" else "state_dict"
     info["layers"] = layer_rows(entries)
     info["totals"] = totals(entries)
@@ -58,10 +69,18 @@ def layer_rows(entries: list[TensorEntry]) -> list[dict[str, Any]]:
         main = next((e for e in params if e.name.endswith("weight")), params[0])
         count = sum(e.tensor.numel() for e in params)
         nonzero = sum(e.nonzero for e in params)
-        rows.append({"name": module or "(root)", "type": main.module_type, "shape": list(main.tensor.shape),
-                     "dtype": str(main.tensor.dtype).removeprefix("torch."), "params": count,
-                     "nonzero": nonzero, "sparsity": 1 - nonzero / count if count else 0.0,
-                     "bytes": sum(e.nbytes for e in group)})
+        rows.append(
+            {
+                "name": module or "(root)",
+                "type": main.module_type,
+                "shape": list(main.tensor.shape),
+                "dtype": str(main.tensor.dtype).removeprefix("torch."),
+                "params": count,
+                "nonzero": nonzero,
+                "sparsity": 1 - nonzero / count if count else 0.0,
+                "bytes": sum(e.nbytes for e in group),
+            }
+        )
     return rows
 
 
@@ -72,5 +91,10 @@ def totals(entries: list[TensorEntry]) -> dict[str, Any]:
     by_dtype: dict[str, int] = defaultdict(int)
     for e in params:
         by_dtype[str(e.tensor.dtype).removeprefix("torch.")] += e.tensor.numel()
-    return {"params": count, "nonzero_params": nonzero, "sparsity": 1 - nonzero / count if count else 0.0,
-            "tensor_bytes": sum(e.nbytes for e in entries), "params_by_dtype": dict(by_dtype)}
+    return {
+        "params": count,
+        "nonzero_params": nonzero,
+        "sparsity": 1 - nonzero / count if count else 0.0,
+        "tensor_bytes": sum(e.nbytes for e in entries),
+        "params_by_dtype": dict(by_dtype),
+    }

@@ -29,8 +29,9 @@ from modelshrink.report import build_report, human_bytes, to_json, to_markdown
 from modelshrink.stages import STAGES, StageContext
 
 
-def run(recipe: Recipe, *, output_dir: Path | None = None, force: bool = False,
-        recipe_source: str | None = None) -> dict[str, Any]:
+def run(
+    recipe: Recipe, *, output_dir: Path | None = None, force: bool = False, recipe_source: str | None = None
+) -> dict[str, Any]:
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
     check_output_dir(out_dir, recipe, force)
     seed_everything(recipe.seed)
@@ -39,8 +40,9 @@ def run(recipe: Recipe, *, output_dir: Path | None = None, force: bool = False,
     model, lineage = load_model(recipe.model)
     model.eval()
     check_model_fits_data(model, data)
-    ctx = StageContext(data=data, original_model=copy.deepcopy(model), lineage=lineage,
-                       evaluate=recipe.evaluate, seed=recipe.seed)
+    ctx = StageContext(
+        data=data, original_model=copy.deepcopy(model), lineage=lineage, evaluate=recipe.evaluate, seed=recipe.seed
+    )
 
     log(f"baseline: {sum(p.numel() for p in model.parameters()):,} parameters, measuring")
     blob = to_bytes(model, lineage, data.input_shape)
@@ -64,14 +66,28 @@ def run(recipe: Recipe, *, output_dir: Path | None = None, force: bool = False,
 
     final = results[-1]["metrics"] if results else baseline
     constraints = check_constraints(recipe.constraints, baseline, final)
-    report = build_report(recipe=recipe.model_dump(mode="json"), recipe_source=recipe_source, baseline=baseline,
-                          stages=results, constraints=constraints, checkpoint=recipe.output.checkpoint_name)
-    write_directory(out_dir, {recipe.output.checkpoint_name: blob, "report.json": to_json(report).encode(),
-                              "report.md": to_markdown(report).encode()}, replace=force)
+    report = build_report(
+        recipe=recipe.model_dump(mode="json"),
+        recipe_source=recipe_source,
+        baseline=baseline,
+        stages=results,
+        constraints=constraints,
+        checkpoint=recipe.output.checkpoint_name,
+    )
+    write_directory(
+        out_dir,
+        {
+            recipe.output.checkpoint_name: blob,
+            "report.json": to_json(report).encode(),
+            "report.md": to_markdown(report).encode(),
+        },
+        replace=force,
+    )
     log(f"wrote {out_dir}/ ({recipe.output.checkpoint_name}, report.json, report.md)")
     if not report["passed"]:
-        failed = ", ".join(f"{c['name']} (limit {c['limit']:.4f}, got {c['value']:.4f})"
-                           for c in constraints if not c["passed"])
+        failed = ", ".join(
+            f"{c['name']} (limit {c['limit']:.4f}, got {c['value']:.4f})" for c in constraints if not c["passed"]
+        )
         raise ConstraintFailed(f"constraint failed: {failed}; reports in {out_dir}", report)
     return report
 
@@ -99,8 +115,10 @@ def check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"model output {shape} is not (batch, classes) logits")
     if out.shape[1] != data.num_classes:
-        raise UserError(f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; "
-                        f"set model.num_classes: {data.num_classes} (or use a checkpoint trained on this data)")
+        raise UserError(
+            f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; "
+            f"set model.num_classes: {data.num_classes} (or use a checkpoint trained on this data)"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -110,6 +128,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _summary(name: str, m: dict[str, Any]) -> str:
-    return (f"{name}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, batch-1 "
-            f"{m['latency_ms']['batch1_median']:.2f} ms, sparsity {m['sparsity']:.1%}, "
-            f"{human_bytes(m['size_bytes'])}")
+    return (
+        f"{name}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, batch-1 "
+        f"{m['latency_ms']['batch1_median']:.2f} ms, sparsity {m['sparsity']:.1%}, "
+        f"{human_bytes(m['size_bytes'])}"
+    )

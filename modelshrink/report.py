@@ -20,8 +20,15 @@ SCHEMA_VERSION = 1
 SLOWDOWN_TOLERANCE = 1.10
 
 
-def build_report(*, recipe: dict[str, Any], recipe_source: str | None, baseline: dict[str, Any],
-                 stages: list[dict[str, Any]], constraints: list[dict[str, Any]], checkpoint: str) -> dict[str, Any]:
+def build_report(
+    *,
+    recipe: dict[str, Any],
+    recipe_source: str | None,
+    baseline: dict[str, Any],
+    stages: list[dict[str, Any]],
+    constraints: list[dict[str, Any]],
+    checkpoint: str,
+) -> dict[str, Any]:
     from modelshrink import __version__
 
     final = stages[-1]["metrics"] if stages else baseline
@@ -44,8 +51,13 @@ def build_report(*, recipe: dict[str, Any], recipe_source: str | None, baseline:
 def environment() -> dict[str, Any]:
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
@@ -59,8 +71,10 @@ def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str
             if ratio > SLOWDOWN_TOLERANCE and median > base[f"{size}_p95"]:
                 notes.append(f"{stage['name']}: {label} latency is {ratio:.2f}x the baseline's (slower)")
         if stage["kind"] == "prune" and stage["params"].get("method") == "unstructured":
-            notes.append(f"{stage['name']}: unstructured zeros do not shrink the file or speed up dense kernels; "
-                         "use method: channel for speed, or compress the file for transport")
+            notes.append(
+                f"{stage['name']}: unstructured zeros do not shrink the file or speed up dense kernels; "
+                "use method: channel for speed, or compress the file for transport"
+            )
     return notes
 
 
@@ -68,9 +82,14 @@ def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str
 def to_markdown(report: dict[str, Any]) -> str:
     base = report["baseline"]
     title = report["recipe"].get("name") or report.get("recipe_source") or "modelshrink run"
-    lines = [f"# {title}", "", f"**{'PASSED' if report['passed'] else 'FAILED'}** · modelshrink "
-             f"{report['version']} · torch {report['environment']['torch']} · "
-             f"{base['latency_ms']['threads']} threads", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"**{'PASSED' if report['passed'] else 'FAILED'}** · modelshrink "
+        f"{report['version']} · torch {report['environment']['torch']} · "
+        f"{base['latency_ms']['threads']} threads",
+        "",
+    ]
     n = base["latency_ms"]["batch_n"]
     lines += [
         f"| stage | accuracy | loss | latency b1 median (ms) | b1 p95 (ms) | b{n} median (ms) | params | "
@@ -81,12 +100,18 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += [_row(s["name"], s["kind"], s["metrics"], base, s["duration_s"]) for s in report["stages"]]
     if report["constraints"]:
         lines += ["", "## Constraints", "", "| constraint | limit | value | result |", "|---|---|---|---|"]
-        lines += [f"| {c['name']} | {c['limit']:.4f} | {c['value']:.4f} | {'pass' if c['passed'] else '**FAIL**'} |"
-                  for c in report["constraints"]]
+        lines += [
+            f"| {c['name']} | {c['limit']:.4f} | {c['value']:.4f} | {'pass' if c['passed'] else '**FAIL**'} |"
+            for c in report["constraints"]
+        ]
     if report["findings"]:
         lines += ["", "## Findings", ""] + [f"- {note}" for note in report["findings"]]
-    lines += ["", f"Checkpoint: `{report['checkpoint']}` · deltas are against the baseline "
-              "(accuracy in points, the rest as ratios).", ""]
+    lines += [
+        "",
+        f"Checkpoint: `{report['checkpoint']}` · deltas are against the baseline "
+        "(accuracy in points, the rest as ratios).",
+        "",
+    ]
     return "\n".join(lines)
 
 

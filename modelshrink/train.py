@@ -24,15 +24,22 @@ from modelshrink.recipe.schema import TrainingSpec
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def fit(model: nn.Module, data: DataBundle, spec: TrainingSpec, *, label: str,
-        params: Sequence[nn.Parameter] | None = None, frozen_norms: Sequence[nn.Module] = (),
-        loss_fn: LossFn | None = None, max_val_batches: int | None = None) -> nn.Module:
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    spec: TrainingSpec,
+    *,
+    label: str,
+    params: Sequence[nn.Parameter] | None = None,
+    frozen_norms: Sequence[nn.Module] = (),
+    loss_fn: LossFn | None = None,
+    max_val_batches: int | None = None,
+) -> nn.Module:
     """Train `params` (default: all that require grad) for `spec.epochs`; return the model in eval mode."""
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train (every parameter is frozen)")
-    steps = len(data.train) if spec.max_batches_per_epoch is None else min(len(data.train),
-                                                                          spec.max_batches_per_epoch)
+    steps = len(data.train) if spec.max_batches_per_epoch is None else min(len(data.train), spec.max_batches_per_epoch)
     optimizer = make_optimizer(spec, params)
     scheduler = make_scheduler(spec, optimizer, steps_per_epoch=steps)
     masks = sparsity_masks(params) if spec.keep_sparsity else []
@@ -57,8 +64,10 @@ def fit(model: nn.Module, data: DataBundle, spec: TrainingSpec, *, label: str,
             loss_sum += loss.item() * targets.shape[0]
             seen += targets.shape[0]
         quality = evaluate_classifier(model, data.val, max_val_batches)
-        log(f"{label} epoch {epoch}/{spec.epochs}: train loss {loss_sum / max(seen, 1):.4f}, "
-            f"val accuracy {quality['accuracy']:.4f} ({time.perf_counter() - start:.1f}s)")
+        log(
+            f"{label} epoch {epoch}/{spec.epochs}: train loss {loss_sum / max(seen, 1):.4f}, "
+            f"val accuracy {quality['accuracy']:.4f} ({time.perf_counter() - start:.1f}s)"
+        )
     return model.eval()
 
 
@@ -66,15 +75,19 @@ def make_optimizer(spec: TrainingSpec, params: Sequence[nn.Parameter]) -> torch.
     # No weight decay on biases and norm weights (1-D tensors), as torchvision's references do.
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
-    groups = [g for g in ({"params": decay, "weight_decay": spec.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = [
+        g
+        for g in ({"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
     if spec.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
     return torch.optim.AdamW(groups, lr=spec.lr)
 
 
-def make_scheduler(spec: TrainingSpec, optimizer: torch.optim.Optimizer,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    spec: TrainingSpec, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     total = max(1, spec.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler
     if spec.schedule == "cosine":
@@ -103,6 +116,3 @@ def _cross_entropy(label_smoothing: float) -> LossFn:
         return F.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
 
     return loss
-
-
-

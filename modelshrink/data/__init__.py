@@ -6,8 +6,12 @@ from modelshrink.data import cifar10, digits, imagefolder, synthetic
 from modelshrink.data.bundle import DataBundle
 from modelshrink.recipe.schema import DataSpec
 
-_BUILDERS = {"digits": digits.build, "imagefolder": imagefolder.build, "cifar10": cifar10.build,
-             "synthetic": synthetic.build}
+_BUILDERS = {
+    "digits": digits.build,
+    "imagefolder": imagefolder.build,
+    "cifar10": cifar10.build,
+    "synthetic": synthetic.build,
+}
 
 
 def build_data(spec: DataSpec, seed: int) -> DataBundle:

@@ -48,8 +48,12 @@ def make_bundle(
     )
 
 
-def normalization(mean: Sequence[float] | None, std: Sequence[float] | None, channels: int,
-                  default: tuple[Sequence[float], Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+def normalization(
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    channels: int,
+    default: tuple[Sequence[float], Sequence[float]],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean/std as (C, 1, 1) tensors; a single value is broadcast to every channel."""
     mean, std = (mean, std) if mean is not None and std is not None else default
     if len(mean) == 1:

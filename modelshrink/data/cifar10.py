@@ -32,9 +32,16 @@ def build(spec: Cifar10Data, seed: int) -> DataBundle:
         images = torch.from_numpy(x).float().div_(255.0)
         return ImageTensorDataset(images, torch.from_numpy(y).long(), spec.image_size, spec.channels, mean, std)
 
-    return make_bundle(dataset(train_x, train_y), dataset(val_x, val_y), batch_size=spec.batch_size,
-                       num_workers=spec.num_workers, seed=seed, num_classes=10,
-                       input_shape=(spec.channels, spec.image_size, spec.image_size), class_names=CLASSES)
+    return make_bundle(
+        dataset(train_x, train_y),
+        dataset(val_x, val_y),
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        seed=seed,
+        num_classes=10,
+        input_shape=(spec.channels, spec.image_size, spec.image_size),
+        class_names=CLASSES,
+    )
 
 
 def read_folder(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -60,8 +67,10 @@ def _read_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     _ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
     }
 
     def find_class(self, module: str, name: str) -> Any:

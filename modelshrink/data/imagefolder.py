@@ -30,13 +30,15 @@ def build(spec: ImageFolderData, seed: int) -> DataBundle:
         raise UserError(f"data.path: {root} is not a directory")
     default = (IMAGENET_MEAN, IMAGENET_STD) if spec.channels == 3 else ((0.5,), (0.5,))
     mean, std = normalization(spec.mean, spec.std, spec.channels, default=default)
-    transform = transforms.Compose([
-        transforms.Grayscale(1) if spec.channels == 1 else transforms.Lambda(_to_rgb),
-        transforms.Resize(spec.image_size),
-        transforms.CenterCrop(spec.image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist()),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.Grayscale(1) if spec.channels == 1 else transforms.Lambda(_to_rgb),
+            transforms.Resize(spec.image_size),
+            transforms.CenterCrop(spec.image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist()),
+        ]
+    )
 
     def folder(path: Path) -> datasets.ImageFolder:
         try:
@@ -55,6 +57,13 @@ def build(spec: ImageFolderData, seed: int) -> DataBundle:
         full = folder(root)
         train_idx, val_idx = stratified_split(full.targets, spec.val_fraction, seed)
         classes, train, val = full.classes, Subset(full, train_idx), Subset(full, val_idx)
-    return make_bundle(train, val, batch_size=spec.batch_size, num_workers=spec.num_workers, seed=seed,
-                       num_classes=len(classes), input_shape=(spec.channels, spec.image_size, spec.image_size),
-                       class_names=classes)
+    return make_bundle(
+        train,
+        val,
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        seed=seed,
+        num_classes=len(classes),
+        input_shape=(spec.channels, spec.image_size, spec.image_size),
+        class_names=classes,
+    )

@@ -22,5 +22,12 @@ def build(spec: SyntheticData, seed: int) -> DataBundle:
     def subset(idx: list[int]) -> ImageTensorDataset:
         return ImageTensorDataset(images[idx], labels[idx], spec.image_size, spec.channels, mean, std)
 
-    return make_bundle(subset(train_idx), subset(val_idx), batch_size=spec.batch_size,
-                       num_workers=spec.num_workers, seed=seed, num_classes=spec.num_classes, input_shape=shape)
+    return make_bundle(
+        subset(train_idx),
+        subset(val_idx),
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        seed=seed,
+        num_classes=spec.num_classes,
+        input_shape=shape,
+    )

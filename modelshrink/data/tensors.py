@@ -10,8 +10,15 @@ from torch.utils.data import Dataset
 class ImageTensorDataset(Dataset):
     """Images as a (N, C, H, W) float tensor in [0, 1]; items come out at `size`, `channels`, normalised."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, channels: int,
-                 mean: torch.Tensor, std: torch.Tensor):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        size: int,
+        channels: int,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+    ):
         self.images, self.labels = images, labels
         self.size, self.channels, self.mean, self.std = size, channels, mean, std
 

@@ -20,9 +20,14 @@ def measure(model: nn.Module, data: DataBundle, spec: EvaluateSpec, size_bytes: 
     latency = spec.latency
     metrics = {
         **evaluate_classifier(model, data.val, spec.max_val_batches),
-        "latency_ms": measure_latency(model, data.example_inputs(1), data.example_inputs(latency.batch_size),
-                                      warmup=latency.warmup, iterations=latency.iterations,
-                                      threads=latency.threads),
+        "latency_ms": measure_latency(
+            model,
+            data.example_inputs(1),
+            data.example_inputs(latency.batch_size),
+            warmup=latency.warmup,
+            iterations=latency.iterations,
+            threads=latency.threads,
+        ),
         **count_parameters(model),
         "macs": count_macs(model, data.example_inputs(1)),
         "size_bytes": size_bytes,

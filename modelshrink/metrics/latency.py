@@ -43,8 +43,9 @@ def percentile(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[round(q) - 1]
 
 
-def measure_latency(model: nn.Module, batch1: torch.Tensor, batch_n: torch.Tensor, *, warmup: int,
-                    iterations: int, threads: int | None) -> dict[str, float]:
+def measure_latency(
+    model: nn.Module, batch1: torch.Tensor, batch_n: torch.Tensor, *, warmup: int, iterations: int, threads: int | None
+) -> dict[str, float]:
     with thread_count(threads) as used:
         one = time_forward(model, batch1, warmup, iterations)
         many = time_forward(model, batch_n, warmup, iterations)

@@ -78,8 +78,11 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
             per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
             quantized_macs += output.numel() * per_output
 
-    hooks = [m.register_forward_hook(count_quantized) for m in model.modules()
-             if any(True for _ in _packed_weights(m)) and not list(m.parameters(recurse=False))]
+    hooks = [
+        m.register_forward_hook(count_quantized)
+        for m in model.modules()
+        if any(True for _ in _packed_weights(m)) and not list(m.parameters(recurse=False))
+    ]
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             model(inputs)

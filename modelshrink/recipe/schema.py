@@ -146,9 +146,7 @@ class QuantizeSpec(_StageCommon):
     kind: Literal["quantize"]
     mode: Literal["dynamic"] = "dynamic"
     exclude: list[str] = Field(default_factory=list)
-    module_types: list[Literal["Linear", "LSTM", "GRU"]] = Field(
-        default_factory=lambda: ["Linear", "LSTM", "GRU"]
-    )
+    module_types: list[Literal["Linear", "LSTM", "GRU"]] = Field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
 
 
 class TrainingSpec(_StageCommon):
@@ -227,8 +225,10 @@ class Recipe(Strict):
         quantized = False
         for spec in self.stages:
             if isinstance(spec, TrainingSpec) and quantized:
-                raise ValueError(f"stage {spec.kind!r} cannot train a model that an earlier 'quantize' stage "
-                                 "made int8; put training stages before quantization")
+                raise ValueError(
+                    f"stage {spec.kind!r} cannot train a model that an earlier 'quantize' stage "
+                    "made int8; put training stages before quantization"
+                )
             quantized = quantized or isinstance(spec, QuantizeSpec)
         return self
 

@@ -25,8 +25,15 @@ class FinetuneStage(Stage[FinetuneSpec]):
         for param in model.parameters():
             param.requires_grad_(param in trainable)
         try:
-            return fit(model, ctx.data, self.spec, label=self.name, params=list(trainable),
-                       frozen_norms=frozen_norms, max_val_batches=ctx.evaluate.max_val_batches)
+            return fit(
+                model,
+                ctx.data,
+                self.spec,
+                label=self.name,
+                params=list(trainable),
+                frozen_norms=frozen_norms,
+                max_val_batches=ctx.evaluate.max_val_batches,
+            )
         finally:
             for param, flag in previous.items():
                 param.requires_grad_(flag)

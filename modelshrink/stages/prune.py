@@ -21,16 +21,20 @@ _METHODS = {"l1": torch_prune.L1Unstructured, "random": torch_prune.RandomUnstru
 class PruneStage(Stage[PruneSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         spec = self.spec
-        targets = [(name, module) for name, module in
-                   select_modules(model, spec.include, spec.exclude, spec.module_types)
-                   if isinstance(getattr(module, "weight", None), nn.Parameter)]
+        targets = [
+            (name, module)
+            for name, module in select_modules(model, spec.include, spec.exclude, spec.module_types)
+            if isinstance(getattr(module, "weight", None), nn.Parameter)
+        ]
         if not targets:
-            raise UserError(f"no layer matches include={spec.include} "
-                            f"exclude={spec.exclude} module_types={spec.module_types}")
+            raise UserError(
+                f"no layer matches include={spec.include} exclude={spec.exclude} module_types={spec.module_types}"
+            )
         method = _METHODS[spec.importance]
         if spec.scope == "global":
-            torch_prune.global_unstructured([(m, "weight") for _, m in targets], pruning_method=method,
-                                            amount=spec.amount)
+            torch_prune.global_unstructured(
+                [(m, "weight") for _, m in targets], pruning_method=method, amount=spec.amount
+            )
         else:
             for _, module in targets:
                 method.apply(module, "weight", amount=spec.amount)

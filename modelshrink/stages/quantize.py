@@ -27,8 +27,7 @@ class QuantizeStage(Stage[QuantizeSpec]):
         spec = self.spec
         names = [name for name, _ in select_modules(model, ["*"], spec.exclude, spec.module_types)]
         if not names:
-            raise UserError(f"no {'/'.join(spec.module_types)} layer left to quantize "
-                            f"(exclude={spec.exclude})")
+            raise UserError(f"no {'/'.join(spec.module_types)} layer left to quantize (exclude={spec.exclude})")
         record = {"kind": "quantize_dynamic", "modules": names, "dtype": "qint8"}
         model = _rebuild_dynamic(model, record)
         ctx.lineage.transforms.append(record)

@@ -10,8 +10,9 @@ from torch import nn
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def select_modules(model: nn.Module, include: Iterable[str], exclude: Iterable[str],
-                   types: Iterable[str]) -> list[tuple[str, nn.Module]]:
+def select_modules(
+    model: nn.Module, include: Iterable[str], exclude: Iterable[str], types: Iterable[str]
+) -> list[tuple[str, nn.Module]]:
     """Modules whose type name is in `types`, whose name matches an `include` glob and no `exclude` glob."""
     include, exclude, types = list(include), list(exclude), set(types)
     return [
