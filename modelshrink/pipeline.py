@@ -21,7 +21,7 @@ from modelshrink.checkpoint import to_bytes
 from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
 from modelshrink.errors import ConstraintFailed, UserError
-from modelshrink.metrics import measure
+from modelshrink.metrics import add_latencies, measure
 from modelshrink.models import load_model
 from modelshrink.progress import log
 from modelshrink.recipe.schema import Recipe
@@ -49,7 +49,7 @@ def run(
     baseline = measure(model, data, recipe.evaluate, len(blob))
     log(_summary("baseline", baseline))
 
-    results = []
+    results, snapshots = [], [ctx.original_model]
     for spec, name in zip(recipe.stages, recipe.stage_names(), strict=True):
         log(f"stage {name} ({spec.kind})")
         start = time.perf_counter()
@@ -63,7 +63,10 @@ def run(
         log(_summary(name, metrics))
         params = spec.model_dump(mode="json", exclude={"kind", "name"})
         results.append({"name": name, "kind": spec.kind, "params": params, "metrics": metrics, "duration_s": duration})
+        snapshots.append(copy.deepcopy(model))  # later stages may change `model` in place
 
+    log(f"timing {len(snapshots)} models side by side")
+    add_latencies(snapshots, [baseline] + [r["metrics"] for r in results], data, recipe.evaluate)
     final = results[-1]["metrics"] if results else baseline
     constraints = check_constraints(recipe.constraints, baseline, final)
     report = build_report(
@@ -129,7 +132,6 @@ def seed_everything(seed: int) -> None:
 
 def _summary(name: str, m: dict[str, Any]) -> str:
     return (
-        f"{name}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, batch-1 "
-        f"{m['latency_ms']['batch1_median']:.2f} ms, sparsity {m['sparsity']:.1%}, "
+        f"{name}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, sparsity {m['sparsity']:.1%}, "
         f"{human_bytes(m['size_bytes'])}"
     )

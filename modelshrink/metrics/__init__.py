@@ -1,14 +1,19 @@
-"""Everything measured after each stage, as one flat dict with the report's stable keys."""
+"""Everything measured for the baseline and after each stage, as flat dicts with the report's stable keys.
+
+Quality and size are measured right after each stage; latency for all of them at the end, side by
+side (see `latency`), which is why `measure` and `add_latencies` are separate steps.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.metrics.accuracy import evaluate_classifier
-from modelshrink.metrics.latency import measure_latency
+from modelshrink.metrics.latency import measure_latencies
 from modelshrink.metrics.size import count_macs, count_parameters
 from modelshrink.recipe.schema import EvaluateSpec
 
@@ -16,20 +21,29 @@ METRIC_KEYS = ("accuracy", "loss", "latency_ms", "params", "nonzero_params", "sp
 
 
 def measure(model: nn.Module, data: DataBundle, spec: EvaluateSpec, size_bytes: int) -> dict[str, Any]:
+    """Everything but latency; `latency_ms` stays None until `add_latencies`."""
     model.eval()
-    latency = spec.latency
-    metrics = {
+    return {
         **evaluate_classifier(model, data.val, spec.max_val_batches),
-        "latency_ms": measure_latency(
-            model,
-            data.example_inputs(1),
-            data.example_inputs(latency.batch_size),
-            warmup=latency.warmup,
-            iterations=latency.iterations,
-            threads=latency.threads,
-        ),
+        "latency_ms": None,
         **count_parameters(model),
         "macs": count_macs(model, data.example_inputs(1)),
         "size_bytes": size_bytes,
     }
-    return {key: metrics[key] for key in METRIC_KEYS}
+
+
+def add_latencies(
+    models: Sequence[nn.Module], metrics: Sequence[dict[str, Any]], data: DataBundle, spec: EvaluateSpec
+) -> None:
+    """Time all models side by side and fill in each one's `latency_ms`."""
+    latency = spec.latency
+    timings = measure_latencies(
+        models,
+        data.example_inputs(1),
+        data.example_inputs(latency.batch_size),
+        warmup=latency.warmup,
+        iterations=latency.iterations,
+        threads=latency.threads,
+    )
+    for entry, timing in zip(metrics, timings, strict=True):
+        entry["latency_ms"] = timing

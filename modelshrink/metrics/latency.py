@@ -1,10 +1,16 @@
-"""Wall-clock latency of a forward pass: warm-up first, fixed thread count, median and p95."""
+"""Wall-clock latency of forward passes: warm-up, fixed thread count, median and p95.
+
+Models of one run are timed together, round-robin (one forward of each in turn), so that machine
+noise and drift hit them all alike and the ratios between them stay meaningful; timing each stage
+right after it ran gave ratios off by up to 1.5x on a busy 2-core machine (training alone leaves
+the process ~10% slower afterwards).
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -24,16 +30,20 @@ def thread_count(threads: int | None) -> Iterator[int]:
 
 
 @torch.inference_mode()
-def time_forward(model: nn.Module, inputs: torch.Tensor, warmup: int, iterations: int) -> list[float]:
-    """Milliseconds per forward pass, one sample per iteration."""
-    model.eval()
-    for _ in range(warmup):
-        model(inputs)
-    samples = []
+def time_round_robin(
+    models: Sequence[nn.Module], inputs: torch.Tensor, warmup: int, iterations: int
+) -> list[list[float]]:
+    """Milliseconds per forward pass for each model, one forward of each model per round."""
+    for model in models:
+        model.eval()
+        for _ in range(warmup):
+            model(inputs)
+    samples: list[list[float]] = [[] for _ in models]
     for _ in range(iterations):
-        start = time.perf_counter()
-        model(inputs)
-        samples.append((time.perf_counter() - start) * 1000.0)
+        for model, times in zip(models, samples, strict=True):
+            start = time.perf_counter()
+            model(inputs)
+            times.append((time.perf_counter() - start) * 1000.0)
     return samples
 
 
@@ -43,17 +53,27 @@ def percentile(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[round(q) - 1]
 
 
-def measure_latency(
-    model: nn.Module, batch1: torch.Tensor, batch_n: torch.Tensor, *, warmup: int, iterations: int, threads: int | None
-) -> dict[str, float]:
+def measure_latencies(
+    models: Sequence[nn.Module],
+    batch1: torch.Tensor,
+    batch_n: torch.Tensor,
+    *,
+    warmup: int,
+    iterations: int,
+    threads: int | None,
+) -> list[dict[str, float]]:
+    """Batch-1 and batch-N latency of each model, measured side by side."""
     with thread_count(threads) as used:
-        one = time_forward(model, batch1, warmup, iterations)
-        many = time_forward(model, batch_n, warmup, iterations)
-    return {
-        "batch1_median": statistics.median(one),
-        "batch1_p95": percentile(one, 95),
-        "batchN_median": statistics.median(many),
-        "batchN_p95": percentile(many, 95),
-        "batch_n": int(batch_n.shape[0]),
-        "threads": used,
-    }
+        ones = time_round_robin(models, batch1, warmup, iterations)
+        manys = time_round_robin(models, batch_n, warmup, iterations)
+    return [
+        {
+            "batch1_median": statistics.median(one),
+            "batch1_p95": percentile(one, 95),
+            "batchN_median": statistics.median(many),
+            "batchN_p95": percentile(many, 95),
+            "batch_n": int(batch_n.shape[0]),
+            "threads": used,
+        }
+        for one, many in zip(ones, manys, strict=True)
+    ]
