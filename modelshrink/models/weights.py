@@ -33,7 +33,9 @@ def read_file(path: Path, allow_pickle: bool = False) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's TypedStorage deprecation noise on old files
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # torch's phrase for a real object; otherwise the bytes are junk
+            raise UserError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
         if not allow_pickle:
             raise UserError(
                 f"{path}: holds pickled Python objects (e.g. a whole nn.Module); refused because unpickling "

@@ -1,0 +1,43 @@
+"""The README's main job, for real: train the ResNet-50 digits baseline, then prune 20% and recover."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from modelshrink.cli import app
+
+RECIPES = Path(__file__).parents[2] / "recipes"
+
+
+@pytest.mark.slow
+def test_resnet50_digits_baseline_then_prune20(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = runner.invoke(
+        app, ["run", str(RECIPES / "digits_resnet50_baseline.yaml"), "-o", str(tmp_path / "base"), "--json"]
+    )
+    assert base.exit_code == 0, base.output
+    baseline = json.loads(base.stdout)["final"]
+    assert baseline["accuracy"] >= 0.90
+
+    pruned = runner.invoke(
+        app,
+        [
+            "run",
+            str(RECIPES / "resnet50_prune20.yaml"),
+            "-o",
+            str(tmp_path / "pruned"),
+            "--set",
+            f"model.checkpoint={tmp_path / 'base' / 'model.pt'}",
+            "--json",
+        ],
+    )
+    assert pruned.exit_code == 0, pruned.output
+    report = json.loads(pruned.stdout)
+    assert report["baseline"]["accuracy"] == pytest.approx(baseline["accuracy"])
+    prune_stage = report["stages"][0]["metrics"]
+    assert prune_stage["sparsity"] > 0.19
+    assert report["constraints"][0]["name"] == "max_accuracy_drop" and report["passed"]

@@ -1,0 +1,133 @@
+"""The CLI end to end on a tiny model: exit codes, outputs, report schema, atomicity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import modelshrink
+from modelshrink import pipeline
+from modelshrink.cli import app
+from modelshrink.metrics import METRIC_KEYS
+from tests.conftest import tiny_recipe, write_recipe
+
+runner = CliRunner()
+LATENCY_KEYS = {"batch1_median", "batch1_p95", "batchN_median", "batchN_p95", "batch_n", "threads"}
+
+
+def test_run_writes_checkpoint_and_reports_with_the_stable_schema(tmp_path: Path, recipe_file) -> None:
+    recipe = recipe_file(
+        stages=[{"kind": "finetune", "epochs": 2, "lr": 0.01}, {"kind": "prune", "amount": 0.4}, {"kind": "quantize"}]
+    )
+    result = runner.invoke(app, ["run", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # stdout holds the JSON and nothing else
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "report.json", "report.md"]
+    assert json.loads((out / "report.json").read_text()) == report
+    for key in ("recipe", "version", "baseline", "final", "stages", "constraints", "passed", "schema_version"):
+        assert key in report
+    assert [s["name"] for s in report["stages"]] == ["finetune1", "prune2", "quantize3"]
+    for metrics in [report["baseline"], report["final"]] + [s["metrics"] for s in report["stages"]]:
+        assert tuple(metrics) == METRIC_KEYS and set(metrics["latency_ms"]) == LATENCY_KEYS
+    stage = report["stages"][1]
+    assert set(stage) == {"name", "kind", "params", "metrics", "duration_s"} and stage["params"]["amount"] == 0.4
+    assert report["stages"][0]["metrics"]["accuracy"] > report["baseline"]["accuracy"]
+    assert report["final"]["size_bytes"] == (out / "model.pt").stat().st_size
+    assert report["final"]["size_bytes"] < report["baseline"]["size_bytes"]  # int8 weights
+    md = (out / "report.md").read_text()
+    assert "| prune2 (prune) |" in md and "pt)" in md and "x)" in md
+    reloaded = modelshrink.load(out / "model.pt")
+    assert "quantized" in type(reloaded[1]).__module__
+
+
+def test_constraint_failure_exits_1_after_writing_reports(tmp_path: Path, recipe_file) -> None:
+    recipe = recipe_file(
+        stages=[
+            {"kind": "finetune", "epochs": 3, "lr": 0.01},
+            {"kind": "prune", "amount": 0.95, "importance": "random"},
+        ],
+        constraints={"max_accuracy_drop": 0.0, "min_accuracy": 0.99},
+    )
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 1
+    assert "constraint failed: " in result.stderr and "min_accuracy" in result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["passed"] is False
+    assert {c["name"]: c["passed"] for c in report["constraints"]} == {"max_accuracy_drop": True, "min_accuracy": False}
+    assert "**FAIL**" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path: Path, recipe_file) -> None:
+    bad = recipe_file(stages=[{"kind": "prune", "amount": 1.5}])
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2
+    line = bad.read_text().splitlines().index("  amount: 1.5") + 1
+    assert result.stderr.strip() == f"error: {bad}:{line} stages[0].amount: must be in (0, 1), got 1.5"
+    assert not (tmp_path / "out").exists()
+
+    wrong_classes = recipe_file(data={"kind": "synthetic", "channels": 1, "image_size": 8, "num_classes": 3})
+    result = runner.invoke(app, ["run", str(wrong_classes)])
+    assert result.exit_code == 2 and "model outputs 10 classes but the data has 3" in result.stderr
+
+    result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "recipe file not found" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_force_and_input_is_never_overwritten(tmp_path: Path, recipe_file) -> None:
+    recipe = recipe_file()
+    assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
+    first = (tmp_path / "out" / "model.pt").read_bytes()
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and "already exists; pass --force" in result.stderr
+    assert runner.invoke(app, ["run", str(recipe), "--force", "--set", "stages[0].amount=0.7"]).exit_code == 0
+    assert (tmp_path / "out" / "model.pt").read_bytes() != first
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging leftovers
+
+    chained = write_recipe(
+        tmp_path / "chain.yaml",
+        tiny_recipe(
+            tmp_path, model={"checkpoint": str(tmp_path / "out" / "model.pt")}, output={"dir": str(tmp_path / "out")}
+        ),
+    )
+    result = runner.invoke(app, ["run", str(chained), "--force"])
+    assert result.exit_code == 2 and "holds the input checkpoint" in result.stderr
+    result = runner.invoke(app, ["run", str(chained), "--output", str(tmp_path / "out2"), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["baseline"]["sparsity"] > 0.3  # started from the pruned checkpoint
+
+
+def test_a_failing_stage_leaves_no_output(tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Boom(pipeline.STAGES["prune"]):  # type: ignore[misc, valid-type]
+        def apply(self, model, ctx):
+            raise RuntimeError("stage exploded")
+
+    monkeypatch.setitem(pipeline.STAGES, "prune", Boom)
+    with pytest.raises(RuntimeError, match="stage exploded"):
+        modelshrink.run_recipe(recipe_file())
+    assert list(tmp_path.glob("*out*")) == [] and not list(tmp_path.glob(".*"))
+
+
+def test_validate_and_inspect_commands(tmp_path: Path, recipe_file) -> None:
+    recipe = recipe_file()
+    result = runner.invoke(app, ["validate", str(recipe)])
+    assert result.exit_code == 0 and "ok (1 stages: prune1)" in result.stdout
+    assert runner.invoke(app, ["validate", str(recipe), "--set", "seed=x"]).exit_code == 2
+    assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
+    result = runner.invoke(app, ["inspect", str(tmp_path / "out" / "model.pt"), "--json"])
+    info = json.loads(result.stdout)
+    weights = 64 * 32 + 32 * 32 + 32 * 10  # the zoo MLP's three Linear weights; biases are not pruned
+    assert info["totals"]["params"] - info["totals"]["nonzero_params"] == weights // 2
+    table = runner.invoke(app, ["inspect", str(tmp_path / "out" / "model.pt")])
+    assert table.exit_code == 0 and "total" in table.stdout and "Linear" in table.stdout
+    assert runner.invoke(app, ["inspect", str(tmp_path / "nope.pt")]).exit_code == 2
+
+
+def test_bundled_recipes_validate() -> None:
+    for recipe in sorted(Path(__file__).parents[2].joinpath("recipes").glob("*.yaml")):
+        result = runner.invoke(app, ["validate", str(recipe)])
+        assert result.exit_code == 0, f"{recipe}: {result.stderr}"

@@ -1,0 +1,36 @@
+"""MACs, parameter counts and latency measurement against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from modelshrink.metrics.latency import measure_latencies, percentile
+from modelshrink.metrics.size import count_macs, count_parameters
+
+
+def test_macs_of_conv_and_linear_by_hand() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+    expected = (8 * 6 * 6) * (3 * 3 * 3) + (8 * 6 * 6) * 5
+    assert count_macs(model, torch.randn(1, 3, 6, 6)) == expected
+
+
+def test_quantized_linear_keeps_its_macs_and_params() -> None:
+    from modelshrink.stages.quantize import _rebuild_dynamic
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    float_macs, float_counts = count_macs(model, torch.randn(1, 16)), count_parameters(model)
+    quantized = _rebuild_dynamic(model, {"modules": ["0", "2"], "dtype": "qint8"})
+    assert count_macs(quantized, torch.randn(1, 16)) == float_macs == 16 * 32 + 32 * 4
+    assert count_parameters(quantized)["params"] == float_counts["params"] == 16 * 32 + 32 + 32 * 4 + 4
+
+
+def test_latency_keys_and_percentile() -> None:
+    models = [nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 512), nn.Linear(512, 8))]
+    timings = measure_latencies(models, torch.randn(1, 8), torch.randn(4, 8), warmup=1, iterations=5, threads=1)
+    assert len(timings) == 2 and timings[0]["batch_n"] == 4 and timings[0]["threads"] == 1
+    for t in timings:
+        assert 0 < t["batch1_median"] <= t["batch1_p95"]
+    assert torch.get_num_threads() >= 1
+    assert percentile(list(map(float, range(1, 101))), 95) == pytest.approx(95.05, abs=0.1)
