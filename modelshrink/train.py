@@ -19,7 +19,7 @@ from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.progress import log, track
-from modelshrink.recipe.schema import TrainingSpec
+from modelshrink.recipe.schema import TrainingSettings
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -27,7 +27,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 def fit(
     model: nn.Module,
     data: DataBundle,
-    spec: TrainingSpec,
+    spec: TrainingSettings,
     *,
     label: str,
     params: Sequence[nn.Parameter] | None = None,
@@ -71,7 +71,7 @@ def fit(
     return model.eval()
 
 
-def make_optimizer(spec: TrainingSpec, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(spec: TrainingSettings, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
     # No weight decay on biases and norm weights (1-D tensors), as torchvision's references do.
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
@@ -86,7 +86,7 @@ def make_optimizer(spec: TrainingSpec, params: Sequence[nn.Parameter]) -> torch.
 
 
 def make_scheduler(
-    spec: TrainingSpec, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+    spec: TrainingSettings, optimizer: torch.optim.Optimizer, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     total = max(1, spec.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler

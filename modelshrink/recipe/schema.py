@@ -127,19 +127,79 @@ class _StageCommon(Strict):
     name: str | None = Field(default=None, description="shown in reports; defaults to '<kind><index>'")
 
 
+_IMPORTANCE_BY_METHOD = {
+    "unstructured": ("l1", "random"),
+    "channel": ("l1", "l2", "bn_scale", "taylor", "random"),
+    "block": ("output_change", "random"),
+}
+_ONLY_FOR = {
+    "module_types": {"unstructured"},
+    "layer_amounts": {"channel"},
+    "round_to": {"channel"},
+    "steps": {"channel"},
+    "finetune_between": {"channel"},
+    "scope": {"unstructured", "channel"},
+    "include": {"unstructured", "channel"},
+}
+
+
 class PruneSpec(_StageCommon):
-    """Unstructured pruning: zero the least important weights and make it permanent (no masks left)."""
+    """Pruning, three ways.
+
+    - `unstructured`: zero the least important weights (made permanent, no masks left);
+    - `channel`: physically remove conv filters / Linear neurons with Torch-Pruning's dependency
+      graph, so residual and depthwise couplings stay valid and the model gets faster and smaller;
+    - `block`: drop whole shape-preserving (residual) blocks, the least important first.
+    """
 
     kind: Literal["prune"]
-    method: Literal["unstructured"] = "unstructured"
-    importance: Literal["l1", "random"] = "l1"
-    amount: Fraction
-    scope: Literal["global", "layer"] = "global"
+    method: Literal["unstructured", "channel", "block"] = "unstructured"
+    importance: Literal["l1", "l2", "bn_scale", "taylor", "random", "output_change"] = Field(
+        default=None, validate_default=False, description="default: l1, or output_change for blocks"
+    )
+    amount: Fraction = Field(description="fraction of weights (unstructured), channels or blocks to remove")
+    scope: Literal["global", "layer"] = Field(
+        default=None, validate_default=False, description="default: global (unstructured), layer (channel)"
+    )
     include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(
+        default_factory=list, description="never pruned; channel/block always keep the classifier"
+    )
     module_types: list[Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]] = Field(
         default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"]
     )
+    layer_amounts: dict[str, Fraction] = Field(default_factory=dict, description="per-layer ratios by name glob")
+    round_to: PositiveInt | None = Field(default=None, description="keep channel counts multiples of this")
+    steps: PositiveInt = Field(default=1, description="reach `amount` gradually over this many steps")
+    finetune_between: TrainingSettings | None = Field(default=None, description="training between steps")
+    calibration_batches: PositiveInt = Field(default=4, description="training batches for taylor / block scores")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            method = data.get("method", "unstructured")
+            if method in _IMPORTANCE_BY_METHOD:
+                data = {**data}
+                data.setdefault("importance", "output_change" if method == "block" else "l1")
+                if method != "block":
+                    data.setdefault("scope", "layer" if method == "channel" else "global")
+        return data
+
+    @model_validator(mode="after")
+    def _method_specific(self) -> PruneSpec:
+        allowed = _IMPORTANCE_BY_METHOD[self.method]
+        if self.importance not in allowed:
+            raise ValueError(
+                f"importance {self.importance!r} does not apply to method {self.method!r}; "
+                f"use one of {', '.join(allowed)}"
+            )
+        for key, methods in _ONLY_FOR.items():
+            if key in self.model_fields_set and self.method not in methods:
+                raise ValueError(f"{key!r} applies to method {' / '.join(sorted(methods))} only")
+        if self.finetune_between is not None and self.steps < 2:
+            raise ValueError("finetune_between needs steps >= 2")
+        return self
 
 
 class QuantizeSpec(_StageCommon):
@@ -149,7 +209,7 @@ class QuantizeSpec(_StageCommon):
     module_types: list[Literal["Linear", "LSTM", "GRU"]] = Field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
 
 
-class TrainingSpec(_StageCommon):
+class TrainingSettings(Strict):
     """Settings of the one training loop, shared by every stage that trains."""
 
     epochs: PositiveInt = 1
@@ -165,7 +225,7 @@ class TrainingSpec(_StageCommon):
     max_batches_per_epoch: PositiveInt | None = None
 
 
-class FinetuneSpec(TrainingSpec):
+class FinetuneSpec(TrainingSettings, _StageCommon):
     """Train the current model on the recipe's data; `freeze` chooses what may change."""
 
     kind: Literal["finetune"]
@@ -224,7 +284,7 @@ class Recipe(Strict):
     def _trainable_after_quantize(self) -> Recipe:
         quantized = False
         for spec in self.stages:
-            if isinstance(spec, TrainingSpec) and quantized:
+            if isinstance(spec, TrainingSettings) and quantized:
                 raise ValueError(
                     f"stage {spec.kind!r} cannot train a model that an earlier 'quantize' stage "
                     "made int8; put training stages before quantization"

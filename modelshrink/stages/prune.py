@@ -1,7 +1,8 @@
-"""Unstructured pruning with torch.nn.utils.prune, made permanent.
+"""The `prune` stage: unstructured here; `channel` and `block` live in structured.py and blocks.py.
 
-`amount` is the target fraction of zeros in the selected weights (already-zero weights count), so a
-second prune stage with a larger amount tightens the same layers rather than compounding.
+Unstructured pruning uses torch.nn.utils.prune and is made permanent. `amount` is the target
+fraction of zeros in the selected weights (already-zero weights count), so a second prune stage
+with a larger amount tightens the same layers rather than compounding.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from torch import nn
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import PruneSpec
 from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.stages.blocks import drop_blocks
 from modelshrink.stages.selection import select_modules
+from modelshrink.stages.structured import prune_channels
 
 _METHODS = {"l1": torch_prune.L1Unstructured, "random": torch_prune.RandomUnstructured}
 
@@ -20,24 +23,29 @@ _METHODS = {"l1": torch_prune.L1Unstructured, "random": torch_prune.RandomUnstru
 @register("prune")
 class PruneStage(Stage[PruneSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        spec = self.spec
-        targets = [
-            (name, module)
-            for name, module in select_modules(model, spec.include, spec.exclude, spec.module_types)
-            if isinstance(getattr(module, "weight", None), nn.Parameter)
-        ]
-        if not targets:
-            raise UserError(
-                f"no layer matches include={spec.include} exclude={spec.exclude} module_types={spec.module_types}"
-            )
-        method = _METHODS[spec.importance]
-        if spec.scope == "global":
-            torch_prune.global_unstructured(
-                [(m, "weight") for _, m in targets], pruning_method=method, amount=spec.amount
-            )
-        else:
-            for _, module in targets:
-                method.apply(module, "weight", amount=spec.amount)
-        for _, module in targets:
-            torch_prune.remove(module, "weight")  # fold the mask in: no weight_orig / weight_mask left
-        return model
+        if self.spec.method == "channel":
+            return prune_channels(model, self.spec, ctx, self.name)
+        if self.spec.method == "block":
+            return drop_blocks(model, self.spec, ctx)
+        return prune_unstructured(model, self.spec)
+
+
+def prune_unstructured(model: nn.Module, spec: PruneSpec) -> nn.Module:
+    targets = [
+        module
+        for _, module in select_modules(model, spec.include, spec.exclude, spec.module_types)
+        if isinstance(getattr(module, "weight", None), nn.Parameter)
+    ]
+    if not targets:
+        raise UserError(
+            f"no layer matches include={spec.include} exclude={spec.exclude} module_types={spec.module_types}"
+        )
+    method = _METHODS[spec.importance]
+    if spec.scope == "global":
+        torch_prune.global_unstructured([(m, "weight") for m in targets], pruning_method=method, amount=spec.amount)
+    else:
+        for module in targets:
+            method.apply(module, "weight", amount=spec.amount)
+    for module in targets:
+        torch_prune.remove(module, "weight")  # fold the mask in: no weight_orig / weight_mask left
+    return model

@@ -1,0 +1,103 @@
+"""Block (layer) pruning: replace whole shape-preserving blocks by identity, least important first.
+
+A block can go when its output has exactly its input's shape (residual blocks without a projection,
+e.g. ResNet's non-downsampling bottlenecks, MobileNet/EfficientNet inverted residuals with skips):
+the rest of the network then sees tensors of the shapes it expects. Importance is measured, not
+guessed: how much the model's logits change on a few training batches when the block is skipped.
+No library does this for arbitrary nn.Modules, hence this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelshrink.checkpoint import register_rebuilder
+from modelshrink.errors import UserError
+from modelshrink.recipe.schema import PruneSpec
+from modelshrink.stages.base import StageContext
+
+
+def drop_blocks(model: nn.Module, spec: PruneSpec, ctx: StageContext) -> nn.Module:
+    candidates = [
+        name
+        for name in removable_blocks(model, ctx.data.example_inputs(2))
+        if not any(fnmatchcase(name, pattern) for pattern in spec.exclude)
+    ]
+    if not candidates:
+        raise UserError("no block can be removed without changing tensor shapes (or all are excluded)")
+    count = max(1, round(spec.amount * len(candidates)))
+    batches = [inputs for inputs, _ in itertools.islice(ctx.data.train, spec.calibration_batches)]
+    scores = block_scores(model, candidates, batches, spec.importance, ctx.seed)
+    dropped = sorted(candidates, key=scores.__getitem__)[:count]
+    record = {"kind": "drop_blocks", "modules": dropped, "scores": {n: scores[n] for n in candidates}}
+    ctx.lineage.transforms.append(record)
+    return replace_with_identity(model, record).eval()
+
+
+def removable_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Non-leaf children of an nn.Sequential whose single tensor output has its input's shape."""
+    shapes: dict[str, tuple[Any, Any]] = {}
+    hooks = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        for child_name, child in parent.named_children():
+            if not any(True for _ in child.children()) or not any(True for _ in child.parameters()):
+                continue
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+
+            def record(module: nn.Module, args: tuple, output: Any, name: str = name) -> None:
+                inp = args[0] if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
+                out = output if isinstance(output, torch.Tensor) else None
+                shapes[name] = (None if inp is None else inp.shape, None if out is None else out.shape)
+
+            hooks.append(child.register_forward_hook(record))
+    try:
+        with torch.inference_mode():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [name for name, (inp, out) in shapes.items() if inp is not None and inp == out]
+
+
+@torch.inference_mode()
+def block_scores(
+    model: nn.Module, names: list[str], batches: list[torch.Tensor], importance: str, seed: int
+) -> dict[str, float]:
+    """Relative change of the logits when each block alone is skipped (higher = more important)."""
+    if importance == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return {name: float(torch.rand(1, generator=generator)) for name in names}
+    model.eval()
+    reference = [model(x) for x in batches]
+    scores = {}
+    for name in names:
+        block = model.get_submodule(name)
+        _set_submodule(model, name, nn.Identity())
+        try:
+            change = sum(
+                float((model(x) - ref).norm() / ref.norm().clamp_min(1e-12))
+                for x, ref in zip(batches, reference, strict=True)
+            )
+        finally:
+            _set_submodule(model, name, block)
+        scores[name] = change / max(len(batches), 1)
+    return scores
+
+
+@register_rebuilder("drop_blocks")
+def replace_with_identity(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    for name in record["modules"]:
+        _set_submodule(model, name, nn.Identity())
+    return model
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

@@ -1,0 +1,75 @@
+"""Record and replay the shape changes structured pruning makes, so checkpoints rebuild safely.
+
+Torch-Pruning's own `tp.state_dict` copies every module's `__dict__`, which can hold arbitrary
+objects and so needs full unpickling to load. Here we keep only what a rebuild needs and what
+`weights_only` loading accepts: each changed module's primitive attributes (`out_channels`,
+`groups`, `num_features`, ...) and the new shapes of its parameters and buffers. Rebuilding sets
+those attributes and swaps in empty tensors of the recorded shapes; the strict state_dict load
+that follows fills in the values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelshrink.checkpoint import register_rebuilder
+
+_PRIMITIVES = (bool, int, float, str, type(None))
+
+
+def snapshot(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per module: its primitive public attributes and the shapes of its own tensors."""
+    return {name: _describe(module) for name, module in model.named_modules()}
+
+
+def record_changes(before: dict[str, dict[str, Any]], model: nn.Module) -> dict[str, Any] | None:
+    """A `reshape_modules` transform holding what changed since `before`, or None if nothing did."""
+    changed: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        now, was = _describe(module), before.get(name)
+        if was is None:
+            continue
+        attrs = {k: v for k, v in now["attrs"].items() if was["attrs"].get(k) != v}
+        tensors = {k: v for k, v in now["tensors"].items() if was["tensors"].get(k) != v}
+        if attrs or tensors:
+            changed[name] = {"attrs": attrs, "tensors": tensors}
+    return {"kind": "reshape_modules", "modules": changed} if changed else None
+
+
+@register_rebuilder("reshape_modules")
+def apply_changes(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    for name, change in record["modules"].items():
+        module = model.get_submodule(name)
+        for attr, value in change["attrs"].items():
+            setattr(module, attr, tuple(value) if isinstance(getattr(module, attr, None), tuple) else value)
+        for tensor_name, shape in change["tensors"].items():
+            old = getattr(module, tensor_name)
+            new = torch.empty(shape, dtype=old.dtype)
+            if isinstance(old, nn.Parameter):
+                setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+            else:
+                module.register_buffer(tensor_name, new)
+    return model
+
+
+def _describe(module: nn.Module) -> dict[str, Any]:
+    attrs = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in vars(module).items()
+        if not key.startswith("_") and key != "training" and _is_primitive(value)
+    }
+    tensors = {
+        name: list(tensor.shape)
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        if tensor is not None
+    }
+    return {"attrs": attrs, "tensors": tensors}
+
+
+def _is_primitive(value: Any) -> bool:
+    if isinstance(value, tuple | list):
+        return all(isinstance(v, _PRIMITIVES) for v in value)
+    return isinstance(value, _PRIMITIVES)

@@ -1,0 +1,148 @@
+"""Channel pruning: physically remove filters / neurons so the model gets faster and smaller.
+
+Torch-Pruning's dependency graph (DepGraph) finds which layers are coupled (residual adds,
+depthwise convs, concatenations, BatchNorm) and removes matching channels everywhere at once; we
+call it rather than re-implement it. Our part: the recipe binding (importance, per-layer ratios,
+ignored layers, rounding), the gradual schedule with optional training between steps, a check that
+the pruned model still runs, and the lineage record that lets the checkpoint be rebuilt.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelshrink.errors import UserError
+from modelshrink.recipe.schema import PruneSpec
+from modelshrink.stages import reshape
+from modelshrink.stages.base import StageContext
+from modelshrink.stages.selection import find_classifier
+from modelshrink.train import fit
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def importance(name: str) -> object:
+    import torch_pruning as tp
+
+    factories: dict[str, Callable[[], object]] = {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+        "bn_scale": tp.importance.BNScaleImportance,
+        "taylor": tp.importance.TaylorImportance,
+        "random": tp.importance.RandomImportance,
+    }
+    return factories[name]()
+
+
+def prune_channels(model: nn.Module, spec: PruneSpec, ctx: StageContext, label: str) -> nn.Module:
+    import torch_pruning as tp
+
+    example = ctx.data.example_inputs(1)
+    before = reshape.snapshot(model)
+    params_before = sum(p.numel() for p in model.parameters())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Torch-Pruning warns about every unwrapped parameter
+            pruner = tp.pruner.BasePruner(
+                model,
+                example,
+                importance=importance(spec.importance),
+                global_pruning=spec.scope == "global",
+                pruning_ratio=spec.amount,
+                pruning_ratio_dict=layer_ratios(model, spec.layer_amounts) or None,
+                ignored_layers=ignored_layers(model, spec),
+                round_to=spec.round_to,
+                iterative_steps=spec.steps,
+            )
+    except UserError:
+        raise
+    except Exception as exc:  # tracing arbitrary models can fail in many ways; say so plainly
+        raise UserError(f"cannot build the dependency graph for channel pruning: {type(exc).__name__}: {exc}") from None
+    for step in range(1, spec.steps + 1):
+        if spec.importance == "taylor":
+            accumulate_gradients(model, ctx, spec.calibration_batches)
+        try:
+            pruner.step()
+        except Exception as exc:
+            raise UserError(f"channel pruning failed in step {step}: {type(exc).__name__}: {exc}") from None
+        model.zero_grad(set_to_none=True)
+        check_forward(model, example)
+        if spec.finetune_between is not None and step < spec.steps:
+            fit(
+                model,
+                ctx.data,
+                spec.finetune_between,
+                label=f"{label} step {step}/{spec.steps}",
+                max_val_batches=ctx.evaluate.max_val_batches,
+            )
+    if sum(p.numel() for p in model.parameters()) == params_before:
+        raise UserError("no channel could be removed (every prunable layer is ignored or too small)")
+    record = reshape.record_changes(before, model)
+    if record is not None:
+        ctx.lineage.transforms.append(record)
+    return model.eval()
+
+
+def ignored_layers(model: nn.Module, spec: PruneSpec) -> list[nn.Module]:
+    """The classifier (its outputs are the classes), `exclude` matches, and layers `include` leaves out."""
+    try:
+        ignored_names = {find_classifier(model)}
+    except ValueError:
+        raise UserError("no Conv or Linear layer to prune") from None
+    for name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE):
+            continue
+        if any(fnmatchcase(name, p) for p in spec.exclude) or not any(fnmatchcase(name, p) for p in spec.include):
+            ignored_names.add(name)
+    return [model.get_submodule(name) for name in sorted(ignored_names)]
+
+
+def layer_ratios(model: nn.Module, layer_amounts: dict[str, float]) -> dict[nn.Module, float]:
+    ratios: dict[nn.Module, float] = {}
+    for pattern, ratio in layer_amounts.items():
+        matches = [m for name, m in model.named_modules() if name and fnmatchcase(name, pattern)]
+        if not matches:
+            raise UserError(f"layer_amounts: {pattern!r} matches no layer")
+        ratios.update(dict.fromkeys(matches, ratio))
+    return ratios
+
+
+def accumulate_gradients(model: nn.Module, ctx: StageContext, batches: int) -> None:
+    """Taylor importance scores weights by |weight x gradient|: gradients of a few training batches."""
+    model.eval()  # BatchNorm statistics must not move while we only measure
+    model.zero_grad(set_to_none=True)
+    for inputs, targets in itertools.islice(ctx.data.train, batches):
+        F.cross_entropy(model(inputs), targets).backward()
+
+
+def check_forward(model: nn.Module, example: torch.Tensor) -> None:
+    """Run the pruned model once; on failure name the innermost layer that broke."""
+    started: list[str] = []
+
+    def enter(name: str) -> Callable[..., None]:
+        return lambda *_: started.append(name)
+
+    def leave(name: str) -> Callable[..., None]:
+        return lambda *_: started.remove(name) if name in started else None
+
+    hooks = []
+    for name, module in model.named_modules():
+        hooks += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave(name))]
+    try:
+        with torch.inference_mode():
+            model.eval()(example)
+    except Exception as exc:
+        layer = started[-1] if started else "(model)"
+        raise UserError(
+            f"the pruned model fails at layer {layer!r}: {type(exc).__name__}: {exc}; exclude that layer from pruning"
+        ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -1,0 +1,132 @@
+"""Channel and block pruning on the torchvision families the issue names, plus a plain MLP:
+prune, check the forward shape, save, rebuild from the checkpoint alone, compare outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from modelshrink.checkpoint import Lineage, model_from_payload, to_bytes
+from modelshrink.data import build_data
+from modelshrink.errors import UserError
+from modelshrink.models import build_architecture
+from modelshrink.recipe.schema import EvaluateSpec, PruneSpec, SyntheticData
+from modelshrink.stages.base import StageContext
+from modelshrink.stages.prune import PruneStage
+
+FAMILIES = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "vgg11_bn",
+    "densenet121",
+    "regnet_y_400mf",
+]
+
+
+def context(arch: dict, channels: int = 3, size: int = 32) -> StageContext:
+    data = build_data(
+        SyntheticData(kind="synthetic", channels=channels, image_size=size, num_samples=40, batch_size=8), 0
+    )
+    return StageContext(data=data, original_model=None, lineage=Lineage(arch), evaluate=EvaluateSpec(), seed=0)  # type: ignore[arg-type]
+
+
+def prune_save_reload(arch: dict, ctx: StageContext, tmp_path: Path, **spec: object) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    model = build_architecture(arch).eval()
+    params_before = sum(p.numel() for p in model.parameters())
+    pruned = PruneStage(PruneSpec(kind="prune", **spec), "p").apply(model, ctx)
+    x = ctx.data.example_inputs(2)
+    assert pruned(x).shape == (2, 10)
+    assert sum(p.numel() for p in pruned.parameters()) < params_before
+    path = tmp_path / "m.pt"
+    path.write_bytes(to_bytes(pruned, ctx.lineage, ctx.data.input_shape))
+    rebuilt, _ = model_from_payload(torch.load(path, weights_only=True), path)
+    assert torch.allclose(rebuilt(x), pruned(x), atol=1e-5)
+    return pruned, rebuilt
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_channel_pruning_torchvision_families(name: str, tmp_path: Path) -> None:
+    arch = {"torchvision": name, "kwargs": {"num_classes": 10}}
+    pruned, rebuilt = prune_save_reload(arch, context(arch), tmp_path, method="channel", amount=0.3, round_to=4)
+    classifier = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1]
+    assert classifier.out_features == 10, "the classifier is never pruned"
+    convs = [m for m in rebuilt.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    assert any(m.out_channels % 4 == 0 for m in convs)
+
+
+def test_channel_pruning_mlp_with_per_layer_ratio_and_steps(tmp_path: Path) -> None:
+    arch = {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 64, "hidden": 64}}
+    ctx = context(arch, channels=1, size=8)
+    pruned, _ = prune_save_reload(
+        arch,
+        ctx,
+        tmp_path,
+        method="channel",
+        amount=0.25,
+        layer_amounts={"3": 0.5},
+        steps=2,
+        finetune_between={"epochs": 1, "lr": 0.01},
+    )
+    assert pruned[1].out_features == 48 and pruned[3].out_features == 32 and pruned[5].in_features == 32
+    assert [t["kind"] for t in ctx.lineage.transforms] == ["reshape_modules"]
+
+
+@pytest.mark.parametrize("importance", ["l2", "bn_scale", "taylor", "random"])
+def test_channel_importances(importance: str, tmp_path: Path) -> None:
+    arch = {"factory": "modelshrink.models.zoo:small_cnn", "kwargs": {"width": 16}}
+    pruned, _ = prune_save_reload(arch, context(arch), tmp_path, method="channel", amount=0.5, importance=importance)
+    assert pruned[0].out_channels == 8
+
+
+def test_block_pruning_drops_measured_least_important_blocks(tmp_path: Path) -> None:
+    arch = {"torchvision": "resnet18", "kwargs": {"num_classes": 10}}
+    ctx = context(arch)
+    _, rebuilt = prune_save_reload(arch, ctx, tmp_path, method="block", amount=0.4)
+    record = ctx.lineage.transforms[-1]
+    assert set(record["scores"]) == {"layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"}
+    assert len(record["modules"]) == 2
+    lowest = sorted(record["scores"], key=record["scores"].get)[:2]
+    assert record["modules"] == lowest
+    for name in lowest:
+        assert isinstance(rebuilt.get_submodule(name), nn.Identity)
+
+
+class _Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(x.shape[0], 16 * 8 * 8))  # a hard-coded width breaks once channels go
+
+
+class HardcodedWidth(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.head = _Head()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)))
+
+
+def test_unprunable_models_get_a_clear_error_naming_the_layer() -> None:
+    ctx = context({"factory": "x:y"}, channels=1, size=8)
+    with pytest.raises(UserError, match="fails at layer 'head'"):
+        PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5), "p").apply(HardcodedWidth(), ctx)
+    mlp_ctx = context({"factory": "x:y"}, channels=1, size=8)
+    from modelshrink.models.zoo import mlp
+
+    with pytest.raises(UserError, match="no block can be removed"):
+        PruneStage(PruneSpec(kind="prune", method="block", amount=0.5), "p").apply(mlp(), mlp_ctx)
+    with pytest.raises(UserError, match="matches no layer"):
+        PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5, layer_amounts={"nope*": 0.5}), "p").apply(
+            mlp(), mlp_ctx
+        )
