@@ -111,6 +111,28 @@ def sparsity_masks(params: Sequence[nn.Parameter]) -> list[tuple[nn.Parameter, t
     return masks
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: DataBundle, batches: int) -> None:
+    """Re-estimate BatchNorm running statistics on a few training batches.
+
+    Removing channels or blocks changes what every later BatchNorm sees, while its running
+    mean/variance still describe the old network; re-estimating them (no gradients, no weight
+    change) recovers much of the accuracy lost before any fine-tuning."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    for inputs, _ in itertools.islice(data.train, batches):
+        model(inputs)
+    for m, momentum in momenta.items():
+        m.momentum = momentum
+    model.eval()
+
+
 def _cross_entropy(label_smoothing: float) -> LossFn:
     def loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)

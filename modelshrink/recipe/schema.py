@@ -140,6 +140,7 @@ _ONLY_FOR = {
     "finetune_between": {"channel"},
     "scope": {"unstructured", "channel"},
     "include": {"unstructured", "channel"},
+    "recalibrate_bn": {"channel", "block"},
 }
 
 
@@ -172,7 +173,10 @@ class PruneSpec(_StageCommon):
     round_to: PositiveInt | None = Field(default=None, description="keep channel counts multiples of this")
     steps: PositiveInt = Field(default=1, description="reach `amount` gradually over this many steps")
     finetune_between: TrainingSettings | None = Field(default=None, description="training between steps")
-    calibration_batches: PositiveInt = Field(default=4, description="training batches for taylor / block scores")
+    calibration_batches: PositiveInt = Field(
+        default=4, description="training batches for taylor / block scores and BatchNorm recalibration"
+    )
+    recalibrate_bn: bool = Field(default=True, description="re-estimate BatchNorm statistics after removal")
 
     @model_validator(mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import PruneSpec
 from modelshrink.stages.base import StageContext
+from modelshrink.train import recalibrate_batchnorm
 
 
 def drop_blocks(model: nn.Module, spec: PruneSpec, ctx: StageContext) -> nn.Module:
@@ -36,7 +37,10 @@ def drop_blocks(model: nn.Module, spec: PruneSpec, ctx: StageContext) -> nn.Modu
     dropped = sorted(candidates, key=scores.__getitem__)[:count]
     record = {"kind": "drop_blocks", "modules": dropped, "scores": {n: scores[n] for n in candidates}}
     ctx.lineage.transforms.append(record)
-    return replace_with_identity(model, record).eval()
+    model = replace_with_identity(model, record)
+    if spec.recalibrate_bn:
+        recalibrate_batchnorm(model, ctx.data, spec.calibration_batches)
+    return model.eval()
 
 
 def removable_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -23,7 +23,7 @@ from modelshrink.recipe.schema import PruneSpec
 from modelshrink.stages import reshape
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.selection import find_classifier
-from modelshrink.train import fit
+from modelshrink.train import fit, recalibrate_batchnorm
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -74,6 +74,8 @@ def prune_channels(model: nn.Module, spec: PruneSpec, ctx: StageContext, label: 
             raise UserError(f"channel pruning failed in step {step}: {type(exc).__name__}: {exc}") from None
         model.zero_grad(set_to_none=True)
         check_forward(model, example)
+        if spec.recalibrate_bn:
+            recalibrate_batchnorm(model, ctx.data, spec.calibration_batches)
         if spec.finetune_between is not None and step < spec.steps:
             fit(
                 model,
