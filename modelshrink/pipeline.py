@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from modelshrink.atomic import write_directory
 from modelshrink.checkpoint import to_bytes
 from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
+from modelshrink.diagnose import failing_layer
 from modelshrink.errors import ConstraintFailed, UserError
 from modelshrink.metrics import add_latencies, measure
 from modelshrink.models import load_model
@@ -53,13 +56,12 @@ def run(
     for spec, name in zip(recipe.stages, recipe.stage_names(), strict=True):
         log(f"stage {name} ({spec.kind})")
         start = time.perf_counter()
-        try:
+        with _model_errors(name, model, data):
             model = STAGES[spec.kind](spec, name).apply(model, ctx).eval()
-        except UserError as exc:
-            raise UserError(f"stage {name!r}: {exc}") from None
         duration = time.perf_counter() - start
         blob = to_bytes(model, lineage, data.input_shape)
-        metrics = measure(model, data, recipe.evaluate, len(blob))
+        with _model_errors(name, model, data):
+            metrics = measure(model, data, recipe.evaluate, len(blob))
         log(_summary(name, metrics))
         params = spec.model_dump(mode="json", exclude={"kind", "name"})
         results.append({"name": name, "kind": spec.kind, "params": params, "metrics": metrics, "duration_s": duration})
@@ -93,6 +95,26 @@ def run(
         )
         raise ConstraintFailed(f"constraint failed: {failed}; reports in {out_dir}", report)
     return report
+
+
+@contextmanager
+def _model_errors(stage: str, model: nn.Module, data: DataBundle) -> Iterator[None]:
+    """Turn a stage's user errors, and forward passes broken by the stage, into one-line UserErrors.
+
+    A RuntimeError is blamed on the model only if the model then fails on its own, at a layer we can
+    name; anything else is a bug of ours and keeps its traceback."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"stage {stage!r}: {exc}") from None
+    except RuntimeError as exc:
+        layer = failing_layer(model, data.example_inputs(1))
+        if layer is None:
+            raise
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(
+            f"stage {stage!r} left a model that fails at layer {layer!r} ({first}); exclude that layer"
+        ) from None
 
 
 def check_output_dir(out_dir: Path, recipe: Recipe, force: bool) -> None:

@@ -3,8 +3,9 @@
 Torch-Pruning's dependency graph (DepGraph) finds which layers are coupled (residual adds,
 depthwise convs, concatenations, BatchNorm) and removes matching channels everywhere at once; we
 call it rather than re-implement it. Our part: the recipe binding (importance, per-layer ratios,
-ignored layers, rounding), the gradual schedule with optional training between steps, a check that
-the pruned model still runs, and the lineage record that lets the checkpoint be rebuilt.
+ignored layers, rounding), the gradual schedule with optional training between steps, BatchNorm recalibration, and the
+lineage record that lets the checkpoint be rebuilt. (Whether the pruned model still runs is checked
+by the pipeline's next forward pass, which names the failing layer; see `modelshrink.diagnose`.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import warnings
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -73,7 +73,6 @@ def prune_channels(model: nn.Module, spec: PruneSpec, ctx: StageContext, label: 
         except Exception as exc:
             raise UserError(f"channel pruning failed in step {step}: {type(exc).__name__}: {exc}") from None
         model.zero_grad(set_to_none=True)
-        check_forward(model, example)
         if spec.recalibrate_bn:
             recalibrate_batchnorm(model, ctx.data, spec.calibration_batches)
         if spec.finetune_between is not None and step < spec.steps:
@@ -122,29 +121,3 @@ def accumulate_gradients(model: nn.Module, ctx: StageContext, batches: int) -> N
     model.zero_grad(set_to_none=True)
     for inputs, targets in itertools.islice(ctx.data.train, batches):
         F.cross_entropy(model(inputs), targets).backward()
-
-
-def check_forward(model: nn.Module, example: torch.Tensor) -> None:
-    """Run the pruned model once; on failure name the innermost layer that broke."""
-    started: list[str] = []
-
-    def enter(name: str) -> Callable[..., None]:
-        return lambda *_: started.append(name)
-
-    def leave(name: str) -> Callable[..., None]:
-        return lambda *_: started.remove(name) if name in started else None
-
-    hooks = []
-    for name, module in model.named_modules():
-        hooks += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave(name))]
-    try:
-        with torch.inference_mode():
-            model.eval()(example)
-    except Exception as exc:
-        layer = started[-1] if started else "(model)"
-        raise UserError(
-            f"the pruned model fails at layer {layer!r}: {type(exc).__name__}: {exc}; exclude that layer from pruning"
-        ) from None
-    finally:
-        for hook in hooks:
-            hook.remove()

@@ -131,3 +131,14 @@ def test_bundled_recipes_validate() -> None:
     for recipe in sorted(Path(__file__).parents[2].joinpath("recipes").glob("*.yaml")):
         result = runner.invoke(app, ["validate", str(recipe)])
         assert result.exit_code == 0, f"{recipe}: {result.stderr}"
+
+
+def test_a_stage_that_breaks_the_model_names_the_layer(tmp_path: Path, recipe_file) -> None:
+    recipe = recipe_file(
+        model={"factory": "tests.stages.test_structured:HardcodedWidth"},
+        stages=[{"kind": "prune", "method": "channel", "amount": 0.5}],
+    )
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2
+    assert "stage 'prune1' left a model that fails at layer 'head'" in result.stderr
+    assert not (tmp_path / "out").exists()
