@@ -95,6 +95,7 @@ def main() -> None:
         "dense": (dense, Lineage(arch)),
         f"{args.amount:.0%} unstructured": (unstructured, unstructured_lineage),
         f"{args.amount:.0%} channel": (channel, channel_lineage),
+        f"{args.amount:.0%} ch. TP by hand": (by_hand, channel_lineage),
     }
     one = torch.randn(1, 3, args.size, args.size)
     many = torch.randn(args.batch, 3, args.size, args.size)

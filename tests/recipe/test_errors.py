@@ -99,3 +99,18 @@ def test_duplicate_stage_names_are_rejected() -> None:
 def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_prune_options_are_checked_against_the_method() -> None:
+    channel = VALID.replace("    amount: 0.3", "    amount: 0.3\n    method: channel\n    round_to: 8")
+    recipe = parse_recipe(channel)
+    assert recipe.stages[1].scope == "layer" and recipe.stages[1].importance == "l1"
+    assert parse_recipe(VALID).stages[1].scope == "global"
+    assert "'round_to' applies to method channel only" in errors_of(channel.replace("method: channel", "method: block"))
+    wrong = VALID.replace("    amount: 0.3", "    amount: 0.3\n    importance: taylor")
+    assert "importance 'taylor' does not apply to method 'unstructured'; use one of l1, random" in errors_of(wrong)
+    between = channel.replace("round_to: 8", "finetune_between: {epochs: 1}")
+    assert "finetune_between needs steps >= 2" in errors_of(between)
+    assert "stages[1].finetune_between.epoch: unknown key" in errors_of(
+        between.replace("{epochs: 1}", "{epoch: 1}\n    steps: 2")
+    )

@@ -131,3 +131,15 @@ def test_unprunable_models_get_a_clear_error_naming_the_layer() -> None:
         PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5, layer_amounts={"nope*": 0.5}), "p").apply(
             mlp(), mlp_ctx
         )
+
+
+def test_batchnorm_recalibration_matches_the_statistics_of_the_data() -> None:
+    from modelshrink.train import recalibrate_batchnorm
+
+    ctx = context({"factory": "x:y"}, channels=1, size=8)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.1))
+    recalibrate_batchnorm(model, ctx.data, batches=100)
+    with torch.no_grad():
+        features = torch.cat([model[0](x) for x, _ in ctx.data.train])
+    assert torch.allclose(model[1].running_mean, features.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert model[1].momentum == 0.1 and not model.training
