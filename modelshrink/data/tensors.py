@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from modelshrink.data.bundle import DataBundle, make_bundle, normalization, stratified_split
 
 
 class ImageTensorDataset(Dataset):
@@ -32,3 +36,30 @@ class ImageTensorDataset(Dataset):
         if image.shape[0] != self.channels:  # grayscale <-> RGB, so any model's stem fits any images
             image = image.mean(0, keepdim=True).expand(self.channels, -1, -1)
         return (image - self.mean) / self.std, int(self.labels[index])
+
+
+def split_in_memory(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: Any,
+    seed: int,
+    num_classes: int,
+    class_names: list[str] | None = None,
+) -> DataBundle:
+    """A seeded, stratified train/val bundle from in-memory images in [0, 1] (digits, synthetic)."""
+    mean, std = normalization(spec.mean, spec.std, spec.channels, default=((0.5,), (0.5,)))
+    train_idx, val_idx = stratified_split(labels.tolist(), spec.val_fraction, seed)
+
+    def subset(idx: list[int]) -> ImageTensorDataset:
+        return ImageTensorDataset(images[idx], labels[idx], spec.image_size, spec.channels, mean, std)
+
+    return make_bundle(
+        subset(train_idx),
+        subset(val_idx),
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        seed=seed,
+        num_classes=num_classes,
+        input_shape=(spec.channels, spec.image_size, spec.image_size),
+        class_names=class_names,
+    )
