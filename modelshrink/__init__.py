@@ -35,11 +35,14 @@ def run_recipe(
     *,
     output_dir: str | Path | None = None,
     force: bool = False,
+    resume: bool = False,
     overrides: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Run a recipe (a path or a `Recipe`) end to end; returns the report dict that report.json holds.
 
-    Raises `UserError` for bad input and `ConstraintFailed` (after writing the reports) when a gate fails."""
+    `resume` continues an interrupted run of the same recipe. Raises `UserError` for bad input and
+    `ConstraintFailed` (after writing the reports) when a gate fails. Returns None on ranks other
+    than 0 of a multi-process (torchrun) run."""
     from modelshrink import pipeline
     from modelshrink.recipe import Recipe as RecipeType
     from modelshrink.recipe import load_recipe
@@ -50,7 +53,9 @@ def run_recipe(
         parsed, source = recipe, None
     else:
         parsed, source = load_recipe(recipe, overrides), str(recipe)
-    return pipeline.run(parsed, output_dir=Path(output_dir) if output_dir else None, force=force, recipe_source=source)
+    return pipeline.run(
+        parsed, output_dir=Path(output_dir) if output_dir else None, force=force, resume=resume, recipe_source=source
+    )
 
 
 def load(path: str | Path, *, allow_pickle: bool = False) -> nn.Module:

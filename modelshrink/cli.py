@@ -58,17 +58,35 @@ def run(
         Path | None, typer.Option("--output", "-o", help="Output directory (overrides output.dir).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of this recipe.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train with DDP in N processes on this machine.")] = 1,
     overrides: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout and nothing else.")] = False,
 ) -> None:
     """Compress a model as the recipe says; write the checkpoint, report.json and report.md."""
+    if nproc > 1:
+        from modelshrink.distributed import launch_local
+
+        argv = [
+            "run",
+            str(recipe),
+            *(["--output", str(output)] if output else []),
+            *(["--force"] if force else []),
+            *(["--resume"] if resume else []),
+            *(["--json"] if as_json else []),
+            *(arg for item in overrides or [] for arg in ("--set", item)),
+        ]
+        raise typer.Exit(launch_local(nproc, argv))
     with _exit_codes():
         try:
-            report = modelshrink.run_recipe(recipe, output_dir=output, force=force, overrides=overrides or [])
+            report = modelshrink.run_recipe(
+                recipe, output_dir=output, force=force, resume=resume, overrides=overrides or []
+            )
         except ConstraintFailed as exc:
             _print_report(exc.report, as_json)  # a failed gate still shows (and has written) its numbers
             raise
-        _print_report(report, as_json)
+        if report is not None:  # None on the other ranks of a multi-process run
+            _print_report(report, as_json)
 
 
 def _stdout() -> Any:

@@ -1,14 +1,18 @@
 """Run a recipe: load model and data, measure the baseline, apply and measure each stage, gate, write.
 
-The only place that writes files, and it writes them all at once at the end (see `atomic`), so a
-stage that fails leaves nothing behind and an existing output is never half-replaced.
+The only place that writes outputs, and it writes them all at once at the end (see `atomic`), so a
+failed run leaves no output and an existing output is never half-replaced. Progress (the model after
+each stage, the training state after each epoch) goes to a resume directory beside the output, so
+that `resume=True` continues an interrupted run; it is removed when the run ends or a user error stops it.
+In a multi-process run every rank trains, and rank 0 alone measures and writes.
 """
 
 from __future__ import annotations
 
-import copy
+import io
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelshrink import distributed
 from modelshrink.atomic import write_directory
-from modelshrink.checkpoint import to_bytes
+from modelshrink.checkpoint import Lineage, model_from_payload, to_bytes
 from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
 from modelshrink.diagnose import failing_layer
@@ -27,58 +32,127 @@ from modelshrink.errors import ConstraintFailed, UserError
 from modelshrink.metrics import add_latencies, measure
 from modelshrink.models import load_model
 from modelshrink.progress import log
-from modelshrink.recipe.schema import Recipe
+from modelshrink.recipe.schema import FinetuneSpec, Recipe
 from modelshrink.report import build_report, human_bytes, to_json, to_markdown
+from modelshrink.resume import ResumeStore, restore_rng
 from modelshrink.stages import STAGES, StageContext
 
 
 def run(
-    recipe: Recipe, *, output_dir: Path | None = None, force: bool = False, recipe_source: str | None = None
-) -> dict[str, Any]:
+    recipe: Recipe,
+    *,
+    output_dir: Path | None = None,
+    force: bool = False,
+    resume: bool = False,
+    recipe_source: str | None = None,
+) -> dict[str, Any] | None:
+    """Returns the report (None on ranks other than 0 of a multi-process run)."""
+    distributed.init_from_env()
+    main = distributed.is_main()
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
-    check_output_dir(out_dir, recipe, force)
+    if main:
+        check_output_dir(out_dir, recipe, force)
     seed_everything(recipe.seed)
-
     data = build_data(recipe.data, recipe.seed)
-    model, lineage = load_model(recipe.model)
-    model.eval()
-    check_model_fits_data(model, data)
+    store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
+    try:
+        report = _run_stages(recipe, data, store, resume, main)
+        if main:
+            _write_outputs(out_dir, recipe, report, store.model_blob(len(report["stages"])), force, recipe_source)
+    except UserError:
+        store.finish()  # bad input: nothing to resume, nothing left behind
+        raise
+    store.finish()
+    distributed.barrier()
+    if not main:
+        return None
+    if not report["passed"]:
+        failed = ", ".join(
+            f"{c['name']} (limit {c['limit']:.4f}, got {c['value']:.4f})"
+            for c in report["constraints"]
+            if not c["passed"]
+        )
+        raise ConstraintFailed(f"constraint failed: {failed}; reports in {out_dir}", report)
+    return report
+
+
+def _run_stages(recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bool, main: bool) -> dict[str, Any]:
+    saved = store.start(resume)
+    distributed.barrier()
+    if saved is None:
+        model, lineage = load_model(recipe.model)
+        model.eval()
+        check_model_fits_data(model, data, recipe)
+        log(f"baseline: {sum(p.numel() for p in model.parameters()):,} parameters, measuring")
+        blob = to_bytes(model, lineage, data.input_shape)
+        baseline = measure(model, data, recipe.evaluate, len(blob)) if main else None
+        if main:
+            log(_summary("baseline", baseline))
+        progress: dict[str, Any] = {"baseline": baseline, "results": [], "notes": {}}
+        store.save_stage(0, blob, progress, data.train.generator)
+        completed = 0
+    else:
+        progress, completed = saved["progress"], saved["completed"]
+        model, lineage = _from_blob(store.model_blob(completed), recipe)
+        restore_rng(saved["rng"], data.train.generator)
+    original, _ = _from_blob(store.model_blob(0), recipe)
     ctx = StageContext(
-        data=data, original_model=copy.deepcopy(model), lineage=lineage, evaluate=recipe.evaluate, seed=recipe.seed
+        data=data,
+        original_model=original,
+        lineage=lineage,
+        evaluate=recipe.evaluate,
+        seed=recipe.seed,
+        resume_store=store,
+        notes=progress["notes"],
     )
-
-    log(f"baseline: {sum(p.numel() for p in model.parameters()):,} parameters, measuring")
-    blob = to_bytes(model, lineage, data.input_shape)
-    baseline = measure(model, data, recipe.evaluate, len(blob))
-    log(_summary("baseline", baseline))
-
-    results, snapshots = [], [ctx.original_model]
-    for spec, name in zip(recipe.stages, recipe.stage_names(), strict=True):
+    results: list[dict[str, Any]] = progress["results"]
+    for index, (spec, name) in enumerate(zip(recipe.stages, recipe.stage_names(), strict=True), start=1):
+        if index <= completed:
+            continue
         log(f"stage {name} ({spec.kind})")
         start = time.perf_counter()
         with _model_errors(name, model, data):
             model = STAGES[spec.kind](spec, name).apply(model, ctx).eval()
         duration = time.perf_counter() - start
         blob = to_bytes(model, lineage, data.input_shape)
-        with _model_errors(name, model, data):
-            metrics = measure(model, data, recipe.evaluate, len(blob))
-        log(_summary(name, metrics))
+        metrics = None
+        if main:
+            with _model_errors(name, model, data):
+                metrics = measure(model, data, recipe.evaluate, len(blob))
+            log(_summary(name, metrics))
         params = spec.model_dump(mode="json", exclude={"kind", "name"})
-        results.append({"name": name, "kind": spec.kind, "params": params, "metrics": metrics, "duration_s": duration})
-        snapshots.append(copy.deepcopy(model))  # later stages may change `model` in place
-
+        results.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "params": params,
+                "metrics": metrics,
+                "duration_s": duration,
+                "notes": ctx.notes.get(name, {}),
+            }
+        )
+        store.save_stage(index, blob, progress, data.train.generator)
+    if not main:
+        return {}
+    snapshots = [_from_blob(store.model_blob(i), recipe)[0] for i in range(len(results) + 1)]
     log(f"timing {len(snapshots)} models side by side")
+    baseline = progress["baseline"]
     add_latencies(snapshots, [baseline] + [r["metrics"] for r in results], data, recipe.evaluate)
     final = results[-1]["metrics"] if results else baseline
-    constraints = check_constraints(recipe.constraints, baseline, final)
-    report = build_report(
+    return build_report(
         recipe=recipe.model_dump(mode="json"),
-        recipe_source=recipe_source,
+        recipe_source=None,
         baseline=baseline,
         stages=results,
-        constraints=constraints,
+        constraints=check_constraints(recipe.constraints, baseline, final),
         checkpoint=recipe.output.checkpoint_name,
     )
+
+
+def _write_outputs(
+    out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: bytes, force: bool, recipe_source: str | None
+) -> None:
+    report["recipe_source"] = recipe_source
     write_directory(
         out_dir,
         {
@@ -89,12 +163,13 @@ def run(
         replace=force,
     )
     log(f"wrote {out_dir}/ ({recipe.output.checkpoint_name}, report.json, report.md)")
-    if not report["passed"]:
-        failed = ", ".join(
-            f"{c['name']} (limit {c['limit']:.4f}, got {c['value']:.4f})" for c in constraints if not c["passed"]
-        )
-        raise ConstraintFailed(f"constraint failed: {failed}; reports in {out_dir}", report)
-    return report
+
+
+def _from_blob(blob: bytes, recipe: Recipe) -> tuple[nn.Module, Lineage]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's TypedStorage notice when reading quantized tensors
+        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=not recipe.model.allow_pickle)
+    return model_from_payload(payload, Path("<resume>"), allow_pickle=recipe.model.allow_pickle)
 
 
 @contextmanager
@@ -128,7 +203,7 @@ def check_output_dir(out_dir: Path, recipe: Recipe, force: bool) -> None:
         raise UserError(f"output.dir: {out_dir} already exists; pass --force to replace it")
 
 
-def check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
+def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) -> None:
     inputs = data.example_inputs(2)
     try:
         with torch.inference_mode():
@@ -139,10 +214,11 @@ def check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != inputs.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"model output {shape} is not (batch, classes) logits")
-    if out.shape[1] != data.num_classes:
+    new_head = any(isinstance(s, FinetuneSpec) and s.num_classes is not None for s in recipe.stages)
+    if out.shape[1] != data.num_classes and not new_head:
         raise UserError(
-            f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; "
-            f"set model.num_classes: {data.num_classes} (or use a checkpoint trained on this data)"
+            f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; set model.num_classes: "
+            f"{data.num_classes}, or replace the classifier with a finetune stage's num_classes"
         )
 
 

@@ -18,12 +18,17 @@ def interactive() -> bool:
 
 
 def log(message: str) -> None:
-    console.print(message, markup=False)
+    from modelshrink import distributed
+
+    if distributed.is_main():  # one voice in multi-process runs
+        console.print(message, markup=False)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate with a transient progress bar when a person is watching; silently otherwise."""
-    if not interactive():
+    from modelshrink import distributed
+
+    if not interactive() or not distributed.is_main():
         yield from items
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -1,7 +1,7 @@
 """report.json (a stable schema for machines) and report.md (the same numbers for people).
 
 Schema version 1 — top-level keys: schema_version, version, recipe, recipe_source, environment,
-baseline, stages[{name, kind, params, metrics, duration_s}], final, constraints[{name, limit, value,
+baseline, stages[{name, kind, params, metrics, duration_s, notes}], final, constraints[{name, limit, value,
 passed}], findings[str], checkpoint, passed. Metrics keys are `modelshrink.metrics.METRIC_KEYS`.
 """
 
@@ -70,6 +70,13 @@ def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str
             ratio = median / base[f"{size}_median"]
             if ratio > SLOWDOWN_TOLERANCE and median > base[f"{size}_p95"]:
                 notes.append(f"{stage['name']}: {label} latency is {ratio:.2f}x the baseline's (slower)")
+        compared = stage.get("notes", {}).get("compare_finetune")
+        if compared:
+            verdict = "beat" if compared["distillation_won"] else "did NOT beat"
+            notes.append(
+                f"{stage['name']}: distillation ({compared['distill_accuracy']:.4f}) {verdict} plain "
+                f"fine-tuning with the same settings ({compared['finetune_accuracy']:.4f})"
+            )
         if stage["kind"] == "prune" and stage["params"].get("method") == "unstructured":
             notes.append(
                 f"{stage['name']}: unstructured zeros do not shrink the file or speed up dense kernels; "

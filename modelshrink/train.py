@@ -1,20 +1,25 @@
-"""The one training loop (finetune today; distillation and QAT pass their own loss).
+"""The one training loop, used by finetune, distill and between pruning steps.
 
-Kept plain and readable in the manner of torchvision's reference `train.py`: optimizer and schedule
-from the recipe, LR stepped per batch, validation accuracy logged per epoch, and pruned weights
-held at zero after every optimizer step so that fine-tuning cannot undo unstructured pruning.
+Kept plain in the manner of torchvision's reference `train.py`: optimizer and schedule from the
+recipe (discriminative learning rates by layer glob), LR stepped per batch, validation accuracy per
+epoch (early stopping, keep-best), pruned weights held at zero after every optimizer step, DDP when
+run in several processes, and a resumable state after every epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelshrink import distributed
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError
 from modelshrink.metrics.accuracy import evaluate_classifier
@@ -22,6 +27,8 @@ from modelshrink.progress import log, track
 from modelshrink.recipe.schema import TrainingSettings
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+EpochHook = Callable[[dict[str, Any]], None]
+NamedParams = Sequence[tuple[str, nn.Parameter]]
 
 
 def fit(
@@ -30,28 +37,49 @@ def fit(
     spec: TrainingSettings,
     *,
     label: str,
-    params: Sequence[nn.Parameter] | None = None,
+    seed: int = 0,
+    params: NamedParams | None = None,
+    extra_params: Sequence[nn.Parameter] = (),
     frozen_norms: Sequence[nn.Module] = (),
     loss_fn: LossFn | None = None,
     max_val_batches: int | None = None,
+    resume: dict[str, Any] | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> nn.Module:
-    """Train `params` (default: all that require grad) for `spec.epochs`; return the model in eval mode."""
-    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    """Train `params` (default: all that require grad) for `spec.epochs`; return the model in eval mode.
+
+    `extra_params` train alongside but belong to the loss (e.g. distillation projections).
+    `on_epoch` receives a resumable state after each epoch; pass it back as `resume` to continue."""
+    params = list(params) if params is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train (every parameter is frozen)")
-    steps = len(data.train) if spec.max_batches_per_epoch is None else min(len(data.train), spec.max_batches_per_epoch)
-    optimizer = make_optimizer(spec, params)
+    steps = len(distributed.shard(data.train, seed, 0))
+    if spec.max_batches_per_epoch is not None:
+        steps = min(steps, spec.max_batches_per_epoch)
+    optimizer = make_optimizer(spec, params, extra_params)
     scheduler = make_scheduler(spec, optimizer, steps_per_epoch=steps)
-    masks = sparsity_masks(params) if spec.keep_sparsity else []
-    loss_fn = loss_fn or _cross_entropy(spec.label_smoothing)
-    for epoch in range(1, spec.epochs + 1):
+    masks = sparsity_masks([p for _, p in params]) if spec.keep_sparsity else []
+    loss_fn = loss_fn or cross_entropy(spec.label_smoothing)
+    trainer: nn.Module = model
+    if distributed.world_size() > 1:
+        trainer = nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(frozen_norms))
+    best: dict[str, Any] | None = None
+    start_epoch, stale = 1, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        data.train.generator.set_state(resume["loader_rng"])
+        best, stale, start_epoch = resume["best"], resume["stale"], resume["epoch"] + 1
+    for epoch in range(start_epoch, spec.epochs + 1):
         start, loss_sum, seen = time.perf_counter(), 0.0, 0
-        model.train()
+        trainer.train()
         for module in frozen_norms:
             module.eval()
-        batches = itertools.islice(data.train, steps)
+        batches = itertools.islice(distributed.shard(data.train, seed, epoch), steps)
         for inputs, targets in track(batches, f"{label} epoch {epoch}/{spec.epochs}", total=steps):
-            loss = loss_fn(model, inputs, targets)
+            loss = loss_fn(trainer, inputs, targets)
             if not torch.isfinite(loss):
                 raise UserError(f"training diverged (loss {loss.item()} in epoch {epoch}); lower the lr")
             optimizer.zero_grad(set_to_none=True)
@@ -63,26 +91,66 @@ def fit(
                     param.mul_(mask)
             loss_sum += loss.item() * targets.shape[0]
             seen += targets.shape[0]
-        quality = evaluate_classifier(model, data.val, max_val_batches)
-        log(
-            f"{label} epoch {epoch}/{spec.epochs}: train loss {loss_sum / max(seen, 1):.4f}, "
-            f"val accuracy {quality['accuracy']:.4f} ({time.perf_counter() - start:.1f}s)"
-        )
+        accuracy = evaluate_classifier(model, data.val, max_val_batches)["accuracy"]
+        if best is None or accuracy > best["accuracy"]:
+            best = {
+                "accuracy": accuracy,
+                "epoch": epoch,
+                "model": copy.deepcopy(model.state_dict()) if spec.keep_best else None,
+            }
+            stale = 0
+        else:
+            stale += 1
+        if distributed.is_main():
+            log(
+                f"{label} epoch {epoch}/{spec.epochs}: train loss {loss_sum / max(seen, 1):.4f}, "
+                f"val accuracy {accuracy:.4f} ({time.perf_counter() - start:.1f}s)"
+            )
+        if on_epoch is not None:
+            on_epoch(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "loader_rng": data.train.generator.get_state(),
+                    "best": best,
+                    "stale": stale,
+                }
+            )
+        if spec.early_stopping is not None and stale >= spec.early_stopping:
+            log(f"{label}: no better validation accuracy for {stale} epochs, stopping early")
+            break
+    if spec.keep_best and best is not None and best["model"] is not None:
+        model.load_state_dict(best["model"])
+        log(f"{label}: keeping epoch {best['epoch']} (val accuracy {best['accuracy']:.4f})")
     return model.eval()
 
 
-def make_optimizer(spec: TrainingSettings, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm weights (1-D tensors), as torchvision's references do.
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    groups = [
-        g
-        for g in ({"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
-        if g["params"]
-    ]
+def make_optimizer(
+    spec: TrainingSettings, params: NamedParams, extra_params: Sequence[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    """Groups by learning rate (`layer_lrs`, first matching glob wins) and weight decay (none on
+    biases and norm weights, the 1-D tensors, as torchvision's references do)."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    named = [*params, *(("", p) for p in extra_params)]
+    for name, param in named:
+        module_name = name.rpartition(".")[0]
+        lr = next(
+            (
+                lr
+                for pattern, lr in spec.layer_lrs.items()
+                if fnmatchcase(name, pattern) or fnmatchcase(module_name, pattern)
+            ),
+            spec.lr,
+        )
+        decay = spec.weight_decay if param.dim() > 1 else 0.0
+        groups.setdefault((lr, decay), []).append(param)
+    param_groups = [{"params": ps, "lr": lr, "weight_decay": decay} for (lr, decay), ps in groups.items()]
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
-    return torch.optim.AdamW(groups, lr=spec.lr)
+        return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=spec.lr)
 
 
 def make_scheduler(
@@ -95,7 +163,7 @@ def make_scheduler(
     if spec.schedule == "step":
         return sched.StepLR(optimizer, step_size=spec.step_size * steps_per_epoch, gamma=spec.gamma)
     if spec.schedule == "onecycle":
-        return sched.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=total)
+        return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
     return sched.LambdaLR(optimizer, lambda _: 1.0)
 
 
@@ -133,7 +201,7 @@ def recalibrate_batchnorm(model: nn.Module, data: DataBundle, batches: int) -> N
     model.eval()
 
 
-def _cross_entropy(label_smoothing: float) -> LossFn:
+def cross_entropy(label_smoothing: float) -> LossFn:
     def loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
 

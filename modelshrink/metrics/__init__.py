@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from modelshrink import distributed
 from modelshrink.data.bundle import DataBundle
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.metrics.latency import measure_latencies
@@ -43,7 +44,7 @@ def add_latencies(
         data.example_inputs(latency.batch_size),
         warmup=latency.warmup,
         iterations=latency.iterations,
-        threads=latency.threads,
+        threads=latency.threads or distributed.DEFAULT_THREADS,
     )
     for entry, timing in zip(metrics, timings, strict=True):
         entry["latency_ms"] = timing

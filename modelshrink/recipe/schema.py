@@ -127,6 +127,76 @@ class _StageCommon(Strict):
     name: str | None = Field(default=None, description="shown in reports; defaults to '<kind><index>'")
 
 
+class TrainingSettings(Strict):
+    """Settings of the one training loop, shared by every stage that trains."""
+
+    epochs: PositiveInt = 1
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    layer_lrs: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="discriminative learning rates: {name glob: lr}, first match wins"
+    )
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Probability = 0.9
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    step_size: PositiveInt = Field(default=1, description="epochs between LR drops (schedule: step)")
+    gamma: Fraction = Field(default=0.1, description="LR factor per drop (schedule: step)")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    keep_sparsity: bool = Field(default=True, description="weights that are exactly zero stay zero")
+    max_batches_per_epoch: PositiveInt | None = None
+    early_stopping: PositiveInt | None = Field(
+        default=None, description="stop after this many epochs without a better validation accuracy"
+    )
+    keep_best: bool = Field(default=False, description="end with the weights of the best validation epoch")
+
+
+class FinetuneSpec(TrainingSettings, _StageCommon):
+    """Train the current model on the recipe's data (fine-tuning and transfer learning).
+
+    `strategy` chooses what trains: `full` (everything), `head` (the top-level block holding the
+    classifier, e.g. VGG's 3-layer classifier; the backbone is frozen), `last_layer` (only the final
+    layer; BatchNorm statistics frozen too), `partial` (the `unfreeze` globs and/or the last
+    `unfreeze_last` blocks, plus the classifier). `num_classes` replaces the classifier with a new one.
+    """
+
+    kind: Literal["finetune"]
+    strategy: Literal["full", "head", "last_layer", "partial"] = "full"
+    unfreeze: list[str] = Field(default_factory=list, description="partial: module name globs that train")
+    unfreeze_last: PositiveInt | None = Field(default=None, description="partial: train the last N blocks")
+    num_classes: PositiveInt | None = Field(default=None, description="replace the classifier for N classes")
+
+    @model_validator(mode="after")
+    def _partial(self) -> FinetuneSpec:
+        chosen = bool(self.unfreeze) or self.unfreeze_last is not None
+        if self.strategy == "partial" and not chosen:
+            raise ValueError("strategy 'partial' needs 'unfreeze' globs or 'unfreeze_last'")
+        if self.strategy != "partial" and chosen:
+            raise ValueError("'unfreeze' / 'unfreeze_last' apply to strategy 'partial' only")
+        return self
+
+
+class HintSpec(Strict):
+    """Feature distillation between two named layers; a learned 1x1 projection matches widths."""
+
+    student: str
+    teacher: str
+
+
+class DistillSpec(TrainingSettings, _StageCommon):
+    """Knowledge distillation: loss = alpha * KL(teacher/T || student/T) * T^2 + (1 - alpha) * CE
+    (+ hint_weight * MSE of projected hint features)."""
+
+    kind: Literal["distill"]
+    teacher: ModelSpec | None = Field(default=None, description="default: the model before any stage ran")
+    temperature: PositiveFloat = 4.0
+    alpha: Probability = 0.7
+    hints: list[HintSpec] = Field(default_factory=list)
+    hint_weight: Annotated[float, Field(ge=0)] = 1.0
+    compare_finetune: bool = Field(
+        default=False, description="also fine-tune a copy with the same settings and report which won"
+    )
+
+
 _IMPORTANCE_BY_METHOD = {
     "unstructured": ("l1", "random"),
     "channel": ("l1", "l2", "bn_scale", "taylor", "random"),
@@ -213,30 +283,7 @@ class QuantizeSpec(_StageCommon):
     module_types: list[Literal["Linear", "LSTM", "GRU"]] = Field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
 
 
-class TrainingSettings(Strict):
-    """Settings of the one training loop, shared by every stage that trains."""
-
-    epochs: PositiveInt = 1
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: PositiveFloat = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    momentum: Probability = 0.9
-    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
-    step_size: PositiveInt = Field(default=1, description="epochs between LR drops (schedule: step)")
-    gamma: Fraction = Field(default=0.1, description="LR factor per drop (schedule: step)")
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    keep_sparsity: bool = Field(default=True, description="weights that are exactly zero stay zero")
-    max_batches_per_epoch: PositiveInt | None = None
-
-
-class FinetuneSpec(TrainingSettings, _StageCommon):
-    """Train the current model on the recipe's data; `freeze` chooses what may change."""
-
-    kind: Literal["finetune"]
-    freeze: Literal["none", "backbone", "all_but_classifier"] = "none"
-
-
-StageSpec = Annotated[PruneSpec | QuantizeSpec | FinetuneSpec, Field(discriminator="kind")]
+StageSpec = Annotated[PruneSpec | QuantizeSpec | FinetuneSpec | DistillSpec, Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------- evaluation and output

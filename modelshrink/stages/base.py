@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
 
 from torch import nn
 
 from modelshrink.checkpoint import Lineage
 from modelshrink.data.bundle import DataBundle
 from modelshrink.recipe.schema import EvaluateSpec
+from modelshrink.resume import ResumeStore
 
 SpecT = TypeVar("SpecT")
 
@@ -24,14 +25,27 @@ SpecT = TypeVar("SpecT")
 class StageContext:
     """What stages may read: the data, the untouched original model, the run's settings.
 
-    `lineage` is the one thing a stage may append to: a record of any structural change it makes,
-    so that the checkpoint can be rebuilt (see `modelshrink.checkpoint.register_rebuilder`)."""
+    Stages may append to `lineage` (a record of any structural change, so that the checkpoint can
+    be rebuilt; see `modelshrink.checkpoint.register_rebuilder`) and to `notes` (facts for the report)."""
 
     data: DataBundle
     original_model: nn.Module
     lineage: Lineage
     evaluate: EvaluateSpec
     seed: int
+    resume_store: ResumeStore | None = None
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage, extra facts for the report
+
+    def resume_state(self, stage: str) -> dict[str, Any] | None:
+        """The saved training state of `stage` when an interrupted run is being resumed."""
+        return self.resume_store.epoch_state(stage) if self.resume_store else None
+
+    def epoch_hook(self, stage: str) -> Callable[[dict[str, Any]], None] | None:
+        """Where a training stage saves its state after each epoch, so a run can be resumed."""
+        if self.resume_store is None:
+            return None
+        store = self.resume_store
+        return lambda state: store.save_epoch(stage, state)
 
 
 class Stage(ABC, Generic[SpecT]):

@@ -20,6 +20,7 @@ from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import PruneSpec
 from modelshrink.stages.base import StageContext
+from modelshrink.stages.selection import set_submodule
 from modelshrink.train import recalibrate_batchnorm
 
 
@@ -83,14 +84,14 @@ def block_scores(
     scores = {}
     for name in names:
         block = model.get_submodule(name)
-        _set_submodule(model, name, nn.Identity())
+        set_submodule(model, name, nn.Identity())
         try:
             change = sum(
                 float((model(x) - ref).norm() / ref.norm().clamp_min(1e-12))
                 for x, ref in zip(batches, reference, strict=True)
             )
         finally:
-            _set_submodule(model, name, block)
+            set_submodule(model, name, block)
         scores[name] = change / max(len(batches), 1)
     return scores
 
@@ -98,10 +99,5 @@ def block_scores(
 @register_rebuilder("drop_blocks")
 def replace_with_identity(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     for name in record["modules"]:
-        _set_submodule(model, name, nn.Identity())
+        set_submodule(model, name, nn.Identity())
     return model
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

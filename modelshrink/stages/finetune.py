@@ -1,53 +1,102 @@
-"""Fine-tuning with a freeze strategy:
+"""Fine-tuning and transfer learning: choose what trains, optionally replace the classifier.
 
-- `none`: everything trains;
-- `backbone`: the backbone's conv/linear weights are frozen, the classifier and the normalization
-  layers train (cheap adaptation to a new data distribution);
-- `all_but_classifier`: only the classifier trains, normalization statistics are frozen too.
+Strategies: `full` trains everything; `head` trains the top-level block that holds the classifier
+(the backbone is frozen); `last_layer` trains only the final layer; `partial` trains the classifier
+plus the `unfreeze` globs and/or the last `unfreeze_last` blocks. Normalization layers whose
+parameters are frozen also keep their running statistics (eval mode) while the rest trains.
 """
 
 from __future__ import annotations
+
+from fnmatch import fnmatchcase
 
 from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import FinetuneSpec
+from modelshrink.stages import reshape
 from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.stages.selection import NORM_TYPES, find_classifier
+from modelshrink.stages.selection import NORM_TYPES, blocks, find_classifier, set_submodule
 from modelshrink.train import fit
 
 
 @register("finetune")
 class FinetuneStage(Stage[FinetuneSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        trainable, frozen_norms = self._split(model)
+        if self.spec.num_classes is not None:
+            self._replace_classifier(model, ctx)
+        trainable = self._trainable_modules(model)
+        params = [(n, p) for n, p in model.named_parameters() if _owner(n) in trainable or self.spec.strategy == "full"]
+        frozen_norms = [
+            m
+            for name, m in model.named_modules()
+            if isinstance(m, NORM_TYPES) and self.spec.strategy != "full" and name not in trainable
+        ]
         previous = {p: p.requires_grad for p in model.parameters()}
+        chosen = {id(p) for _, p in params}
         for param in model.parameters():
-            param.requires_grad_(param in trainable)
+            param.requires_grad_(id(param) in chosen)
         try:
             return fit(
                 model,
                 ctx.data,
                 self.spec,
                 label=self.name,
-                params=list(trainable),
+                seed=ctx.seed,
+                params=params,
                 frozen_norms=frozen_norms,
                 max_val_batches=ctx.evaluate.max_val_batches,
+                resume=ctx.resume_state(self.name),
+                on_epoch=ctx.epoch_hook(self.name),
             )
         finally:
             for param, flag in previous.items():
                 param.requires_grad_(flag)
 
-    def _split(self, model: nn.Module) -> tuple[set[nn.Parameter], list[nn.Module]]:
-        if self.spec.freeze == "none":
-            return set(model.parameters()), []
-        try:
-            classifier = model.get_submodule(find_classifier(model))
-        except ValueError as exc:
-            raise UserError(f"freeze={self.spec.freeze}: {exc}") from None
-        trainable = set(classifier.parameters())
-        norms = [m for m in model.modules() if isinstance(m, NORM_TYPES)]
-        if self.spec.freeze == "backbone":
-            trainable.update(p for m in norms for p in m.parameters())
-            return trainable, []
-        return trainable, norms
+    def _trainable_modules(self, model: nn.Module) -> set[str]:
+        """Names of every module (and its descendants) that trains under the strategy."""
+        if self.spec.strategy == "full":
+            return {name for name, _ in model.named_modules()}
+        classifier = _classifier(model)
+        roots = {classifier}
+        if self.spec.strategy == "head":
+            roots = {classifier.split(".")[0]}
+        elif self.spec.strategy == "partial":
+            names = [name for name, _ in model.named_modules() if name]
+            matched = {n for n in names if any(fnmatchcase(n, p) for p in self.spec.unfreeze)}
+            if self.spec.unfreeze and not matched:
+                raise UserError(f"unfreeze: {self.spec.unfreeze} match no layer")
+            roots |= matched
+            if self.spec.unfreeze_last:
+                roots |= set(blocks(model)[-self.spec.unfreeze_last :])
+        return {name for name, _ in model.named_modules() if any(name == r or name.startswith(f"{r}.") for r in roots)}
+
+    def _replace_classifier(self, model: nn.Module, ctx: StageContext) -> None:
+        """A new, freshly initialised output layer for `num_classes` (transfer learning)."""
+        wanted = self.spec.num_classes
+        if wanted != ctx.data.num_classes:
+            raise UserError(f"num_classes: {wanted}, but the data has {ctx.data.num_classes} classes")
+        name = _classifier(model)
+        old = model.get_submodule(name)
+        before = reshape.snapshot(model)
+        if isinstance(old, nn.Linear):
+            new: nn.Module = nn.Linear(old.in_features, wanted, bias=old.bias is not None)
+        else:
+            new = type(old)(
+                old.in_channels, wanted, old.kernel_size, old.stride, old.padding, bias=old.bias is not None
+            )
+        set_submodule(model, name, new)
+        record = reshape.record_changes(before, model)
+        if record is not None:
+            ctx.lineage.transforms.append(record)
+
+
+def _classifier(model: nn.Module) -> str:
+    try:
+        return find_classifier(model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _owner(param_name: str) -> str:
+    return param_name.rpartition(".")[0]

@@ -32,3 +32,29 @@ def find_classifier(model: nn.Module) -> str:
         if names:
             return names[-1]
     raise ValueError("no Linear or Conv layer found to act as the classifier")
+
+
+def blocks(model: nn.Module) -> list[str]:
+    """The model's blocks in forward order: outermost non-leaf children of nn.Sequential containers
+    that hold parameters (ResNet bottlenecks, MobileNet stages...); leaf layers for flat models."""
+    found: list[str] = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        for child_name, child in parent.named_children():
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            nested = any(name.startswith(f"{b}.") for b in found)
+            if not nested and any(True for _ in child.children()) and any(True for _ in child.parameters()):
+                found.append(name)
+    if found:
+        return found
+    return [
+        name
+        for name, m in model.named_modules()
+        if name and not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False))
+    ]
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

@@ -34,7 +34,9 @@ def test_run_writes_checkpoint_and_reports_with_the_stable_schema(tmp_path: Path
     for metrics in [report["baseline"], report["final"]] + [s["metrics"] for s in report["stages"]]:
         assert tuple(metrics) == METRIC_KEYS and set(metrics["latency_ms"]) == LATENCY_KEYS
     stage = report["stages"][1]
-    assert set(stage) == {"name", "kind", "params", "metrics", "duration_s"} and stage["params"]["amount"] == 0.4
+    assert (
+        set(stage) == {"name", "kind", "params", "metrics", "duration_s", "notes"} and stage["params"]["amount"] == 0.4
+    )
     assert report["stages"][0]["metrics"]["accuracy"] > report["baseline"]["accuracy"]
     assert report["final"]["size_bytes"] == (out / "model.pt").stat().st_size
     assert report["final"]["size_bytes"] < report["baseline"]["size_bytes"]  # int8 weights
@@ -109,7 +111,8 @@ def test_a_failing_stage_leaves_no_output(tmp_path: Path, recipe_file, monkeypat
     monkeypatch.setitem(pipeline.STAGES, "prune", Boom)
     with pytest.raises(RuntimeError, match="stage exploded"):
         modelshrink.run_recipe(recipe_file())
-    assert list(tmp_path.glob("*out*")) == [] and not list(tmp_path.glob(".*"))
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.glob(".*")] == [".out.resume"], "only what --resume needs is kept"
 
 
 def test_validate_and_inspect_commands(tmp_path: Path, recipe_file) -> None:

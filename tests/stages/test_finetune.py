@@ -41,19 +41,75 @@ def test_finetune_learns_and_keeps_pruned_weights_zero() -> None:
             assert (param[zeros[name]] == 0).all(), f"{name} regrew pruned weights"
 
 
-def test_all_but_classifier_changes_only_the_classifier_and_keeps_bn_stats() -> None:
-    model, ctx = setup()
+def changed_params(model: nn.Module, ctx: StageContext, **spec: object) -> set[str]:
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    finetune(model, ctx, epochs=1, lr=0.01, freeze="all_but_classifier")
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {"15.weight", "15.bias"}
+    finetune(model, ctx, epochs=1, lr=0.01, **spec)
     assert all(p.requires_grad for p in model.parameters()), "requires_grad is restored after training"
+    return {k for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])}
 
 
-def test_backbone_freeze_trains_norm_layers_and_classifier_only() -> None:
+def test_last_layer_trains_only_the_classifier_and_keeps_bn_stats() -> None:
     model, ctx = setup()
-    before = {k: v.clone() for k, v in model.named_parameters()}
-    finetune(model, ctx, epochs=1, lr=0.01, freeze="backbone")
-    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
-    assert "15.weight" in changed and "1.weight" in changed  # classifier and a BatchNorm
-    assert not any(k in changed for k in ("0.weight", "3.weight", "7.weight", "10.weight"))  # convs
+    assert changed_params(model, ctx, strategy="last_layer") == {"15.weight", "15.bias"}
+
+
+def test_head_strategy_trains_the_whole_head_block() -> None:
+    import torchvision
+
+    _, ctx = setup()
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    ctx.data = build_data(SyntheticData(kind="synthetic", image_size=32, num_samples=32, batch_size=16), 0)
+    changed = changed_params(model, ctx, strategy="head", max_batches_per_epoch=1)
+    assert {"classifier.0.weight", "classifier.3.weight"} <= changed  # both Linears of the head
+    assert not any(k.startswith("features.") for k in changed)
+
+
+def test_partial_unfreezes_the_last_blocks_and_named_layers() -> None:
+    model, ctx = setup()
+    changed = changed_params(model, ctx, strategy="partial", unfreeze=["0"])
+    assert {"0.weight", "15.weight"} <= changed and "3.weight" not in changed and "7.weight" not in changed
+
+    import torchvision
+
+    resnet = torchvision.models.resnet18(num_classes=10)
+    ctx.data = build_data(SyntheticData(kind="synthetic", image_size=32, num_samples=32, batch_size=16), 0)
+    changed = changed_params(resnet, ctx, strategy="partial", unfreeze_last=1, max_batches_per_epoch=1)
+    trained = {k.rsplit(".", 2)[0] for k in changed if k.endswith("weight")}
+    assert "fc" in trained and any(k.startswith("layer4.1.") for k in changed)
+    assert not any(k.startswith(("layer4.0.", "layer1.", "conv1")) for k in changed)
+
+
+def test_new_classifier_for_transfer_learning_is_recorded_for_reload() -> None:
+    from modelshrink.checkpoint import model_from_payload, to_bytes
+
+    model, ctx = setup()
+    ctx.data = build_data(SyntheticData(kind="synthetic", channels=1, image_size=8, num_samples=160, num_classes=3), 0)
+    model = finetune(model, ctx, epochs=2, lr=0.01, num_classes=3, strategy="last_layer")
+    assert model[15].out_features == 3 and model(ctx.data.example_inputs(2)).shape == (2, 3)
+    ctx.lineage.architecture = {"factory": "modelshrink.models.zoo:small_cnn", "kwargs": {"in_channels": 1, "width": 8}}
+    import io
+
+    payload = torch.load(io.BytesIO(to_bytes(model, ctx.lineage)), weights_only=True)
+    rebuilt, _ = model_from_payload(payload, None)  # type: ignore[arg-type]
+    assert torch.equal(rebuilt.eval()(ctx.data.example_inputs(2)), model(ctx.data.example_inputs(2)))
+
+
+def test_layer_lrs_early_stopping_and_keep_best() -> None:
+    from modelshrink.recipe.schema import TrainingSettings
+    from modelshrink.train import fit, make_optimizer
+
+    model, ctx = setup()
+    spec = TrainingSettings(lr=0.01, layer_lrs={"15": 0.1}, weight_decay=0.01)
+    groups = make_optimizer(spec, list(model.named_parameters())).param_groups
+    assert {(g["lr"], g["weight_decay"]) for g in groups} == {(0.1, 0.01), (0.1, 0.0), (0.01, 0.01), (0.01, 0.0)}
+    states: list[dict] = []
+    fit(
+        model,
+        ctx.data,
+        TrainingSettings(epochs=30, lr=1e-7, early_stopping=2, keep_best=True),
+        label="t",
+        on_epoch=states.append,
+    )
+    assert len(states) < 30, "a learning rate of 1e-7 cannot keep improving: early stopping ends it"
+    best = max(states, key=lambda s: s["best"]["accuracy"])["best"]
+    assert evaluate_classifier(model, ctx.data.val)["accuracy"] == best["accuracy"]

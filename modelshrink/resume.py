@@ -1,0 +1,106 @@
+"""What an interrupted run leaves behind so that `run --resume` can finish it with the same result.
+
+Kept in `.<output dir name>.resume/` beside the output directory: the recipe it belongs to, the
+checkpoint after the baseline and after each completed stage, the results so far with the random
+number generators' states, and the training state at the end of the last epoch of the running stage.
+It is deleted once the outputs are written. Only rank 0 writes it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelshrink import distributed
+from modelshrink.progress import log
+
+
+class ResumeStore:
+    def __init__(self, out_dir: Path, recipe: dict[str, Any]):
+        self.dir = out_dir.parent / f".{out_dir.name}.resume"
+        self.recipe = json.dumps(recipe, sort_keys=True)
+
+    def start(self, resume: bool) -> dict[str, Any] | None:
+        """The saved progress when resuming a run of this same recipe; otherwise a clean slate."""
+        state_file = self.dir / "state.pt"
+        if resume and state_file.is_file():
+            state = torch.load(state_file, weights_only=True)
+            if state["recipe"] == self.recipe:
+                log(f"resuming after stage {state['completed']} of an interrupted run ({self.dir})")
+                return state
+            log("the interrupted run used a different recipe: starting over")
+        elif resume:
+            log("nothing to resume: starting from the beginning")
+        if distributed.is_main():
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir(parents=True)
+        return None
+
+    def save_stage(
+        self, completed: int, blob: bytes, progress: dict[str, Any], data_generator: torch.Generator
+    ) -> None:
+        """After the baseline (0) or stage `completed`: the model and everything needed to go on."""
+        if not distributed.is_main():
+            return
+        _write(self.dir / f"model_{completed}.pt", blob)
+        state = {"recipe": self.recipe, "completed": completed, "progress": progress, "rng": rng_state(data_generator)}
+        _write(self.dir / "state.pt", _to_bytes(state))
+        (self.dir / "epoch.pt").unlink(missing_ok=True)
+
+    def model_blob(self, completed: int) -> bytes:
+        return (self.dir / f"model_{completed}.pt").read_bytes()
+
+    def save_epoch(self, stage: str, state: dict[str, Any]) -> None:
+        if distributed.is_main():
+            _write(self.dir / "epoch.pt", _to_bytes({"stage": stage, **state}))
+
+    def epoch_state(self, stage: str) -> dict[str, Any] | None:
+        path = self.dir / "epoch.pt"
+        if not path.is_file():
+            return None
+        state = torch.load(path, weights_only=True)
+        return state if state.get("stage") == stage else None
+
+    def finish(self) -> None:
+        if distributed.is_main():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rng_state(data_generator: torch.Generator) -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "data": data_generator.get_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def restore_rng(state: dict[str, Any], data_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    data_generator.set_state(state["data"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _to_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

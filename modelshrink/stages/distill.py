@@ -1,0 +1,159 @@
+"""Knowledge distillation: the compressed student learns from the teacher's softened outputs.
+
+loss = alpha * KL(softmax(t/T) || softmax(s/T)) * T^2 + (1 - alpha) * CE(s, y)
+       + hint_weight * sum(MSE(projection(student feature), teacher feature))   (optional hints)
+
+The teacher is the model as it was before any stage ran (default) or any model source. Hint
+layers of a pruned student are narrower than the teacher's, so each hint gets a learned 1x1
+projection (trained with the student, then discarded). `compare_finetune` also trains a copy
+with plain cross-entropy and the same settings, so the report can say whether distillation paid off.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelshrink.errors import UserError
+from modelshrink.metrics.accuracy import evaluate_classifier
+from modelshrink.recipe.schema import DistillSpec
+from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.train import LossFn, fit
+
+
+@register("distill")
+class DistillStage(Stage[DistillSpec]):
+    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        teacher = self._teacher(ctx)
+        example = ctx.data.example_inputs(2)
+        with torch.inference_mode():
+            t_out, s_out = teacher(example), model.eval()(example)
+        if t_out.shape != s_out.shape:
+            raise UserError(f"teacher outputs {tuple(t_out.shape)} but the student {tuple(s_out.shape)}")
+        plain = copy.deepcopy(model) if self.spec.compare_finetune else None
+        hints = Hints(self.spec, teacher, model, example)
+        try:
+            fit(
+                model,
+                ctx.data,
+                self.spec,
+                label=self.name,
+                seed=ctx.seed,
+                loss_fn=self._loss(teacher, hints),
+                extra_params=list(hints.projections.parameters()),
+                max_val_batches=ctx.evaluate.max_val_batches,
+                resume=ctx.resume_state(self.name),
+                on_epoch=ctx.epoch_hook(self.name),
+            )
+        finally:
+            hints.remove()
+        if plain is not None:
+            fit(
+                plain,
+                ctx.data,
+                self.spec,
+                label=f"{self.name} (plain fine-tune, for comparison)",
+                seed=ctx.seed,
+                max_val_batches=ctx.evaluate.max_val_batches,
+            )
+            distilled = evaluate_classifier(model, ctx.data.val, ctx.evaluate.max_val_batches)["accuracy"]
+            finetuned = evaluate_classifier(plain, ctx.data.val, ctx.evaluate.max_val_batches)["accuracy"]
+            ctx.notes[self.name] = {
+                "compare_finetune": {
+                    "distill_accuracy": distilled,
+                    "finetune_accuracy": finetuned,
+                    "distillation_won": distilled > finetuned,
+                }
+            }
+        return model
+
+    def _teacher(self, ctx: StageContext) -> nn.Module:
+        if self.spec.teacher is None:
+            teacher = ctx.original_model
+        else:
+            from modelshrink.models import load_model
+
+            teacher, _ = load_model(self.spec.teacher)
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        return teacher.eval()
+
+    def _loss(self, teacher: nn.Module, hints: Hints) -> LossFn:
+        temperature, alpha, label_smoothing = self.spec.temperature, self.spec.alpha, self.spec.label_smoothing
+
+        def loss(student: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                teacher_logits = teacher(inputs)
+            logits = student(inputs)
+            soft = (
+                F.kl_div(
+                    F.log_softmax(logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
+            hard = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+            return alpha * soft + (1 - alpha) * hard + self.spec.hint_weight * hints.loss()
+
+        return loss
+
+
+class Hints:
+    """Captures the named feature maps of teacher and student and scores their (projected) distance."""
+
+    def __init__(self, spec: DistillSpec, teacher: nn.Module, student: nn.Module, example: torch.Tensor):
+        self.features: dict[str, torch.Tensor] = {}
+        self.pairs = [(f"s{i}", f"t{i}") for i in range(len(spec.hints))]
+        self.hooks = []
+        for i, hint in enumerate(spec.hints):
+            for key, model, name in ((f"s{i}", student, hint.student), (f"t{i}", teacher, hint.teacher)):
+                try:
+                    module = model.get_submodule(name)
+                except AttributeError:
+                    raise UserError(
+                        f"hints[{i}]: no layer {name!r} in the {'student' if key[0] == 's' else 'teacher'}"
+                    ) from None
+                self.hooks.append(module.register_forward_hook(self._capture(key)))
+        self.projections = nn.ModuleList()
+        if self.pairs:
+            with torch.no_grad():
+                teacher(example)
+                student.eval()(example)
+            for s_key, t_key in self.pairs:
+                self.projections.append(projection(self.features[s_key], self.features[t_key]))
+        self.features.clear()
+
+    def _capture(self, key: str) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                self.features[key] = output
+
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        total = torch.zeros(())
+        for (s_key, t_key), project in zip(self.pairs, self.projections, strict=True):
+            student, teacher = project(self.features[s_key]), self.features[t_key].detach()
+            if student.dim() == 4 and student.shape[-2:] != teacher.shape[-2:]:
+                student = F.adaptive_avg_pool2d(student, teacher.shape[-2:])
+            total = total + F.mse_loss(student, teacher)
+        return total
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+def projection(student: torch.Tensor, teacher: torch.Tensor) -> nn.Module:
+    """A learned map from the student's feature width to the teacher's (identity when they match)."""
+    s_width, t_width = student.shape[1], teacher.shape[1]
+    if s_width == t_width:
+        return nn.Identity()
+    if student.dim() == 4:
+        return nn.Conv2d(s_width, t_width, kernel_size=1, bias=False)
+    return nn.Linear(s_width, t_width, bias=False)
