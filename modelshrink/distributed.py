@@ -71,6 +71,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics are updated from each rank's own
+    batches), so that evaluation, early stopping and the saved model agree across ranks."""
+    if world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def shard(loader: DataLoader, seed: int, epoch: int) -> DataLoader:
     """This rank's share of a training loader for one epoch (the loader itself in one process)."""
     if world_size() == 1:

@@ -9,6 +9,7 @@ In a multi-process run every rank trains, and rank 0 alone measures and writes.
 
 from __future__ import annotations
 
+import copy
 import io
 import random
 import time
@@ -90,12 +91,12 @@ def _run_stages(recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bo
             log(_summary("baseline", baseline))
         progress: dict[str, Any] = {"baseline": baseline, "results": [], "notes": {}}
         store.save_stage(0, blob, progress, data.train.generator)
-        completed = 0
+        completed, original = 0, copy.deepcopy(model)
     else:
         progress, completed = saved["progress"], saved["completed"]
         model, lineage = _from_blob(store.model_blob(completed), recipe)
+        original, _ = _from_blob(store.model_blob(0), recipe)
         restore_rng(saved["rng"], data.train.generator)
-    original, _ = _from_blob(store.model_blob(0), recipe)
     ctx = StageContext(
         data=data,
         original_model=original,

@@ -91,6 +91,7 @@ def fit(
                     param.mul_(mask)
             loss_sum += loss.item() * targets.shape[0]
             seen += targets.shape[0]
+        distributed.sync_buffers(model)
         accuracy = evaluate_classifier(model, data.val, max_val_batches)["accuracy"]
         if best is None or accuracy > best["accuracy"]:
             best = {
@@ -134,7 +135,9 @@ def make_optimizer(
     """Groups by learning rate (`layer_lrs`, first matching glob wins) and weight decay (none on
     biases and norm weights, the 1-D tensors, as torchvision's references do)."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    named = [*params, *(("", p) for p in extra_params)]
+    # Sorted by name: registration order changes when pruning re-registers a weight, and a resumed
+    # optimizer state is matched to parameters by position.
+    named = [*sorted(params, key=lambda item: item[0]), *(("", p) for p in extra_params)]
     for name, param in named:
         module_name = name.rpartition(".")[0]
         lr = next(

@@ -1,0 +1,72 @@
+"""Distillation: the student learns from the teacher (also through hint projections when it is
+narrower), pruned zeros stay zero, and the comparison with plain fine-tuning is reported."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from modelshrink.checkpoint import Lineage
+from modelshrink.data import build_data
+from modelshrink.metrics.accuracy import evaluate_classifier
+from modelshrink.models.zoo import small_cnn
+from modelshrink.recipe.schema import DistillSpec, EvaluateSpec, FinetuneSpec, PruneSpec, SyntheticData
+from modelshrink.report import findings
+from modelshrink.stages.base import StageContext
+from modelshrink.stages.distill import DistillStage
+from modelshrink.stages.finetune import FinetuneStage
+from modelshrink.stages.prune import PruneStage
+
+
+def trained_teacher() -> tuple[nn.Module, StageContext]:
+    data = build_data(SyntheticData(kind="synthetic", channels=1, image_size=8, num_samples=320, batch_size=32), 0)
+    teacher = small_cnn(in_channels=1, width=16)
+    ctx = StageContext(
+        data=data, original_model=teacher, lineage=Lineage({"factory": "x:y"}), evaluate=EvaluateSpec(), seed=0
+    )
+    FinetuneStage(FinetuneSpec(kind="finetune", epochs=8, lr=0.01), "t").apply(teacher, ctx)
+    return teacher, ctx
+
+
+def test_distilling_a_channel_pruned_student_with_hints() -> None:
+    teacher, ctx = trained_teacher()
+    assert evaluate_classifier(teacher, ctx.data.val)["accuracy"] > 0.9
+    ctx.original_model = copy.deepcopy(teacher)
+    student = PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5, importance="random"), "p").apply(
+        teacher, ctx
+    )
+    student.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)  # forget everything
+    assert student[10].out_channels == 16 and ctx.original_model[10].out_channels == 32
+    with torch.no_grad():
+        student[0].weight[:2] = 0  # unstructured zeros too: they must survive distillation
+    before = evaluate_classifier(student, ctx.data.val)["accuracy"]
+    spec = DistillSpec(
+        kind="distill", epochs=8, lr=0.01, hints=[{"student": "10", "teacher": "10"}], compare_finetune=True
+    )
+    DistillStage(spec, "kd").apply(student, ctx)
+    after = evaluate_classifier(student, ctx.data.val)["accuracy"]
+    assert after > max(before, 0.8)
+    assert (student[0].weight[:2] == 0).all()
+    compared = ctx.notes["kd"]["compare_finetune"]
+    assert compared["distill_accuracy"] == after and isinstance(compared["distillation_won"], bool)
+    stage = {
+        "name": "kd",
+        "kind": "distill",
+        "params": {},
+        "notes": ctx.notes["kd"],
+        "metrics": {"latency_ms": {"batch1_median": 1, "batchN_median": 1}},
+    }
+    base = {"latency_ms": {"batch1_median": 1, "batchN_median": 1, "batch1_p95": 1, "batchN_p95": 1}}
+    assert any("plain fine-tuning with the same settings" in note for note in findings(base, [stage]))
+
+
+def test_the_loss_follows_the_teacher_at_alpha_one() -> None:
+    teacher, ctx = trained_teacher()
+    ctx.original_model = teacher
+    student = small_cnn(in_channels=1, width=16)
+    DistillStage(DistillSpec(kind="distill", epochs=6, lr=0.01, alpha=1.0, temperature=2.0), "kd").apply(student, ctx)
+    inputs = torch.cat([x for x, _ in ctx.data.val])
+    agree = (student(inputs).argmax(1) == teacher(inputs).argmax(1)).float().mean()
+    assert agree > 0.8, "trained on soft targets alone, the student imitates the teacher"
