@@ -33,3 +33,15 @@ def write_directory(target: Path, files: dict[str, bytes], replace: bool) -> Non
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` in one step (temp file beside it, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

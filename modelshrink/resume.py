@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from modelshrink import distributed
+from modelshrink.atomic import write_file
 from modelshrink.progress import log
 
 
@@ -50,9 +50,9 @@ class ResumeStore:
         """After the baseline (0) or stage `completed`: the model and everything needed to go on."""
         if not distributed.is_main():
             return
-        _write(self.dir / f"model_{completed}.pt", blob)
+        write_file(self.dir / f"model_{completed}.pt", blob)
         state = {"recipe": self.recipe, "completed": completed, "progress": progress, "rng": rng_state(data_generator)}
-        _write(self.dir / "state.pt", _to_bytes(state))
+        write_file(self.dir / "state.pt", _to_bytes(state))
         (self.dir / "epoch.pt").unlink(missing_ok=True)
 
     def model_blob(self, completed: int) -> bytes:
@@ -60,7 +60,7 @@ class ResumeStore:
 
     def save_epoch(self, stage: str, state: dict[str, Any]) -> None:
         if distributed.is_main():
-            _write(self.dir / "epoch.pt", _to_bytes({"stage": stage, **state}))
+            write_file(self.dir / "epoch.pt", _to_bytes({"stage": stage, **state}))
 
     def epoch_state(self, stage: str) -> dict[str, Any] | None:
         path = self.dir / "epoch.pt"
@@ -98,9 +98,3 @@ def _to_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from modelshrink.atomic import write_file
+
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*\(([\d.]+)s\)")
 
 
@@ -71,9 +73,7 @@ def main() -> None:
         f"{args.model} on digits, {args.epochs} epochs: 1 process {one:.2f}s/epoch, {args.nproc} processes "
         f"{many:.2f}s/epoch -> ratio {many / one:.2f} (epoch times {single} vs {multi})"
     )
-    out = Path(args.json_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_file(Path(args.json_out), (json.dumps(result, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

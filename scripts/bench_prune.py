@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelshrink.atomic import write_file
 from modelshrink.checkpoint import Lineage, to_bytes
 from modelshrink.data import build_data
 from modelshrink.metrics.latency import thread_count, time_round_robin
@@ -152,10 +153,8 @@ def main() -> None:
         f"prune stage {statistics.median(stage_times):.2f}s vs Torch-Pruning by hand "
         f"{statistics.median(hand_times):.2f}s: overhead ratio {overhead:.3f} (same shapes: {identical})"
     )
-    out = Path(args.json_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_file(Path(args.json_out), (json.dumps(result, indent=2) + "\n").encode())
+    print(f"wrote {args.json_out}")
 
 
 if __name__ == "__main__":

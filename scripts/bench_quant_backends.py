@@ -15,10 +15,12 @@ import copy
 import json
 import statistics
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from modelshrink.atomic import write_file
 from modelshrink.metrics.latency import thread_count, time_round_robin
 
 
@@ -99,8 +101,7 @@ def main() -> None:
                     f"| rel. error {errors[name]:.4f}"
                 )
     if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        write_file(Path(args.json_out), (json.dumps(rows, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":
