@@ -17,7 +17,7 @@ from modelshrink.errors import UserError
 from modelshrink.models import load_model
 from modelshrink.models.zoo import mlp
 from modelshrink.recipe.schema import ModelSpec
-from modelshrink.stages.quantize import _rebuild_dynamic
+from modelshrink.stages.quantize.dynamic import quantize_modules
 
 ARCH = {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 16, "hidden": 32, "num_classes": 4}}
 
@@ -28,7 +28,7 @@ def compressed_checkpoint(path: Path) -> tuple[torch.nn.Module, Path]:
     with torch.no_grad():
         model[1].weight[:, :8] = 0
     record = {"kind": "quantize_dynamic", "modules": ["1", "3"], "dtype": "qint8"}
-    model = _rebuild_dynamic(model, record)
+    model = quantize_modules(model, record)
     path.write_bytes(to_bytes(model, Lineage(ARCH, [record]), (16,)))
     return model, path
 

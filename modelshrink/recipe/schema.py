@@ -197,6 +197,14 @@ class DistillSpec(TrainingSettings, _StageCommon):
     )
 
 
+def _only_for(spec: BaseModel, selector: str, table: dict[str, set[str]]) -> None:
+    """Reject keys the user set that do not apply to the chosen method / mode."""
+    chosen = getattr(spec, selector)
+    for key, allowed in table.items():
+        if key in spec.model_fields_set and chosen not in allowed:
+            raise ValueError(f"{key!r} applies to {selector} {' / '.join(sorted(allowed))} only")
+
+
 _IMPORTANCE_BY_METHOD = {
     "unstructured": ("l1", "random"),
     "channel": ("l1", "l2", "bn_scale", "taylor", "random"),
@@ -268,19 +276,43 @@ class PruneSpec(_StageCommon):
                 f"importance {self.importance!r} does not apply to method {self.method!r}; "
                 f"use one of {', '.join(allowed)}"
             )
-        for key, methods in _ONLY_FOR.items():
-            if key in self.model_fields_set and self.method not in methods:
-                raise ValueError(f"{key!r} applies to method {' / '.join(sorted(methods))} only")
+        _only_for(self, "method", _ONLY_FOR)
         if self.finetune_between is not None and self.steps < 2:
             raise ValueError("finetune_between needs steps >= 2")
         return self
 
 
+_QUANTIZE_ONLY_FOR = {
+    "module_types": {"dynamic"},
+    "calibration_batches": {"static"},
+    "observer": {"static"},
+    "per_channel": {"static", "qat"},
+    "qat": {"qat"},
+}
+
+
 class QuantizeSpec(_StageCommon):
+    """Quantization, one mode per stage:
+
+    - `dynamic`: int8 weights, activations quantized on the fly (Linear/LSTM/GRU);
+    - `static`: int8 weights and activations, activation ranges calibrated on training batches;
+    - `qat`: quantization-aware training (fake-quant, then the same training loop), then int8;
+    - `fp16` / `bf16`: half-precision weights and compute (inputs cast on the way in, logits back to fp32).
+    """
+
     kind: Literal["quantize"]
-    mode: Literal["dynamic"] = "dynamic"
-    exclude: list[str] = Field(default_factory=list)
+    mode: Literal["dynamic", "static", "qat", "fp16", "bf16"] = "dynamic"
+    exclude: list[str] = Field(default_factory=list, description="module name globs kept in float")
     module_types: list[Literal["Linear", "LSTM", "GRU"]] = Field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
+    calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")
+    observer: Literal["minmax", "histogram"] = "histogram"
+    per_channel: bool = Field(default=True, description="one weight scale per output channel")
+    qat: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings for mode qat")
+
+    @model_validator(mode="after")
+    def _mode_specific(self) -> QuantizeSpec:
+        _only_for(self, "mode", _QUANTIZE_ONLY_FOR)
+        return self
 
 
 StageSpec = Annotated[PruneSpec | QuantizeSpec | FinetuneSpec | DistillSpec, Field(discriminator="kind")]

@@ -42,3 +42,62 @@ def test_nothing_to_quantize_is_a_user_error() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3))
     with pytest.raises(UserError, match="no Linear/LSTM/GRU layer"):
         QuantizeStage(QuantizeSpec(kind="quantize"), "q").apply(model, context())
+
+
+@pytest.fixture(scope="module")
+def trained_cnn() -> tuple[nn.Module, StageContext]:
+    """Trained once for all modes (each test quantizes a copy)."""
+    from modelshrink.data import build_data
+    from modelshrink.models.zoo import small_cnn
+    from modelshrink.recipe.schema import DigitsData, FinetuneSpec
+    from modelshrink.stages.finetune import FinetuneStage
+
+    data = build_data(DigitsData(kind="digits", image_size=16, channels=1), 0)
+    ctx = context()
+    ctx.data = data
+    ctx.lineage = Lineage({"factory": "modelshrink.models.zoo:small_cnn", "kwargs": {"in_channels": 1, "width": 16}})
+    model = small_cnn(in_channels=1, width=16)
+    FinetuneStage(FinetuneSpec(kind="finetune", epochs=3, lr=0.003, schedule="onecycle"), "t").apply(model, ctx)
+    return model, ctx
+
+
+def reload(model: nn.Module, ctx: StageContext) -> nn.Module:
+    import io
+
+    from modelshrink.checkpoint import model_from_payload, to_bytes
+
+    payload = torch.load(io.BytesIO(to_bytes(model, ctx.lineage, ctx.data.input_shape)), weights_only=True)
+    return model_from_payload(payload, None)[0]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["static", "qat", "fp16", "bf16"])
+def test_quantization_modes_keep_accuracy_and_reload(mode: str, trained_cnn) -> None:
+    import copy
+
+    from modelshrink.metrics.accuracy import evaluate_classifier
+
+    model, ctx = copy.deepcopy(trained_cnn)
+    before = evaluate_classifier(model, ctx.data.val)["accuracy"]
+    assert before > 0.9
+    spec = {"qat": {"epochs": 1, "lr": 0.0005}} if mode == "qat" else {}
+    exclude = {"exclude": ["15"]} if mode == "static" else {}
+    quantized = QuantizeStage(QuantizeSpec(kind="quantize", mode=mode, **spec, **exclude), "q").apply(model, ctx)
+    after = evaluate_classifier(quantized, ctx.data.val)["accuracy"]
+    assert after >= before - 0.02
+    kinds = {type(m).__module__ for m in quantized.modules()}
+    if mode in ("static", "qat"):
+        assert any("quantized" in k for k in kinds), "int8 kernels were swapped in"
+        dtypes = {
+            str(e.tensor.dtype)
+            for e in __import__("modelshrink.metrics.size", fromlist=["x"]).module_tensors(quantized)
+            if e.is_param
+        }
+        assert "torch.qint8" in dtypes
+    else:
+        assert next(quantized.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
+    if mode == "static":
+        linear = [m for m in quantized.modules() if type(m) is nn.Linear]
+        assert linear, "the excluded classifier stays float"
+    rebuilt = reload(quantized, ctx)
+    x = next(iter(ctx.data.val))[0]
+    assert torch.equal(rebuilt(x), quantized(x))

@@ -1,0 +1,125 @@
+"""Static int8 (calibrated) and quantization-aware training, through torch.ao's FX graph mode.
+
+FX traces the model, fuses conv-bn-relu, places observers and swaps in int8 kernels (x86/fbgemm)
+for any traceable nn.Module, with no hand-placed QuantStubs. Measured choice: torchao's PT2E
+X86InductorQuantizer failed on a torchvision ResNet-18 here, and its int8 tensor subclasses ran
+slower than fp32 in eager mode; see docs/quantization.md. A checkpoint rebuilds by replaying
+prepare + convert on the float architecture (no calibration needed: the saved state holds the scales).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelshrink.checkpoint import register_rebuilder
+from modelshrink.errors import UserError
+from modelshrink.recipe.schema import QuantizeSpec
+from modelshrink.stages.base import StageContext
+from modelshrink.train import fit
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notices on every call
+        yield
+
+
+def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext, label: str) -> nn.Module:
+    record = {
+        "kind": "quantize_fx",
+        "mode": spec.mode,
+        "observer": spec.observer,
+        "per_channel": spec.per_channel,
+        "exclude": [name for name, _ in model.named_modules() if name and _excluded(name, spec.exclude)],
+        "input_shape": list(ctx.data.input_shape),
+    }
+    prepared = prepare(model, record)
+    if spec.mode == "static":
+        with torch.no_grad():
+            for inputs, _ in itertools.islice(ctx.data.train, spec.calibration_batches):
+                prepared(inputs)
+    else:
+        prepared = fit(
+            prepared,
+            ctx.data,
+            spec.qat,
+            label=f"{label} (quantization-aware training)",
+            seed=ctx.seed,
+            max_val_batches=ctx.evaluate.max_val_batches,
+            resume=ctx.resume_state(label),
+            on_epoch=ctx.epoch_hook(label),
+        )
+    with _quiet():
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        quantized = convert_fx(prepared.eval())
+    ctx.lineage.transforms.append(record)
+    return quantized
+
+
+def prepare(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    """Trace the model and insert observers (static) or fake-quantization (qat)."""
+    with _quiet():
+        from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+        mapping = qconfig_mapping(record)
+        example = (torch.zeros(1, *record["input_shape"]),)
+        try:
+            if record["mode"] == "qat":
+                return prepare_qat_fx(model.train(), mapping, example)
+            return prepare_fx(model.eval(), mapping, example)
+        except Exception as exc:  # symbolic tracing fails on data-dependent control flow and the like
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"cannot trace the model for {record['mode']} quantization (torch.fx: {first}); "
+                "exclude the untraceable layers or use mode: dynamic"
+            ) from None
+
+
+def qconfig_mapping(record: dict[str, Any]) -> Any:
+    from torch.ao.quantization import QConfig, QConfigMapping, get_default_qat_qconfig
+    from torch.ao.quantization.observer import (
+        HistogramObserver,
+        MinMaxObserver,
+        default_per_channel_weight_observer,
+        default_weight_observer,
+    )
+
+    if record["mode"] == "qat":
+        qconfig = get_default_qat_qconfig("x86")
+        if not record["per_channel"]:
+            from torch.ao.quantization.fake_quantize import default_weight_fake_quant
+
+            qconfig = QConfig(activation=qconfig.activation, weight=default_weight_fake_quant)
+    else:
+        observer = HistogramObserver if record["observer"] == "histogram" else MinMaxObserver
+        weight = default_per_channel_weight_observer if record["per_channel"] else default_weight_observer
+        # reduce_range avoids int16 overflow in x86 kernels without VNNI, as torch's x86 default does
+        qconfig = QConfig(activation=observer.with_args(reduce_range=True), weight=weight)
+    mapping = QConfigMapping().set_global(qconfig)
+    for name in record["exclude"]:
+        mapping.set_module_name(name, None)
+    return mapping
+
+
+@register_rebuilder("quantize_fx")
+def rebuild(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    prepared = prepare(model, record)
+    with _quiet():
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        return convert_fx(prepared.eval())
+
+
+def _excluded(name: str, patterns: list[str]) -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name, p) for p in patterns)
