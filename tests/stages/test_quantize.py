@@ -101,3 +101,18 @@ def test_quantization_modes_keep_accuracy_and_reload(mode: str, trained_cnn) -> 
     rebuilt = reload(quantized, ctx)
     x = next(iter(ctx.data.val))[0]
     assert torch.equal(rebuilt(x), quantized(x))
+
+
+def test_channel_pruning_then_static_int8_composes_and_reloads(trained_cnn) -> None:
+    import copy
+
+    from modelshrink.recipe.schema import PruneSpec
+    from modelshrink.stages.prune import PruneStage
+
+    model, ctx = copy.deepcopy(trained_cnn)
+    pruned = PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5), "p").apply(model, ctx)
+    quantized = QuantizeStage(QuantizeSpec(kind="quantize", mode="static"), "q").apply(pruned, ctx)
+    assert [t["kind"] for t in ctx.lineage.transforms] == ["reshape_modules", "quantize_fx"]
+    rebuilt = reload(quantized, ctx)
+    x = next(iter(ctx.data.val))[0]
+    assert torch.equal(rebuilt(x), quantized(x))
