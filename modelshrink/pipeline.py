@@ -57,9 +57,9 @@ def run(
     data = build_data(recipe.data, recipe.seed)
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
-        report = _run_stages(recipe, data, store, resume, main)
+        report = _run_stages(recipe, data, store, resume, main, recipe_source)
         if main:
-            _write_outputs(out_dir, recipe, report, store.model_blob(len(report["stages"])), force, recipe_source)
+            _write_outputs(out_dir, recipe, report, store.model_blob(len(report["stages"])), force)
     except UserError:
         store.finish()  # bad input: nothing to resume, nothing left behind
         raise
@@ -77,7 +77,9 @@ def run(
     return report
 
 
-def _run_stages(recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bool, main: bool) -> dict[str, Any]:
+def _run_stages(
+    recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bool, main: bool, recipe_source: str | None
+) -> dict[str, Any]:
     saved = store.start(resume)
     distributed.barrier()
     if saved is None:
@@ -142,7 +144,7 @@ def _run_stages(recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bo
     final = results[-1]["metrics"] if results else baseline
     return build_report(
         recipe=recipe.model_dump(mode="json"),
-        recipe_source=None,
+        recipe_source=recipe_source,
         baseline=baseline,
         stages=results,
         constraints=check_constraints(recipe.constraints, baseline, final),
@@ -150,10 +152,7 @@ def _run_stages(recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bo
     )
 
 
-def _write_outputs(
-    out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: bytes, force: bool, recipe_source: str | None
-) -> None:
-    report["recipe_source"] = recipe_source
+def _write_outputs(out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: bytes, force: bool) -> None:
     write_directory(
         out_dir,
         {

@@ -145,3 +145,17 @@ def test_a_stage_that_breaks_the_model_names_the_layer(tmp_path: Path, recipe_fi
     assert result.exit_code == 2
     assert "stage 'prune1' left a model that fails at layer 'head'" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_transfer_learning_to_new_classes_end_to_end(tmp_path: Path, recipe_file) -> None:
+    recipe = recipe_file(
+        model={"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 64, "hidden": 32, "num_classes": 3}},
+        stages=[{"kind": "finetune", "epochs": 3, "lr": 0.01, "num_classes": 10, "strategy": "full"}],
+    )
+    result = runner.invoke(app, ["run", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["final"]["accuracy"] > report["baseline"]["accuracy"]
+    assert report["baseline"]["loss"] is None, "the 3-class head has no loss on 10-class labels: null, not NaN"
+    model = modelshrink.load(tmp_path / "out" / "model.pt")
+    assert model[5].out_features == 10
