@@ -62,7 +62,7 @@ def fit(
     loss_fn = loss_fn or cross_entropy(spec.label_smoothing)
     trainer: nn.Module = model
     if distributed.world_size() > 1:
-        trainer = nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(frozen_norms))
+        trainer = nn.parallel.DistributedDataParallel(model)  # frozen (requires_grad=False) params are left out
     best: dict[str, Any] | None = None
     start_epoch, stale = 1, 0
     if resume is not None:

@@ -26,12 +26,8 @@ class FinetuneStage(Stage[FinetuneSpec]):
         if self.spec.num_classes is not None:
             self._replace_classifier(model, ctx)
         trainable = self._trainable_modules(model)
-        params = [(n, p) for n, p in model.named_parameters() if _owner(n) in trainable or self.spec.strategy == "full"]
-        frozen_norms = [
-            m
-            for name, m in model.named_modules()
-            if isinstance(m, NORM_TYPES) and self.spec.strategy != "full" and name not in trainable
-        ]
+        params = [(n, p) for n, p in model.named_parameters() if _owner(n) in trainable]
+        frozen_norms = [m for name, m in model.named_modules() if isinstance(m, NORM_TYPES) and name not in trainable]
         previous = {p: p.requires_grad for p in model.parameters()}
         chosen = {id(p) for _, p in params}
         for param in model.parameters():

@@ -13,6 +13,7 @@ import itertools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -120,6 +121,4 @@ def rebuild(model: nn.Module, record: dict[str, Any]) -> nn.Module:
 
 
 def _excluded(name: str, patterns: list[str]) -> bool:
-    from fnmatch import fnmatchcase
-
     return any(fnmatchcase(name, p) for p in patterns)
