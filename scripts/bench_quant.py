@@ -37,6 +37,7 @@ MODES = {
     "dynamic int8": {"mode": "dynamic"},
     "static int8": {"mode": "static"},
     "qat int8": {"mode": "qat", "qat": {"epochs": 1, "lr": 0.0002}},
+    "weight-only int8": {"mode": "weight_only"},
     "fp16": {"mode": "fp16"},
     "bf16": {"mode": "bf16"},
 }

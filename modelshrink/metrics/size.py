@@ -47,10 +47,14 @@ def module_tensors(model: nn.Module) -> Iterator[TensorEntry]:
         kind = type(module).__name__
         prefix = f"{module_name}." if module_name else ""
         params = list(module.named_parameters(recurse=False))
-        for name, tensor in params or list(_packed_weights(module)):
+        own = {name for name, _ in params}
+        packed = [(name, tensor) for name, tensor in _packed_weights(module) if name not in own]
+        for name, tensor in params + packed:
             yield TensorEntry(module_name, kind, prefix + name, tensor.detach(), True)
+        seen = {id(tensor) for _, tensor in packed}  # a packed weight may also be a buffer: count it once
         for name, tensor in module.named_buffers(recurse=False):
-            yield TensorEntry(module_name, kind, prefix + name, tensor, False)
+            if id(tensor) not in seen:
+                yield TensorEntry(module_name, kind, prefix + name, tensor, False)
 
 
 def count_parameters(model: nn.Module) -> dict[str, float]:
@@ -78,10 +82,11 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
             per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
             quantized_macs += output.numel() * per_output
 
+    # Only true quantized kernels are invisible to FlopCounterMode; other packed weights run through F.* ops.
     hooks = [
         m.register_forward_hook(count_quantized)
         for m in model.modules()
-        if any(True for _ in _packed_weights(m)) and not list(m.parameters(recurse=False))
+        if any(t.is_quantized for _, t in _packed_weights(m))
     ]
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():

@@ -297,11 +297,12 @@ class QuantizeSpec(_StageCommon):
     - `dynamic`: int8 weights, activations quantized on the fly (Linear/LSTM/GRU);
     - `static`: int8 weights and activations, activation ranges calibrated on training batches;
     - `qat`: quantization-aware training (fake-quant, then the same training loop), then int8;
+    - `weight_only`: int8 weights (per output channel) with float activations and compute;
     - `fp16` / `bf16`: half-precision weights and compute (inputs cast on the way in, logits back to fp32).
     """
 
     kind: Literal["quantize"]
-    mode: Literal["dynamic", "static", "qat", "fp16", "bf16"] = "dynamic"
+    mode: Literal["dynamic", "static", "qat", "weight_only", "fp16", "bf16"] = "dynamic"
     exclude: list[str] = Field(default_factory=list, description="module name globs kept in float")
     module_types: list[Literal["Linear", "LSTM", "GRU"]] = Field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
     calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")

@@ -46,7 +46,8 @@ def test_nothing_to_quantize_is_a_user_error() -> None:
 
 @pytest.fixture(scope="module")
 def trained_cnn() -> tuple[nn.Module, StageContext]:
-    """Trained once for all modes (each test quantizes a copy)."""
+    """Trained once for all modes (each test quantizes a copy); seeded here, as it runs before per-test seeding."""
+    torch.manual_seed(0)
     from modelshrink.data import build_data
     from modelshrink.models.zoo import small_cnn
     from modelshrink.recipe.schema import DigitsData, FinetuneSpec
@@ -70,7 +71,7 @@ def reload(model: nn.Module, ctx: StageContext) -> nn.Module:
     return model_from_payload(payload, None)[0]  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("mode", ["static", "qat", "fp16", "bf16"])
+@pytest.mark.parametrize("mode", ["static", "qat", "weight_only", "fp16", "bf16"])
 def test_quantization_modes_keep_accuracy_and_reload(mode: str, trained_cnn) -> None:
     import copy
 
@@ -85,7 +86,21 @@ def test_quantization_modes_keep_accuracy_and_reload(mode: str, trained_cnn) -> 
     after = evaluate_classifier(quantized, ctx.data.val)["accuracy"]
     assert after >= before - 0.02
     kinds = {type(m).__module__ for m in quantized.modules()}
-    if mode in ("static", "qat"):
+    if mode == "weight_only":
+        from modelshrink.checkpoint import to_bytes
+        from modelshrink.metrics.size import count_macs, count_parameters, module_tensors
+
+        original, original_ctx = trained_cnn
+        x1 = ctx.data.example_inputs(1)
+        assert count_parameters(quantized)["params"] == count_parameters(original)["params"]
+        assert count_macs(quantized, x1) == count_macs(original, x1)
+
+        def param_bytes(m: nn.Module) -> int:
+            return sum(e.nbytes for e in module_tensors(m) if e.is_param)
+
+        assert param_bytes(quantized) < 0.3 * param_bytes(original)  # int8 weights, float BN and biases
+        assert len(to_bytes(quantized, ctx.lineage)) < len(to_bytes(original, original_ctx.lineage))
+    elif mode in ("static", "qat"):
         assert any("quantized" in k for k in kinds), "int8 kernels were swapped in"
         dtypes = {
             str(e.tensor.dtype)

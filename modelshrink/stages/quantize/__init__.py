@@ -10,7 +10,7 @@ from torch import nn
 
 from modelshrink.recipe.schema import QuantizeSpec
 from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.stages.quantize import dynamic, fx, half
+from modelshrink.stages.quantize import dynamic, fx, half, weight_only
 
 
 @register("quantize")
@@ -21,4 +21,6 @@ class QuantizeStage(Stage[QuantizeSpec]):
             return dynamic.quantize(model, self.spec, ctx)
         if mode in ("static", "qat"):
             return fx.quantize(model, self.spec, ctx, self.name)
+        if mode == "weight_only":
+            return weight_only.quantize(model, self.spec, ctx)
         return half.cast(model, mode, ctx)
