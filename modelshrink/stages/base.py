@@ -15,8 +15,9 @@ from torch import nn
 
 from modelshrink.checkpoint import Lineage
 from modelshrink.data.bundle import DataBundle
-from modelshrink.recipe.schema import EvaluateSpec
+from modelshrink.recipe.schema import EvaluateSpec, TrainingSettings
 from modelshrink.resume import ResumeStore
+from modelshrink.train import fit
 
 SpecT = TypeVar("SpecT")
 
@@ -35,6 +36,30 @@ class StageContext:
     seed: int
     resume_store: ResumeStore | None = None
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage, extra facts for the report
+
+    def train(
+        self,
+        model: nn.Module,
+        spec: TrainingSettings,
+        stage: str,
+        *,
+        label: str | None = None,
+        resumable: bool = True,
+        **options: Any,
+    ) -> nn.Module:
+        """The one training loop with this run's data, seed and validation limit; a resumable run
+        saves (and on resume restores) the training state of `stage` after every epoch."""
+        return fit(
+            model,
+            self.data,
+            spec,
+            label=label or stage,
+            seed=self.seed,
+            max_val_batches=self.evaluate.max_val_batches,
+            resume=self.resume_state(stage) if resumable else None,
+            on_epoch=self.epoch_hook(stage) if resumable else None,
+            **options,
+        )
 
     def resume_state(self, stage: str) -> dict[str, Any] | None:
         """The saved training state of `stage` when an interrupted run is being resumed."""

@@ -22,7 +22,7 @@ from modelshrink.errors import UserError
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.recipe.schema import DistillSpec
 from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.train import LossFn, fit
+from modelshrink.train import LossFn
 
 
 @register("distill")
@@ -37,28 +37,18 @@ class DistillStage(Stage[DistillSpec]):
         plain = copy.deepcopy(model) if self.spec.compare_finetune else None
         hints = Hints(self.spec, teacher, model, example)
         try:
-            fit(
+            ctx.train(
                 model,
-                ctx.data,
                 self.spec,
-                label=self.name,
-                seed=ctx.seed,
+                self.name,
                 loss_fn=self._loss(teacher, hints),
                 extra_params=list(hints.projections.parameters()),
-                max_val_batches=ctx.evaluate.max_val_batches,
-                resume=ctx.resume_state(self.name),
-                on_epoch=ctx.epoch_hook(self.name),
             )
         finally:
             hints.remove()
         if plain is not None:
-            fit(
-                plain,
-                ctx.data,
-                self.spec,
-                label=f"{self.name} (plain fine-tune, for comparison)",
-                seed=ctx.seed,
-                max_val_batches=ctx.evaluate.max_val_batches,
+            ctx.train(
+                plain, self.spec, self.name, label=f"{self.name} (plain fine-tune, for comparison)", resumable=False
             )
             distilled = evaluate_classifier(model, ctx.data.val, ctx.evaluate.max_val_batches)["accuracy"]
             finetuned = evaluate_classifier(plain, ctx.data.val, ctx.evaluate.max_val_batches)["accuracy"]

@@ -17,7 +17,6 @@ from modelshrink.recipe.schema import FinetuneSpec
 from modelshrink.stages import reshape
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import NORM_TYPES, blocks, find_classifier, set_submodule
-from modelshrink.train import fit
 
 
 @register("finetune")
@@ -33,18 +32,7 @@ class FinetuneStage(Stage[FinetuneSpec]):
         for param in model.parameters():
             param.requires_grad_(id(param) in chosen)
         try:
-            return fit(
-                model,
-                ctx.data,
-                self.spec,
-                label=self.name,
-                seed=ctx.seed,
-                params=params,
-                frozen_norms=frozen_norms,
-                max_val_batches=ctx.evaluate.max_val_batches,
-                resume=ctx.resume_state(self.name),
-                on_epoch=ctx.epoch_hook(self.name),
-            )
+            return ctx.train(model, self.spec, self.name, params=params, frozen_norms=frozen_norms)
         finally:
             for param, flag in previous.items():
                 param.requires_grad_(flag)

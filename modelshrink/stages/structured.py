@@ -23,7 +23,7 @@ from modelshrink.recipe.schema import PruneSpec
 from modelshrink.stages import reshape
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.selection import find_classifier
-from modelshrink.train import fit, recalibrate_batchnorm
+from modelshrink.train import recalibrate_batchnorm
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -76,13 +76,7 @@ def prune_channels(model: nn.Module, spec: PruneSpec, ctx: StageContext, label: 
         if spec.recalibrate_bn:
             recalibrate_batchnorm(model, ctx.data, spec.calibration_batches)
         if spec.finetune_between is not None and step < spec.steps:
-            fit(
-                model,
-                ctx.data,
-                spec.finetune_between,
-                label=f"{label} step {step}/{spec.steps}",
-                max_val_batches=ctx.evaluate.max_val_batches,
-            )
+            ctx.train(model, spec.finetune_between, label, label=f"{label} step {step}/{spec.steps}", resumable=False)
     if sum(p.numel() for p in model.parameters()) == params_before:
         raise UserError("no channel could be removed (every prunable layer is ignored or too small)")
     record = reshape.record_changes(before, model)

@@ -23,7 +23,6 @@ from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import QuantizeSpec
 from modelshrink.stages.base import StageContext
-from modelshrink.train import fit
 
 
 @contextmanager
@@ -48,16 +47,7 @@ def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext, label: str
             for inputs, _ in itertools.islice(ctx.data.train, spec.calibration_batches):
                 prepared(inputs)
     else:
-        prepared = fit(
-            prepared,
-            ctx.data,
-            spec.qat,
-            label=f"{label} (quantization-aware training)",
-            seed=ctx.seed,
-            max_val_batches=ctx.evaluate.max_val_batches,
-            resume=ctx.resume_state(label),
-            on_epoch=ctx.epoch_hook(label),
-        )
+        prepared = ctx.train(prepared, spec.qat, label, label=f"{label} (quantization-aware training)")
     with _quiet():
         from torch.ao.quantization.quantize_fx import convert_fx
 
