@@ -19,6 +19,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 def read_file(path: Path, allow_pickle: bool = False) -> Any:
     """Load a .pt/.pth/.safetensors file onto the CPU (checkpoints saved on a GPU load too)."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give the checkpoint file inside it")
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.suffix == ".safetensors":
