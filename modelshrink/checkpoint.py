@@ -11,6 +11,7 @@ state_dict strictly; everything is read with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,14 @@ def to_bytes(model: nn.Module, lineage: Lineage, input_shape: tuple[int, ...] | 
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
+
+
+def from_bytes(blob: bytes, allow_pickle: bool = False) -> tuple[nn.Module, Lineage]:
+    """The inverse of `to_bytes`, for checkpoints held in memory or written by this process."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's TypedStorage notice when reading quantized tensors
+        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=not allow_pickle)
+    return model_from_payload(payload, Path("<in memory>"), allow_pickle=allow_pickle)
 
 
 def is_checkpoint_payload(obj: Any) -> bool:

@@ -10,10 +10,8 @@ In a multi-process run every rank trains, and rank 0 alone measures and writes.
 from __future__ import annotations
 
 import copy
-import io
 import random
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +23,7 @@ from torch import nn
 
 from modelshrink import distributed
 from modelshrink.atomic import write_directory
-from modelshrink.checkpoint import Lineage, model_from_payload, to_bytes
+from modelshrink.checkpoint import from_bytes, to_bytes
 from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
 from modelshrink.diagnose import failing_layer
@@ -96,8 +94,8 @@ def _run_stages(
         completed, original = 0, copy.deepcopy(model)
     else:
         progress, completed = saved["progress"], saved["completed"]
-        model, lineage = _from_blob(store.model_blob(completed), recipe)
-        original, _ = _from_blob(store.model_blob(0), recipe)
+        model, lineage = from_bytes(store.model_blob(completed), recipe.model.allow_pickle)
+        original, _ = from_bytes(store.model_blob(0), recipe.model.allow_pickle)
         restore_rng(saved["rng"], data.train.generator)
     ctx = StageContext(
         data=data,
@@ -137,7 +135,8 @@ def _run_stages(
         store.save_stage(index, blob, progress, data.train.generator)
     if not main:
         return {}
-    snapshots = [_from_blob(store.model_blob(i), recipe)[0] for i in range(len(results) + 1)]
+    # earlier stages' models come back from their saved checkpoints; the last one is still in memory
+    snapshots = [from_bytes(store.model_blob(i), recipe.model.allow_pickle)[0] for i in range(len(results))] + [model]
     log(f"timing {len(snapshots)} models side by side")
     baseline = progress["baseline"]
     add_latencies(snapshots, [baseline] + [r["metrics"] for r in results], data, recipe.evaluate)
@@ -163,13 +162,6 @@ def _write_outputs(out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: 
         replace=force,
     )
     log(f"wrote {out_dir}/ ({recipe.output.checkpoint_name}, report.json, report.md)")
-
-
-def _from_blob(blob: bytes, recipe: Recipe) -> tuple[nn.Module, Lineage]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's TypedStorage notice when reading quantized tensors
-        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=not recipe.model.allow_pickle)
-    return model_from_payload(payload, Path("<resume>"), allow_pickle=recipe.model.allow_pickle)
 
 
 @contextmanager

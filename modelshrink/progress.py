@@ -9,6 +9,8 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from modelshrink import distributed
+
 T = TypeVar("T")
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # CI logs: one line per message
 
@@ -18,16 +20,12 @@ def interactive() -> bool:
 
 
 def log(message: str) -> None:
-    from modelshrink import distributed
-
     if distributed.is_main():  # one voice in multi-process runs
         console.print(message, markup=False)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate with a transient progress bar when a person is watching; silently otherwise."""
-    from modelshrink import distributed
-
     if not interactive() or not distributed.is_main():
         yield from items
         return

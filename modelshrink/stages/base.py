@@ -49,6 +49,7 @@ class StageContext:
     ) -> nn.Module:
         """The one training loop with this run's data, seed and validation limit; a resumable run
         saves (and on resume restores) the training state of `stage` after every epoch."""
+        store = self.resume_store if resumable else None
         return fit(
             model,
             self.data,
@@ -56,21 +57,10 @@ class StageContext:
             label=label or stage,
             seed=self.seed,
             max_val_batches=self.evaluate.max_val_batches,
-            resume=self.resume_state(stage) if resumable else None,
-            on_epoch=self.epoch_hook(stage) if resumable else None,
+            resume=store.epoch_state(stage) if store else None,
+            on_epoch=(lambda state: store.save_epoch(stage, state)) if store else None,
             **options,
         )
-
-    def resume_state(self, stage: str) -> dict[str, Any] | None:
-        """The saved training state of `stage` when an interrupted run is being resumed."""
-        return self.resume_store.epoch_state(stage) if self.resume_store else None
-
-    def epoch_hook(self, stage: str) -> Callable[[dict[str, Any]], None] | None:
-        """Where a training stage saves its state after each epoch, so a run can be resumed."""
-        if self.resume_store is None:
-            return None
-        store = self.resume_store
-        return lambda state: store.save_epoch(stage, state)
 
 
 class Stage(ABC, Generic[SpecT]):

@@ -10,7 +10,6 @@ No library does this for arbitrary nn.Modules, hence this module.
 from __future__ import annotations
 
 import itertools
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -20,15 +19,13 @@ from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import PruneSpec
 from modelshrink.stages.base import StageContext
-from modelshrink.stages.selection import set_submodule
+from modelshrink.stages.selection import matches_any, sequential_blocks, set_submodule
 from modelshrink.train import recalibrate_batchnorm
 
 
 def drop_blocks(model: nn.Module, spec: PruneSpec, ctx: StageContext) -> nn.Module:
     candidates = [
-        name
-        for name in removable_blocks(model, ctx.data.example_inputs(2))
-        if not any(fnmatchcase(name, pattern) for pattern in spec.exclude)
+        name for name in removable_blocks(model, ctx.data.example_inputs(2)) if not matches_any(name, spec.exclude)
     ]
     if not candidates:
         raise UserError("no block can be removed without changing tensor shapes (or all are excluded)")
@@ -48,20 +45,14 @@ def removable_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Non-leaf children of an nn.Sequential whose single tensor output has its input's shape."""
     shapes: dict[str, tuple[Any, Any]] = {}
     hooks = []
-    for parent_name, parent in model.named_modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        for child_name, child in parent.named_children():
-            if not any(True for _ in child.children()) or not any(True for _ in child.parameters()):
-                continue
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
+    for name, child in sequential_blocks(model):
 
-            def record(module: nn.Module, args: tuple, output: Any, name: str = name) -> None:
-                inp = args[0] if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
-                out = output if isinstance(output, torch.Tensor) else None
-                shapes[name] = (None if inp is None else inp.shape, None if out is None else out.shape)
+        def record(module: nn.Module, args: tuple, output: Any, name: str = name) -> None:
+            inp = args[0] if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
+            out = output if isinstance(output, torch.Tensor) else None
+            shapes[name] = (None if inp is None else inp.shape, None if out is None else out.shape)
 
-            hooks.append(child.register_forward_hook(record))
+        hooks.append(child.register_forward_hook(record))
     try:
         with torch.inference_mode():
             model.eval()(example)

@@ -8,15 +8,13 @@ parameters are frozen also keep their running statistics (eval mode) while the r
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-
 from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import FinetuneSpec
 from modelshrink.stages import reshape
 from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.stages.selection import NORM_TYPES, blocks, find_classifier, set_submodule
+from modelshrink.stages.selection import NORM_TYPES, blocks, find_classifier, matches_any, set_submodule
 
 
 @register("finetune")
@@ -47,7 +45,7 @@ class FinetuneStage(Stage[FinetuneSpec]):
             roots = {classifier.split(".")[0]}
         elif self.spec.strategy == "partial":
             names = [name for name, _ in model.named_modules() if name]
-            matched = {n for n in names if any(fnmatchcase(n, p) for p in self.spec.unfreeze)}
+            matched = {n for n in names if matches_any(n, self.spec.unfreeze)}
             if self.spec.unfreeze and not matched:
                 raise UserError(f"unfreeze: {self.spec.unfreeze} match no layer")
             roots |= matched

@@ -10,6 +10,11 @@ from torch import nn
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a module name matches one of the glob patterns of a recipe (`layer4.*`, `fc`)."""
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
 def select_modules(
     model: nn.Module, include: Iterable[str], exclude: Iterable[str], types: Iterable[str]
 ) -> list[tuple[str, nn.Module]]:
@@ -18,10 +23,7 @@ def select_modules(
     return [
         (name, module)
         for name, module in model.named_modules()
-        if name
-        and type(module).__name__ in types
-        and any(fnmatchcase(name, pattern) for pattern in include)
-        and not any(fnmatchcase(name, pattern) for pattern in exclude)
+        if name and type(module).__name__ in types and matches_any(name, include) and not matches_any(name, exclude)
     ]
 
 
@@ -34,18 +36,24 @@ def find_classifier(model: nn.Module) -> str:
     raise ValueError("no Linear or Conv layer found to act as the classifier")
 
 
-def blocks(model: nn.Module) -> list[str]:
-    """The model's blocks in forward order: outermost non-leaf children of nn.Sequential containers
-    that hold parameters (ResNet bottlenecks, MobileNet stages...); leaf layers for flat models."""
-    found: list[str] = []
+def sequential_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every non-leaf child of an nn.Sequential that holds parameters, in forward order, nested ones
+    included (ResNet bottlenecks, MobileNet/EfficientNet inverted residuals and their stages)."""
+    found = []
     for parent_name, parent in model.named_modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        for child_name, child in parent.named_children():
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            nested = any(name.startswith(f"{b}.") for b in found)
-            if not nested and any(True for _ in child.children()) and any(True for _ in child.parameters()):
-                found.append(name)
+        if isinstance(parent, nn.Sequential):
+            for child_name, child in parent.named_children():
+                if any(True for _ in child.children()) and any(True for _ in child.parameters()):
+                    found.append((f"{parent_name}.{child_name}" if parent_name else child_name, child))
+    return found
+
+
+def blocks(model: nn.Module) -> list[str]:
+    """The model's outermost blocks in forward order; leaf layers with parameters for flat models."""
+    found: list[str] = []
+    for name, _ in sequential_blocks(model):
+        if not any(name.startswith(f"{b}.") for b in found):
+            found.append(name)
     if found:
         return found
     return [

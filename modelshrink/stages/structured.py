@@ -22,7 +22,7 @@ from modelshrink.errors import UserError
 from modelshrink.recipe.schema import PruneSpec
 from modelshrink.stages import reshape
 from modelshrink.stages.base import StageContext
-from modelshrink.stages.selection import find_classifier
+from modelshrink.stages.selection import find_classifier, matches_any
 from modelshrink.train import recalibrate_batchnorm
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -94,7 +94,7 @@ def ignored_layers(model: nn.Module, spec: PruneSpec) -> list[nn.Module]:
     for name, module in model.named_modules():
         if not isinstance(module, PRUNABLE):
             continue
-        if any(fnmatchcase(name, p) for p in spec.exclude) or not any(fnmatchcase(name, p) for p in spec.include):
+        if matches_any(name, spec.exclude) or not matches_any(name, spec.include):
             ignored_names.add(name)
     return [model.get_submodule(name) for name in sorted(ignored_names)]
 

@@ -13,7 +13,6 @@ import itertools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import QuantizeSpec
 from modelshrink.stages.base import StageContext
+from modelshrink.stages.selection import matches_any
 
 
 @contextmanager
@@ -38,7 +38,7 @@ def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext, label: str
         "mode": spec.mode,
         "observer": spec.observer,
         "per_channel": spec.per_channel,
-        "exclude": [name for name, _ in model.named_modules() if name and _excluded(name, spec.exclude)],
+        "exclude": [name for name, _ in model.named_modules() if name and matches_any(name, spec.exclude)],
         "input_shape": list(ctx.data.input_shape),
     }
     prepared = prepare(model, record)
@@ -108,7 +108,3 @@ def rebuild(model: nn.Module, record: dict[str, Any]) -> nn.Module:
         from torch.ao.quantization.quantize_fx import convert_fx
 
         return convert_fx(prepared.eval())
-
-
-def _excluded(name: str, patterns: list[str]) -> bool:
-    return any(fnmatchcase(name, p) for p in patterns)
