@@ -104,12 +104,13 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from modelshrink.report import human_bytes, human_count
+    from modelshrink.report import fixed, human_bytes, human_count
 
     table = Table(title=report["recipe"].get("name") or "modelshrink", title_justify="left")
     for column in (
         "stage",
         "accuracy",
+        "cosine",
         "latency b1 (ms)",
         f"b{report['baseline']['latency_ms']['batch_n']} (ms)",
         "params",
@@ -122,7 +123,8 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     for name, m in rows:
         table.add_row(
             name,
-            f"{m['accuracy']:.4f}",
+            fixed(m["accuracy"]),
+            fixed(m["cosine"]),
             f"{m['latency_ms']['batch1_median']:.2f}",
             f"{m['latency_ms']['batchN_median']:.2f}",
             human_count(m["params"]),

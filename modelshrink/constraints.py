@@ -16,6 +16,9 @@ def check_constraints(spec: ConstraintsSpec, baseline: dict[str, Any], final: di
     if spec.min_accuracy is not None:
         acc = final["accuracy"]
         results.append(_result("min_accuracy", spec.min_accuracy, acc, acc >= spec.min_accuracy))
+    if spec.min_cosine is not None:
+        cosine = final["cosine"]
+        results.append(_result("min_cosine", spec.min_cosine, cosine, cosine >= spec.min_cosine))
     return results
 
 

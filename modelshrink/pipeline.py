@@ -10,6 +10,7 @@ In a multi-process run every rank trains, and rank 0 alone measures and writes.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
 from modelshrink.diagnose import failing_layer
 from modelshrink.errors import ConstraintFailed, UserError
-from modelshrink.metrics import add_latencies, measure
+from modelshrink.metrics import add_latencies, measure, reference_outputs
 from modelshrink.models import load_model
 from modelshrink.progress import log
 from modelshrink.recipe.schema import FinetuneSpec, Recipe
@@ -52,7 +53,7 @@ def run(
     if main:
         check_output_dir(out_dir, recipe, force)
     seed_everything(recipe.seed)
-    data = build_data(recipe.data, recipe.seed)
+    data = build_data(recipe.data, recipe.seed, recipe.model)
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
         report = _run_stages(recipe, data, store, resume, main, recipe_source)
@@ -86,7 +87,7 @@ def _run_stages(
         check_model_fits_data(model, data, recipe)
         log(f"baseline: {sum(p.numel() for p in model.parameters()):,} parameters, measuring")
         blob = to_bytes(model, lineage, data.input_shape)
-        baseline = measure(model, data, recipe.evaluate, len(blob)) if main else None
+        baseline, reference = measure(model, data, recipe.evaluate, len(blob)) if main else (None, [])
         if main:
             log(_summary("baseline", baseline))
         progress: dict[str, Any] = {"baseline": baseline, "results": [], "notes": {}}
@@ -97,6 +98,7 @@ def _run_stages(
         model, lineage = from_bytes(store.model_blob(completed), recipe.model.allow_pickle)
         original, _ = from_bytes(store.model_blob(0), recipe.model.allow_pickle)
         restore_rng(saved["rng"], data.train.generator)
+        reference = reference_outputs(original, data, recipe.evaluate) if main else []
     ctx = StageContext(
         data=data,
         original_model=original,
@@ -119,7 +121,7 @@ def _run_stages(
         metrics = None
         if main:
             with _model_errors(name, model, data):
-                metrics = measure(model, data, recipe.evaluate, len(blob))
+                metrics, _ = measure(model, data, recipe.evaluate, len(blob), reference)
             log(_summary(name, metrics))
         params = spec.model_dump(mode="json", exclude={"kind", "name"})
         results.append(
@@ -205,7 +207,9 @@ def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) ->
         raise UserError(f"model does not accept inputs of shape {tuple(inputs.shape)} from data: {first}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != inputs.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"model output {shape} is not (batch, classes) logits")
+        raise UserError(f"model output {shape} is not (batch, classes) logits or (batch, dim) embeddings")
+    if not data.labeled:  # judged by cosine to the original: any output width will do
+        return
     new_head = any(isinstance(s, FinetuneSpec) and s.num_classes is not None for s in recipe.stages)
     if out.shape[1] != data.num_classes and not new_head:
         raise UserError(
@@ -221,7 +225,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _summary(name: str, m: dict[str, Any]) -> str:
+    quality = f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, " if not math.isnan(m["accuracy"]) else ""
     return (
-        f"{name}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, sparsity {m['sparsity']:.1%}, "
+        f"{name}: {quality}cosine to original {m['cosine']:.4f}, sparsity {m['sparsity']:.1%}, "
         f"{human_bytes(m['size_bytes'])}"
     )

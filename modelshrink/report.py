@@ -99,9 +99,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     n = base["latency_ms"]["batch_n"]
     lines += [
-        f"| stage | accuracy | loss | latency b1 median (ms) | b1 p95 (ms) | b{n} median (ms) | params | "
+        f"| stage | accuracy | loss | cosine | latency b1 median (ms) | b1 p95 (ms) | b{n} median (ms) | params | "
         "non-zero | sparsity | MACs | size | time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         _row("baseline", "", base, base, None),
     ]
     lines += [_row(s["name"], s["kind"], s["metrics"], base, s["duration_s"]) for s in report["stages"]]
@@ -116,7 +116,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Checkpoint: `{report['checkpoint']}` · deltas are against the baseline "
-        "(accuracy in points, the rest as ratios).",
+        "(accuracy in points, the rest as ratios) · cosine: mean cosine similarity of each output to "
+        "the original model's.",
         "",
     ]
     return "\n".join(lines)
@@ -127,8 +128,9 @@ def _row(name: str, kind: str, m: dict[str, Any], base: dict[str, Any], duration
     label = f"{name} ({kind})" if kind else name
     cells = [
         label,
-        _with_delta(f"{m['accuracy']:.4f}", _points(m["accuracy"] - base["accuracy"]), duration),
-        f"{m['loss']:.4f}",
+        _with_delta(fixed(m["accuracy"]), _points(m["accuracy"] - base["accuracy"]), duration),
+        fixed(m["loss"]),
+        fixed(m["cosine"]),
         _with_delta(f"{lat['batch1_median']:.2f}", _ratio(lat["batch1_median"], blat["batch1_median"]), duration),
         _with_delta(f"{lat['batch1_p95']:.2f}", _ratio(lat["batch1_p95"], blat["batch1_p95"]), duration),
         _with_delta(f"{lat['batchN_median']:.2f}", _ratio(lat["batchN_median"], blat["batchN_median"]), duration),
@@ -144,6 +146,11 @@ def _row(name: str, kind: str, m: dict[str, Any], base: dict[str, Any], duration
 
 def _with_delta(value: str, delta: str, duration: float | None) -> str:
     return value if duration is None else f"{value} ({delta})"
+
+
+def fixed(value: float) -> str:
+    """Four decimals, or n/a for an undefined metric (accuracy without labels, loss of a foreign head)."""
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
 def _points(delta: float) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from modelshrink.data import cifar10, digits, imagefolder, synthetic
 from modelshrink.data.bundle import DataBundle
-from modelshrink.recipe.schema import DataSpec
+from modelshrink.errors import UserError
+from modelshrink.recipe.schema import DataSpec, ModelSpec, TextData
 
 _BUILDERS = {
     "digits": digits.build,
@@ -14,7 +15,15 @@ _BUILDERS = {
 }
 
 
-def build_data(spec: DataSpec, seed: int) -> DataBundle:
+def build_data(spec: DataSpec, seed: int, model: ModelSpec | None = None) -> DataBundle:
+    """`model` names the tokenizer for text data that does not name its own."""
+    if isinstance(spec, TextData):  # imported here: the Hugging Face extra is optional
+        from modelshrink.data import text
+
+        tokenizer = spec.tokenizer or (model.huggingface.source if model and model.huggingface else None)
+        if tokenizer is None:
+            raise UserError("data.tokenizer: text data needs a tokenizer (or a model.huggingface source)")
+        return text.build(spec, seed, tokenizer)
     return _BUILDERS[spec.kind](spec, seed)
 
 

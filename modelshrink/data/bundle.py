@@ -19,9 +19,15 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     class_names: list[str]
+    labeled: bool = True
+    # Real inputs to probe with where random floats would be meaningless (token ids); None: random.
+    examples: torch.Tensor | None = None
 
     def example_inputs(self, batch_size: int, seed: int = 0) -> torch.Tensor:
-        """A fixed random batch of the model's input shape, for latency and MACs."""
+        """A fixed batch of the model's input shape, for latency and MACs."""
+        if self.examples is not None:
+            repeats = -(-batch_size // len(self.examples))
+            return self.examples.repeat(repeats, *[1] * (self.examples.dim() - 1))[:batch_size].clone()
         generator = torch.Generator().manual_seed(seed)
         return torch.randn(batch_size, *self.input_shape, generator=generator)
 
@@ -36,6 +42,8 @@ def make_bundle(
     num_classes: int,
     input_shape: Sequence[int],
     class_names: Sequence[str] | None = None,
+    labeled: bool = True,
+    examples: torch.Tensor | None = None,
 ) -> DataBundle:
     generator = torch.Generator().manual_seed(seed)
     common = {"batch_size": batch_size, "num_workers": num_workers}
@@ -45,6 +53,8 @@ def make_bundle(
         num_classes=num_classes,
         input_shape=tuple(input_shape),
         class_names=list(class_names or [str(i) for i in range(num_classes)]),
+        labeled=labeled,
+        examples=examples,
     )
 
 

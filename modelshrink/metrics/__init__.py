@@ -9,28 +9,51 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from modelshrink import distributed
 from modelshrink.data.bundle import DataBundle
-from modelshrink.metrics.accuracy import evaluate_classifier
+from modelshrink.metrics.accuracy import evaluate_outputs
 from modelshrink.metrics.latency import measure_latencies
 from modelshrink.metrics.size import count_macs, count_parameters
 from modelshrink.recipe.schema import EvaluateSpec
 
-METRIC_KEYS = ("accuracy", "loss", "latency_ms", "params", "nonzero_params", "sparsity", "macs", "size_bytes")
+METRIC_KEYS = (
+    "accuracy",
+    "loss",
+    "cosine",
+    "latency_ms",
+    "params",
+    "nonzero_params",
+    "sparsity",
+    "macs",
+    "size_bytes",
+)
+Reference = list[torch.Tensor]  # the original model's validation outputs, batch by batch
 
 
-def measure(model: nn.Module, data: DataBundle, spec: EvaluateSpec, size_bytes: int) -> dict[str, Any]:
-    """Everything but latency; `latency_ms` stays None until `add_latencies`."""
+def measure(
+    model: nn.Module, data: DataBundle, spec: EvaluateSpec, size_bytes: int, reference: Reference | None = None
+) -> tuple[dict[str, Any], Reference]:
+    """Everything but latency (`latency_ms` stays None until `add_latencies`). Without `reference`
+    the model is the original: its outputs come back as the reference for the stages after it."""
     model.eval()
-    return {
-        **evaluate_classifier(model, data.val, spec.max_val_batches),
+    quality, outputs = evaluate_outputs(
+        model, data.val, spec.max_val_batches, labeled=data.labeled, reference=reference
+    )
+    metrics = {
+        **quality,
         "latency_ms": None,
         **count_parameters(model),
         "macs": count_macs(model, data.example_inputs(1)),
         "size_bytes": size_bytes,
     }
+    return metrics, outputs if reference is None else reference
+
+
+def reference_outputs(model: nn.Module, data: DataBundle, spec: EvaluateSpec) -> Reference:
+    return evaluate_outputs(model, data.val, spec.max_val_batches, labeled=data.labeled)[1]
 
 
 def add_latencies(

@@ -1,9 +1,13 @@
-"""Top-1 accuracy and mean cross-entropy on the validation split (loss NaN when the model's head
-has fewer classes than the labels, as before a transfer-learning stage replaces it)."""
+"""Quality on the validation split, in one pass: top-1 accuracy and mean cross-entropy (for labeled
+data), and the mean cosine similarity of each output to the original model's output for the same
+input. The cosine is what embedding models are judged by, and for classifiers it shows how far the
+logits moved even where top-1 did not. The loss is NaN when the model's head has fewer classes than
+the labels, as before a transfer-learning stage replaces it."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,17 +16,45 @@ from torch.utils.data import DataLoader
 
 
 @torch.inference_mode()
-def evaluate_classifier(model: nn.Module, loader: DataLoader, max_batches: int | None = None) -> dict[str, float]:
+def evaluate_outputs(
+    model: nn.Module,
+    loader: DataLoader,
+    max_batches: int | None = None,
+    *,
+    labeled: bool = True,
+    reference: Sequence[torch.Tensor] | None = None,
+) -> tuple[dict[str, float], list[torch.Tensor]]:
+    """Metrics, and without `reference` the outputs themselves (to be the reference; cosine 1)."""
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    for inputs, targets in itertools.islice(loader, max_batches):
-        logits = model(inputs)
-        if targets.max() < logits.shape[1]:
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+    correct, total, loss_sum, cosine_sum = 0, 0, 0.0, 0.0
+    outputs = []
+    for index, (inputs, targets) in enumerate(itertools.islice(loader, max_batches)):
+        out = model(inputs).float()
+        if reference is None:
+            outputs.append(out)
+        elif out.shape == reference[index].shape:
+            cosine_sum += F.cosine_similarity(out.flatten(1), reference[index].flatten(1), dim=1).sum().item()
+        else:  # a new head (transfer learning): outputs no longer comparable with the original's
+            cosine_sum = float("nan")
+        total += targets.numel()
+        if not labeled:
+            continue
+        if targets.max() < out.shape[1]:
+            loss_sum += F.cross_entropy(out, targets, reduction="sum").item()
         else:  # a head for other classes (before transfer learning replaces it): no defined loss
             loss_sum = float("nan")
-        correct += (logits.argmax(dim=1) == targets).sum().item()
-        total += targets.numel()
+        correct += (out.argmax(dim=1) == targets).sum().item()
+    nan = float("nan")
     if total == 0:
-        return {"accuracy": float("nan"), "loss": float("nan")}
-    return {"accuracy": correct / total, "loss": loss_sum / total}
+        return {"accuracy": nan, "loss": nan, "cosine": nan}, outputs
+    return {
+        "accuracy": correct / total if labeled else nan,
+        "loss": loss_sum / total if labeled else nan,
+        "cosine": cosine_sum / total if reference is not None else 1.0,
+    }, outputs
+
+
+def evaluate_classifier(model: nn.Module, loader: DataLoader, max_batches: int | None = None) -> dict[str, float]:
+    """Accuracy and loss alone, for training loops choosing their best epoch."""
+    metrics, _ = evaluate_outputs(model, loader, max_batches)
+    return {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}

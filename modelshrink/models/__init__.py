@@ -12,13 +12,16 @@ from torch import nn
 
 from modelshrink.checkpoint import Lineage, is_checkpoint_payload, model_from_payload
 from modelshrink.errors import UserError
-from modelshrink.models import factory, torchvision
+from modelshrink.models import factory, huggingface, torchvision
 from modelshrink.models.weights import as_state_dict, load_into, read_file
 from modelshrink.recipe.schema import ModelSpec
 
 
 def load_model(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
     """Build (and fill with weights) the model the recipe names."""
+    if spec.huggingface is not None and spec.checkpoint is None:
+        model, arch = _pretrained_huggingface(spec)
+        return model, Lineage(arch)
     arch = architecture_of(spec)
     if spec.checkpoint is None:
         assert arch is not None  # the schema requires an architecture or a checkpoint
@@ -46,7 +49,17 @@ def architecture_of(spec: ModelSpec) -> dict[str, Any] | None:
         return {"torchvision": spec.torchvision, "kwargs": kwargs}
     if spec.factory:
         return {"factory": spec.factory, "kwargs": kwargs}
+    if spec.huggingface:  # the pretrained model's record; its weights are replaced by the checkpoint's
+        return _pretrained_huggingface(spec)[1]
     return None
+
+
+def _pretrained_huggingface(spec: ModelSpec) -> tuple[nn.Module, dict[str, Any]]:
+    hf = spec.huggingface
+    assert hf is not None
+    return huggingface.load_pretrained(
+        hf.source, task=hf.task, pooling=hf.pooling, normalize=hf.normalize, num_classes=spec.num_classes
+    )
 
 
 def build_architecture(arch: dict[str, Any]) -> nn.Module:
@@ -54,10 +67,12 @@ def build_architecture(arch: dict[str, Any]) -> nn.Module:
         return torchvision.build(arch["torchvision"], arch.get("kwargs", {}))
     if "factory" in arch:
         return factory.build(arch["factory"], arch.get("kwargs", {}))
+    if "huggingface" in arch:
+        return huggingface.build(arch)
     raise UserError(f"unknown architecture record {arch!r}")
 
 
 def describe(arch: dict[str, Any]) -> str:
-    name = arch.get("torchvision") or arch.get("factory") or "a pickled model"
+    name = arch.get("torchvision") or arch.get("factory") or arch.get("huggingface") or "a pickled model"
     kwargs = ", ".join(f"{k}={v!r}" for k, v in arch.get("kwargs", {}).items())
     return f"{name}({kwargs})" if kwargs else str(name)

@@ -39,15 +39,32 @@ _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 # ----------------------------------------------------------------------------------------------- model
+class HuggingFaceSpec(Strict):
+    """A Hugging Face text model; a plain string is shorthand for `source`."""
+
+    source: str = Field(description="a model directory, 'pkg.module:function' returning one, or a hub id")
+    task: Literal["embedding", "classification"] = "embedding"
+    pooling: Literal["mean", "cls", "max"] | None = Field(
+        default=None, description="embedding pooling; default: the sentence-transformers config, else mean"
+    )
+    normalize: bool | None = Field(default=None, description="L2-normalize embeddings; default: as the model says")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"source": data} if isinstance(data, str) else data
+
+
 class ModelSpec(Strict):
     """Where the model comes from: an architecture (torchvision name or factory), a checkpoint, or both.
 
     A modelshrink checkpoint describes its own architecture. A plain state_dict or safetensors file
-    needs `torchvision` or `factory` beside it to say which module to load it into.
+    needs `torchvision`, `factory` or `huggingface` beside it to say which module to load it into.
     """
 
     torchvision: str | None = None
     factory: str | None = Field(default=None, description="'pkg.module:function' returning an nn.Module")
+    huggingface: HuggingFaceSpec | None = None
     num_classes: PositiveInt | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = None
@@ -55,10 +72,12 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _one_architecture(self) -> ModelSpec:
-        if self.torchvision and self.factory:
-            raise ValueError("give either 'torchvision' or 'factory', not both")
-        if not (self.torchvision or self.factory or self.checkpoint):
-            raise ValueError("needs 'torchvision', 'factory' or 'checkpoint'")
+        if sum(x is not None for x in (self.torchvision, self.factory, self.huggingface)) > 1:
+            raise ValueError("give one of 'torchvision', 'factory' or 'huggingface'")
+        if not (self.torchvision or self.factory or self.huggingface or self.checkpoint):
+            raise ValueError("needs 'torchvision', 'factory', 'huggingface' or 'checkpoint'")
+        if self.huggingface and self.kwargs:
+            raise ValueError("kwargs do not apply to 'huggingface' models")
         if self.factory and not _FACTORY_RE.match(self.factory):
             raise ValueError(f"factory must look like 'package.module:function', got {self.factory!r}")
         if self.num_classes is not None and "num_classes" in self.kwargs:
@@ -119,7 +138,35 @@ class SyntheticData(_DataCommon):
     channels: PositiveInt = 3
 
 
-DataSpec = Annotated[DigitsData | ImageFolderData | Cifar10Data | SyntheticData, Field(discriminator="kind")]
+class TextData(Strict):
+    """Texts for Hugging Face models: a .txt file (one text per line), .jsonl or .csv (`text_field`,
+    optional `label_field`); without `path`, ~100 bundled English sentences. Without labels the quality
+    metric is the cosine similarity of each model's outputs to the original model's."""
+
+    kind: Literal["text"]
+    path: Path | None = None
+    text_field: str = "text"
+    label_field: str | None = None
+    tokenizer: str | None = Field(default=None, description="default: the model's huggingface source")
+    max_length: Annotated[int, Field(ge=2)] = 128
+    batch_size: PositiveInt = 32
+    val_fraction: Fraction = 0.5
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _label_needs_table(self) -> TextData:
+        if self.label_field and self.path is not None and self.path.suffix.lower() == ".txt":
+            raise ValueError("label_field needs a .jsonl or .csv file; a .txt file holds texts only")
+        return self
+
+    @property
+    def labeled(self) -> bool:
+        return self.label_field is not None
+
+
+DataSpec = Annotated[
+    DigitsData | ImageFolderData | Cifar10Data | SyntheticData | TextData, Field(discriminator="kind")
+]
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -286,7 +333,7 @@ _QUANTIZE_ONLY_FOR = {
     "module_types": {"dynamic"},
     "calibration_batches": {"static"},
     "observer": {"static"},
-    "per_channel": {"static", "qat"},
+    "per_channel": {"dynamic", "static", "qat"},
     "qat": {"qat"},
 }
 
@@ -294,7 +341,7 @@ _QUANTIZE_ONLY_FOR = {
 class QuantizeSpec(_StageCommon):
     """Quantization, one mode per stage:
 
-    - `dynamic`: int8 weights, activations quantized on the fly (Linear/LSTM/GRU);
+    - `dynamic`: int8 weights, activations quantized on the fly (Linear/LSTM/GRU), int8 embedding tables;
     - `static`: int8 weights and activations, activation ranges calibrated on training batches;
     - `qat`: quantization-aware training (fake-quant, then the same training loop), then int8;
     - `weight_only`: int8 weights (per output channel) with float activations and compute;
@@ -304,10 +351,12 @@ class QuantizeSpec(_StageCommon):
     kind: Literal["quantize"]
     mode: Literal["dynamic", "static", "qat", "weight_only", "fp16", "bf16"] = "dynamic"
     exclude: list[str] = Field(default_factory=list, description="module name globs kept in float")
-    module_types: list[Literal["Linear", "LSTM", "GRU"]] = Field(default_factory=lambda: ["Linear", "LSTM", "GRU"])
+    module_types: list[Literal["Linear", "LSTM", "GRU", "Embedding"]] = Field(
+        default_factory=lambda: ["Linear", "LSTM", "GRU", "Embedding"]
+    )
     calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")
     observer: Literal["minmax", "histogram"] = "histogram"
-    per_channel: bool = Field(default=True, description="one weight scale per output channel")
+    per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear, Conv)")
     qat: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings for mode qat")
 
     @model_validator(mode="after")
@@ -348,6 +397,9 @@ class ConstraintsSpec(Strict):
         default=None, description="absolute top-1 drop allowed against the baseline, e.g. 0.01"
     )
     min_accuracy: Probability | None = None
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        default=None, description="mean cosine similarity of the final model's outputs to the original's"
+    )
 
 
 class Recipe(Strict):
@@ -374,6 +426,23 @@ class Recipe(Strict):
                     "made int8; put training stages before quantization"
                 )
             quantized = quantized or isinstance(spec, QuantizeSpec)
+        return self
+
+    @model_validator(mode="after")
+    def _text_data_fits(self) -> Recipe:
+        if not isinstance(self.data, TextData):
+            return self
+        if self.data.tokenizer is None and self.model.huggingface is None:
+            raise ValueError("data.tokenizer is needed when the model is not given by model.huggingface")
+        if not self.data.labeled:
+            for spec in self.stages:
+                if isinstance(spec, TrainingSettings) or (isinstance(spec, QuantizeSpec) and spec.mode == "qat"):
+                    raise ValueError(f"stage {spec.kind!r} trains, which needs labels: set data.label_field")
+                if isinstance(spec, PruneSpec) and spec.importance == "taylor":
+                    raise ValueError("importance 'taylor' needs labels (gradients of the loss): set data.label_field")
+            for gate in ("max_accuracy_drop", "min_accuracy"):
+                if getattr(self.constraints, gate) is not None:
+                    raise ValueError(f"constraints.{gate} needs labels: set data.label_field, or gate on min_cosine")
         return self
 
     @model_validator(mode="after")

@@ -35,12 +35,53 @@ def test_dynamic_int8_replaces_linears_and_keeps_outputs_close() -> None:
     assert type(quantized[5]) is nn.Linear, "excluded layer stays float"
     assert torch.allclose(quantized(x), expected, atol=0.05, rtol=0.05)
     assert (quantized(x).argmax(1) == expected.argmax(1)).float().mean() > 0.9
-    assert ctx.lineage.transforms == [{"kind": "quantize_dynamic", "modules": ["1", "3"], "dtype": "qint8"}]
+    assert ctx.lineage.transforms == [
+        {"kind": "quantize_dynamic", "modules": ["1", "3"], "dtype": "qint8", "per_channel": True}
+    ]
+
+
+class TokenModel(nn.Module):
+    """An embedding table read with strided indices (as Hugging Face's segment ids are), then a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(50, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.table(ids.t().t().expand(-1, -1)[:, ::2]).mean(1))
+
+
+def test_dynamic_int8_quantizes_embedding_tables_read_with_strided_indices() -> None:
+    from modelshrink.stages.quantize.dynamic import quantize_modules
+
+    torch.manual_seed(0)
+    model = TokenModel().eval()
+    ids = torch.randint(0, 50, (8, 12)).t().contiguous().t()  # a strided view, as the float table accepts
+    expected = model(ids)
+    ctx = context()
+    quantized = QuantizeStage(QuantizeSpec(kind="quantize"), "q").apply(model, ctx)
+    assert type(quantized.table).__name__ == "ContiguousEmbedding"
+    assert quantized.table.weight().dtype == torch.quint8
+    assert quantized.head.weight().qscheme() == torch.per_channel_affine
+    assert torch.allclose(quantized(ids), expected, atol=0.02)
+    reloaded = quantize_modules(TokenModel().eval(), ctx.lineage.transforms[0])  # as a checkpoint rebuilds
+    reloaded.load_state_dict(quantized.state_dict())
+    assert type(reloaded.table).__name__ == "ContiguousEmbedding"
+    assert torch.equal(reloaded(ids), quantized(ids))
+
+
+def test_dynamic_records_from_before_per_channel_still_rebuild_per_tensor() -> None:
+    from modelshrink.stages.quantize.dynamic import quantize_modules
+
+    model = quantize_modules(mlp(in_features=8, hidden=8, num_classes=2), {"modules": ["1"], "dtype": "qint8"})
+    assert "quantized.dynamic" in type(model[1]).__module__
+    assert model[1].weight().qscheme() == torch.per_tensor_affine
 
 
 def test_nothing_to_quantize_is_a_user_error() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3))
-    with pytest.raises(UserError, match="no Linear/LSTM/GRU layer"):
+    with pytest.raises(UserError, match="no Linear/LSTM/GRU/Embedding layer"):
         QuantizeStage(QuantizeSpec(kind="quantize"), "q").apply(model, context())
 
 

@@ -1,0 +1,88 @@
+"""Texts for Hugging Face models, tokenized once to fixed-length token ids (padding marks the mask).
+
+Fixed length keeps every batch the same shape, so latency is comparable between models and the
+`max_length` the recipe names is what gets timed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from modelshrink.data.bundle import DataBundle, make_bundle, stratified_split
+from modelshrink.errors import UserError
+from modelshrink.models.huggingface import tokenizer_for
+from modelshrink.recipe.schema import TextData
+
+SAMPLE_SENTENCES = Path(__file__).parent / "samples" / "sentences.txt"
+UNLABELED = -1
+
+
+def build(spec: TextData, seed: int, tokenizer_source: str) -> DataBundle:
+    texts, labels, class_names = read_texts(spec)
+    if len(texts) < 2:
+        raise UserError(f"data.path: {spec.path} holds {len(texts)} text(s); need at least 2")
+    encoded = tokenizer_for(tokenizer_source)(
+        texts, padding="max_length", truncation=True, max_length=spec.max_length, return_tensors="pt"
+    )
+    ids = encoded["input_ids"]
+    targets = torch.tensor(labels if labels is not None else [UNLABELED] * len(texts), dtype=torch.long)
+    if labels is not None:
+        train_idx, val_idx = stratified_split(labels, spec.val_fraction, seed)
+    else:
+        order = list(range(len(texts)))
+        random.Random(seed).shuffle(order)
+        cut = max(1, min(len(order) - 1, round(len(order) * (1 - spec.val_fraction))))
+        train_idx, val_idx = sorted(order[:cut]), sorted(order[cut:])
+    return make_bundle(
+        TensorDataset(ids[train_idx], targets[train_idx]),
+        TensorDataset(ids[val_idx], targets[val_idx]),
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        seed=seed,
+        num_classes=len(class_names),
+        input_shape=(spec.max_length,),
+        class_names=class_names,
+        labeled=labels is not None,
+        examples=ids[val_idx],
+    )
+
+
+def read_texts(spec: TextData) -> tuple[list[str], list[int] | None, list[str]]:
+    """Texts, class indices (None when unlabeled) and class names, from .txt, .jsonl or .csv."""
+    path = spec.path or SAMPLE_SENTENCES
+    if not path.is_file():
+        raise UserError(f"data.path: {path} is not a file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        else:
+            return [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()], None, []
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise UserError(f"data.path: {path} is not valid {suffix[1:]} ({exc})") from None
+    fields = [spec.text_field] + ([spec.label_field] if spec.label_field else [])
+    for number, row in enumerate(rows, start=1):
+        missing = [f for f in fields if not isinstance(row, dict) or row.get(f) in (None, "")]
+        if missing:
+            raise UserError(f"data.path: {path} record {number} has no {missing[0]!r}")
+    texts = [str(row[spec.text_field]) for row in rows]
+    if spec.label_field is None:
+        return texts, None, []
+    values = [row[spec.label_field] for row in rows]
+    class_names = sorted({str(v) for v in values}, key=_natural)
+    index = {name: i for i, name in enumerate(class_names)}
+    return texts, [index[str(v)] for v in values], class_names
+
+
+def _natural(name: str) -> tuple[int, int | str]:
+    """Numeric labels in numeric order (2 before 10), then names alphabetically."""
+    return (0, int(name)) if name.lstrip("-").isdigit() else (1, name)
