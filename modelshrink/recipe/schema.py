@@ -331,7 +331,8 @@ class PruneSpec(_StageCommon):
 
 _QUANTIZE_ONLY_FOR = {
     "module_types": {"dynamic"},
-    "calibration_batches": {"static"},
+    "calibration_batches": {"static", "dynamic"},
+    "smoothing": {"dynamic"},
     "observer": {"static"},
     "per_channel": {"dynamic", "static", "qat"},
     "qat": {"qat"},
@@ -357,6 +358,11 @@ class QuantizeSpec(_StageCommon):
     calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")
     observer: Literal["minmax", "histogram"] = "histogram"
     per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear, Conv)")
+    smoothing: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None,
+        description="dynamic: SmoothQuant alpha (e.g. 0.7), moving activation outliers into the weights, "
+        "calibrated on calibration_batches; costs one multiply per Linear",
+    )
     qat: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings for mode qat")
 
     @model_validator(mode="after")

@@ -7,12 +7,19 @@ deprecated: its use and its warnings stay in this module.
 
 Activations stay at torch.ao's 7 bits (`reduce_range=True`): with all 8 bits, fbgemm's int16 pair
 sums saturate on CPUs without VNNI (measured here: max output error 0.19 vs 0.006 on a small model).
+Per-tensor activation ranges suffer from a few outlier channels (transformers): `smoothing: alpha`
+applies SmoothQuant (Xiao et al., 2023) first, dividing each input channel by
+s = max|x|^alpha / max|w|^(1 - alpha) and multiplying the weight's columns by s. Hand-written
+because torchao's SmoothQuant yields its tensor subclasses, slower than fp32 here, and
+llm-compressor's needs its own model stack; the division stays an explicit multiply (`SmoothedLinear`)
+since folding it into the previous layer needs a graph we cannot trace for every model.
 `ContiguousEmbedding` fills a gap no library fills: the int8 embedding kernel rejects strided index
 tensors that the float table accepts (e.g. Hugging Face's expanded `token_type_ids` buffer).
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any
 
@@ -23,7 +30,7 @@ from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import QuantizeSpec
 from modelshrink.stages.base import StageContext
-from modelshrink.stages.selection import select_modules
+from modelshrink.stages.selection import select_modules, set_submodule
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # torch.ao's deprecation notices
@@ -43,18 +50,72 @@ class ContiguousEmbedding(nnq.Embedding):
         return super().forward(indices.contiguous())
 
 
+class SmoothedLinear(nn.Module):
+    """`linear(x * inv_scale)`, where the linear's weight columns were multiplied by 1 / inv_scale."""
+
+    def __init__(self, linear: nn.Module, in_features: int) -> None:
+        super().__init__()
+        self.register_buffer("inv_scale", torch.ones(in_features))
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x * self.inv_scale)
+
+
 def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext) -> nn.Module:
     selected = select_modules(model, ["*"], spec.exclude, spec.module_types)
     if not selected:
         raise UserError(f"no {'/'.join(spec.module_types)} layer left to quantize (exclude={spec.exclude})")
-    record = {
-        "kind": "quantize_dynamic",
-        "modules": [name for name, _ in selected],
-        "dtype": "qint8",
-        "per_channel": spec.per_channel,
-    }
+    names = [name for name, _ in selected]
+    if spec.smoothing is not None:
+        linears = [name for name, module in selected if isinstance(module, nn.Linear)]
+        model = smooth(model, linears, spec.smoothing, ctx, spec.calibration_batches)
+        names = [f"{name}.linear" if name in linears else name for name in names]
+    record = {"kind": "quantize_dynamic", "modules": names, "dtype": "qint8", "per_channel": spec.per_channel}
     model = quantize_modules(model, record)
     ctx.lineage.transforms.append(record)
+    return model
+
+
+def smooth(model: nn.Module, names: list[str], alpha: float, ctx: StageContext, batches: int) -> nn.Module:
+    """Wrap `names` in SmoothedLinear with scales from the input ranges seen on `batches` training batches."""
+    modules = dict(model.named_modules())
+    ranges: dict[str, torch.Tensor] = {}
+
+    def observe(name: str) -> Any:
+        def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            seen = inputs[0].detach().abs().flatten(0, -2).amax(dim=0)
+            ranges[name] = torch.maximum(ranges[name], seen) if name in ranges else seen
+
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(observe(name)) for name in names]
+    try:
+        with torch.inference_mode():
+            for inputs, _ in itertools.islice(ctx.data.train, batches):
+                model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    record = {"kind": "smooth_linear", "modules": names}
+    model = wrap_smoothed(model, record)
+    modules = dict(model.named_modules())
+    for name in names:
+        wrapper, weight = modules[name], modules[name].linear.weight
+        scale = ranges[name].clamp(min=1e-5) ** alpha / weight.detach().abs().amax(dim=0).clamp(min=1e-5) ** (1 - alpha)
+        scale = scale.clamp(min=1e-5)
+        with torch.no_grad():
+            weight.mul_(scale)
+            wrapper.inv_scale.copy_(1 / scale)
+    ctx.lineage.transforms.append(record)
+    return model
+
+
+@register_rebuilder("smooth_linear")
+def wrap_smoothed(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    for name in record["modules"]:
+        linear = model.get_submodule(name)
+        set_submodule(model, name, SmoothedLinear(linear, linear.in_features))
     return model
 
 
