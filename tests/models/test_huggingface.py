@@ -164,3 +164,23 @@ def test_recipes_that_cannot_work_on_unlabeled_text_are_rejected(
 ) -> None:
     result = runner.invoke(app, ["validate", str(recipe(tmp_path, tiny_bert, **change))])
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize("mode", ["fp16", "bf16", "weight_only", "dynamic"])
+def test_every_applicable_mode_keeps_text_embeddings_close(tiny_bert: Path, mode: str) -> None:
+    """Token ids must reach the embedding table intact whatever the mode (fp16 cannot hold ids > 2048)."""
+    from modelshrink.data import build_data
+    from modelshrink.metrics.accuracy import evaluate_outputs
+    from modelshrink.models import load_model
+    from modelshrink.recipe.schema import EvaluateSpec, ModelSpec, QuantizeSpec, TextData
+    from modelshrink.stages.base import StageContext
+    from modelshrink.stages.quantize import QuantizeStage
+
+    spec = ModelSpec(huggingface={"source": str(tiny_bert), "pooling": "mean"})  # every token counts
+    model, lineage = load_model(spec)
+    data = build_data(TextData(kind="text", max_length=16), 0, spec)
+    _, reference = evaluate_outputs(model, data.val, labeled=False)
+    ctx = StageContext(data=data, original_model=model, lineage=lineage, evaluate=EvaluateSpec(), seed=0)
+    quantized = QuantizeStage(QuantizeSpec(kind="quantize", mode=mode), mode).apply(model, ctx)
+    cosine = evaluate_outputs(quantized, data.val, labeled=False, reference=reference)[0]["cosine"]
+    assert cosine > 0.99

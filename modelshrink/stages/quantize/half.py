@@ -1,5 +1,5 @@
-"""fp16 / bf16: half-precision weights and compute behind a wrapper that casts inputs and logits,
-so the rest of the pipeline (and a user's code) keeps feeding float32 and reading float32."""
+"""fp16 / bf16: half-precision weights and compute behind a wrapper that casts float inputs and the
+outputs, so the rest of the pipeline (and a user's code) keeps feeding float32 and reading float32."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ class HalfPrecision(nn.Module):
         self.model = model.to(getattr(torch, dtype))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs.to(getattr(torch, self.dtype_name))).float()
+        if inputs.is_floating_point():  # token ids stay integers: fp16 cannot even hold ids above 2048
+            inputs = inputs.to(getattr(torch, self.dtype_name))
+        return self.model(inputs).float()
 
 
 def cast(model: nn.Module, mode: str, ctx: StageContext) -> nn.Module:
