@@ -184,3 +184,6 @@ def test_every_applicable_mode_keeps_text_embeddings_close(tiny_bert: Path, mode
     quantized = QuantizeStage(QuantizeSpec(kind="quantize", mode=mode), mode).apply(model, ctx)
     cosine = evaluate_outputs(quantized, data.val, labeled=False, reference=reference)[0]["cosine"]
     assert cosine > 0.99
+    if mode in ("weight_only", "dynamic"):  # the word embeddings are most of the bytes: int8 too
+        table = quantized.transformer.embeddings.word_embeddings
+        assert type(table).__name__ in ("Int8WeightOnly", "ContiguousEmbedding")

@@ -1,4 +1,5 @@
-"""Weight-only int8: weights stored as int8 with one scale per output channel, compute in float.
+"""Weight-only int8: weights stored as int8 with one scale per output channel (per row for embedding
+tables), compute in float.
 
 The file shrinks ~4x while activations and arithmetic stay float32. torchao's Int8WeightOnlyConfig
 ran 0.56-0.92x the speed of fp32 on this CPU (docs/quantization.md), so instead the float weight is
@@ -20,26 +21,33 @@ from modelshrink.recipe.schema import QuantizeSpec
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.selection import select_modules, set_submodule
 
-_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding")
 
 
 class Int8WeightOnly(nn.Module):
-    """A Linear or Conv layer whose weight is int8 x per-output-channel scale."""
+    """A Linear, Conv or Embedding layer whose weight is int8 x per-output-channel (per-row) scale."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.kind = type(layer).__name__
-        self.conv_args = (
-            {}
-            if self.kind == "Linear"
-            else {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups}
-        )
+        if self.kind == "Embedding":
+            self.call_args = {"padding_idx": layer.padding_idx, "max_norm": layer.max_norm}
+        elif self.kind == "Linear":
+            self.call_args = {}
+        else:
+            self.call_args = {
+                "stride": layer.stride,
+                "padding": layer.padding,
+                "dilation": layer.dilation,
+                "groups": layer.groups,
+            }
         weight = layer.weight.detach()
         scale = weight.abs().flatten(1).amax(dim=1).clamp_min(1e-12) / 127.0
         view = (-1,) + (1,) * (weight.dim() - 1)
         self.register_buffer("qweight", torch.round(weight / scale.view(view)).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale)
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+        bias = getattr(layer, "bias", None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self._dequantized: torch.Tensor | None = None  # float cache, rebuilt on demand, never saved
 
     def weight(self) -> torch.Tensor:
@@ -56,10 +64,12 @@ class Int8WeightOnly(nn.Module):
             # a normal tensor even when first built under inference_mode, so later autograd use works
             with torch.inference_mode(False), torch.no_grad():
                 self._dequantized = self.qweight.float() * self.scale.view(view)
+        if self.kind == "Embedding":
+            return F.embedding(inputs, self._dequantized, **self.call_args)
         if self.kind == "Linear":
             return F.linear(inputs, self._dequantized, self.bias)
         conv = {"Conv1d": F.conv1d, "Conv2d": F.conv2d, "Conv3d": F.conv3d}[self.kind]
-        return conv(inputs, self._dequantized, self.bias, **self.conv_args)
+        return conv(inputs, self._dequantized, self.bias, **self.call_args)
 
 
 def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext) -> nn.Module:
@@ -69,7 +79,7 @@ def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext) -> nn.Modu
         if getattr(module, "padding_mode", "zeros") == "zeros"
     ]
     if not names:
-        raise UserError(f"no Linear/Conv layer left to quantize (exclude={spec.exclude})")
+        raise UserError(f"no Linear/Conv/Embedding layer left to quantize (exclude={spec.exclude})")
     record = {"kind": "quantize_weight_only", "modules": names}
     ctx.lineage.transforms.append(record)
     return replace(model, record)
