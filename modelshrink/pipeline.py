@@ -202,7 +202,7 @@ def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) ->
     try:
         with torch.inference_mode():
             out = model(inputs)
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # IndexError: token ids beyond the vocabulary
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"model does not accept inputs of shape {tuple(inputs.shape)} from data: {first}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != inputs.shape[0]:

@@ -27,10 +27,12 @@ def build(spec: TextData, seed: int, tokenizer_source: str) -> DataBundle:
     texts, labels, class_names = read_texts(spec)
     if len(texts) < 2:
         raise UserError(f"data.path: {spec.path} holds {len(texts)} text(s); need at least 2")
-    encoded = tokenizer_for(tokenizer_source)(
-        texts, padding="max_length", truncation=True, max_length=spec.max_length, return_tensors="pt"
-    )
-    ids = encoded["input_ids"]
+    tokenizer = tokenizer_for(tokenizer_source)
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"data.tokenizer: {tokenizer_source} has no padding token; models here mask by padding")
+    ids = tokenizer(texts, padding="max_length", truncation=True, max_length=spec.max_length, return_tensors="pt")[
+        "input_ids"
+    ]
     targets = torch.tensor(labels if labels is not None else [UNLABELED] * len(texts), dtype=torch.long)
     if labels is not None:
         train_idx, val_idx = stratified_split(labels, spec.val_fraction, seed)

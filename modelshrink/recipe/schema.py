@@ -164,9 +164,7 @@ class TextData(Strict):
         return self.label_field is not None
 
 
-DataSpec = Annotated[
-    DigitsData | ImageFolderData | Cifar10Data | SyntheticData | TextData, Field(discriminator="kind")
-]
+DataSpec = Annotated[DigitsData | ImageFolderData | Cifar10Data | SyntheticData | TextData, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------------- stages

@@ -187,3 +187,20 @@ def test_every_applicable_mode_keeps_text_embeddings_close(tiny_bert: Path, mode
     if mode in ("weight_only", "dynamic"):  # the word embeddings are most of the bytes: int8 too
         table = quantized.transformer.embeddings.word_embeddings
         assert type(table).__name__ in ("Int8WeightOnly", "ContiguousEmbedding")
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_is_a_one_line_error(tmp_path: Path) -> None:
+    small_vocab = tmp_path / "small_vocab"
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    transformers.BertModel(config).save_pretrained(small_vocab)
+    path = recipe(
+        tmp_path,
+        small_vocab,
+        data={"kind": "text", "tokenizer": MINILM, "max_length": 16},
+        stages=[{"kind": "quantize"}],
+    )
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "does not accept inputs" in result.output
+    assert not (tmp_path / "out").exists()

@@ -11,8 +11,9 @@ Per-tensor activation ranges suffer from a few outlier channels (transformers): 
 applies SmoothQuant (Xiao et al., 2023) first, dividing each input channel by
 s = max|x|^alpha / max|w|^(1 - alpha) and multiplying the weight's columns by s. Hand-written
 because torchao's SmoothQuant yields its tensor subclasses, slower than fp32 here, and
-llm-compressor's needs its own model stack; the division stays an explicit multiply (`SmoothedLinear`)
-since folding it into the previous layer needs a graph we cannot trace for every model.
+llm-compressor's needs its own model stack. The division stays an explicit multiply (`SmoothedLinear`):
+folding it into the previous LayerNorm is only exact when nothing else reads that output, and in
+post-LayerNorm models such as BERT the residual path does.
 `ContiguousEmbedding` fills a gap no library fills: the int8 embedding kernel rejects strided index
 tensors that the float table accepts (e.g. Hugging Face's expanded `token_type_ids` buffer).
 """
