@@ -129,7 +129,7 @@ def resolve_source(source: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source, local_files_only=bool(os.environ.get("HF_HUB_OFFLINE"))))
+        return Path(snapshot_download(source))  # the hub client itself honours HF_HUB_OFFLINE
     except Exception as exc:  # the hub client raises many unrelated types for "not available"
         raise UserError(
             f"model.huggingface: {source!r} is neither a directory nor a hub model available here ({_first_line(exc)})"
