@@ -76,9 +76,8 @@ def load_pretrained(
     transformers = _transformers()
     directory = resolve_source(source)
     kwargs = {"num_labels": num_classes} if num_classes is not None else {}
-    auto = transformers.AutoModelForSequenceClassification if task == "classification" else transformers.AutoModel
     try:
-        transformer = auto.from_pretrained(directory, **kwargs)
+        transformer = _auto_class(transformers, task).from_pretrained(directory, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.huggingface: cannot load {directory}: {_first_line(exc)}") from None
     default_pooling, default_normalize = sentence_transformers_head(directory)
@@ -97,10 +96,7 @@ def build(arch: dict[str, Any]) -> nn.Module:
     transformers = _transformers()
     config = dict(arch["config"])
     config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
-    auto = (
-        transformers.AutoModelForSequenceClassification if arch["task"] == "classification" else transformers.AutoModel
-    )
-    return _wrap(auto.from_config(config), arch)
+    return _wrap(_auto_class(transformers, arch["task"]).from_config(config), arch)
 
 
 def tokenizer_for(source: str) -> Any:
@@ -147,6 +143,10 @@ def sentence_transformers_head(directory: Path) -> tuple[str, bool]:
     modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
     normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
     return pooling, normalize
+
+
+def _auto_class(transformers: Any, task: str) -> Any:
+    return transformers.AutoModelForSequenceClassification if task == "classification" else transformers.AutoModel
 
 
 def _wrap(transformer: nn.Module, arch: dict[str, Any]) -> TextModel:
