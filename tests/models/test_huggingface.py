@@ -100,10 +100,13 @@ def test_run_quantizes_a_text_model_and_the_checkpoint_reloads_in_a_fresh_proces
         cwd=REPO,
     )
     pooling, fresh = torch.load(tmp_path / "out.pt")
-    from modelshrink import load
+    from modelshrink import inspect, load
 
     assert pooling == "cls"
     assert torch.equal(fresh, load(tmp_path / "out" / "model.pt")(ids))
+    layers = {row["name"]: row for row in inspect(tmp_path / "out" / "model.pt")["layers"]}
+    assert layers["transformer.embeddings.word_embeddings"]["dtype"] == "quint8"
+    assert layers["transformer.encoder.layer.0.attention.self.query.linear"]["dtype"] == "qint8"
 
 
 def test_min_cosine_gate_fails_the_run(tmp_path: Path, tiny_bert: Path) -> None:
