@@ -25,7 +25,7 @@ from torch import nn
 from modelshrink.atomic import write_file
 from modelshrink.checkpoint import Lineage, to_bytes
 from modelshrink.data import build_data
-from modelshrink.metrics.latency import thread_count, time_round_robin
+from modelshrink.metrics.latency import measure_latencies
 from modelshrink.metrics.size import count_macs, count_parameters
 from modelshrink.models import build_architecture
 from modelshrink.recipe.schema import EvaluateSpec, PruneSpec, SyntheticData
@@ -100,17 +100,18 @@ def main() -> None:
     }
     one = torch.randn(1, 3, args.size, args.size)
     many = torch.randn(args.batch, 3, args.size, args.size)
-    with thread_count(args.threads) as threads:
-        lat1 = time_round_robin([m for m, _ in variants.values()], one, warmup=2, iterations=args.iterations)
-        latn = time_round_robin([m for m, _ in variants.values()], many, warmup=1, iterations=args.iterations)
+    timings = measure_latencies(
+        [m for m, _ in variants.values()], one, many, warmup=2, iterations=args.iterations, threads=args.threads
+    )
+    threads = timings[0]["threads"]
     rows = []
-    for (name, (model, lineage)), t1, tn in zip(variants.items(), lat1, latn, strict=True):
+    for (name, (model, lineage)), timing in zip(variants.items(), timings, strict=True):
         counts = count_parameters(model)
         rows.append(
             {
                 "variant": name,
-                "batch1_median_ms": statistics.median(t1),
-                "batchN_median_ms": statistics.median(tn),
+                "batch1_median_ms": timing["batch1_median"],
+                "batchN_median_ms": timing["batchN_median"],
                 "macs": count_macs(model, one),
                 "params": counts["params"],
                 "nonzero_params": counts["nonzero_params"],

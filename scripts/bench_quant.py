@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from modelshrink.atomic import write_file
 from modelshrink.checkpoint import Lineage, to_bytes
 from modelshrink.data import DataBundle, build_data
 from modelshrink.metrics.accuracy import evaluate_classifier, evaluate_outputs
-from modelshrink.metrics.latency import thread_count, time_round_robin
+from modelshrink.metrics.latency import measure_latencies
 from modelshrink.models import build_architecture, load_model
 from modelshrink.recipe.schema import DigitsData, EvaluateSpec, FinetuneSpec, ModelSpec, QuantizeSpec, TextData
 from modelshrink.stages.base import StageContext
@@ -136,17 +135,16 @@ def compare(
     """Time every variant round-robin, measure quality and checkpoint size, print a table, return rows."""
     models = [m for m, _ in variants.values()]
     one, many = data.example_inputs(1), data.example_inputs(batch)
-    with thread_count(None) as threads:
-        lat1 = time_round_robin(models, one, warmup=3, iterations=iterations)
-        latn = time_round_robin(models, many, warmup=2, iterations=iterations)
+    timings = measure_latencies(models, one, many, warmup=3, iterations=iterations, threads=None)
+    threads = timings[0]["threads"]
     rows: list[dict[str, Any]] = []
-    for (label, (m, lineage)), t1, tn in zip(variants.items(), lat1, latn, strict=True):
+    for (label, (m, lineage)), timing in zip(variants.items(), timings, strict=True):
         rows.append(
             {
                 "variant": label,
                 "quality": quality(m),
-                "batch1_median_ms": statistics.median(t1),
-                "batchN_median_ms": statistics.median(tn),
+                "batch1_median_ms": timing["batch1_median"],
+                "batchN_median_ms": timing["batchN_median"],
                 "checkpoint_bytes": len(to_bytes(m, lineage, data.input_shape)) if lineage else None,
             }
         )

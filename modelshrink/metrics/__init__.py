@@ -37,7 +37,8 @@ def measure(
     model: nn.Module, data: DataBundle, spec: EvaluateSpec, size_bytes: int, reference: Reference | None = None
 ) -> tuple[dict[str, Any], Reference]:
     """Everything but latency (`latency_ms` stays None until `add_latencies`). Without `reference`
-    the model is the original: its outputs come back as the reference for the stages after it."""
+    the model is the original: its outputs come back as the reference for the stages after it
+    (with a reference, nothing comes back)."""
     model.eval()
     quality, outputs = evaluate_outputs(
         model, data.val, spec.max_val_batches, labeled=data.labeled, reference=reference
@@ -49,7 +50,7 @@ def measure(
         "macs": count_macs(model, data.example_inputs(1)),
         "size_bytes": size_bytes,
     }
-    return metrics, outputs if reference is None else reference
+    return metrics, outputs
 
 
 def reference_outputs(model: nn.Module, data: DataBundle, spec: EvaluateSpec) -> Reference:

@@ -20,7 +20,7 @@ from modelshrink.recipe.schema import ModelSpec
 def load_model(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
     """Build (and fill with weights) the model the recipe names."""
     if spec.huggingface is not None and spec.checkpoint is None:
-        model, arch = _pretrained_huggingface(spec)
+        model, arch = huggingface.load_pretrained(spec.huggingface.source, **_huggingface_head(spec))
         return model, Lineage(arch)
     arch = architecture_of(spec)
     if spec.checkpoint is None:
@@ -49,17 +49,15 @@ def architecture_of(spec: ModelSpec) -> dict[str, Any] | None:
         return {"torchvision": spec.torchvision, "kwargs": kwargs}
     if spec.factory:
         return {"factory": spec.factory, "kwargs": kwargs}
-    if spec.huggingface:  # the pretrained model's record; its weights are replaced by the checkpoint's
-        return _pretrained_huggingface(spec)[1]
+    if spec.huggingface:  # the checkpoint's weights go into this architecture
+        return huggingface.architecture(spec.huggingface.source, **_huggingface_head(spec))
     return None
 
 
-def _pretrained_huggingface(spec: ModelSpec) -> tuple[nn.Module, dict[str, Any]]:
+def _huggingface_head(spec: ModelSpec) -> dict[str, Any]:
     hf = spec.huggingface
     assert hf is not None
-    return huggingface.load_pretrained(
-        hf.source, task=hf.task, pooling=hf.pooling, normalize=hf.normalize, num_classes=spec.num_classes
-    )
+    return {"task": hf.task, "pooling": hf.pooling, "normalize": hf.normalize, "num_classes": spec.num_classes}
 
 
 def build_architecture(arch: dict[str, Any]) -> nn.Module:

@@ -64,39 +64,44 @@ class TextModel(nn.Module):
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
-def load_pretrained(
-    source: str,
-    *,
-    task: str,
-    pooling: str | None,
-    normalize: bool | None,
-    num_classes: int | None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The pretrained model from `source`, and the architecture record that rebuilds it."""
+def architecture(
+    source: str, *, task: str, pooling: str | None, normalize: bool | None, num_classes: int | None
+) -> dict[str, Any]:
+    """The record that rebuilds the model (its config and head), read without loading any weights."""
     transformers = _transformers()
     directory = resolve_source(source)
     kwargs = {"num_labels": num_classes} if num_classes is not None else {}
     try:
-        transformer = _auto_class(transformers, task).from_pretrained(directory, **kwargs)
+        config = transformers.AutoConfig.from_pretrained(directory, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.huggingface: cannot load {directory}: {_first_line(exc)}") from None
     default_pooling, default_normalize = sentence_transformers_head(directory)
-    arch = {
+    return {
         "huggingface": source,
         "task": task,
-        "config": transformer.config.to_dict(),
+        "config": config.to_dict(),
         "pooling": pooling or default_pooling,
         "normalize": default_normalize if normalize is None else normalize,
     }
+
+
+def load_pretrained(source: str, **head: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The pretrained model from `source` (keyword arguments as for `architecture`) and its record."""
+    arch = architecture(source, **head)
+    transformers = _transformers()
+    try:
+        transformer = _auto_class(transformers, arch["task"]).from_pretrained(
+            resolve_source(source), config=_config(transformers, arch)
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.huggingface: cannot load {source}: {_first_line(exc)}") from None
     return _wrap(transformer, arch), arch
 
 
 def build(arch: dict[str, Any]) -> nn.Module:
     """A model with the record's architecture and fresh weights (a checkpoint's state_dict follows)."""
     transformers = _transformers()
-    config = dict(arch["config"])
-    config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
-    return _wrap(_auto_class(transformers, arch["task"]).from_config(config), arch)
+    return _wrap(_auto_class(transformers, arch["task"]).from_config(_config(transformers, arch)), arch)
 
 
 def tokenizer_for(source: str) -> Any:
@@ -143,6 +148,11 @@ def sentence_transformers_head(directory: Path) -> tuple[str, bool]:
     modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
     normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
     return pooling, normalize
+
+
+def _config(transformers: Any, arch: dict[str, Any]) -> Any:
+    config = dict(arch["config"])
+    return transformers.AutoConfig.for_model(config.pop("model_type"), **config)
 
 
 def _auto_class(transformers: Any, task: str) -> Any:
