@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import torch
@@ -33,14 +32,9 @@ def build(spec: TextData, seed: int, tokenizer_source: str) -> DataBundle:
     ids = tokenizer(texts, padding="max_length", truncation=True, max_length=spec.max_length, return_tensors="pt")[
         "input_ids"
     ]
-    targets = torch.tensor(labels if labels is not None else [UNLABELED] * len(texts), dtype=torch.long)
-    if labels is not None:
-        train_idx, val_idx = stratified_split(labels, spec.val_fraction, seed)
-    else:
-        order = list(range(len(texts)))
-        random.Random(seed).shuffle(order)
-        cut = max(1, min(len(order) - 1, round(len(order) * (1 - spec.val_fraction))))
-        train_idx, val_idx = sorted(order[:cut]), sorted(order[cut:])
+    classes = labels if labels is not None else [UNLABELED] * len(texts)
+    targets = torch.tensor(classes, dtype=torch.long)
+    train_idx, val_idx = stratified_split(classes, spec.val_fraction, seed)
     return make_bundle(
         TensorDataset(ids[train_idx], targets[train_idx]),
         TensorDataset(ids[val_idx], targets[val_idx]),
