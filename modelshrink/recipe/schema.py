@@ -372,6 +372,15 @@ class QuantizeSpec(_StageCommon):
 StageSpec = Annotated[PruneSpec | QuantizeSpec | FinetuneSpec | DistillSpec, Field(discriminator="kind")]
 
 
+def _trains(spec: BaseModel) -> bool:
+    """Whether a stage runs the training loop: finetune, distill, QAT, or pruning with training between steps."""
+    if isinstance(spec, QuantizeSpec):
+        return spec.mode == "qat"
+    if isinstance(spec, PruneSpec):
+        return spec.finetune_between is not None
+    return isinstance(spec, TrainingSettings)
+
+
 # ------------------------------------------------------------------------------- evaluation and output
 class LatencySpec(Strict):
     batch_size: PositiveInt = Field(default=16, description="N in 'batch N'; batch 1 is always measured")
@@ -424,7 +433,7 @@ class Recipe(Strict):
     def _trainable_after_quantize(self) -> Recipe:
         quantized = False
         for spec in self.stages:
-            if isinstance(spec, TrainingSettings) and quantized:
+            if _trains(spec) and quantized:
                 raise ValueError(
                     f"stage {spec.kind!r} cannot train a model that an earlier 'quantize' stage "
                     "made int8; put training stages before quantization"
@@ -440,7 +449,7 @@ class Recipe(Strict):
             raise ValueError("data.tokenizer is needed when the model is not given by model.huggingface")
         if not self.data.labeled:
             for spec in self.stages:
-                if isinstance(spec, TrainingSettings) or (isinstance(spec, QuantizeSpec) and spec.mode == "qat"):
+                if _trains(spec):
                     raise ValueError(f"stage {spec.kind!r} trains, which needs labels: set data.label_field")
                 if isinstance(spec, PruneSpec) and spec.importance == "taylor":
                     raise ValueError("importance 'taylor' needs labels (gradients of the loss): set data.label_field")

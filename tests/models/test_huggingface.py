@@ -158,6 +158,10 @@ def test_text_sources_and_their_errors(tmp_path: Path, tiny_bert: Path) -> None:
     ("change", "message"),
     [
         ({"stages": [{"kind": "finetune", "epochs": 1}]}, "trains, which needs labels"),
+        (
+            {"stages": [{"kind": "prune", "method": "channel", "amount": 0.2, "steps": 2, "finetune_between": {}}]},
+            "trains, which needs labels",
+        ),
         ({"constraints": {"max_accuracy_drop": 0.01}}, "needs labels"),
         ({"model": {"torchvision": "resnet18"}}, "data.tokenizer is needed"),
     ],

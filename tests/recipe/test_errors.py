@@ -80,6 +80,13 @@ def test_overrides_are_applied_and_validated_like_the_file() -> None:
 def test_training_after_quantization_is_rejected() -> None:
     text = VALID.replace("  - kind: prune\n    amount: 0.3\n", "  - kind: quantize\n  - kind: finetune\n")
     assert "cannot train a model that an earlier 'quantize'" in errors_of(text)
+    between = (
+        "  - kind: quantize\n  - kind: prune\n    method: channel\n    amount: 0.3\n    steps: 2\n"
+        "    finetune_between: {epochs: 1}\n"
+    )
+    assert "cannot train a model that an earlier 'quantize'" in errors_of(
+        VALID.replace("  - kind: prune\n    amount: 0.3\n", between)
+    )
 
 
 def test_model_needs_exactly_one_architecture_source() -> None:
