@@ -53,7 +53,7 @@ def run(
     if main:
         check_output_dir(out_dir, recipe, force)
     seed_everything(recipe.seed)
-    data = build_data(recipe.data, recipe.seed, recipe.model)
+    data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=recipe.needs_tuning_split)
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
         report = _run_stages(recipe, data, store, resume, main, recipe_source)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 from typing import Any
+
+from modelshrink.environment import cpu_summary, environment
 
 SCHEMA_VERSION = 1
 # A stage slower than the baseline beyond noise gets called out: compressed models that run slower
 # than fp32 are a common, silent failure in compression tools. Beyond noise = above both 1.1x the
 # baseline's median and the baseline's own p95.
 SLOWDOWN_TOLERANCE = 1.10
+# Stages whose only work is training: any accuracy they lose is the training's fault, not compression's.
+TRAINING_ONLY_KINDS = ("finetune", "distill")
 
 
 def build_report(
@@ -48,23 +50,13 @@ def build_report(
     }
 
 
-def environment() -> dict[str, Any]:
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
-    """Plain-language flags a reviewer should not miss (slower than the baseline, no real size gain)."""
+    """Plain-language flags a reviewer should not miss (slower than the baseline, no real size gain,
+    training that made the model worse)."""
     notes = []
-    for stage in stages:
+    for before, stage in zip([baseline] + [s["metrics"] for s in stages[:-1]], stages, strict=True):
         metrics = stage["metrics"]
+        notes += _training_findings(stage, before)
         for size, label in (("batch1", "batch 1"), ("batchN", "batch N")):
             median, base = metrics["latency_ms"][f"{size}_median"], baseline["latency_ms"]
             ratio = median / base[f"{size}_median"]
@@ -85,6 +77,24 @@ def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str
     return notes
 
 
+def _training_findings(stage: dict[str, Any], before: dict[str, Any]) -> list[str]:
+    notes = []
+    for run in stage.get("notes", {}).get("training", []):
+        if run["start"] is not None and run["best_epoch"] == 0 and run["epochs_run"] > 0:
+            notes.append(
+                f"{run['label']}: no epoch of training beat the starting weights on the tuning split "
+                f"(accuracy {run['start']['accuracy']:.4f}), so they were kept: training did not help; "
+                "try a lower lr, or more epochs or data"
+            )
+    after = stage["metrics"]["accuracy"]
+    if stage["kind"] in TRAINING_ONLY_KINDS and after < before["accuracy"]:  # False when either is NaN
+        notes.append(
+            f"{stage['name']}: ended worse than it started: validation accuracy {before['accuracy']:.4f} -> "
+            f"{after:.4f} ({(after - before['accuracy']) * 100:+.2f} points)"
+        )
+    return notes
+
+
 # --------------------------------------------------------------------------------------------- markdown
 def to_markdown(report: dict[str, Any]) -> str:
     base = report["baseline"]
@@ -92,9 +102,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# {title}",
         "",
-        f"**{'PASSED' if report['passed'] else 'FAILED'}** · modelshrink "
-        f"{report['version']} · torch {report['environment']['torch']} · "
-        f"{base['latency_ms']['threads']} threads",
+        f"**{'PASSED' if report['passed'] else 'FAILED'}** · modelshrink {report['version']}",
+        "",
+        f"Machine: {cpu_summary(report['environment'])}; latency with {base['latency_ms']['threads']} threads",
         "",
     ]
     n = base["latency_ms"]["batch_n"]

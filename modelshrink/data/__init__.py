@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelshrink.data import cifar10, digits, imagefolder, synthetic
-from modelshrink.data.bundle import DataBundle
+from modelshrink.data.bundle import DataBundle, with_tuning_split
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import DataSpec, ModelSpec, TextData
 
@@ -15,16 +15,19 @@ _BUILDERS = {
 }
 
 
-def build_data(spec: DataSpec, seed: int, model: ModelSpec | None = None) -> DataBundle:
-    """`model` names the tokenizer for text data that does not name its own."""
+def build_data(spec: DataSpec, seed: int, model: ModelSpec | None = None, *, tuning_split: bool = False) -> DataBundle:
+    """`model` names the tokenizer for text data that does not name its own; `tuning_split` holds
+    `spec.tune_fraction` of the training data out for choosing training epochs."""
     if isinstance(spec, TextData):  # imported here: the Hugging Face extra is optional
         from modelshrink.data import text
 
         tokenizer = spec.tokenizer or (model.huggingface.source if model and model.huggingface else None)
         if tokenizer is None:
             raise UserError("data.tokenizer: text data needs a tokenizer (or a model.huggingface source)")
-        return text.build(spec, seed, tokenizer)
-    return _BUILDERS[spec.kind](spec, seed)
+        bundle = text.build(spec, seed, tokenizer)
+    else:
+        bundle = _BUILDERS[spec.kind](spec, seed)
+    return with_tuning_split(bundle, spec.tune_fraction, seed) if tuning_split else bundle
 
 
 __all__ = ["DataBundle", "build_data"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,6 +20,8 @@ class DataBundle:
     input_shape: tuple[int, ...]
     class_names: list[str]
     labeled: bool = True
+    # Held out of `train` to choose a training stage's best epoch; None when no stage chooses.
+    tune: DataLoader | None = None
     # Real inputs to probe with where random floats would be meaningless (token ids); None: random.
     examples: torch.Tensor | None = None
 
@@ -56,6 +58,40 @@ def make_bundle(
         labeled=labeled,
         examples=examples,
     )
+
+
+def with_tuning_split(bundle: DataBundle, fraction: float, seed: int) -> DataBundle:
+    """Hold `fraction` of the training split out of training, to choose a training stage's best epoch.
+
+    Taken from the training split, never from validation: the split that reports quality (and gates
+    the run) must not be the one that chose the weights, or the reported numbers flatter the model."""
+    from modelshrink.errors import UserError
+
+    train = bundle.train.dataset
+    if len(train) < 2:
+        raise UserError("data: too few training samples to hold out a tuning split; set keep_best: false")
+    labels = dataset_labels(train)
+    keep, tune = stratified_split(labels if labels is not None else [0] * len(train), fraction, seed)
+    common = {"batch_size": bundle.train.batch_size, "num_workers": bundle.train.num_workers}
+    return replace(
+        bundle,
+        train=DataLoader(Subset(train, keep), shuffle=True, generator=bundle.train.generator, **common),
+        tune=DataLoader(Subset(train, tune), shuffle=False, **common),
+    )
+
+
+def dataset_labels(dataset: Dataset) -> list[int] | None:
+    """The labels of a dataset where they can be read without loading its inputs (for stratifying)."""
+    if isinstance(dataset, Subset):
+        inner = dataset_labels(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].tolist() if len(dataset.tensors) > 1 else None
+    for attribute in ("labels", "targets"):  # ours and torchvision's ImageFolder
+        labels = getattr(dataset, attribute, None)
+        if labels is not None:
+            return [int(label) for label in labels]
+    return None
 
 
 def normalization(

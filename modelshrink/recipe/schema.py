@@ -86,9 +86,16 @@ class ModelSpec(Strict):
 
 
 # ------------------------------------------------------------------------------------------------ data
+_TUNE_FRACTION_HELP = (
+    "share of the training split held out (not trained on) to choose a training stage's best epoch "
+    "(keep_best, early_stopping), so that the validation split that reports quality never chose the weights"
+)
+
+
 class _DataCommon(Strict):
     batch_size: PositiveInt = 64
     val_fraction: Fraction = 0.2
+    tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
     num_workers: Annotated[int, Field(ge=0)] = 0
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -151,6 +158,7 @@ class TextData(Strict):
     max_length: Annotated[int, Field(ge=2)] = 128
     batch_size: PositiveInt = 32
     val_fraction: Fraction = 0.5
+    tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
     num_workers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
@@ -190,9 +198,18 @@ class TrainingSettings(Strict):
     keep_sparsity: bool = Field(default=True, description="weights that are exactly zero stay zero")
     max_batches_per_epoch: PositiveInt | None = None
     early_stopping: PositiveInt | None = Field(
-        default=None, description="stop after this many epochs without a better validation accuracy"
+        default=None, description="stop after this many epochs without a better tuning-split accuracy"
     )
-    keep_best: bool = Field(default=False, description="end with the weights of the best validation epoch")
+    keep_best: bool = Field(
+        default=True,
+        description="end with the best weights on the tuning split, the starting weights (epoch 0) included, "
+        "so that training never hands on a model worse than it received",
+    )
+
+    @property
+    def selects_epochs(self) -> bool:
+        """Whether the loop chooses between epochs, which needs a tuning split held out of training."""
+        return self.keep_best or self.early_stopping is not None
 
 
 class FinetuneSpec(TrainingSettings, _StageCommon):
@@ -372,13 +389,18 @@ class QuantizeSpec(_StageCommon):
 StageSpec = Annotated[PruneSpec | QuantizeSpec | FinetuneSpec | DistillSpec, Field(discriminator="kind")]
 
 
-def _trains(spec: BaseModel) -> bool:
-    """Whether a stage runs the training loop: finetune, distill, QAT, or pruning with training between steps."""
+def training_settings(spec: BaseModel) -> TrainingSettings | None:
+    """The settings a stage runs the training loop with (finetune, distill, QAT, pruning with training
+    between steps), or None for a stage that does not train."""
     if isinstance(spec, QuantizeSpec):
-        return spec.mode == "qat"
+        return spec.qat if spec.mode == "qat" else None
     if isinstance(spec, PruneSpec):
-        return spec.finetune_between is not None
-    return isinstance(spec, TrainingSettings)
+        return spec.finetune_between
+    return spec if isinstance(spec, TrainingSettings) else None
+
+
+def _trains(spec: BaseModel) -> bool:
+    return training_settings(spec) is not None
 
 
 # ------------------------------------------------------------------------------- evaluation and output
@@ -424,6 +446,12 @@ class Recipe(Strict):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     output: OutputSpec
     constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
+
+    @property
+    def needs_tuning_split(self) -> bool:
+        """Whether any stage chooses between training epochs (see `TrainingSettings.selects_epochs`)."""
+        settings = [training_settings(spec) for spec in self.stages]
+        return any(s is not None and s.selects_epochs for s in settings)
 
     def stage_names(self) -> list[str]:
         """Names used in reports: the recipe's own, or '<kind><index>' (1-based)."""

@@ -48,9 +48,10 @@ class StageContext:
         **options: Any,
     ) -> nn.Module:
         """The one training loop with this run's data, seed and validation limit; a resumable run
-        saves (and on resume restores) the training state of `stage` after every epoch."""
+        saves (and on resume restores) the training state of `stage` after every epoch. How the
+        epochs went is noted for the report (see `report.findings`)."""
         store = self.resume_store if resumable else None
-        return fit(
+        result = fit(
             model,
             self.data,
             spec,
@@ -61,6 +62,16 @@ class StageContext:
             on_epoch=(lambda state: store.save_epoch(stage, state)) if store else None,
             **options,
         )
+        self.notes.setdefault(stage, {}).setdefault("training", []).append(
+            {
+                "label": label or stage,
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "start": result.start,
+                "best": result.best,
+            }
+        )
+        return result.model
 
 
 class Stage(ABC, Generic[SpecT]):

@@ -52,12 +52,10 @@ class DistillStage(Stage[DistillSpec]):
             )
             distilled = evaluate_classifier(model, ctx.data.val, ctx.evaluate.max_val_batches)["accuracy"]
             finetuned = evaluate_classifier(plain, ctx.data.val, ctx.evaluate.max_val_batches)["accuracy"]
-            ctx.notes[self.name] = {
-                "compare_finetune": {
-                    "distill_accuracy": distilled,
-                    "finetune_accuracy": finetuned,
-                    "distillation_won": distilled > finetuned,
-                }
+            ctx.notes.setdefault(self.name, {})["compare_finetune"] = {
+                "distill_accuracy": distilled,
+                "finetune_accuracy": finetuned,
+                "distillation_won": distilled > finetuned,
             }
         return model
 
