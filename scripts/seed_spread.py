@@ -28,12 +28,12 @@ from modelshrink.environment import cpu_summary
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
-def run_chain(recipes: list[Path], seed: int, out_root: Path, env: dict[str, str]) -> list[dict]:
+def run_chain(recipes: list[Path], seed: int, out_root: Path, env: dict[str, str], overrides: list[str]) -> list[dict]:
     reports, previous = [], None
     for recipe in recipes:
         out = out_root / f"seed{seed}" / recipe.stem
         command = [sys.executable, "-m", "modelshrink.cli", "run", str(recipe), "-o", str(out), "--force"]
-        command += ["--set", f"seed={seed}"]
+        command += ["--set", f"seed={seed}", *(arg for item in overrides for arg in ("--set", item))]
         if previous is not None:
             command += ["--set", f"model.checkpoint={previous}"]
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -56,13 +56,14 @@ def main() -> None:
     parser.add_argument("--isa", choices=["native", "avx2"], default="native")
     parser.add_argument("--out", type=Path, default=Path("runs/spread"))
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
     args = parser.parse_args()
     env = {**os.environ, **(AVX2_ONLY if args.isa == "avx2" else {})}
     out_root = args.out / f"{args.recipes[-1].stem}-{args.isa}"
     print(f"cpu: {cpu_summary()}; kernels: {args.isa}", flush=True)
     rows = []
     for seed in args.seeds:
-        for report in run_chain(args.recipes, seed, out_root, env):
+        for report in run_chain(args.recipes, seed, out_root, env, args.set):
             name, base = quality(report["baseline"])
             _, final = quality(report["final"])
             row = {"seed": seed, "recipe": report["recipe"]["name"], "metric": name, "baseline": base, "final": final}

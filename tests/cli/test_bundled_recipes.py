@@ -1,4 +1,9 @@
-"""The README's main job, for real: train the ResNet-50 digits baseline, then prune 20% and recover."""
+"""The README's main job, for real: train the ResNet-50 digits baseline, then prune 20% and recover.
+
+Float results differ between CPUs and seeds, so these assert what must hold on any x86 machine (the
+gates pass, accuracy above a floor with margin), never one machine's numbers. Over 3 seeds on AMD
+and Intel CPUs with AVX2 and AVX-512 kernels the baseline reached 0.956-0.981 and prune20 moved it by
+-0.8 to +1.1 points (docs/robustness.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ def test_resnet50_digits_baseline_then_prune20(tmp_path: Path) -> None:
     )
     assert base.exit_code == 0, base.output
     baseline = json.loads(base.stdout)["final"]
-    assert baseline["accuracy"] >= 0.90
+    assert baseline["accuracy"] >= 0.93, "the floor sits 2.5 points under the lowest accuracy measured"
 
     pruned = runner.invoke(
         app,
@@ -41,6 +46,10 @@ def test_resnet50_digits_baseline_then_prune20(tmp_path: Path) -> None:
     prune_stage = report["stages"][0]["metrics"]
     assert prune_stage["sparsity"] > 0.19
     assert report["constraints"][0]["name"] == "max_accuracy_drop" and report["passed"]
+    assert report["final"]["accuracy"] >= 0.93
+    recover = report["stages"][1]["notes"]["training"][0]
+    assert recover["best"]["accuracy"] >= recover["start"]["accuracy"], "recovery never ends below its start"
+    assert report["final"]["sparsity"] == pytest.approx(prune_stage["sparsity"]), "pruned zeros stay zero"
 
 
 @pytest.mark.slow

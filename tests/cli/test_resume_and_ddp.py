@@ -87,6 +87,7 @@ def test_two_process_ddp_keeps_weights_identical_on_both_ranks(tmp_path: Path) -
         assert torch.equal(rank0[key], rank1[key]), key
 
 
+@pytest.mark.slow  # two processes, ~10 s on 2 cores
 def test_cli_nproc_2_writes_one_valid_report(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, stages=STAGES[:2]))
     result = subprocess.run(

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import modelshrink
 from modelshrink import pipeline
 from modelshrink.cli import app
+from modelshrink.environment import ISA_FEATURES
 from modelshrink.metrics import METRIC_KEYS
 from tests.conftest import tiny_recipe, write_recipe
 
@@ -40,8 +42,12 @@ def test_run_writes_checkpoint_and_reports_with_the_stable_schema(tmp_path: Path
     assert report["stages"][0]["metrics"]["accuracy"] > report["baseline"]["accuracy"]
     assert report["final"]["size_bytes"] == (out / "model.pt").stat().st_size
     assert report["final"]["size_bytes"] < report["baseline"]["size_bytes"]  # int8 weights
+    env = report["environment"]
+    assert env["torch_threads"] >= 1 and env["torch_cpu_capability"] and env["torch"] == torch.__version__
+    assert env["cpu_features"] is None or set(env["cpu_features"]) <= set(ISA_FEATURES)
     md = (out / "report.md").read_text()
     assert "| prune2 (prune) |" in md and "pt)" in md and "x)" in md
+    assert f"({env['torch_cpu_capability']} kernels)" in md and "Machine:" in md
     reloaded = modelshrink.load(out / "model.pt")
     assert "quantized" in type(reloaded[1]).__module__
 
