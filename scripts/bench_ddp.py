@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from modelshrink.atomic import write_file
+from modelshrink.environment import cpu_summary, environment
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*\(([\d.]+)s\)")
 
@@ -68,7 +69,9 @@ def main() -> None:
         "epochs_1proc_s": single,
         f"epochs_{args.nproc}proc_s": multi,
         "ratio": many / one,
+        "environment": environment(),
     }
+    print(f"cpu: {cpu_summary(result['environment'])}")
     print(
         f"{args.model} on digits, {args.epochs} epochs: 1 process {one:.2f}s/epoch, {args.nproc} processes "
         f"{many:.2f}s/epoch -> ratio {many / one:.2f} (epoch times {single} vs {multi})"

@@ -25,6 +25,7 @@ from torch import nn
 from modelshrink.atomic import write_file
 from modelshrink.checkpoint import Lineage, to_bytes
 from modelshrink.data import build_data
+from modelshrink.environment import cpu_summary, environment
 from modelshrink.metrics.latency import measure_latencies
 from modelshrink.metrics.size import count_macs, count_parameters
 from modelshrink.models import build_architecture
@@ -136,9 +137,10 @@ def main() -> None:
         "by_hand_seconds": hand_times,
         "stage_overhead_ratio": overhead,
         "stage_matches_by_hand_shapes": identical,
-        "torch": torch.__version__,
+        "environment": environment(),
     }
 
+    print(f"cpu: {cpu_summary(result['environment'])}")
     print(f"{args.arch} at {args.size}x{args.size}, {threads} threads, median of {args.iterations} round-robin runs")
     print(
         f"{'variant':18s} {'b1 ms':>8s} {'b1 x':>6s} {f'b{args.batch} ms':>9s} {f'b{args.batch} x':>6s} "

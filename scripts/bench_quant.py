@@ -29,6 +29,7 @@ from torch import nn
 from modelshrink.atomic import write_file
 from modelshrink.checkpoint import Lineage, to_bytes
 from modelshrink.data import DataBundle, build_data
+from modelshrink.environment import cpu_summary, environment
 from modelshrink.metrics.accuracy import evaluate_classifier, evaluate_outputs
 from modelshrink.metrics.latency import measure_latencies
 from modelshrink.models import build_architecture, load_model
@@ -177,7 +178,8 @@ def main() -> None:
     parser.add_argument("--json-out", default="runs/bench/quant.json")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    result: dict[str, Any] = {"torch": torch.__version__}
+    result: dict[str, Any] = {"environment": environment()}
+    print(f"cpu: {cpu_summary(result['environment'])}")
     if args.part in ("cnn", "both"):
         result["cnn"] = run_cnn(args)
     if args.part in ("minilm", "both"):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from modelshrink.atomic import write_file
+from modelshrink.environment import cpu_summary, environment
 from modelshrink.metrics.latency import thread_count, time_round_robin
 
 
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    print(f"cpu: {cpu_summary()}")
     torch.manual_seed(0)
     base = mlp()
     models = candidates(base)
@@ -101,7 +103,8 @@ def main() -> None:
                     f"| rel. error {errors[name]:.4f}"
                 )
     if args.json_out:
-        write_file(Path(args.json_out), (json.dumps(rows, indent=2) + "\n").encode())
+        result = {"environment": environment(), "rows": rows}
+        write_file(Path(args.json_out), (json.dumps(result, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":
