@@ -80,7 +80,7 @@ def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str
 def _training_findings(stage: dict[str, Any], before: dict[str, Any]) -> list[str]:
     notes = []
     for run in stage.get("notes", {}).get("training", []):
-        if run["start"] is not None and run["best_epoch"] == 0 and run["epochs_run"] > 0:
+        if run["start"] is not None and run["kept_epoch"] == 0 and run["epochs_run"] > 0:
             notes.append(
                 f"{run['label']}: no epoch of training beat the starting weights on the tuning split "
                 f"(accuracy {run['start']['accuracy']:.4f}), so they were kept: training did not help; "

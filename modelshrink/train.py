@@ -44,7 +44,7 @@ class FitResult:
     """The trained model (eval mode) and how the epochs went, scored on the selection split."""
 
     model: nn.Module
-    best_epoch: int  # 0: no epoch beat the starting weights, which were kept
+    kept_epoch: int  # the epoch whose weights the model ends with; 0: the starting weights, kept
     epochs_run: int
     start: dict[str, float] | None  # epoch 0's score; None when the loop does not choose epochs
     best: dict[str, float] | None
@@ -124,8 +124,8 @@ def fit(
             stale = 0
         else:
             stale += 1
+        split = "tuning" if selection is data.tune else "val"
         if distributed.is_main():
-            split = "tuning" if selection is data.tune else "val"
             log(
                 f"{label} epoch {epoch}/{spec.epochs}: train loss {loss_sum / max(seen, 1):.4f}, "
                 f"{split} accuracy {score['accuracy']:.4f} ({time.perf_counter() - began:.1f}s)"
@@ -145,14 +145,15 @@ def fit(
                 }
             )
         if spec.early_stopping is not None and stale >= spec.early_stopping:
-            log(f"{label}: no better validation accuracy for {stale} epochs, stopping early")
+            log(f"{label}: no better {split} accuracy for {stale} epochs, stopping early")
             break
     if spec.keep_best and best is not None and best["model"] is not None:
         model.load_state_dict(best["model"])
-        kept = "the starting weights" if best["epoch"] == 0 else f"epoch {best['epoch']}"
-        log(f"{label}: keeping {kept} (accuracy {best['accuracy']:.4f} on the selection split)")
+        which = "the starting weights" if best["epoch"] == 0 else f"epoch {best['epoch']}"
+        log(f"{label}: keeping {which} (accuracy {best['accuracy']:.4f} on the selection split)")
+    kept = best["epoch"] if spec.keep_best and best is not None else epoch
     score = {k: best[k] for k in ("accuracy", "loss")} if best is not None else None
-    return FitResult(model.eval(), best["epoch"] if best else epoch, epoch, start, score)
+    return FitResult(model.eval(), kept, epoch, start, score)
 
 
 def _candidate(score: dict[str, float], epoch: int, model: nn.Module, keep: bool) -> dict[str, Any]:

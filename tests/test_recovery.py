@@ -34,7 +34,7 @@ def test_keep_best_keeps_the_starting_weights_when_training_hurts() -> None:
     model, data = trained_model()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     result = fit(model, data, TrainingSettings(epochs=2, lr=0.01), label="hurt", loss_fn=wrong_labels)
-    assert result.best_epoch == 0 and result.epochs_run == 2
+    assert result.kept_epoch == 0 and result.epochs_run == 2
     assert result.start is not None and result.start["accuracy"] > 0.5
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items()), "the starting weights come back"
 
@@ -88,7 +88,7 @@ def _metrics(accuracy: float) -> dict:
 
 
 def test_findings_say_when_training_ended_worse_or_did_not_help() -> None:
-    run = {"label": "recover", "epochs_run": 1, "best_epoch": 0, "start": {"accuracy": 0.95, "loss": 0.2}}
+    run = {"label": "recover", "epochs_run": 1, "kept_epoch": 0, "start": {"accuracy": 0.95, "loss": 0.2}}
     stages = [
         {"name": "prune", "kind": "prune", "params": {"method": "channel"}, "metrics": _metrics(0.90)},
         {"name": "recover", "kind": "finetune", "params": {}, "metrics": _metrics(0.88), "notes": {"training": [run]}},
@@ -99,5 +99,5 @@ def test_findings_say_when_training_ended_worse_or_did_not_help() -> None:
     assert not any(n.startswith("prune:") for n in notes), "pruning is expected to cost accuracy"
 
     stages[1]["metrics"] = _metrics(0.93)
-    stages[1]["notes"]["training"][0]["best_epoch"] = 1
+    stages[1]["notes"]["training"][0]["kept_epoch"] = 1
     assert not any("recover" in n for n in findings(_metrics(0.95), stages))

@@ -66,7 +66,7 @@ class StageContext:
             {
                 "label": label or stage,
                 "epochs_run": result.epochs_run,
-                "best_epoch": result.best_epoch,
+                "kept_epoch": result.kept_epoch,
                 "start": result.start,
                 "best": result.best,
             }
