@@ -37,9 +37,11 @@ def run_recipe(
     force: bool = False,
     resume: bool = False,
     overrides: Sequence[str] = (),
+    trust: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Run a recipe (a path or a `Recipe`) end to end; returns the report dict that report.json holds.
 
+    `trust` adds modules whose factories the model checkpoint may name (as `model.trust` does).
     `resume` continues an interrupted run of the same recipe. Raises `UserError` for bad input and
     `ConstraintFailed` (after writing the reports) when a gate fails. Returns None on ranks other
     than 0 of a multi-process (torchrun) run."""
@@ -53,20 +55,28 @@ def run_recipe(
         parsed, source = recipe, None
     else:
         parsed, source = load_recipe(recipe, overrides), str(recipe)
+    if trust:
+        model = parsed.model.model_copy(update={"trust": [*parsed.model.trust, *trust]})
+        parsed = parsed.model_copy(update={"model": model})
     return pipeline.run(
         parsed, output_dir=Path(output_dir) if output_dir else None, force=force, resume=resume, recipe_source=source
     )
 
 
-def load(path: str | Path, *, allow_pickle: bool = False) -> nn.Module:
-    """Rebuild a compressed model from its checkpoint, in eval mode, without the recipe."""
+def load(path: str | Path, *, allow_pickle: bool = False, trust: Sequence[str] = ()) -> nn.Module:
+    """Rebuild a compressed model from its checkpoint, in eval mode, without the recipe.
+
+    A checkpoint that names a factory outside modelshrink (`pkg.module:fn`) is rebuilt only when
+    `trust` names that module: building it imports and runs that code."""
     from modelshrink.checkpoint import load as load_checkpoint
 
-    return load_checkpoint(path, allow_pickle=allow_pickle)
+    return load_checkpoint(path, allow_pickle=allow_pickle, trust=trust)
 
 
-def inspect(path: str | Path, *, allow_pickle: bool = False) -> dict[str, Any]:
-    """Per-layer and total parameters, sparsity, dtypes and bytes of a checkpoint or state_dict."""
+def inspect(path: str | Path, *, allow_pickle: bool = False, trust: Sequence[str] = ()) -> dict[str, Any]:
+    """Per-layer and total parameters, sparsity, dtypes and bytes of a checkpoint or state_dict.
+
+    An untrusted factory is not built: the layers then come from the state_dict alone (no MACs)."""
     from modelshrink.inspection import inspect_file
 
-    return inspect_file(path, allow_pickle=allow_pickle)
+    return inspect_file(path, allow_pickle=allow_pickle, trust=trust)

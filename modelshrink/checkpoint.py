@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,37 +71,43 @@ def to_bytes(model: nn.Module, lineage: Lineage, input_shape: tuple[int, ...] | 
     return buffer.getvalue()
 
 
-def from_bytes(blob: bytes, allow_pickle: bool = False) -> tuple[nn.Module, Lineage]:
+def from_bytes(blob: bytes, allow_pickle: bool = False, trust: Collection[str] = ()) -> tuple[nn.Module, Lineage]:
     """The inverse of `to_bytes`, for checkpoints held in memory or written by this process."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's TypedStorage notice when reading quantized tensors
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=not allow_pickle)
-    return model_from_payload(payload, Path("<in memory>"), allow_pickle=allow_pickle)
+    return model_from_payload(payload, Path("<in memory>"), allow_pickle=allow_pickle, trust=trust)
 
 
 def is_checkpoint_payload(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-def load(path: str | Path, allow_pickle: bool = False) -> nn.Module:
+def load(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()) -> nn.Module:
     """Rebuild a modelshrink checkpoint in eval mode, with no recipe needed."""
-    model, _ = load_with_lineage(path, allow_pickle=allow_pickle)
+    model, _ = load_with_lineage(path, allow_pickle=allow_pickle, trust=trust)
     return model
 
 
-def load_with_lineage(path: str | Path, allow_pickle: bool = False) -> tuple[nn.Module, Lineage]:
+def load_with_lineage(
+    path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()
+) -> tuple[nn.Module, Lineage]:
     from modelshrink.models.weights import read_file
 
     path = Path(path)
     payload = read_file(path, allow_pickle=allow_pickle)
     if not is_checkpoint_payload(payload):
         raise UserError(f"{path}: not a modelshrink checkpoint (use `modelshrink inspect` for plain state_dicts)")
-    return model_from_payload(payload, path, allow_pickle=allow_pickle)
+    return model_from_payload(payload, path, allow_pickle=allow_pickle, trust=trust)
 
 
-def model_from_payload(payload: dict[str, Any], path: Path, allow_pickle: bool = False) -> tuple[nn.Module, Lineage]:
+def model_from_payload(
+    payload: dict[str, Any], path: Path, allow_pickle: bool = False, trust: Collection[str] = ()
+) -> tuple[nn.Module, Lineage]:
+    """Rebuild from a read payload; a factory it names must be trusted (`models.factory.check_trusted`)."""
     from modelshrink import stages  # noqa: F401  (importing the stages registers their rebuilders)
     from modelshrink.models import build_architecture, describe
+    from modelshrink.models.factory import check_trusted
     from modelshrink.models.weights import load_into
 
     version = payload.get("format_version")
@@ -112,6 +118,8 @@ def model_from_payload(payload: dict[str, Any], path: Path, allow_pickle: bool =
         if not isinstance(payload.get("model"), nn.Module):
             raise UserError(f"{path}: damaged checkpoint (pickled model missing)")
         return payload["model"].eval(), lineage
+    if "factory" in lineage.architecture:
+        check_trusted(str(lineage.architecture["factory"]), trust, path)
     model = build_architecture(lineage.architecture)
     for record in lineage.transforms:
         rebuild = _REBUILDERS.get(record.get("kind", ""))

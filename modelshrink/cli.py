@@ -32,6 +32,14 @@ SetOption = Annotated[
         help="Override a recipe key, e.g. --set model.checkpoint=x.pt or --set stages[0].amount=0.3 (repeatable).",
     ),
 ]
+TrustOption = Annotated[
+    list[str],
+    typer.Option(
+        "--trust",
+        metavar="MODULE",
+        help="Let a checkpoint's factory from this module run (imports and runs its code; repeatable).",
+    ),
+]
 
 
 @contextmanager
@@ -62,6 +70,7 @@ def run(
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train with DDP in N processes on this machine.")] = 1,
     overrides: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout and nothing else.")] = False,
+    trust: TrustOption = None,
 ) -> None:
     """Compress a model as the recipe says; write the checkpoint, report.json and report.md."""
     if nproc > 1:
@@ -75,12 +84,13 @@ def run(
             *(["--resume"] if resume else []),
             *(["--json"] if as_json else []),
             *(arg for item in overrides or [] for arg in ("--set", item)),
+            *(arg for module in trust or [] for arg in ("--trust", module)),
         ]
         raise typer.Exit(launch_local(nproc, argv))
     with _exit_codes():
         try:
             report = modelshrink.run_recipe(
-                recipe, output_dir=output, force=force, resume=resume, overrides=overrides or []
+                recipe, output_dir=output, force=force, resume=resume, overrides=overrides or [], trust=trust or []
             )
         except ConstraintFailed as exc:
             _print_report(exc.report, as_json)  # a failed gate still shows (and has written) its numbers
@@ -161,10 +171,11 @@ def inspect(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow full unpickling (trusted files only).")
     ] = False,
+    trust: TrustOption = None,
 ) -> None:
     """Per-layer name, type, shape, dtype, params and sparsity; totals and size on disk."""
     with _exit_codes():
-        info = modelshrink.inspect(path, allow_pickle=allow_pickle)
+        info = modelshrink.inspect(path, allow_pickle=allow_pickle, trust=trust or [])
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -200,6 +211,9 @@ def _print_inspection(info: dict[str, Any]) -> None:
         arch = info["architecture"]
         extras.append(f"architecture {arch.get('torchvision') or arch.get('factory') or 'pickled'}")
         extras.append(f"transforms {', '.join(info['transforms']) or 'none'}")
+    if "untrusted_factory" in info:
+        module = info["untrusted_factory"].partition(":")[0]
+        extras.append(f"factory {info['untrusted_factory']} not trusted, so not imported (--trust {module} builds it)")
     if "macs" in info:
         extras.append(f"MACs {human_count(info['macs'])} at input {info['input_shape']}")
     console.print(" · ".join(extras), markup=False)

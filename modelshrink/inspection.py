@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,22 @@ from modelshrink.metrics.size import TensorEntry, count_macs, module_tensors
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "scale", "zero_point")
 
 
-def inspect_file(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
+def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()) -> dict[str, Any]:
+    """A checkpoint whose factory is not trusted is not built (that would run its code): its layers
+    then come from the state_dict alone, as for a plain state_dict, without MACs."""
     from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
+    from modelshrink.models.factory import is_trusted
     from modelshrink.models.weights import as_state_dict, read_file
 
     path = Path(path)
     obj = read_file(path, allow_pickle=allow_pickle)
     info: dict[str, Any] = {"path": str(path), "file_bytes": path.stat().st_size}
+    factory = obj.get("architecture", {}).get("factory") if is_checkpoint_payload(obj) else None
+    if factory is not None and not is_trusted(str(factory), trust):
+        info["untrusted_factory"] = str(factory)  # shown, never imported
+        obj = obj.get("state_dict", {})
     if is_checkpoint_payload(obj):
-        model, lineage = model_from_payload(obj, path, allow_pickle=allow_pickle)
+        model, lineage = model_from_payload(obj, path, allow_pickle=allow_pickle, trust=trust)
         entries = list(module_tensors(model))
         input_shape = obj.get("input_shape")
         info.update(
@@ -52,6 +60,8 @@ def inspect_file(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]
             for name, tensor in state_dict.items()
         ]
         info["kind"] = "safetensors" if path.suffix == ".safetensors" else "state_dict"
+        if "untrusted_factory" in info:
+            info["kind"] = "modelshrink checkpoint, not built"
     info["layers"] = layer_rows(entries)
     info["totals"] = totals(entries)
     return info

@@ -95,8 +95,8 @@ def _run_stages(
         completed, original = 0, copy.deepcopy(model)
     else:
         progress, completed = saved["progress"], saved["completed"]
-        model, lineage = from_bytes(store.model_blob(completed), recipe.model.allow_pickle)
-        original, _ = from_bytes(store.model_blob(0), recipe.model.allow_pickle)
+        model, lineage = from_bytes(store.model_blob(completed), recipe.model.allow_pickle, recipe.model.trusted)
+        original, _ = from_bytes(store.model_blob(0), recipe.model.allow_pickle, recipe.model.trusted)
         restore_rng(saved["rng"], data.train.generator)
         reference = reference_outputs(original, data, recipe.evaluate) if main else []
     ctx = StageContext(
@@ -138,7 +138,9 @@ def _run_stages(
     if not main:
         return {}
     # earlier stages' models come back from their saved checkpoints; the last one is still in memory
-    snapshots = [from_bytes(store.model_blob(i), recipe.model.allow_pickle)[0] for i in range(len(results))] + [model]
+    pickled, trusted = recipe.model.allow_pickle, recipe.model.trusted
+    snapshots = [from_bytes(store.model_blob(i), pickled, trusted)[0] for i in range(len(results))]
+    snapshots.append(model)
     log(f"timing {len(snapshots)} models side by side")
     baseline = progress["baseline"]
     add_latencies(snapshots, [baseline] + [r["metrics"] for r in results], data, recipe.evaluate)

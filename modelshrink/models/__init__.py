@@ -28,7 +28,7 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
         return build_architecture(arch), Lineage(arch)
     obj = read_file(spec.checkpoint, allow_pickle=spec.allow_pickle)
     if is_checkpoint_payload(obj):
-        return model_from_payload(obj, spec.checkpoint, allow_pickle=spec.allow_pickle)
+        return model_from_payload(obj, spec.checkpoint, allow_pickle=spec.allow_pickle, trust=spec.trusted)
     if isinstance(obj, nn.Module):
         return obj, Lineage({"pickled": True})
     if arch is None:

@@ -69,6 +69,15 @@ class ModelSpec(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = None
     allow_pickle: bool = False
+    trust: list[str] = Field(
+        default_factory=list,
+        description="modules whose factories a checkpoint may name and have run (this recipe's factory always may)",
+    )
+
+    @property
+    def trusted(self) -> list[str]:
+        """What a checkpoint loaded for this spec may name as its factory: `trust`, plus our own factory."""
+        return [*self.trust, *([self.factory] if self.factory else [])]
 
     @model_validator(mode="after")
     def _one_architecture(self) -> ModelSpec:

@@ -3,7 +3,7 @@
 Float results differ between CPUs and seeds, so these assert what must hold on any x86 machine (the
 gates pass, accuracy above a floor with margin), never one machine's numbers. Over 3 seeds on AMD
 and Intel CPUs with AVX2 and AVX-512 kernels the baseline reached 0.956-0.981 and prune20 moved it by
--0.8 to +1.1 points (docs/robustness.md)."""
+-0.8 to +1.4 points (docs/robustness.md)."""
 
 from __future__ import annotations
 
