@@ -101,6 +101,22 @@ def load_with_lineage(
     return model_from_payload(payload, path, allow_pickle=allow_pickle, trust=trust)
 
 
+def _check_shape(payload: dict[str, Any], path: Path) -> None:
+    """One line for a damaged or foreign file instead of a KeyError or TypeError deep in the rebuild."""
+    version = payload.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{path}: damaged checkpoint (format_version {version!r} is not an integer)")
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {version} is newer than this modelshrink reads")
+    transforms = payload.get("transforms", [])
+    if not isinstance(payload.get("architecture"), dict):
+        raise UserError(f"{path}: damaged checkpoint (no architecture record)")
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        raise UserError(f"{path}: damaged checkpoint (transforms must be a list of records)")
+    if not payload["architecture"].get("pickled") and not isinstance(payload.get("state_dict"), dict):
+        raise UserError(f"{path}: damaged checkpoint (no state_dict)")
+
+
 def model_from_payload(
     payload: dict[str, Any], path: Path, allow_pickle: bool = False, trust: Collection[str] = ()
 ) -> tuple[nn.Module, Lineage]:
@@ -110,9 +126,7 @@ def model_from_payload(
     from modelshrink.models.factory import check_trusted
     from modelshrink.models.weights import load_into
 
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UserError(f"{path}: checkpoint format {version!r} is newer than this modelshrink reads")
+    _check_shape(payload, path)
     lineage = Lineage(payload["architecture"], list(payload.get("transforms", [])))
     if lineage.pickled:
         if not isinstance(payload.get("model"), nn.Module):
