@@ -19,12 +19,18 @@ from modelshrink.errors import UserError
 from modelshrink.recipe.schema import Recipe
 
 _PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+# A recipe is a page of settings. These bound what a hostile or broken file can cost before it is
+# rejected: YAML aliases can expand a few lines into billions of nodes ("billion laughs").
+MAX_RECIPE_BYTES = 1_000_000
+MAX_EXPANDED_NODES = 100_000
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Parse and validate a recipe file; raise UserError with file:line messages on any problem."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise UserError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES:,} bytes")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: recipe file not found") from None
@@ -34,14 +40,20 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 
 
 def parse_recipe(text: str, source: str = "<recipe>", overrides: Sequence[str] = ()) -> Recipe:
+    if len(text) > MAX_RECIPE_BYTES:
+        raise UserError(f"{source}: recipe is larger than {MAX_RECIPE_BYTES:,} bytes")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            _check_tree(root, source)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{where} invalid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{source}: recipe is nested too deeply") from None
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping (model, data, stages, output, ...)")
     overridden = [apply_override(data, item) for item in overrides]
@@ -50,6 +62,36 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: Sequence[str] =
     except ValidationError as exc:
         lines = [_explain(err, root, source, overridden) for err in exc.errors()]
         raise UserError("\n".join(dict.fromkeys(lines))) from None
+
+
+def _check_tree(root: yaml.Node, source: str) -> None:
+    """Reject duplicate keys (PyYAML keeps the last silently) and alias expansions past the node budget.
+
+    Sizes are memoised per node, so an alias bomb is measured without being expanded."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    line, first = key.start_mark.line + 1, seen.get(key.value)
+                    if first is not None:
+                        raise UserError(f"{source}:{line} key {key.value!r} is given twice (also line {first})")
+                    seen[key.value] = line
+                total += size(key) + size(value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        if total > MAX_EXPANDED_NODES:
+            raise UserError(f"{source}: recipe expands to more than {MAX_EXPANDED_NODES:,} values (YAML aliases?)")
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def apply_override(data: dict[str, Any], item: str) -> list[str | int]:
@@ -61,7 +103,7 @@ def apply_override(data: dict[str, Any], item: str) -> list[str | int]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw
+        raise UserError(f"--set {key}: value {raw!r} is not valid YAML; quote it, e.g. --set '{key}=\"...\"'") from None
     node: Any = data
     for i, part in enumerate(path[:-1]):
         nxt = path[i + 1]

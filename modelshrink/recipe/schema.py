@@ -448,7 +448,7 @@ class ConstraintsSpec(Strict):
 
 class Recipe(Strict):
     name: str | None = None
-    seed: int = 0
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] = 0  # what torch.manual_seed accepts
     model: ModelSpec
     data: DataSpec
     stages: list[StageSpec] = Field(default_factory=list)
