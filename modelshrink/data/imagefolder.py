@@ -57,6 +57,8 @@ def build(spec: ImageFolderData, seed: int) -> DataBundle:
         full = folder(root)
         train_idx, val_idx = stratified_split(full.targets, spec.val_fraction, seed)
         classes, train, val = full.classes, Subset(full, train_idx), Subset(full, val_idx)
+    if len(classes) < 2:  # every prediction would be "right": accuracy 1.0 that means nothing
+        raise UserError(f"data.path: {root} has {len(classes)} class folder(s); labeled data needs at least 2")
     return make_bundle(
         train,
         val,

@@ -51,8 +51,9 @@ def build(target: str, kwargs: dict[str, Any]) -> nn.Module:
         raise UserError(f"model.factory: {module_name!r} has no callable {fn_name!r}")
     try:
         model = fn(**kwargs)
-    except TypeError as exc:
-        raise UserError(f"model.factory: {target}(**kwargs) failed: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # bad kwargs: unknown names, negative widths
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model.factory: {target}(**kwargs) failed: {first}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model.factory: {target} returned {type(model).__name__}, not a torch.nn.Module")
     return model

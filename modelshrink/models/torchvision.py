@@ -20,8 +20,9 @@ def build(name: str, kwargs: dict[str, Any]) -> nn.Module:
         raise UserError(f"model.torchvision: unknown torchvision classification model {name!r}{hint}")
     try:
         return models.get_model(name, weights=None, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"model.torchvision: {name}({_fmt(kwargs)}) failed: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. a negative num_classes
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model.torchvision: {name}({_fmt(kwargs)}) failed: {first}") from None
 
 
 def _fmt(kwargs: dict[str, Any]) -> str:

@@ -431,7 +431,8 @@ class OutputSpec(Strict):
 
     @model_validator(mode="after")
     def _plain_name(self) -> OutputSpec:
-        if "/" in self.checkpoint_name or self.checkpoint_name in {"report.json", "report.md"}:
+        name = self.checkpoint_name
+        if "/" in name or "\\" in name or name in {"", ".", "..", "report.json", "report.md"}:
             raise ValueError("checkpoint_name must be a plain file name other than the reports")
         return self
 

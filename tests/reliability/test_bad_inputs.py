@@ -1,0 +1,36 @@
+"""Bad inputs that used to escape as tracebacks or silently wrong runs (issue #10, items 3 and 8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modelshrink.data import build_data
+from modelshrink.errors import UserError
+from modelshrink.models import load_model
+from modelshrink.recipe.schema import ImageFolderData, ModelSpec
+from tests.recipe.test_errors import VALID, errors_of
+
+
+def test_constructor_failures_from_bad_kwargs_are_user_errors() -> None:
+    with pytest.raises(UserError, match=r"model.torchvision: resnet18\(num_classes=-5\) failed: .*negative"):
+        load_model(ModelSpec(torchvision="resnet18", num_classes=None, kwargs={"num_classes": -5}))
+    with pytest.raises(UserError, match=r"model.factory: modelshrink.models.zoo:small_cnn\(\*\*kwargs\) failed"):
+        load_model(ModelSpec(factory="modelshrink.models.zoo:small_cnn", kwargs={"width": -3}))
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a\\b"])
+def test_checkpoint_name_must_be_a_plain_file_name(name: str) -> None:
+    assert "checkpoint_name must be a plain file name" in errors_of(VALID + f"  checkpoint_name: {name!r}\n")
+
+
+def test_a_labeled_image_folder_needs_two_classes(tmp_path: Path) -> None:
+    for i in range(4):
+        path = tmp_path / "only" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 10 * i, dtype=np.uint8)).save(path)
+    with pytest.raises(UserError, match=r"1 class folder.*at least 2"):
+        build_data(ImageFolderData(kind="imagefolder", path=tmp_path, image_size=8), 0)
