@@ -10,6 +10,7 @@ In a multi-process run every rank trains, and rank 0 alone measures and writes.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import time
@@ -51,7 +52,7 @@ def run(
     main = distributed.is_main()
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
     if main:
-        check_output_dir(out_dir, recipe, force)
+        check_output_dir(out_dir, recipe, force, recipe_source)
     seed_everything(recipe.seed)
     data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=recipe.needs_tuning_split)
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
@@ -188,15 +189,50 @@ def _model_errors(stage: str, model: nn.Module, data: DataBundle) -> Iterator[No
         ) from None
 
 
-def check_output_dir(out_dir: Path, recipe: Recipe, force: bool) -> None:
-    """Refuse before any work is done: never overwrite silently, never delete the input."""
+def check_output_dir(out_dir: Path, recipe: Recipe, force: bool, recipe_source: str | None = None) -> None:
+    """Refuse before any work is done: never overwrite silently, never delete an input.
+
+    `--force` replaces only a directory that modelshrink wrote (it holds a report.json of ours), and
+    never one that is, or holds, an input: the recipe, the data, the checkpoint or a teacher."""
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise UserError(f"output.dir: {out_dir} is a symbolic link to nothing; remove it or choose another dir")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output.dir: {out_dir} exists and is not a directory")
-    source = recipe.model.checkpoint
-    if source is not None and source.resolve().is_relative_to(out_dir.resolve()):
-        raise UserError(f"output.dir: {out_dir} holds the input checkpoint {source}; choose another output dir")
+    resolved = out_dir.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise UserError(f"output.dir: {out_dir} is the current directory or one above it; choose a new directory")
+    for label, path in _inputs(recipe, recipe_source):
+        if path.resolve() == resolved or path.resolve().is_relative_to(resolved):
+            raise UserError(f"output.dir: {out_dir} holds the input {label} {path}; choose another output dir")
     if out_dir.exists() and not force:
         raise UserError(f"output.dir: {out_dir} already exists; pass --force to replace it")
+    if out_dir.exists() and not _written_by_us(out_dir):
+        raise UserError(
+            f"output.dir: {out_dir} was not written by modelshrink (no report.json of ours); --force replaces "
+            "only earlier outputs, so choose a new directory"
+        )
+
+
+def _inputs(recipe: Recipe, recipe_source: str | None) -> list[tuple[str, Path]]:
+    inputs = [("recipe", Path(recipe_source))] if recipe_source else []
+    if recipe.model.checkpoint is not None:
+        inputs.append(("checkpoint", recipe.model.checkpoint))
+    data_path = getattr(recipe.data, "path", None)
+    if data_path is not None:
+        inputs.append(("data", data_path))
+    for spec in recipe.stages:
+        teacher = getattr(spec, "teacher", None)
+        if teacher is not None and teacher.checkpoint is not None:
+            inputs.append(("teacher checkpoint", teacher.checkpoint))
+    return inputs
+
+
+def _written_by_us(out_dir: Path) -> bool:
+    try:
+        report = json.loads((out_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "schema_version" in report and "recipe" in report
 
 
 def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) -> None:
