@@ -1,12 +1,14 @@
 """The `modelshrink` command: thin Typer wrappers over the public API; the only place exit codes live.
 
-Exit codes: 0 ok, 1 a recipe constraint failed (reports written), 2 bad input (nothing written).
+Exit codes: 0 ok, 1 a recipe constraint failed (reports written), 2 bad input (nothing written),
+3 an internal error (a bug of ours; nothing written; `--debug` shows the traceback).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Make PyTorch models smaller and faster from a YAML recipe, and prove it with numbers.",
 )
+INTERNAL_ERROR = 3
+_debug = False
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
 
 SetOption = Annotated[
     list[str],
@@ -52,6 +65,12 @@ def _exit_codes() -> Iterator[None]:
     except ConstraintFailed as exc:
         _error(str(exc))
         raise typer.Exit(ConstraintFailed.exit_code) from None
+    except Exception as exc:  # a bug of ours: exit 1 must keep meaning "a gate failed"
+        if _debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _error(f"internal error, please report it: {type(exc).__name__}: {first} (--debug shows the traceback)")
+        raise typer.Exit(INTERNAL_ERROR) from None
 
 
 def _error(message: str) -> None:

@@ -60,8 +60,10 @@ def run(
         report = _run_stages(recipe, data, store, resume, main, recipe_source)
         if main:
             _write_outputs(out_dir, recipe, report, store.model_blob(len(report["stages"])), force)
-    except UserError:
-        store.finish()  # bad input: nothing to resume, nothing left behind
+    except Exception:
+        # bad input or a bug of ours: nothing worth resuming, nothing left behind. An interrupt
+        # (KeyboardInterrupt, a kill) is not an Exception and keeps the state for --resume.
+        store.finish()
         raise
     store.finish()
     distributed.barrier()
