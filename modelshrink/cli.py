@@ -230,6 +230,8 @@ def _print_inspection(info: dict[str, Any]) -> None:
         arch = info["architecture"]
         extras.append(f"architecture {arch.get('torchvision') or arch.get('factory') or 'pickled'}")
         extras.append(f"transforms {', '.join(info['transforms']) or 'none'}")
+    if info["nonfinite"]:
+        extras.append(f"NaN or Inf in {len(info['nonfinite'])} tensor(s): {', '.join(info['nonfinite'][:5])}")
     if "untrusted_factory" in info:
         module = info["untrusted_factory"].partition(":")[0]
         extras.append(f"factory {info['untrusted_factory']} not trusted, so not imported (--trust {module} builds it)")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from modelshrink.metrics.size import TensorEntry, count_macs, module_tensors
+from modelshrink.metrics.size import TensorEntry, count_macs, module_tensors, nonfinite_names
 
 # State-dict entries that are buffers, not learned parameters, when there is no module to ask.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "scale", "zero_point")
@@ -62,6 +62,7 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
         info["kind"] = "safetensors" if path.suffix == ".safetensors" else "state_dict"
         if "untrusted_factory" in info:
             info["kind"] = "modelshrink checkpoint, not built"
+    info["nonfinite"] = nonfinite_names(entries)
     info["layers"] = layer_rows(entries)
     info["totals"] = totals(entries)
     return info

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from modelshrink.errors import UserError
+
 
 @torch.inference_mode()
 def evaluate_outputs(
@@ -30,6 +32,8 @@ def evaluate_outputs(
     outputs = []
     for index, (inputs, targets) in enumerate(itertools.islice(loader, max_batches)):
         out = model(inputs).float()
+        if not bool(torch.isfinite(out).all()):
+            raise UserError(f"the model's outputs hold NaN or Inf (validation batch {index + 1})")
         if reference is None:
             outputs.append(out)
         elif out.shape == reference[index].shape:

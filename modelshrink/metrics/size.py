@@ -7,7 +7,7 @@ Quantized modules keep their weights behind `weight()`/`bias()` methods instead 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,16 @@ class TensorEntry:
     @property
     def nbytes(self) -> int:
         return self.tensor.numel() * self.tensor.element_size()
+
+
+def nonfinite_names(entries: Iterable[TensorEntry]) -> list[str]:
+    """Names of the float tensors that hold NaN or Inf: a model with them computes garbage silently."""
+    names = []
+    for entry in entries:
+        tensor = entry.tensor.dequantize() if entry.tensor.is_quantized else entry.tensor
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            names.append(entry.name)
+    return names
 
 
 def _packed_weights(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -12,13 +12,24 @@ from torch import nn
 
 from modelshrink.checkpoint import Lineage, is_checkpoint_payload, model_from_payload
 from modelshrink.errors import UserError
+from modelshrink.metrics.size import module_tensors, nonfinite_names
 from modelshrink.models import factory, huggingface, torchvision
 from modelshrink.models.weights import as_state_dict, load_into, read_file
 from modelshrink.recipe.schema import ModelSpec
 
 
 def load_model(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
-    """Build (and fill with weights) the model the recipe names."""
+    """Build (and fill with weights) the model the recipe names; refuse one whose weights hold NaN or Inf."""
+    model, lineage = _load(spec)
+    bad = nonfinite_names(module_tensors(model))
+    if bad:
+        where = f"model.checkpoint: {spec.checkpoint}" if spec.checkpoint else "model"
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{where}: {len(bad)} tensor(s) hold NaN or Inf: {shown}")
+    return model, lineage
+
+
+def _load(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
     if spec.huggingface is not None and spec.checkpoint is None:
         model, arch = huggingface.load_pretrained(spec.huggingface.source, **_huggingface_head(spec))
         return model, Lineage(arch)
