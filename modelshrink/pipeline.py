@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
 from modelshrink.diagnose import failing_layer
 from modelshrink.errors import ConstraintFailed, UserError
+from modelshrink.lock import output_lock
 from modelshrink.metrics import add_latencies, measure, reference_outputs
 from modelshrink.models import load_model
 from modelshrink.progress import log
@@ -51,8 +52,15 @@ def run(
     distributed.init_from_env()
     main = distributed.is_main()
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
-    if main:
-        check_output_dir(out_dir, recipe, force, recipe_source)
+    with output_lock(out_dir) if main else nullcontext():
+        if main:  # checked under the lock: another run may have written the output meanwhile
+            check_output_dir(out_dir, recipe, force, recipe_source)
+        return _run_locked(recipe, out_dir, force, resume, recipe_source, main)
+
+
+def _run_locked(
+    recipe: Recipe, out_dir: Path, force: bool, resume: bool, recipe_source: str | None, main: bool
+) -> dict[str, Any] | None:
     seed_everything(recipe.seed)
     data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=recipe.needs_tuning_split)
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))

@@ -1,0 +1,58 @@
+"""One run per output directory: a lock file beside it that names the holder's pid.
+
+Two runs writing one output would share its resume directory and could leave a report of one run
+beside the checkpoint of the other. Written by hand (O_EXCL create, pid inside) rather than with a
+lock library because the message must name the process that holds the output, and a lock left by a
+run that died must not block the next one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from modelshrink.errors import UserError
+
+
+@contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    resolved = out_dir.resolve()
+    path = resolved.parent / f".{resolved.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is not None and _alive(holder):
+                raise UserError(f"output.dir: {out_dir} is in use by another run (pid {holder})") from None
+            path.unlink(missing_ok=True)  # left by a run that died: take it over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        break
+    else:
+        raise UserError(f"output.dir: {out_dir} is in use by another run (its lock {path} keeps coming back)")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
