@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,19 +37,26 @@ def read_file(path: Path, allow_pickle: bool = False) -> Any:
             warnings.simplefilter("ignore")  # torch's TypedStorage deprecation noise on old files
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # torch's phrase for a real object; otherwise the bytes are junk
+        # torch names the object it refused ("Unsupported global: GLOBAL torch.nn...Linear", or
+        # "unsupported GLOBAL posix.system"); without such a name the bytes are junk
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)
+        if named is None:
             raise UserError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
         if not allow_pickle:
             raise UserError(
-                f"{path}: holds pickled Python objects (e.g. a whole nn.Module); refused because unpickling "
-                "can run arbitrary code. If you trust this file, set model.allow_pickle: true"
+                f"{path}: holds pickled Python objects that would import and call {named.group(1)} while "
+                "loading; refused, since unpickling can run any code. Only if you trust this file: "
+                "model.allow_pickle: true (inspect: --allow-pickle)"
             ) from None
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc2:  # any failure inside user pickles is the file's problem, not ours
             raise UserError(f"{path}: cannot unpickle ({type(exc2).__name__}: {exc2})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        # whatever torch's unpickler trips over in junk bytes
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, KeyError | IndexError | TypeError | AttributeError):
+            first = "unreadable pickle data"
         raise UserError(f"{path}: not a PyTorch checkpoint ({first})") from None
 
 
