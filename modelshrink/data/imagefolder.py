@@ -22,6 +22,16 @@ def _to_rgb(image):  # module-level (not a lambda) so DataLoader workers can pic
     return image.convert("RGB")
 
 
+def _load_image(path: str):  # module-level for DataLoader workers, like _to_rgb
+    """torchvision's loader, with a file it cannot decode named in one line instead of a PIL traceback."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+        raise UserError(f"data.path: cannot read image {path} ({type(exc).__name__}); remove or replace it") from None
+
+
 def build(spec: ImageFolderData, seed: int) -> DataBundle:
     from torchvision import datasets, transforms
 
@@ -42,7 +52,7 @@ def build(spec: ImageFolderData, seed: int) -> DataBundle:
 
     def folder(path: Path) -> datasets.ImageFolder:
         try:
-            return datasets.ImageFolder(str(path), transform=transform)
+            return datasets.ImageFolder(str(path), transform=transform, loader=_load_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise UserError(f"data.path: {path}: {exc}") from None
 

@@ -34,3 +34,23 @@ def test_a_labeled_image_folder_needs_two_classes(tmp_path: Path) -> None:
         Image.fromarray(np.full((8, 8, 3), 10 * i, dtype=np.uint8)).save(path)
     with pytest.raises(UserError, match=r"1 class folder.*at least 2"):
         build_data(ImageFolderData(kind="imagefolder", path=tmp_path, image_size=8), 0)
+
+
+def test_a_corrupt_image_is_named_with_exit_2_and_nothing_left(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from modelshrink.cli import app
+    from tests.conftest import tiny_recipe, write_recipe
+
+    for cls, value in (("cat", 20), ("dog", 230)):
+        for i in range(6):
+            path = tmp_path / "imgs" / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)
+    (tmp_path / "imgs" / "dog" / "5.png").write_bytes(b"not an image")
+    data = {"kind": "imagefolder", "path": str(tmp_path / "imgs"), "image_size": 8, "channels": 1, "batch_size": 4}
+    model = {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 64, "hidden": 8, "num_classes": 2}}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, data=data, model=model))
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and "cannot read image" in result.stderr and "5.png" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "r.yaml"]
