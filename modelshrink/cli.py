@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 a recipe constraint failed (reports written), 2 bad input (n
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -74,6 +75,8 @@ def _exit_codes() -> Iterator[None]:
 
 
 def _error(message: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # every rank of a multi-process run hits the same error: say it once
+        return
     for line in message.splitlines():
         print(f"error: {line}", file=sys.stderr)
 

@@ -132,7 +132,7 @@ def parse_path(key: str) -> list[str | int]:
         if index:
             parts.append(int(index))
         else:
-            parts.append(int(name) if name.isdigit() else name)
+            parts.append(int(name) if name.isdecimal() else name)  # isdigit() admits "¹", which int() refuses
     if not parts:
         raise UserError(f"--set {key!r}: empty key")
     return parts
@@ -195,7 +195,7 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
     kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
     if kind == "extra_forbidden":
         field = path[-1] if path else "?"
-        return f"unknown key {field!r}" + _did_you_mean(field)
+        return f"unknown key {field!r}" + _did_you_mean(field, _section_fields(path[:-1]))
     if kind == "missing":
         return "required"
     if kind == "union_tag_invalid":
@@ -208,9 +208,24 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
     return msg
 
 
-def _did_you_mean(field: Any) -> str:
-    close = difflib.get_close_matches(str(field), _known_keys(), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _did_you_mean(field: Any, here: list[str] | None) -> str:
+    """A close key of the same section; else that section's keys; else a close key anywhere."""
+    close = difflib.get_close_matches(str(field), here if here is not None else _known_keys(), n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (keys here: {', '.join(here)})" if here else ""
+
+
+def _section_fields(path: list[str | int]) -> list[str] | None:
+    """The keys allowed at `path`, for sections of a single model type (not unions such as stages or data)."""
+    cls: Any = Recipe
+    for part in path:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        cls = annotation
+    return sorted(cls.model_fields)
 
 
 def _known_keys() -> list[str]:

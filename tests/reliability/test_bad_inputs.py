@@ -54,3 +54,24 @@ def test_a_corrupt_image_is_named_with_exit_2_and_nothing_left(tmp_path: Path) -
     result = CliRunner().invoke(app, ["run", str(recipe)])
     assert result.exit_code == 2 and "cannot read image" in result.stderr and "5.png" in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "r.yaml"]
+
+
+def test_unknown_key_suggests_from_its_own_section() -> None:
+    text = VALID.replace("  dir: runs/x\n", "  dir: runs/x\n  path: y\n")
+    assert "output.path: unknown key 'path' (keys here: checkpoint_name, dir)" in errors_of(text)
+    assert "did you mean 'checkpoint'" in errors_of(VALID.replace("  num_classes: 10\n", "  checkpont: x\n"))
+
+
+def test_only_rank_0_of_a_multi_process_run_prints_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from modelshrink.cli import app
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(VALID + "  nonsense: 1\n")
+    monkeypatch.setenv("RANK", "1")
+    other = CliRunner().invoke(app, ["run", str(recipe)])
+    assert other.exit_code == 2 and other.stderr == ""
+    monkeypatch.setenv("RANK", "0")
+    first = CliRunner().invoke(app, ["run", str(recipe)])
+    assert first.exit_code == 2 and first.stderr.count("error:") == 1
