@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 import modelshrink
-from modelshrink.errors import ConstraintFailed, UserError
+from modelshrink.errors import ConstraintFailed, UserError, first_line
 
 app = typer.Typer(
     add_completion=False,
@@ -69,7 +69,7 @@ def _exit_codes() -> Iterator[None]:
     except Exception as exc:  # a bug of ours: exit 1 must keep meaning "a gate failed"
         if _debug:
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, default="")
         _error(f"internal error, please report it: {type(exc).__name__}: {first} (--debug shows the traceback)")
         raise typer.Exit(INTERNAL_ERROR) from None
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for one-line errors (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (type(exc).__name__ if default is None else default)
+
+
 class UserError(Exception):
     """Bad input from the user (recipe, checkpoint, data, arguments): exit code 2, nothing written."""
 

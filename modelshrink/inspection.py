@@ -28,7 +28,8 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
     path = Path(path)
     obj = read_file(path, allow_pickle=allow_pickle)
     info: dict[str, Any] = {"path": str(path), "file_bytes": path.stat().st_size}
-    factory = obj.get("architecture", {}).get("factory") if is_checkpoint_payload(obj) else None
+    arch = obj.get("architecture") if is_checkpoint_payload(obj) else None
+    factory = arch.get("factory") if isinstance(arch, dict) else None  # a damaged record is reported below
     if factory is not None and not is_trusted(str(factory), trust):
         info["untrusted_factory"] = str(factory)  # shown, never imported
         obj = obj.get("state_dict", {})

@@ -29,7 +29,7 @@ from modelshrink.checkpoint import from_bytes, to_bytes
 from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
 from modelshrink.diagnose import failing_layer
-from modelshrink.errors import ConstraintFailed, UserError
+from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.lock import output_lock
 from modelshrink.metrics import add_latencies, measure, reference_outputs
 from modelshrink.models import load_model
@@ -193,7 +193,7 @@ def _model_errors(stage: str, model: nn.Module, data: DataBundle) -> Iterator[No
         layer = failing_layer(model, data.example_inputs(1))
         if layer is None:
             raise
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise UserError(
             f"stage {stage!r} left a model that fails at layer {layer!r} ({first}); exclude that layer"
         ) from None
@@ -251,7 +251,7 @@ def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) ->
         with torch.inference_mode():
             out = model(inputs)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # IndexError: token ids beyond the vocabulary
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"model does not accept inputs of shape {tuple(inputs.shape)} from data: {first}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != inputs.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from modelshrink.errors import UserError
+from modelshrink.errors import UserError, first_line
 
 ALWAYS_TRUSTED = ("modelshrink",)  # our own zoo
 
@@ -52,7 +52,7 @@ def build(target: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         model = fn(**kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:  # bad kwargs: unknown names, negative widths
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"model.factory: {target}(**kwargs) failed: {first}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model.factory: {target} returned {type(model).__name__}, not a torch.nn.Module")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelshrink.errors import UserError
+from modelshrink.errors import UserError, first_line
 
 _ST_POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
@@ -74,7 +74,7 @@ def architecture(
     try:
         config = transformers.AutoConfig.from_pretrained(directory, **kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.huggingface: cannot load {directory}: {_first_line(exc)}") from None
+        raise UserError(f"model.huggingface: cannot load {directory}: {first_line(exc)}") from None
     default_pooling, default_normalize = sentence_transformers_head(directory)
     return {
         "huggingface": source,
@@ -94,7 +94,7 @@ def load_pretrained(source: str, **head: Any) -> tuple[nn.Module, dict[str, Any]
             resolve_source(source), config=_config(transformers, arch)
         )
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.huggingface: cannot load {source}: {_first_line(exc)}") from None
+        raise UserError(f"model.huggingface: cannot load {source}: {first_line(exc)}") from None
     return _wrap(transformer, arch), arch
 
 
@@ -110,7 +110,7 @@ def tokenizer_for(source: str) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as exc:
-        raise UserError(f"no tokenizer in {directory}: {_first_line(exc)}") from None
+        raise UserError(f"no tokenizer in {directory}: {first_line(exc)}") from None
 
 
 def resolve_source(source: str) -> Path:
@@ -133,7 +133,7 @@ def resolve_source(source: str) -> Path:
         return Path(snapshot_download(source))  # the hub client itself honours HF_HUB_OFFLINE
     except Exception as exc:  # the hub client raises many unrelated types for "not available"
         raise UserError(
-            f"model.huggingface: {source!r} is neither a directory nor a hub model available here ({_first_line(exc)})"
+            f"model.huggingface: {source!r} is neither a directory nor a hub model available here ({first_line(exc)})"
         ) from None
 
 
@@ -172,8 +172,3 @@ def _transformers() -> Any:
         raise UserError('Hugging Face models need the extra: pip install "modelshrink[hf]"') from None
     transformers.utils.logging.disable_progress_bar()  # rich progress is ours; CI logs stay quiet
     return transformers
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from modelshrink.errors import UserError
+from modelshrink.errors import UserError, first_line
 
 
 def build(name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -21,7 +21,7 @@ def build(name: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         return models.get_model(name, weights=None, **kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. a negative num_classes
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"model.torchvision: {name}({_fmt(kwargs)}) failed: {first}") from None
 
 

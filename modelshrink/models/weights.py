@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from modelshrink.errors import UserError
+from modelshrink.errors import UserError, first_line
 
 # Keys under which training scripts commonly nest the weights they save.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
@@ -54,7 +54,7 @@ def read_file(path: Path, allow_pickle: bool = False) -> Any:
             raise UserError(f"{path}: cannot unpickle ({type(exc2).__name__}: {exc2})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         # whatever torch's unpickler trips over in junk bytes
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if isinstance(exc, KeyError | IndexError | TypeError | AttributeError):
             first = "unreadable pickle data"
         raise UserError(f"{path}: not a PyTorch checkpoint ({first})") from None

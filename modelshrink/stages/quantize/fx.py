@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from modelshrink.checkpoint import register_rebuilder
-from modelshrink.errors import UserError
+from modelshrink.errors import UserError, first_line
 from modelshrink.recipe.schema import QuantizeSpec
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.selection import matches_any
@@ -68,7 +68,7 @@ def prepare(model: nn.Module, record: dict[str, Any]) -> nn.Module:
                 return prepare_qat_fx(model.train(), mapping, example)
             return prepare_fx(model.eval(), mapping, example)
         except Exception as exc:  # symbolic tracing fails on data-dependent control flow and the like
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UserError(
                 f"cannot trace the model for {record['mode']} quantization (torch.fx: {first}); "
                 "exclude the untraceable layers or use mode: dynamic"
