@@ -20,7 +20,7 @@ from modelshrink.errors import UserError
 def output_lock(out_dir: Path) -> Iterator[None]:
     resolved = out_dir.resolve()
     path = resolved.parent / f".{resolved.name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(out_dir, path.parent)
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -30,6 +30,8 @@ def output_lock(out_dir: Path) -> Iterator[None]:
                 raise UserError(f"output.dir: {out_dir} is in use by another run (pid {holder})") from None
             path.unlink(missing_ok=True)  # left by a run that died: take it over
             continue
+        except OSError as exc:  # the first write of a run: an unwritable parent fails here, before any work
+            raise _unwritable(out_dir, path.parent, exc) from None
         with os.fdopen(fd, "w") as fh:
             fh.write(str(os.getpid()))
         break
@@ -39,6 +41,18 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def _make_parent(out_dir: Path, parent: Path) -> None:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(out_dir, parent, exc) from None
+
+
+def _unwritable(out_dir: Path, parent: Path, exc: OSError) -> UserError:
+    reason = exc.strerror or type(exc).__name__
+    return UserError(f"output.dir: cannot write {out_dir}: its parent {parent} is not a writable directory ({reason})")
 
 
 def _holder(path: Path) -> int | None:

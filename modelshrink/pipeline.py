@@ -106,8 +106,10 @@ def _run_stages(
         completed, original = 0, copy.deepcopy(model)
     else:
         progress, completed = saved["progress"], saved["completed"]
-        model, lineage = from_bytes(store.model_blob(completed), recipe.model.allow_pickle, recipe.model.trusted)
-        original, _ = from_bytes(store.model_blob(0), recipe.model.allow_pickle, recipe.model.trusted)
+        with store.reading(completed):
+            model, lineage = from_bytes(store.model_blob(completed), recipe.model.allow_pickle, recipe.model.trusted)
+        with store.reading(0):
+            original, _ = from_bytes(store.model_blob(0), recipe.model.allow_pickle, recipe.model.trusted)
         restore_rng(saved["rng"], data.train.generator)
         reference = reference_outputs(original, data, recipe.evaluate) if main else []
     ctx = StageContext(

@@ -3,7 +3,8 @@
 Kept in `.<output dir name>.resume/` beside the output directory: the recipe it belongs to, the
 checkpoint after the baseline and after each completed stage, the results so far with the random
 number generators' states, and the training state at the end of the last epoch of the running stage.
-It is deleted once the outputs are written. Only rank 0 writes it.
+It is deleted once the outputs are written. Only rank 0 writes it. A damaged state (a full disk, a
+hand edit) stops `--resume` with one line and is removed, so that the next run starts afresh.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 import json
 import random
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import torch
 
 from modelshrink import distributed
 from modelshrink.atomic import write_file
+from modelshrink.errors import UserError, first_line
 from modelshrink.progress import log
 
 
@@ -32,8 +36,11 @@ class ResumeStore:
         """The saved progress when resuming a run of this same recipe; otherwise a clean slate."""
         state_file = self.dir / "state.pt"
         if resume and state_file.is_file():
-            state = torch.load(state_file, weights_only=True)
+            state = _read(state_file, _valid_state)
             if state["recipe"] == self.recipe:
+                for completed in {0, state["completed"]}:
+                    if not (self.dir / f"model_{completed}.pt").is_file():
+                        raise damaged(self.dir / f"model_{completed}.pt", "missing")
                 log(f"resuming after stage {state['completed']} of an interrupted run ({self.dir})")
                 return state
             log("the interrupted run used a different recipe: starting over")
@@ -66,12 +73,45 @@ class ResumeStore:
         path = self.dir / "epoch.pt"
         if not path.is_file():
             return None
-        state = torch.load(path, weights_only=True)
+        state = _read(path, lambda s: isinstance(s, dict) and isinstance(s.get("epoch"), int))
         return state if state.get("stage") == stage else None
+
+    @contextmanager
+    def reading(self, completed: int) -> Iterator[None]:
+        """Around rebuilding a saved model: any failure means the file is damaged."""
+        try:
+            yield
+        except Exception as exc:  # a damaged file can fail anywhere in torch.load or the rebuild
+            raise damaged(self.dir / f"model_{completed}.pt", first_line(exc)) from None
 
     def finish(self) -> None:
         if distributed.is_main():
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def damaged(path: Path, reason: str) -> UserError:
+    reason = reason.split(". ")[0]  # torch follows its reason with advice for checkpoints of the user's own
+    return UserError(f"--resume: the saved state {path} is damaged ({reason}); it was removed, run again to start over")
+
+
+def _read(path: Path, valid: Callable[[Any], bool]) -> Any:
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # truncated or garbled bytes fail in many ways inside torch.load and pickle
+        raise damaged(path, first_line(exc)) from None
+    if not valid(state):
+        raise damaged(path, "its fields are not what this modelshrink writes")
+    return state
+
+
+def _valid_state(state: Any) -> bool:
+    return (
+        isinstance(state, dict)
+        and isinstance(state.get("recipe"), str)
+        and isinstance(state.get("completed"), int)
+        and isinstance(state.get("progress"), dict)
+        and isinstance(state.get("rng"), dict)
+    )
 
 
 def rng_state(data_generator: torch.Generator) -> dict[str, Any]:

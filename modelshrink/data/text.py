@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import TensorDataset
@@ -57,19 +58,22 @@ def read_texts(spec: TextData) -> tuple[list[str], list[int] | None, list[str]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            numbered = _jsonl_rows(path)
         elif suffix == ".csv":
             with path.open(newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
+                # a record starts on the reader's line after the header; multi-line quoted fields shift it
+                reader = csv.DictReader(handle)
+                numbered = [(reader.line_num, row) for row in reader]
         else:
             return [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()], None, []
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"data.path: {path} is not valid {suffix[1:]} ({exc})") from None
     fields = [spec.text_field] + ([spec.label_field] if spec.label_field else [])
-    for number, row in enumerate(rows, start=1):
+    for line, row in numbered:
         missing = [f for f in fields if not isinstance(row, dict) or row.get(f) in (None, "")]
         if missing:
-            raise UserError(f"data.path: {path} record {number} has no {missing[0]!r}")
+            raise UserError(f"data.path: {path}:{line}: the record has no {missing[0]!r}")
+    rows = [row for _, row in numbered]
     texts = [str(row[spec.text_field]) for row in rows]
     if spec.label_field is None:
         return texts, None, []
@@ -77,6 +81,19 @@ def read_texts(spec: TextData) -> tuple[list[str], list[int] | None, list[str]]:
     class_names = sorted({str(v) for v in values}, key=_natural)
     index = {name: i for i, name in enumerate(class_names)}
     return texts, [index[str(v)] for v in values], class_names
+
+
+def _jsonl_rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, record) for each non-blank line; a bad line is named by its number in the file."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"data.path: {path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+    return rows
 
 
 def _natural(name: str) -> tuple[int, int | str]:

@@ -203,7 +203,8 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
     if kind == "union_tag_not_found":
         return "missing 'kind'"
     msg = msg.removeprefix("Value error, ")
-    if "input" in err and not isinstance(err["input"], dict | list):
+    shown = "input" in err and str(err["input"]) in msg  # a message that names its value already
+    if "input" in err and not isinstance(err["input"], dict | list) and not shown:
         msg += f", got {err['input']!r}"
     return msg
 

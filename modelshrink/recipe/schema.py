@@ -30,6 +30,21 @@ def _closed_fraction(value: float) -> float:
     return value
 
 
+def _existing_file(path: Path) -> Path:
+    """Inputs are checked when the recipe is read, so `validate` catches what `run` would refuse."""
+    if not path.is_file():
+        raise ValueError(f"{path} is a directory, not a file" if path.is_dir() else f"{path} does not exist")
+    return path
+
+
+def _existing_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file, not a directory" if path.exists() else f"{path} does not exist")
+    return path
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
 Fraction = Annotated[float, AfterValidator(_open_fraction)]
 Probability = Annotated[float, AfterValidator(_closed_fraction)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -67,7 +82,7 @@ class ModelSpec(Strict):
     huggingface: HuggingFaceSpec | None = None
     num_classes: PositiveInt | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Path | None = None
+    checkpoint: ExistingFile | None = None
     allow_pickle: bool = False
     trust: list[str] = Field(
         default_factory=list,
@@ -130,7 +145,7 @@ class ImageFolderData(_DataCommon):
     """A torchvision ImageFolder: `path/train` + `path/val`, or one folder split by `val_fraction`."""
 
     kind: Literal["imagefolder"]
-    path: Path
+    path: ExistingDir
     image_size: Annotated[int, Field(ge=8)] = 224
     channels: Literal[1, 3] = 3
 
@@ -139,7 +154,7 @@ class Cifar10Data(_DataCommon):
     """CIFAR-10 in its python format (`cifar-10-batches-py`) from a local folder."""
 
     kind: Literal["cifar10"]
-    path: Path
+    path: ExistingDir
     image_size: Annotated[int, Field(ge=8)] = 32
     channels: Literal[1, 3] = 3
 
@@ -160,7 +175,7 @@ class TextData(Strict):
     metric is the cosine similarity of each model's outputs to the original model's."""
 
     kind: Literal["text"]
-    path: Path | None = None
+    path: ExistingFile | None = None
     text_field: str = "text"
     label_field: str | None = None
     tokenizer: str | None = Field(default=None, description="default: the model's huggingface source")

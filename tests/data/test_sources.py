@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from modelshrink.data import build_data
 from modelshrink.errors import UserError
@@ -48,8 +49,8 @@ def test_imagefolder_with_train_val_and_single_folder(tmp_path: Path) -> None:
             _png(tmp_path / "one" / cls / f"{i}.png", value)
     single = build_data(ImageFolderData(kind="imagefolder", path=tmp_path / "one", image_size=8, val_fraction=0.2), 0)
     assert len(single.val.dataset) == 3 and len(single.train.dataset) == 12 and single.num_classes == 3
-    with pytest.raises(UserError, match="not a directory"):
-        build_data(ImageFolderData(kind="imagefolder", path=tmp_path / "missing"), 0)
+    with pytest.raises(ValidationError, match="missing does not exist"):
+        ImageFolderData(kind="imagefolder", path=tmp_path / "missing")
 
 
 def _cifar_arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,5 +85,6 @@ def test_cifar10_python_batches_cannot_run_code(tmp_path: Path) -> None:
         (folder / name).write_bytes(evil)
     with pytest.raises(UserError, match="refusing to unpickle"):
         build_data(Cifar10Data(kind="cifar10", path=tmp_path), 0)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no CIFAR-10 batches"):
-        build_data(Cifar10Data(kind="cifar10", path=tmp_path / "cifar-10-batches-py" / "nothing"), 0)
+        build_data(Cifar10Data(kind="cifar10", path=tmp_path / "empty"), 0)

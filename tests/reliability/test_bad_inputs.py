@@ -75,3 +75,46 @@ def test_only_rank_0_of_a_multi_process_run_prints_errors(tmp_path: Path, monkey
     monkeypatch.setenv("RANK", "0")
     first = CliRunner().invoke(app, ["run", str(recipe)])
     assert first.exit_code == 2 and first.stderr.count("error:") == 1
+
+
+def test_a_bad_jsonl_line_is_named_by_its_line_number(tmp_path: Path) -> None:
+    from modelshrink.data.text import read_texts
+    from modelshrink.recipe.schema import TextData
+
+    path = tmp_path / "texts.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n\n{"text": "b", "label": 2\n')
+    with pytest.raises(UserError, match=r"texts.jsonl:3: not valid JSON"):
+        read_texts(TextData(kind="text", path=path, label_field="label"))
+    path.write_text('{"text": "a", "label": 1}\n\n{"text": "b", "label": 2}\n{"text": "c"}\n')
+    with pytest.raises(UserError, match=r"texts.jsonl:4: the record has no 'label'"):
+        read_texts(TextData(kind="text", path=path, label_field="label"))
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"model": {"checkpoint": "missing.pt"}}, "model.checkpoint: missing.pt does not exist"),
+        ({"model": {"checkpoint": "."}}, "model.checkpoint: . is a directory, not a file"),
+        ({"data": {"kind": "imagefolder", "path": "no_images"}}, "data.path: no_images does not exist"),
+        ({"data": {"kind": "cifar10", "path": "r.yaml"}}, "data.path: r.yaml is a file, not a directory"),
+        ({"data": {"kind": "text", "path": "t.jsonl", "tokenizer": "x"}}, "data.path: t.jsonl does not exist"),
+        (
+            {"stages": [{"kind": "distill", "teacher": {"checkpoint": "teacher.pt"}}]},
+            "stages[0].teacher.checkpoint: teacher.pt does not exist",
+        ),
+    ],
+)
+def test_validate_refuses_missing_inputs_as_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: dict, message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from modelshrink.cli import app
+    from tests.conftest import tiny_recipe, write_recipe
+
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, **section))
+    for command in ("validate", "run"):
+        result = CliRunner().invoke(app, [command, str(recipe)])
+        assert result.exit_code == 2 and message in result.stderr, (command, result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]

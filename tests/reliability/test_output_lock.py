@@ -40,3 +40,14 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_and_released(tmp_path: Path) ->
     assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
     assert not (tmp_path / ".out.lock").exists()
     assert os.path.isfile(tmp_path / "out" / "report.json")
+
+
+def test_an_output_whose_parent_cannot_be_written_gets_exit_2_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("not a directory")
+    for out in (tmp_path / "a_file" / "out", Path("/proc/modelshrink-out")):  # /proc refuses new files, even root's
+        recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, output={"dir": str(out)}))
+        result = runner.invoke(app, ["run", str(recipe)])
+        assert result.exit_code == 2, result.output
+        assert f"output.dir: cannot write {out}: its parent {out.parent} is not a writable directory" in result.stderr
+        assert "baseline" not in result.stderr, "refused before measuring anything"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "r.yaml"]
