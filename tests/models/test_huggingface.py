@@ -147,7 +147,7 @@ def test_text_sources_and_their_errors(tmp_path: Path, tiny_bert: Path) -> None:
     assert bundle.example_inputs(5).shape == (5, 8) and bundle.example_inputs(5).dtype == torch.long
     bundled = build_data(TextData(kind="text", tokenizer=str(tiny_bert)), 0)
     assert not bundled.labeled and len(bundled.train.dataset) + len(bundled.val.dataset) > 100
-    with pytest.raises(UserError, match="bad.jsonl:3: the record has no 'stars'"):
+    with pytest.raises(UserError, match=r"bad\.jsonl:3: the record has no 'stars'"):
         (tmp_path / "bad.jsonl").write_text('{"text": "a", "stars": 1}\n\n{"text": "b"}\n')
         build_data(TextData(kind="text", path=tmp_path / "bad.jsonl", label_field="stars", tokenizer=str(tiny_bert)), 0)
     with pytest.raises(UserError, match="is not a model directory"):
