@@ -115,6 +115,11 @@ def _check_shape(payload: dict[str, Any], path: Path) -> None:
         raise UserError(f"{path}: damaged checkpoint (transforms must be a list of records)")
     if not payload["architecture"].get("pickled") and not isinstance(payload.get("state_dict"), dict):
         raise UserError(f"{path}: damaged checkpoint (no state_dict)")
+    shape = payload.get("input_shape")
+    if shape is not None and not (
+        isinstance(shape, list | tuple) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise UserError(f"{path}: damaged checkpoint (input_shape {shape!r} is not a list of positive sizes)")
 
 
 def model_from_payload(

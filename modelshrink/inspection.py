@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from modelshrink.errors import UserError, first_line
 from modelshrink.metrics.size import TensorEntry, count_macs, module_tensors, nonfinite_names
 
 # State-dict entries that are buffers, not learned parameters, when there is no module to ask.
@@ -44,7 +45,13 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
             input_shape=input_shape,
         )
         if input_shape:
-            info["macs"] = count_macs(model, torch.zeros(1, *input_shape))
+            try:
+                info["macs"] = count_macs(model, torch.zeros(1, *input_shape))
+            except RuntimeError as exc:  # a shape mismatch inside the forward pass
+                raise UserError(
+                    f"{path}: damaged checkpoint (the model does not take its input_shape {input_shape}: "
+                    f"{first_line(exc)})"
+                ) from None
     elif isinstance(obj, torch.nn.Module):
         entries = list(module_tensors(obj))
         info["kind"] = "pickled nn.Module"
