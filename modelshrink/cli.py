@@ -230,8 +230,7 @@ def _print_inspection(info: dict[str, Any]) -> None:
     console.print(table)
     extras = [f"file {human_bytes(info['file_bytes'])}", f"non-zero params {t['nonzero_params']:,}"]
     if "architecture" in info:
-        arch = info["architecture"]
-        extras.append(f"architecture {arch.get('torchvision') or arch.get('factory') or 'pickled'}")
+        extras.append(f"architecture {info['architecture_name']}")
         extras.append(f"transforms {', '.join(info['transforms']) or 'none'}")
     if info["nonfinite"]:
         extras.append(f"NaN or Inf in {len(info['nonfinite'])} tensor(s): {', '.join(info['nonfinite'][:5])}")

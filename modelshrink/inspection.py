@@ -23,6 +23,7 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
     """A checkpoint whose factory is not trusted is not built (that would run its code): its layers
     then come from the state_dict alone, as for a plain state_dict, without MACs."""
     from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
+    from modelshrink.models import describe
     from modelshrink.models.factory import is_trusted
     from modelshrink.models.weights import as_state_dict, read_file
 
@@ -41,6 +42,7 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
         info.update(
             kind="modelshrink checkpoint",
             architecture=lineage.architecture,
+            architecture_name=describe(lineage.architecture),
             transforms=[t["kind"] for t in lineage.transforms],
             input_shape=input_shape,
         )

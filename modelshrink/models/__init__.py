@@ -82,6 +82,9 @@ def build_architecture(arch: dict[str, Any]) -> nn.Module:
 
 
 def describe(arch: dict[str, Any]) -> str:
-    name = arch.get("torchvision") or arch.get("factory") or arch.get("huggingface") or "a pickled model"
+    """A short name for an architecture record, for messages and `inspect`."""
+    if "huggingface" in arch:
+        return f"{arch['huggingface']} (Hugging Face {arch.get('task', 'model')})"
+    name = arch.get("torchvision") or arch.get("factory") or "a pickled model"
     kwargs = ", ".join(f"{k}={v!r}" for k, v in arch.get("kwargs", {}).items())
     return f"{name}({kwargs})" if kwargs else str(name)

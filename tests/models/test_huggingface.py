@@ -107,6 +107,8 @@ def test_run_quantizes_a_text_model_and_the_checkpoint_reloads_in_a_fresh_proces
     layers = {row["name"]: row for row in inspect(tmp_path / "out" / "model.pt")["layers"]}
     assert layers["transformer.embeddings.word_embeddings"]["dtype"] == "quint8"
     assert layers["transformer.encoder.layer.0.attention.self.query.linear"]["dtype"] == "qint8"
+    table = runner.invoke(app, ["inspect", str(tmp_path / "out" / "model.pt")])
+    assert f"architecture {tiny_bert} (Hugging Face embedding)" in table.stdout.replace("\n", ""), table.stdout
 
 
 def test_min_cosine_gate_fails_the_run(tmp_path: Path, tiny_bert: Path) -> None:
