@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-    from modelshrink.recipe.schema import Recipe
+    from modelshrink.recipe.recipe import Recipe
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "inspect", "load", "run_recipe", "validate"]

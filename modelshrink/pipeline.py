@@ -34,10 +34,10 @@ from modelshrink.lock import output_lock
 from modelshrink.metrics import add_latencies, measure, reference_outputs
 from modelshrink.models import load_model
 from modelshrink.progress import log
-from modelshrink.recipe.schema import FinetuneSpec, Recipe
+from modelshrink.recipe.recipe import Recipe
 from modelshrink.report import build_report, human_bytes, to_json, to_markdown
 from modelshrink.resume import ResumeStore, restore_rng
-from modelshrink.stages import STAGES, StageContext
+from modelshrink.stages import StageContext, apply_stage
 
 
 def run(
@@ -128,7 +128,7 @@ def _run_stages(
         log(f"stage {name} ({spec.kind})")
         start = time.perf_counter()
         with _model_errors(name, model, data):
-            model = STAGES[spec.kind](spec, name).apply(model, ctx).eval()
+            model = apply_stage(model, spec, ctx, name).eval()
         duration = time.perf_counter() - start
         blob = to_bytes(model, lineage, data.input_shape)
         metrics = None
@@ -260,7 +260,7 @@ def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) ->
         raise UserError(f"model output {shape} is not (batch, classes) logits or (batch, dim) embeddings")
     if not data.labeled:  # judged by cosine to the original: any output width will do
         return
-    new_head = any(isinstance(s, FinetuneSpec) and s.num_classes is not None for s in recipe.stages)
+    new_head = any(spec.replaces_head for spec in recipe.stages)
     if out.shape[1] != data.num_classes and not new_head:
         raise UserError(
             f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; set model.num_classes: "

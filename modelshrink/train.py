@@ -32,7 +32,7 @@ from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.progress import log, track
-from modelshrink.recipe.schema import TrainingSettings
+from modelshrink.recipe.stage_specs import TrainingSettings
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 EpochHook = Callable[[dict[str, Any]], None]

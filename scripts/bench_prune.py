@@ -29,9 +29,9 @@ from modelshrink.environment import cpu_summary, environment
 from modelshrink.metrics.latency import measure_latencies
 from modelshrink.metrics.size import count_macs, count_parameters
 from modelshrink.models import build_architecture
-from modelshrink.recipe.schema import EvaluateSpec, PruneSpec, SyntheticData
+from modelshrink.recipe.schema import EvaluateSpec, SyntheticData
+from modelshrink.stages import make_stage
 from modelshrink.stages.base import StageContext
-from modelshrink.stages.prune import PruneStage
 from modelshrink.stages.selection import find_classifier
 
 
@@ -41,7 +41,7 @@ def prune_with_stage(
     data = build_data(SyntheticData(kind="synthetic", image_size=size, num_samples=8, batch_size=4), 0)
     ctx = StageContext(data=data, original_model=model, lineage=Lineage(arch), evaluate=EvaluateSpec(), seed=0)
     start = time.perf_counter()
-    pruned = PruneStage(PruneSpec(kind="prune", **spec), "bench").apply(model, ctx)
+    pruned = make_stage(dict(kind="prune", **spec), "bench").apply(model, ctx)
     return pruned, ctx.lineage, time.perf_counter() - start
 
 

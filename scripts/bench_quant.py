@@ -33,10 +33,11 @@ from modelshrink.environment import cpu_summary, environment
 from modelshrink.metrics.accuracy import evaluate_classifier, evaluate_outputs
 from modelshrink.metrics.latency import measure_latencies
 from modelshrink.models import build_architecture, load_model
-from modelshrink.recipe.schema import DigitsData, EvaluateSpec, FinetuneSpec, ModelSpec, QuantizeSpec, TextData
+from modelshrink.recipe.schema import DigitsData, EvaluateSpec, ModelSpec, TextData
+from modelshrink.recipe.stage_specs import FinetuneSpec
+from modelshrink.stages import make_stage
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.finetune import FinetuneStage
-from modelshrink.stages.quantize import QuantizeStage
 
 CNN_MODES = {
     "dynamic int8": {"mode": "dynamic"},
@@ -120,7 +121,7 @@ def quantized_variants(
     variants = {}
     for label, spec in modes.items():
         ctx = context(data, model, copy.deepcopy(lineage))
-        quantized = QuantizeStage(QuantizeSpec(kind="quantize", **spec), label).apply(copy.deepcopy(model), ctx)
+        quantized = make_stage(dict(kind="quantize", **spec), label).apply(copy.deepcopy(model), ctx)
         variants[label] = (quantized, ctx.lineage)
     return variants
 

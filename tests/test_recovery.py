@@ -10,7 +10,9 @@ from torch import nn
 from modelshrink import train
 from modelshrink.data import build_data
 from modelshrink.models.zoo import small_cnn
-from modelshrink.recipe.schema import DigitsData, Recipe, SyntheticData, TrainingSettings
+from modelshrink.recipe.recipe import Recipe
+from modelshrink.recipe.schema import DigitsData, SyntheticData
+from modelshrink.recipe.stage_specs import TrainingSettings
 from modelshrink.report import findings
 from modelshrink.train import fit
 

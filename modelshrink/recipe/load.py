@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import Recipe
+from modelshrink.recipe.recipe import Recipe
 
 _PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 # A recipe is a page of settings. These bound what a hostile or broken file can cost before it is
@@ -146,7 +146,10 @@ def format_path(path: Iterable[str | int]) -> str:
 
 
 def _explain(err: dict[str, Any], root: yaml.Node | None, source: str, overridden: list[list[str | int]]) -> str:
-    path, node = _locate(err["loc"], root)
+    loc = err["loc"]
+    if err["type"] == "union_tag_invalid":  # point at the key holding the unknown tag
+        loc = (*loc, _selector(err))
+    path, node = _locate(loc, root)
     message = _message(err, path)
     for over in overridden:
         if path[: len(over)] == over or over[: len(path)] == path:
@@ -181,28 +184,55 @@ def _locate(loc: tuple[Any, ...], root: yaml.Node | None) -> tuple[list[str | in
 
 
 def _union_tags() -> set[str]:
-    """Tag values pydantic puts into locations of tagged unions (e.g. 'prune', 'digits')."""
-    from modelshrink.recipe import schema
+    """Tag values pydantic puts into locations of tagged unions (e.g. 'prune', 'channel', 'digits')."""
+    from modelshrink.recipe import schema, stage_specs
 
-    tags: set[str] = set()
+    tags: set[str] = set(stage_specs.KINDS)
+    for _, _, variants in stage_specs.VARIANTS.values():
+        tags.update(variants)
     for cls in vars(schema).values():
         if isinstance(cls, type) and issubclass(cls, BaseModel) and "kind" in cls.model_fields:
             tags.update(getattr(cls.model_fields["kind"].annotation, "__args__", ()))
     return tags
 
 
+def _selector(err: dict[str, Any]) -> str:
+    """The key a tagged union chose by: pydantic writes "'kind'" for a field and "method()" for a function."""
+    return str((err.get("ctx") or {}).get("discriminator", "kind")).removesuffix("()").strip("'")
+
+
+def _stage_variant(loc: tuple[Any, ...]) -> tuple[str, str, type[BaseModel]] | None:
+    """(kind, variant tag, spec class) for an error on a field of a stage whose kind has variants
+    (`{kind: prune, method: channel}`): loc is (..., 'prune', 'channel', field)."""
+    from modelshrink.recipe.stage_specs import VARIANTS
+
+    if len(loc) >= 3 and loc[-3] in VARIANTS and loc[-2] in VARIANTS[loc[-3]][2]:
+        return loc[-3], loc[-2], VARIANTS[loc[-3]][2][loc[-2]]
+    return None
+
+
 def _message(err: dict[str, Any], path: list[str | int]) -> str:
+    from modelshrink.recipe.stage_specs import VARIANTS, where_key_applies
+
     kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    variant = _stage_variant(err["loc"])
     if kind == "extra_forbidden":
         field = path[-1] if path else "?"
+        if variant is not None:
+            applies = where_key_applies(variant[0], str(field))
+            if applies is not None:
+                return f"{field!r} applies to {applies[0]} {' / '.join(applies[1])} only"
+            return f"unknown key {field!r}" + _did_you_mean(field, sorted(variant[2].model_fields))
         return f"unknown key {field!r}" + _did_you_mean(field, _section_fields(path[:-1]))
     if kind == "missing":
         return "required"
     if kind == "union_tag_invalid":
-        return f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        return f"unknown {_selector(err)} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
         return "missing 'kind'"
     msg = msg.removeprefix("Value error, ")
+    if kind == "literal_error" and variant is not None:
+        msg += f" with {VARIANTS[variant[0]][0]} {variant[1]!r}"
     shown = "input" in err and str(err["input"]) in msg  # a message that names its value already
     if "input" in err and not isinstance(err["input"], dict | list) and not shown:
         msg += f", got {err['input']!r}"
@@ -230,10 +260,10 @@ def _section_fields(path: list[str | int]) -> list[str] | None:
 
 
 def _known_keys() -> list[str]:
-    from modelshrink.recipe import schema
+    from modelshrink.recipe import schema, stage_specs
 
     keys: set[str] = set()
-    for cls in vars(schema).values():
+    for cls in [*vars(schema).values(), *vars(stage_specs).values()]:
         if isinstance(cls, type) and issubclass(cls, BaseModel):
             keys.update(cls.model_fields)
     return sorted(keys)

@@ -1,15 +1,18 @@
-"""Compression stages, one module per kind; importing this package registers them all."""
+"""Compression stages, one module per method or mode; importing this package registers them all."""
 
 from modelshrink.stages import blocks, distill, finetune, prune, quantize, reshape, structured
-from modelshrink.stages.base import STAGES, Stage, StageContext
+from modelshrink.stages.base import HANDLERS, Stage, StageContext, apply_stage, handler_for, make_stage
 
 __all__ = [
-    "STAGES",
+    "HANDLERS",
     "Stage",
     "StageContext",
+    "apply_stage",
     "blocks",
     "distill",
     "finetune",
+    "handler_for",
+    "make_stage",
     "prune",
     "quantize",
     "reshape",

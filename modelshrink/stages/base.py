@@ -1,7 +1,9 @@
 """The one interface every stage implements, the small context they share, and the registry.
 
-Like torchao's `quantize_(model, config)`, a stage spec's type picks its handler: the pipeline
-looks up `STAGES[spec.kind]` and calls `apply(model, ctx)`. Stages never write files.
+As in torchao (`register_quantize_module_handler(ConfigType)`), a stage spec's type picks its
+handler: each `Stage` subclass registers for the spec classes it handles, and `apply_stage` looks the
+handler up by the spec's type. Every handler has one signature, `apply(model, ctx) -> model`.
+Stages never write files.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from modelshrink.checkpoint import Lineage
 from modelshrink.data.bundle import DataBundle
-from modelshrink.recipe.schema import EvaluateSpec, TrainingSettings
+from modelshrink.recipe.schema import EvaluateSpec
+from modelshrink.recipe.stage_specs import BaseStageSpec, TrainingSettings, parse_stage
 from modelshrink.resume import ResumeStore
 from modelshrink.train import fit
 
@@ -75,8 +78,6 @@ class StageContext:
 
 
 class Stage(ABC, Generic[SpecT]):
-    kind: ClassVar[str]
-
     def __init__(self, spec: SpecT, name: str):
         self.spec = spec
         self.name = name
@@ -86,15 +87,34 @@ class Stage(ABC, Generic[SpecT]):
         """Return the compressed model (in place or a new module)."""
 
 
-STAGES: dict[str, type[Stage]] = {}
+HANDLERS: dict[type[BaseStageSpec], type[Stage]] = {}
 
 StageT = TypeVar("StageT", bound=type[Stage])
 
 
-def register(kind: str) -> Callable[[StageT], StageT]:
+def register(*spec_types: type[BaseStageSpec]) -> Callable[[StageT], StageT]:
+    """Class decorator: this stage handles specs of these types (and their subclasses)."""
+
     def decorator(cls: StageT) -> StageT:
-        cls.kind = kind
-        STAGES[kind] = cls
+        for spec_type in spec_types:
+            HANDLERS[spec_type] = cls
         return cls
 
     return decorator
+
+
+def handler_for(spec: BaseStageSpec) -> type[Stage]:
+    for cls in type(spec).__mro__:
+        if cls in HANDLERS:
+            return HANDLERS[cls]
+    raise TypeError(f"no stage is registered for {type(spec).__name__}")  # a spec class without its module
+
+
+def make_stage(spec: BaseStageSpec | dict[str, Any], name: str) -> Stage:
+    """The handler for a spec (or its recipe form, `{"kind": "prune", "method": "channel", ...}`)."""
+    parsed = parse_stage(spec)
+    return handler_for(parsed)(parsed, name)
+
+
+def apply_stage(model: nn.Module, spec: BaseStageSpec | dict[str, Any], ctx: StageContext, name: str) -> nn.Module:
+    return make_stage(spec, name).apply(model, ctx)

@@ -17,13 +17,19 @@ from torch import nn
 
 from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import PruneSpec
-from modelshrink.stages.base import StageContext
+from modelshrink.recipe.stage_specs import BlockPruneSpec
+from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import matches_any, sequential_blocks, set_submodule
 from modelshrink.train import recalibrate_batchnorm
 
 
-def drop_blocks(model: nn.Module, spec: PruneSpec, ctx: StageContext) -> nn.Module:
+@register(BlockPruneSpec)
+class BlockPrune(Stage[BlockPruneSpec]):
+    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        return drop_blocks(model, self.spec, ctx)
+
+
+def drop_blocks(model: nn.Module, spec: BlockPruneSpec, ctx: StageContext) -> nn.Module:
     candidates = [
         name for name in removable_blocks(model, ctx.data.example_inputs(2)) if not matches_any(name, spec.exclude)
     ]

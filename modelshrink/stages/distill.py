@@ -20,12 +20,12 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.metrics.accuracy import evaluate_classifier
-from modelshrink.recipe.schema import DistillSpec
+from modelshrink.recipe.stage_specs import DistillSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.train import LossFn
 
 
-@register("distill")
+@register(DistillSpec)
 class DistillStage(Stage[DistillSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         teacher = self._teacher(ctx)

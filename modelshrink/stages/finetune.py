@@ -11,13 +11,13 @@ from __future__ import annotations
 from torch import nn
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import FinetuneSpec
+from modelshrink.recipe.stage_specs import FinetuneSpec
 from modelshrink.stages import reshape
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import NORM_TYPES, blocks, find_classifier, matches_any, set_submodule
 
 
-@register("finetune")
+@register(FinetuneSpec)
 class FinetuneStage(Stage[FinetuneSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         if self.spec.num_classes is not None:

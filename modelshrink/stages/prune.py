@@ -1,4 +1,4 @@
-"""The `prune` stage: unstructured here; `channel` and `block` live in structured.py and blocks.py.
+"""Unstructured pruning (`method: unstructured`); `channel` and `block` live in structured.py and blocks.py.
 
 Unstructured pruning uses torch.nn.utils.prune and is made permanent. `amount` is the target
 fraction of zeros in the selected weights (already-zero weights count), so a second prune stage
@@ -11,26 +11,20 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import PruneSpec
+from modelshrink.recipe.stage_specs import UnstructuredPruneSpec
 from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.stages.blocks import drop_blocks
 from modelshrink.stages.selection import select_modules
-from modelshrink.stages.structured import prune_channels
 
 _METHODS = {"l1": torch_prune.L1Unstructured, "random": torch_prune.RandomUnstructured}
 
 
-@register("prune")
-class PruneStage(Stage[PruneSpec]):
+@register(UnstructuredPruneSpec)
+class UnstructuredPrune(Stage[UnstructuredPruneSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        if self.spec.method == "channel":
-            return prune_channels(model, self.spec, ctx, self.name)
-        if self.spec.method == "block":
-            return drop_blocks(model, self.spec, ctx)
         return prune_unstructured(model, self.spec)
 
 
-def prune_unstructured(model: nn.Module, spec: PruneSpec) -> nn.Module:
+def prune_unstructured(model: nn.Module, spec: UnstructuredPruneSpec) -> nn.Module:
     targets = [
         module
         for _, module in select_modules(model, spec.include, spec.exclude, spec.module_types)

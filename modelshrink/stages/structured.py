@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import PruneSpec
+from modelshrink.recipe.stage_specs import ChannelPruneSpec
 from modelshrink.stages import reshape
-from modelshrink.stages.base import StageContext
+from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import find_classifier, matches_any
 from modelshrink.train import recalibrate_batchnorm
 
@@ -41,7 +41,13 @@ def importance(name: str) -> object:
     return factories[name]()
 
 
-def prune_channels(model: nn.Module, spec: PruneSpec, ctx: StageContext, label: str) -> nn.Module:
+@register(ChannelPruneSpec)
+class ChannelPrune(Stage[ChannelPruneSpec]):
+    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        return prune_channels(model, self.spec, ctx, self.name)
+
+
+def prune_channels(model: nn.Module, spec: ChannelPruneSpec, ctx: StageContext, label: str) -> nn.Module:
     import torch_pruning as tp
 
     example = ctx.data.example_inputs(1)
@@ -85,7 +91,7 @@ def prune_channels(model: nn.Module, spec: PruneSpec, ctx: StageContext, label: 
     return model.eval()
 
 
-def ignored_layers(model: nn.Module, spec: PruneSpec) -> list[nn.Module]:
+def ignored_layers(model: nn.Module, spec: ChannelPruneSpec) -> list[nn.Module]:
     """The classifier (its outputs are the classes), `exclude` matches, and layers `include` leaves out."""
     try:
         ignored_names = {find_classifier(model)}

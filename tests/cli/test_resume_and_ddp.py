@@ -52,7 +52,8 @@ import sys, torch
 from modelshrink import distributed
 from modelshrink.data import build_data
 from modelshrink.models.zoo import small_cnn
-from modelshrink.recipe.schema import SyntheticData, TrainingSettings
+from modelshrink.recipe.schema import SyntheticData
+from modelshrink.recipe.stage_specs import TrainingSettings
 from modelshrink.train import fit
 distributed.init_from_env()
 torch.manual_seed(0)

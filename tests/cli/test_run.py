@@ -10,7 +10,6 @@ import torch
 from typer.testing import CliRunner
 
 import modelshrink
-from modelshrink import pipeline
 from modelshrink.cli import app
 from modelshrink.environment import ISA_FEATURES
 from modelshrink.metrics import METRIC_KEYS
@@ -110,11 +109,14 @@ def test_existing_output_needs_force_and_input_is_never_overwritten(tmp_path: Pa
 
 
 def test_a_failing_stage_leaves_no_output(tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Boom(pipeline.STAGES["prune"]):  # type: ignore[misc, valid-type]
+    from modelshrink.recipe.stage_specs import UnstructuredPruneSpec
+    from modelshrink.stages import HANDLERS
+
+    class Boom(HANDLERS[UnstructuredPruneSpec]):  # type: ignore[misc, valid-type]
         def apply(self, model, ctx):
             raise RuntimeError("stage exploded")
 
-    monkeypatch.setitem(pipeline.STAGES, "prune", Boom)
+    monkeypatch.setitem(HANDLERS, UnstructuredPruneSpec, Boom)
     with pytest.raises(RuntimeError, match="stage exploded"):
         modelshrink.run_recipe(recipe_file())
     assert not (tmp_path / "out").exists()

@@ -181,16 +181,16 @@ def test_every_applicable_mode_keeps_text_embeddings_close(tiny_bert: Path, mode
     from modelshrink.data import build_data
     from modelshrink.metrics.accuracy import evaluate_outputs
     from modelshrink.models import load_model
-    from modelshrink.recipe.schema import EvaluateSpec, ModelSpec, QuantizeSpec, TextData
+    from modelshrink.recipe.schema import EvaluateSpec, ModelSpec, TextData
+    from modelshrink.stages import make_stage
     from modelshrink.stages.base import StageContext
-    from modelshrink.stages.quantize import QuantizeStage
 
     spec = ModelSpec(huggingface={"source": str(tiny_bert), "pooling": "mean"})  # every token counts
     model, lineage = load_model(spec)
     data = build_data(TextData(kind="text", max_length=16), 0, spec)
     _, reference = evaluate_outputs(model, data.val, labeled=False)
     ctx = StageContext(data=data, original_model=model, lineage=lineage, evaluate=EvaluateSpec(), seed=0)
-    quantized = QuantizeStage(QuantizeSpec(kind="quantize", mode=mode), mode).apply(model, ctx)
+    quantized = make_stage(dict(kind="quantize", mode=mode), mode).apply(model, ctx)
     cosine = evaluate_outputs(quantized, data.val, labeled=False, reference=reference)[0]["cosine"]
     assert cosine > 0.99
     if mode in ("weight_only", "dynamic"):  # the word embeddings are most of the bytes: int8 too

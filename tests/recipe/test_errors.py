@@ -54,7 +54,7 @@ def test_unknown_key_is_rejected_with_a_suggestion() -> None:
 
 def test_unknown_stage_kind_lists_the_known_ones() -> None:
     message = errors_of(VALID.replace("kind: prune", "kind: prun"))
-    assert message.startswith("r.yaml:9 stages[1]: unknown kind 'prun'")
+    assert message.startswith("r.yaml:9 stages[1].kind: unknown kind 'prun'")
     assert "'prune'" in message and "'quantize'" in message
 
 
@@ -115,7 +115,9 @@ def test_prune_options_are_checked_against_the_method() -> None:
     assert parse_recipe(VALID).stages[1].scope == "global"
     assert "'round_to' applies to method channel only" in errors_of(channel.replace("method: channel", "method: block"))
     wrong = VALID.replace("    amount: 0.3", "    amount: 0.3\n    importance: taylor")
-    assert "importance 'taylor' does not apply to method 'unstructured'; use one of l1, random" in errors_of(wrong)
+    assert "importance: Input should be 'l1' or 'random' with method 'unstructured', got 'taylor'" in errors_of(wrong)
+    typo = channel.replace("method: channel", "method: chanel")
+    assert "stages[1].method: unknown method 'chanel'" in errors_of(typo)
     between = channel.replace("round_to: 8", "finetune_between: {epochs: 1}")
     assert "finetune_between needs steps >= 2" in errors_of(between)
     assert "stages[1].finetune_between.epoch: unknown key" in errors_of(

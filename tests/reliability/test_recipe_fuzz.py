@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from modelshrink.errors import UserError
 from modelshrink.recipe.load import parse_recipe
-from modelshrink.recipe.schema import Recipe
+from modelshrink.recipe.recipe import Recipe
 from tests.recipe.test_errors import VALID
 
 FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

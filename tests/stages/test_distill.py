@@ -12,12 +12,13 @@ from modelshrink.checkpoint import Lineage
 from modelshrink.data import build_data
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.models.zoo import small_cnn
-from modelshrink.recipe.schema import DistillSpec, EvaluateSpec, FinetuneSpec, PruneSpec, SyntheticData
+from modelshrink.recipe.schema import EvaluateSpec, SyntheticData
+from modelshrink.recipe.stage_specs import DistillSpec, FinetuneSpec
 from modelshrink.report import findings
+from modelshrink.stages import make_stage
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.distill import DistillStage
 from modelshrink.stages.finetune import FinetuneStage
-from modelshrink.stages.prune import PruneStage
 
 
 def trained_teacher() -> tuple[nn.Module, StageContext]:
@@ -34,9 +35,7 @@ def test_distilling_a_channel_pruned_student_with_hints() -> None:
     teacher, ctx = trained_teacher()
     assert evaluate_classifier(teacher, ctx.data.val)["accuracy"] > 0.9
     ctx.original_model = copy.deepcopy(teacher)
-    student = PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5, importance="random"), "p").apply(
-        teacher, ctx
-    )
+    student = make_stage(dict(kind="prune", method="channel", amount=0.5, importance="random"), "p").apply(teacher, ctx)
     student.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)  # forget everything
     assert student[10].out_channels == 16 and ctx.original_model[10].out_channels == 32
     with torch.no_grad():

@@ -9,10 +9,11 @@ from modelshrink.checkpoint import Lineage
 from modelshrink.data import build_data
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.models.zoo import small_cnn
-from modelshrink.recipe.schema import EvaluateSpec, FinetuneSpec, PruneSpec, SyntheticData
+from modelshrink.recipe.schema import EvaluateSpec, SyntheticData
+from modelshrink.recipe.stage_specs import FinetuneSpec
+from modelshrink.stages import make_stage
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.finetune import FinetuneStage
-from modelshrink.stages.prune import PruneStage
 
 
 def setup() -> tuple[nn.Module, StageContext]:
@@ -30,7 +31,7 @@ def finetune(model: nn.Module, ctx: StageContext, **spec: object) -> nn.Module:
 
 def test_finetune_learns_and_keeps_pruned_weights_zero() -> None:
     model, ctx = setup()
-    PruneStage(PruneSpec(kind="prune", amount=0.5), "p").apply(model, ctx)
+    make_stage(dict(kind="prune", amount=0.5), "p").apply(model, ctx)
     zeros = {n: (p == 0).clone() for n, p in model.named_parameters() if p.dim() > 1}
     before = evaluate_classifier(model, ctx.data.val)["accuracy"]
     finetune(model, ctx, epochs=10, lr=0.01)
@@ -95,7 +96,7 @@ def test_new_classifier_for_transfer_learning_is_recorded_for_reload() -> None:
 
 
 def test_layer_lrs_early_stopping_and_keep_best() -> None:
-    from modelshrink.recipe.schema import TrainingSettings
+    from modelshrink.recipe.stage_specs import TrainingSettings
     from modelshrink.train import fit, make_optimizer
 
     model, ctx = setup()

@@ -8,12 +8,11 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.models.zoo import mlp, small_cnn
-from modelshrink.recipe.schema import PruneSpec
-from modelshrink.stages.prune import PruneStage
+from modelshrink.stages import make_stage
 
 
 def prune(model: nn.Module, **spec: object) -> nn.Module:
-    return PruneStage(PruneSpec(kind="prune", **spec), "p").apply(model, ctx=None)  # prune needs no context
+    return make_stage(dict(kind="prune", **spec), "p").apply(model, ctx=None)  # prune needs no context
 
 
 def sparsity(modules: list[nn.Module]) -> float:

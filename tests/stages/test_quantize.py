@@ -11,9 +11,9 @@ from torch import nn
 from modelshrink.checkpoint import Lineage
 from modelshrink.errors import UserError
 from modelshrink.models.zoo import mlp
-from modelshrink.recipe.schema import EvaluateSpec, QuantizeSpec
+from modelshrink.recipe.schema import EvaluateSpec
+from modelshrink.stages import make_stage
 from modelshrink.stages.base import StageContext
-from modelshrink.stages.quantize import QuantizeStage
 
 
 def context() -> StageContext:
@@ -31,7 +31,7 @@ def test_dynamic_int8_replaces_linears_and_keeps_outputs_close() -> None:
     x = torch.randn(32, 64)
     expected = model(x)
     ctx = context()
-    quantized = QuantizeStage(QuantizeSpec(kind="quantize", exclude=["5"]), "q").apply(model, ctx)
+    quantized = make_stage(dict(kind="quantize", exclude=["5"]), "q").apply(model, ctx)
     kinds = {name: type(m).__name__ for name, m in quantized.named_modules()}
     assert kinds["1"] == kinds["3"] == "Linear" and "quantized" in type(quantized[1]).__module__
     assert type(quantized[5]) is nn.Linear, "excluded layer stays float"
@@ -62,7 +62,7 @@ def test_dynamic_int8_quantizes_embedding_tables_read_with_strided_indices() -> 
     ids = torch.randint(0, 50, (8, 12)).t().contiguous().t()  # a strided view, as the float table accepts
     expected = model(ids)
     ctx = context()
-    quantized = QuantizeStage(QuantizeSpec(kind="quantize"), "q").apply(model, ctx)
+    quantized = make_stage(dict(kind="quantize"), "q").apply(model, ctx)
     assert type(quantized.table).__name__ == "ContiguousEmbedding"
     assert quantized.table.weight().dtype == torch.quint8
     assert quantized.head.weight().qscheme() == torch.per_channel_affine
@@ -84,7 +84,7 @@ def test_dynamic_records_from_before_per_channel_still_rebuild_per_tensor() -> N
 def test_nothing_to_quantize_is_a_user_error() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3))
     with pytest.raises(UserError, match="no Linear/LSTM/GRU/Embedding layer"):
-        QuantizeStage(QuantizeSpec(kind="quantize"), "q").apply(model, context())
+        make_stage(dict(kind="quantize"), "q").apply(model, context())
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,8 @@ def trained_cnn() -> tuple[nn.Module, StageContext]:
     torch.manual_seed(0)
     from modelshrink.data import build_data
     from modelshrink.models.zoo import small_cnn
-    from modelshrink.recipe.schema import DigitsData, FinetuneSpec
+    from modelshrink.recipe.schema import DigitsData
+    from modelshrink.recipe.stage_specs import FinetuneSpec
     from modelshrink.stages.finetune import FinetuneStage
 
     data = build_data(DigitsData(kind="digits", image_size=16, channels=1), 0)
@@ -125,7 +126,7 @@ def test_quantization_modes_keep_accuracy_and_reload(mode: str, trained_cnn) -> 
     assert before > 0.9
     spec = {"qat": {"epochs": 1, "lr": 0.0005}} if mode == "qat" else {}
     exclude = {"exclude": ["15"]} if mode == "static" else {}
-    quantized = QuantizeStage(QuantizeSpec(kind="quantize", mode=mode, **spec, **exclude), "q").apply(model, ctx)
+    quantized = make_stage(dict(kind="quantize", mode=mode, **spec, **exclude), "q").apply(model, ctx)
     after = evaluate_classifier(quantized, ctx.data.val)["accuracy"]
     assert after >= before - 0.02
     kinds = {type(m).__module__ for m in quantized.modules()}
@@ -164,12 +165,11 @@ def test_quantization_modes_keep_accuracy_and_reload(mode: str, trained_cnn) -> 
 def test_channel_pruning_then_static_int8_composes_and_reloads(trained_cnn) -> None:
     import copy
 
-    from modelshrink.recipe.schema import PruneSpec
-    from modelshrink.stages.prune import PruneStage
+    from modelshrink.stages import make_stage
 
     model, ctx = copy.deepcopy(trained_cnn)
-    pruned = PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5), "p").apply(model, ctx)
-    quantized = QuantizeStage(QuantizeSpec(kind="quantize", mode="static"), "q").apply(pruned, ctx)
+    pruned = make_stage(dict(kind="prune", method="channel", amount=0.5), "p").apply(model, ctx)
+    quantized = make_stage(dict(kind="quantize", mode="static"), "q").apply(pruned, ctx)
     assert [t["kind"] for t in ctx.lineage.transforms] == ["reshape_modules", "quantize_fx"]
     rebuilt = reload(quantized, ctx)
     x = next(iter(ctx.data.val))[0]
@@ -193,10 +193,10 @@ def test_smoothing_moves_outlier_channels_into_the_weights_and_cuts_the_int8_err
     assert type(smoothed[1]).__name__ == "SmoothedLinear" and ctx.lineage.transforms[0]["kind"] == "smooth_linear"
     assert torch.allclose(smoothed(x), expected, atol=1e-4), "smoothing alone is exact in float"
 
-    def int8_error(spec: QuantizeSpec, m: nn.Module) -> float:
-        quantized = QuantizeStage(spec, "q").apply(m, ctx)
+    def int8_error(spec: dict, m: nn.Module) -> float:
+        quantized = make_stage(spec, "q").apply(m, ctx)
         return (quantized(x) - expected).abs().mean().item()
 
-    plain = int8_error(QuantizeSpec(kind="quantize", exclude=["0"]), copy.deepcopy(model))
-    with_smoothing = int8_error(QuantizeSpec(kind="quantize", exclude=["0"], smoothing=0.7), copy.deepcopy(model))
+    plain = int8_error(dict(kind="quantize", exclude=["0"]), copy.deepcopy(model))
+    with_smoothing = int8_error(dict(kind="quantize", exclude=["0"], smoothing=0.7), copy.deepcopy(model))
     assert with_smoothing < plain / 2

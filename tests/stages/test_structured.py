@@ -14,9 +14,9 @@ from modelshrink.data import build_data
 from modelshrink.diagnose import failing_layer
 from modelshrink.errors import UserError
 from modelshrink.models import build_architecture
-from modelshrink.recipe.schema import EvaluateSpec, PruneSpec, SyntheticData
+from modelshrink.recipe.schema import EvaluateSpec, SyntheticData
+from modelshrink.stages import make_stage
 from modelshrink.stages.base import StageContext
-from modelshrink.stages.prune import PruneStage
 
 # The big ones take 10-30 s each on 2 cores: slow, so the default suite stays short.
 FAMILIES = [
@@ -39,7 +39,7 @@ def prune_save_reload(arch: dict, ctx: StageContext, tmp_path: Path, **spec: obj
     torch.manual_seed(0)
     model = build_architecture(arch).eval()
     params_before = sum(p.numel() for p in model.parameters())
-    pruned = PruneStage(PruneSpec(kind="prune", **spec), "p").apply(model, ctx)
+    pruned = make_stage(dict(kind="prune", **spec), "p").apply(model, ctx)
     x = ctx.data.example_inputs(2)
     assert pruned(x).shape == (2, 10)
     assert sum(p.numel() for p in pruned.parameters()) < params_before
@@ -118,15 +118,15 @@ class HardcodedWidth(nn.Module):
 
 def test_unprunable_models_get_a_clear_error_naming_the_layer() -> None:
     ctx = context({"factory": "x:y"}, channels=1, size=8)
-    pruned = PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5), "p").apply(HardcodedWidth(), ctx)
+    pruned = make_stage(dict(kind="prune", method="channel", amount=0.5), "p").apply(HardcodedWidth(), ctx)
     assert failing_layer(pruned, ctx.data.example_inputs(1)) == "head"
     mlp_ctx = context({"factory": "x:y"}, channels=1, size=8)
     from modelshrink.models.zoo import mlp
 
     with pytest.raises(UserError, match="no block can be removed"):
-        PruneStage(PruneSpec(kind="prune", method="block", amount=0.5), "p").apply(mlp(), mlp_ctx)
+        make_stage(dict(kind="prune", method="block", amount=0.5), "p").apply(mlp(), mlp_ctx)
     with pytest.raises(UserError, match="matches no layer"):
-        PruneStage(PruneSpec(kind="prune", method="channel", amount=0.5, layer_amounts={"nope*": 0.5}), "p").apply(
+        make_stage(dict(kind="prune", method="channel", amount=0.5, layer_amounts={"nope*": 0.5}), "p").apply(
             mlp(), mlp_ctx
         )
 

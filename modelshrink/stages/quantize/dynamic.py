@@ -29,8 +29,8 @@ from torch import nn
 
 from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import QuantizeSpec
-from modelshrink.stages.base import StageContext
+from modelshrink.recipe.stage_specs import DynamicQuantSpec
+from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import select_modules, set_submodule
 
 with warnings.catch_warnings():
@@ -63,19 +63,22 @@ class SmoothedLinear(nn.Module):
         return self.linear(x * self.inv_scale)
 
 
-def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext) -> nn.Module:
-    selected = select_modules(model, ["*"], spec.exclude, spec.module_types)
-    if not selected:
-        raise UserError(f"no {'/'.join(spec.module_types)} layer left to quantize (exclude={spec.exclude})")
-    names = [name for name, _ in selected]
-    if spec.smoothing is not None:
-        linears = [name for name, module in selected if isinstance(module, nn.Linear)]
-        model = smooth(model, linears, spec.smoothing, ctx, spec.calibration_batches)
-        names = [f"{name}.linear" if name in linears else name for name in names]
-    record = {"kind": "quantize_dynamic", "modules": names, "dtype": "qint8", "per_channel": spec.per_channel}
-    model = quantize_modules(model, record)
-    ctx.lineage.transforms.append(record)
-    return model
+@register(DynamicQuantSpec)
+class DynamicQuantize(Stage[DynamicQuantSpec]):
+    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        spec = self.spec
+        selected = select_modules(model, ["*"], spec.exclude, spec.module_types)
+        if not selected:
+            raise UserError(f"no {'/'.join(spec.module_types)} layer left to quantize (exclude={spec.exclude})")
+        names = [name for name, _ in selected]
+        if spec.smoothing is not None:
+            linears = [name for name, module in selected if isinstance(module, nn.Linear)]
+            model = smooth(model, linears, spec.smoothing, ctx, spec.calibration_batches)
+            names = [f"{name}.linear" if name in linears else name for name in names]
+        record = {"kind": "quantize_dynamic", "modules": names, "dtype": "qint8", "per_channel": spec.per_channel}
+        model = quantize_modules(model, record)
+        ctx.lineage.transforms.append(record)
+        return model
 
 
 def smooth(model: nn.Module, names: list[str], alpha: float, ctx: StageContext, batches: int) -> nn.Module:

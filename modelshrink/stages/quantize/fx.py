@@ -20,8 +20,8 @@ from torch import nn
 
 from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError, first_line
-from modelshrink.recipe.schema import QuantizeSpec
-from modelshrink.stages.base import StageContext
+from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
+from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import matches_any
 
 
@@ -32,28 +32,49 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext, label: str) -> nn.Module:
-    record = {
+@register(StaticQuantSpec)
+class StaticQuantize(Stage[StaticQuantSpec]):
+    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        record = _record(model, self.spec, ctx, observer=self.spec.observer)
+        prepared = prepare(model, record)
+        with torch.no_grad():
+            for inputs, _ in itertools.islice(ctx.data.train, self.spec.calibration_batches):
+                prepared(inputs)
+        return _convert(prepared, record, ctx)
+
+
+@register(QatSpec)
+class QatQuantize(Stage[QatSpec]):
+    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        record = _record(model, self.spec, ctx, observer=None)
+        label = f"{self.name} (quantization-aware training)"
+        prepared = ctx.train(prepare(model, record), self.spec.qat, self.name, label=label)
+        return _convert(prepared, record, ctx)
+
+
+def _record(model: nn.Module, spec: StaticQuantSpec | QatSpec, ctx: StageContext, observer: str | None) -> dict:
+    return {
         "kind": "quantize_fx",
         "mode": spec.mode,
-        "observer": spec.observer,
+        "observer": observer,
         "per_channel": spec.per_channel,
         "exclude": [name for name, _ in model.named_modules() if name and matches_any(name, spec.exclude)],
         "input_shape": list(ctx.data.input_shape),
     }
-    prepared = prepare(model, record)
-    if spec.mode == "static":
-        with torch.no_grad():
-            for inputs, _ in itertools.islice(ctx.data.train, spec.calibration_batches):
-                prepared(inputs)
-    else:
-        prepared = ctx.train(prepared, spec.qat, label, label=f"{label} (quantization-aware training)")
+
+
+def _convert(prepared: nn.Module, record: dict[str, Any], ctx: StageContext) -> nn.Module:
+    quantized = convert(prepared)
+    ctx.lineage.transforms.append(record)
+    return quantized
+
+
+def convert(prepared: nn.Module) -> nn.Module:
+    """Swap observed / fake-quantized modules for int8 kernels."""
     with _quiet():
         from torch.ao.quantization.quantize_fx import convert_fx
 
-        quantized = convert_fx(prepared.eval())
-    ctx.lineage.transforms.append(record)
-    return quantized
+        return convert_fx(prepared.eval())
 
 
 def prepare(model: nn.Module, record: dict[str, Any]) -> nn.Module:
@@ -103,8 +124,4 @@ def qconfig_mapping(record: dict[str, Any]) -> Any:
 
 @register_rebuilder("quantize_fx")
 def rebuild(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    prepared = prepare(model, record)
-    with _quiet():
-        from torch.ao.quantization.quantize_fx import convert_fx
-
-        return convert_fx(prepared.eval())
+    return convert(prepare(model, record))

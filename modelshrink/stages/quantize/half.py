@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from modelshrink.checkpoint import register_rebuilder
-from modelshrink.stages.base import StageContext
+from modelshrink.recipe.stage_specs import HalfSpec
+from modelshrink.stages.base import Stage, StageContext, register
 
 
 class HalfPrecision(nn.Module):
@@ -24,10 +25,12 @@ class HalfPrecision(nn.Module):
         return self.model(inputs).float()
 
 
-def cast(model: nn.Module, mode: str, ctx: StageContext) -> nn.Module:
-    record = {"kind": "cast", "dtype": {"fp16": "float16", "bf16": "bfloat16"}[mode]}
-    ctx.lineage.transforms.append(record)
-    return wrap(model, record)
+@register(HalfSpec)
+class HalfCast(Stage[HalfSpec]):
+    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        record = {"kind": "cast", "dtype": {"fp16": "float16", "bf16": "bfloat16"}[self.spec.mode]}
+        ctx.lineage.transforms.append(record)
+        return wrap(model, record)
 
 
 @register_rebuilder("cast")

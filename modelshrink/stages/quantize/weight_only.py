@@ -17,8 +17,8 @@ from torch import nn
 
 from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import QuantizeSpec
-from modelshrink.stages.base import StageContext
+from modelshrink.recipe.stage_specs import WeightOnlySpec
+from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import select_modules, set_submodule
 
 _TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding")
@@ -72,17 +72,20 @@ class Int8WeightOnly(nn.Module):
         return conv(inputs, self._dequantized, self.bias, **self.call_args)
 
 
-def quantize(model: nn.Module, spec: QuantizeSpec, ctx: StageContext) -> nn.Module:
-    names = [
-        name
-        for name, module in select_modules(model, ["*"], spec.exclude, _TYPES)
-        if getattr(module, "padding_mode", "zeros") == "zeros"
-    ]
-    if not names:
-        raise UserError(f"no Linear/Conv/Embedding layer left to quantize (exclude={spec.exclude})")
-    record = {"kind": "quantize_weight_only", "modules": names}
-    ctx.lineage.transforms.append(record)
-    return replace(model, record)
+@register(WeightOnlySpec)
+class WeightOnlyQuantize(Stage[WeightOnlySpec]):
+    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        spec = self.spec
+        names = [
+            name
+            for name, module in select_modules(model, ["*"], spec.exclude, _TYPES)
+            if getattr(module, "padding_mode", "zeros") == "zeros"
+        ]
+        if not names:
+            raise UserError(f"no Linear/Conv/Embedding layer left to quantize (exclude={spec.exclude})")
+        record = {"kind": "quantize_weight_only", "modules": names}
+        ctx.lineage.transforms.append(record)
+        return replace(model, record)
 
 
 @register_rebuilder("quantize_weight_only")

@@ -1,0 +1,319 @@
+"""Stage specs: one class per stage kind and method (prune) or mode (quantize), each with its own fields.
+
+A recipe's `{kind: prune, method: channel, ...}` becomes a `ChannelPruneSpec` through a nested tagged
+union (kind, then method/mode with its default), so a key that belongs to another method is simply
+unknown here and every YAML written for the flat specs stays valid. Each spec declares what it needs
+and does (`training`, `needs_labels`, `replaces_head`, `quantizes`, `only_trains`); code asks the spec
+instead of testing its type. A handler is registered for each spec type in `modelshrink/stages/`
+(`stages.base.register`). Adding a quantization mode: one spec class here, added to `QUANTIZE_MODES`,
+and one module in `modelshrink/stages/quantize/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
+
+from modelshrink.recipe.schema import Fraction, ModelSpec, PositiveFloat, PositiveInt, Probability, Strict
+
+
+class TrainingSettings(Strict):
+    """Settings of the one training loop, shared by every stage that trains."""
+
+    epochs: PositiveInt = 1
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    layer_lrs: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="discriminative learning rates: {name glob: lr}, first match wins"
+    )
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Probability = 0.9
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    step_size: PositiveInt = Field(default=1, description="epochs between LR drops (schedule: step)")
+    gamma: Fraction = Field(default=0.1, description="LR factor per drop (schedule: step)")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    keep_sparsity: bool = Field(default=True, description="weights that are exactly zero stay zero")
+    max_batches_per_epoch: PositiveInt | None = None
+    early_stopping: PositiveInt | None = Field(
+        default=None, description="stop after this many epochs without a better tuning-split accuracy"
+    )
+    keep_best: bool = Field(
+        default=True,
+        description="end with the best weights on the tuning split, the starting weights (epoch 0) included, "
+        "so that training never hands on a model worse than it received",
+    )
+
+    @property
+    def selects_epochs(self) -> bool:
+        """Whether the loop chooses between epochs, which needs a tuning split held out of training."""
+        return self.keep_best or self.early_stopping is not None
+
+
+class BaseStageSpec(Strict):
+    """What every stage spec has: a name, and the capabilities the rest of the tool asks about."""
+
+    name: str | None = Field(default=None, description="shown in reports; defaults to '<kind><index>'")
+
+    quantizes: ClassVar[bool] = False  # leaves weights (int8, half) that no later stage can train
+    only_trains: ClassVar[bool] = False  # changes the model by training alone (so it can end worse than it began)
+
+    @property
+    def training(self) -> TrainingSettings | None:
+        """The settings this stage runs the training loop with; None when it does not train."""
+        return None
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.training is not None
+
+    @property
+    def replaces_head(self) -> bool:
+        """Whether the stage gives the model a new classifier (so its output need not fit the data yet)."""
+        return False
+
+
+# ------------------------------------------------------------------------------------------- training
+class FinetuneSpec(TrainingSettings, BaseStageSpec):
+    """Train the current model on the recipe's data (fine-tuning and transfer learning).
+
+    `strategy` chooses what trains: `full` (everything), `head` (the top-level block holding the
+    classifier, e.g. VGG's 3-layer classifier; the backbone is frozen), `last_layer` (only the final
+    layer; BatchNorm statistics frozen too), `partial` (the `unfreeze` globs and/or the last
+    `unfreeze_last` blocks, plus the classifier). `num_classes` replaces the classifier with a new one.
+    """
+
+    kind: Literal["finetune"]
+    strategy: Literal["full", "head", "last_layer", "partial"] = "full"
+    unfreeze: list[str] = Field(default_factory=list, description="partial: module name globs that train")
+    unfreeze_last: PositiveInt | None = Field(default=None, description="partial: train the last N blocks")
+    num_classes: PositiveInt | None = Field(default=None, description="replace the classifier for N classes")
+
+    only_trains: ClassVar[bool] = True
+
+    @property
+    def training(self) -> TrainingSettings:
+        return self
+
+    @property
+    def replaces_head(self) -> bool:
+        return self.num_classes is not None
+
+    @model_validator(mode="after")
+    def _partial(self) -> FinetuneSpec:
+        chosen = bool(self.unfreeze) or self.unfreeze_last is not None
+        if self.strategy == "partial" and not chosen:
+            raise ValueError("strategy 'partial' needs 'unfreeze' globs or 'unfreeze_last'")
+        if self.strategy != "partial" and chosen:
+            raise ValueError("'unfreeze' / 'unfreeze_last' apply to strategy 'partial' only")
+        return self
+
+
+class HintSpec(Strict):
+    """Feature distillation between two named layers; a learned 1x1 projection matches widths."""
+
+    student: str
+    teacher: str
+
+
+class DistillSpec(TrainingSettings, BaseStageSpec):
+    """Knowledge distillation: loss = alpha * KL(teacher/T || student/T) * T^2 + (1 - alpha) * CE
+    (+ hint_weight * MSE of projected hint features)."""
+
+    kind: Literal["distill"]
+    teacher: ModelSpec | None = Field(default=None, description="default: the model before any stage ran")
+    temperature: PositiveFloat = 4.0
+    alpha: Probability = 0.7
+    hints: list[HintSpec] = Field(default_factory=list)
+    hint_weight: Annotated[float, Field(ge=0)] = 1.0
+    compare_finetune: bool = Field(
+        default=False, description="also fine-tune a copy with the same settings and report which won"
+    )
+
+    only_trains: ClassVar[bool] = True
+
+    @property
+    def training(self) -> TrainingSettings:
+        return self
+
+
+# -------------------------------------------------------------------------------------------- pruning
+class _PruneCommon(BaseStageSpec):
+    kind: Literal["prune"]
+    amount: Fraction = Field(description="fraction of weights (unstructured), channels or blocks to remove")
+    exclude: list[str] = Field(
+        default_factory=list, description="never pruned; channel/block always keep the classifier"
+    )
+
+
+class UnstructuredPruneSpec(_PruneCommon):
+    """Zero the least important weights with torch.nn.utils.prune, made permanent (no masks left)."""
+
+    method: Literal["unstructured"] = "unstructured"
+    importance: Literal["l1", "random"] = "l1"
+    scope: Literal["global", "layer"] = "global"
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    module_types: list[Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]] = Field(
+        default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"]
+    )
+
+
+class _RemovingPruneCommon(_PruneCommon):
+    """Pruning that removes structure, after which BatchNorm statistics are re-estimated."""
+
+    calibration_batches: PositiveInt = Field(
+        default=4, description="training batches for taylor / block scores and BatchNorm recalibration"
+    )
+    recalibrate_bn: bool = Field(default=True, description="re-estimate BatchNorm statistics after removal")
+
+
+class ChannelPruneSpec(_RemovingPruneCommon):
+    """Physically remove conv filters / Linear neurons with Torch-Pruning's dependency graph, so residual
+    and depthwise couplings stay valid and the model gets faster and smaller."""
+
+    method: Literal["channel"] = "channel"
+    importance: Literal["l1", "l2", "bn_scale", "taylor", "random"] = "l1"
+    scope: Literal["global", "layer"] = "layer"
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    layer_amounts: dict[str, Fraction] = Field(default_factory=dict, description="per-layer ratios by name glob")
+    round_to: PositiveInt | None = Field(default=None, description="keep channel counts multiples of this")
+    steps: PositiveInt = Field(default=1, description="reach `amount` gradually over this many steps")
+    finetune_between: TrainingSettings | None = Field(default=None, description="training between steps")
+
+    @property
+    def training(self) -> TrainingSettings | None:
+        return self.finetune_between
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.training is not None or self.importance == "taylor"  # taylor scores are loss gradients
+
+    @model_validator(mode="after")
+    def _steps(self) -> ChannelPruneSpec:
+        if self.finetune_between is not None and self.steps < 2:
+            raise ValueError("finetune_between needs steps >= 2")
+        return self
+
+
+class BlockPruneSpec(_RemovingPruneCommon):
+    """Drop whole shape-preserving (residual) blocks, the least important first."""
+
+    method: Literal["block"] = "block"
+    importance: Literal["output_change", "random"] = "output_change"
+
+
+# --------------------------------------------------------------------------------------- quantization
+class _QuantizeCommon(BaseStageSpec):
+    kind: Literal["quantize"]
+    exclude: list[str] = Field(default_factory=list, description="module name globs kept in float")
+
+    quantizes: ClassVar[bool] = True
+
+
+class DynamicQuantSpec(_QuantizeCommon):
+    """int8 weights, activations quantized on the fly (Linear/LSTM/GRU), int8 embedding tables."""
+
+    mode: Literal["dynamic"] = "dynamic"
+    module_types: list[Literal["Linear", "LSTM", "GRU", "Embedding"]] = Field(
+        default_factory=lambda: ["Linear", "LSTM", "GRU", "Embedding"]
+    )
+    per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear)")
+    smoothing: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None,
+        description="SmoothQuant alpha (e.g. 0.7), moving activation outliers into the weights, "
+        "calibrated on calibration_batches; costs one multiply per Linear",
+    )
+    calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate smoothing")
+
+
+class StaticQuantSpec(_QuantizeCommon):
+    """int8 weights and activations, activation ranges calibrated on training batches."""
+
+    mode: Literal["static"] = "static"
+    calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")
+    observer: Literal["minmax", "histogram"] = "histogram"
+    per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear, Conv)")
+
+
+class QatSpec(_QuantizeCommon):
+    """Quantization-aware training (fake-quant, then the same training loop), then int8."""
+
+    mode: Literal["qat"] = "qat"
+    per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear, Conv)")
+    qat: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings")
+
+    @property
+    def training(self) -> TrainingSettings:
+        return self.qat
+
+
+class WeightOnlySpec(_QuantizeCommon):
+    """int8 weights (per output channel) with float activations and compute."""
+
+    mode: Literal["weight_only"] = "weight_only"
+
+
+class HalfSpec(_QuantizeCommon):
+    """Half-precision weights and compute (inputs cast on the way in, logits back to fp32)."""
+
+    mode: Literal["fp16", "bf16"]
+
+
+# ------------------------------------------------------------------------------------------- the union
+def _tag_of(selector: str, default: str | None) -> Callable[[Any], Any]:
+    """Read the tag of a dict (with the default a recipe may leave out) or of a spec object."""
+
+    def tag(value: Any) -> Any:
+        found = value.get(selector, default) if isinstance(value, dict) else getattr(value, selector, None)
+        return found if isinstance(found, str) or found is None else repr(found)
+
+    tag.__name__ = selector  # pydantic names the discriminator in its errors by this
+    return tag
+
+
+def _tagged_union(selector: str, default: str | None, variants: dict[str, type]) -> Any:
+    members = tuple(Annotated[cls, Tag(tag)] for tag, cls in variants.items())
+    return Annotated[Union[members], Discriminator(_tag_of(selector, default))]  # noqa: UP007 (built at run time)
+
+
+PRUNE_METHODS: dict[str, type[BaseStageSpec]] = {
+    "unstructured": UnstructuredPruneSpec,
+    "channel": ChannelPruneSpec,
+    "block": BlockPruneSpec,
+}
+QUANTIZE_MODES: dict[str, type[BaseStageSpec]] = {
+    "dynamic": DynamicQuantSpec,
+    "static": StaticQuantSpec,
+    "qat": QatSpec,
+    "weight_only": WeightOnlySpec,
+    "fp16": HalfSpec,
+    "bf16": HalfSpec,
+}
+# kind -> (the key choosing the variant, its default, the variants); kinds without variants map to their class
+VARIANTS: dict[str, tuple[str, str, dict[str, type[BaseStageSpec]]]] = {
+    "prune": ("method", "unstructured", PRUNE_METHODS),
+    "quantize": ("mode", "dynamic", QUANTIZE_MODES),
+}
+KINDS: dict[str, Any] = {
+    "prune": _tagged_union("method", "unstructured", PRUNE_METHODS),
+    "quantize": _tagged_union("mode", "dynamic", QUANTIZE_MODES),
+    "finetune": FinetuneSpec,
+    "distill": DistillSpec,
+}
+StageSpec = _tagged_union("kind", None, KINDS)
+_ADAPTER: TypeAdapter[BaseStageSpec] = TypeAdapter(StageSpec)
+
+
+def parse_stage(value: dict[str, Any] | BaseStageSpec) -> BaseStageSpec:
+    """A stage spec from its recipe form (`{"kind": "prune", "method": "channel", ...}`) or as given."""
+    return value if isinstance(value, BaseStageSpec) else _ADAPTER.validate_python(value)
+
+
+def where_key_applies(kind: str, key: str) -> tuple[str, list[str]] | None:
+    """For a key unknown to one variant of `kind`: the selector and the variants that do have it."""
+    if kind not in VARIANTS:
+        return None
+    selector, _, variants = VARIANTS[kind]
+    owners = sorted({tag for tag, cls in variants.items() if key in cls.model_fields})
+    return (selector, owners) if owners else None
