@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelshrink.version import __version__
+
 if TYPE_CHECKING:
     from torch import nn
 
     from modelshrink.recipe.recipe import Recipe
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "inspect", "load", "run_recipe", "validate"]
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -21,45 +20,20 @@ import torch
 from torch import nn
 
 from modelshrink.errors import UserError
+from modelshrink.lineage import Lineage, from_record
+from modelshrink.version import __version__
 
 FORMAT = "modelshrink"
 FORMAT_VERSION = 1
 
-Rebuilder = Callable[[nn.Module, dict[str, Any]], nn.Module]
-_REBUILDERS: dict[str, Rebuilder] = {}
-
-
-@dataclass
-class Lineage:
-    """How to rebuild a model: where its architecture came from and the structural changes since."""
-
-    architecture: dict[str, Any]
-    transforms: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def pickled(self) -> bool:
-        return bool(self.architecture.get("pickled"))
-
-
-def register_rebuilder(kind: str) -> Callable[[Rebuilder], Rebuilder]:
-    """Stages that change a model's structure register how to redo that change on a fresh model."""
-
-    def decorator(fn: Rebuilder) -> Rebuilder:
-        _REBUILDERS[kind] = fn
-        return fn
-
-    return decorator
-
 
 def to_bytes(model: nn.Module, lineage: Lineage, input_shape: tuple[int, ...] | None = None) -> bytes:
-    from modelshrink import __version__
-
     payload: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "modelshrink_version": __version__,
         "architecture": lineage.architecture,
-        "transforms": lineage.transforms,
+        "transforms": lineage.records(),
         "input_shape": list(input_shape) if input_shape else None,
     }
     if lineage.pickled:
@@ -126,24 +100,20 @@ def model_from_payload(
     payload: dict[str, Any], path: Path, allow_pickle: bool = False, trust: Collection[str] = ()
 ) -> tuple[nn.Module, Lineage]:
     """Rebuild from a read payload; a factory it names must be trusted (`models.factory.check_trusted`)."""
-    from modelshrink import stages  # noqa: F401  (importing the stages registers their rebuilders)
+    from modelshrink import stages  # noqa: F401  (importing the stages registers their transforms)
     from modelshrink.models import build_architecture, describe
     from modelshrink.models.factory import check_trusted
     from modelshrink.models.weights import load_into
 
     _check_shape(payload, path)
-    lineage = Lineage(payload["architecture"], list(payload.get("transforms", [])))
+    transforms = [from_record(record, str(path)) for record in payload.get("transforms", [])]
+    lineage = Lineage(payload["architecture"], transforms)
     if lineage.pickled:
         if not isinstance(payload.get("model"), nn.Module):
             raise UserError(f"{path}: damaged checkpoint (pickled model missing)")
         return payload["model"].eval(), lineage
     if "factory" in lineage.architecture:
         check_trusted(str(lineage.architecture["factory"]), trust, path)
-    model = build_architecture(lineage.architecture)
-    for record in lineage.transforms:
-        rebuild = _REBUILDERS.get(record.get("kind", ""))
-        if rebuild is None:
-            raise UserError(f"{path}: unknown transform {record.get('kind')!r}; is modelshrink too old?")
-        model = rebuild(model, record)
+    model = lineage.replay(build_architecture(lineage.architecture))
     load_into(model, payload["state_dict"], path, describe(lineage.architecture))
     return model.eval(), lineage

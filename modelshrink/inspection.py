@@ -43,7 +43,7 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
             kind="modelshrink checkpoint",
             architecture=lineage.architecture,
             architecture_name=describe(lineage.architecture),
-            transforms=[t["kind"] for t in lineage.transforms],
+            transforms=[t.kind for t in lineage.transforms],
             input_shape=input_shape,
         )
         if input_shape:

@@ -30,9 +30,9 @@ from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
 from modelshrink.diagnose import failing_layer
 from modelshrink.errors import ConstraintFailed, UserError, first_line
+from modelshrink.loading import load_model
 from modelshrink.lock import output_lock
 from modelshrink.metrics import add_latencies, measure, reference_outputs
-from modelshrink.models import load_model
 from modelshrink.progress import log
 from modelshrink.recipe.recipe import Recipe
 from modelshrink.report import build_report, human_bytes, to_json, to_markdown
@@ -119,6 +119,7 @@ def _run_stages(
         evaluate=recipe.evaluate,
         seed=recipe.seed,
         resume_store=store,
+        load_model=load_model,
         notes=progress["notes"],
     )
     results: list[dict[str, Any]] = progress["results"]

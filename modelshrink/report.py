@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from modelshrink.environment import cpu_summary, environment
+from modelshrink.version import __version__
 
 SCHEMA_VERSION = 1
 # A stage slower than the baseline beyond noise gets called out: compressed models that run slower
@@ -31,7 +32,6 @@ def build_report(
     constraints: list[dict[str, Any]],
     checkpoint: str,
 ) -> dict[str, Any]:
-    from modelshrink import __version__
 
     final = stages[-1]["metrics"] if stages else baseline
     return {

@@ -30,9 +30,10 @@ from modelshrink.atomic import write_file
 from modelshrink.checkpoint import Lineage, to_bytes
 from modelshrink.data import DataBundle, build_data
 from modelshrink.environment import cpu_summary, environment
+from modelshrink.loading import load_model
 from modelshrink.metrics.accuracy import evaluate_classifier, evaluate_outputs
 from modelshrink.metrics.latency import measure_latencies
-from modelshrink.models import build_architecture, load_model
+from modelshrink.models import build_architecture
 from modelshrink.recipe.schema import DigitsData, EvaluateSpec, ModelSpec, TextData
 from modelshrink.recipe.stage_specs import FinetuneSpec
 from modelshrink.stages import make_stage

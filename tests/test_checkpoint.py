@@ -12,12 +12,13 @@ import torch
 from safetensors.torch import save_file
 
 import modelshrink
-from modelshrink.checkpoint import Lineage, to_bytes
+from modelshrink.checkpoint import to_bytes
 from modelshrink.errors import UserError
-from modelshrink.models import load_model
+from modelshrink.lineage import Lineage
+from modelshrink.loading import load_model
 from modelshrink.models.zoo import mlp
 from modelshrink.recipe.schema import ModelSpec
-from modelshrink.stages.quantize.dynamic import quantize_modules
+from modelshrink.stages.quantize.dynamic import QuantizeDynamic
 
 ARCH = {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 16, "hidden": 32, "num_classes": 4}}
 
@@ -27,9 +28,9 @@ def compressed_checkpoint(path: Path) -> tuple[torch.nn.Module, Path]:
     model = mlp(**ARCH["kwargs"]).eval()
     with torch.no_grad():
         model[1].weight[:, :8] = 0
-    record = {"kind": "quantize_dynamic", "modules": ["1", "3"], "dtype": "qint8"}
-    model = quantize_modules(model, record)
-    path.write_bytes(to_bytes(model, Lineage(ARCH, [record]), (16,)))
+    transform = QuantizeDynamic(["1", "3"], "qint8")
+    model = transform.replay(model)
+    path.write_bytes(to_bytes(model, Lineage(ARCH, [transform]), (16,)))
     return model, path
 
 
@@ -97,6 +98,25 @@ def test_garbage_file_and_missing_file_are_user_errors(tmp_path: Path) -> None:
 def test_our_checkpoint_as_a_source_keeps_its_lineage(tmp_path: Path) -> None:
     model, path = compressed_checkpoint(tmp_path / "model.pt")
     loaded, lineage = load_model(ModelSpec(checkpoint=path))
-    assert lineage.architecture == ARCH and [t["kind"] for t in lineage.transforms] == ["quantize_dynamic"]
+    assert lineage.architecture == ARCH and [t.kind for t in lineage.transforms] == ["quantize_dynamic"]
     x = torch.randn(3, 16)
     assert torch.equal(loaded(x), model(x))
+
+
+def test_transform_records_are_typed_and_versioned(tmp_path: Path) -> None:
+    from modelshrink.errors import UserError
+    from modelshrink.lineage import from_record
+
+    _, path = compressed_checkpoint(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["transforms"] == [
+        {"kind": "quantize_dynamic", "version": 1, "modules": ["1", "3"], "dtype": "qint8", "per_channel": False}
+    ]
+    old = {"kind": "quantize_dynamic", "modules": ["1"], "dtype": "qint8"}  # written before records had versions
+    assert from_record(old, "x.pt") == QuantizeDynamic(["1"], "qint8", per_channel=False)
+    with pytest.raises(UserError, match="transform 'quantize_dynamic' version 2 is newer"):
+        from_record({**old, "version": 2}, "x.pt")
+    with pytest.raises(UserError, match="x.pt: damaged 'quantize_dynamic' transform"):
+        from_record({"kind": "quantize_dynamic", "layers": ["1"]}, "x.pt")
+    with pytest.raises(UserError, match="unknown transform 'prune_heads'"):
+        from_record({"kind": "prune_heads"}, "x.pt")

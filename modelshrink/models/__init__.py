@@ -1,7 +1,7 @@
-"""Model sources: turn the recipe's `model:` section into an nn.Module and its lineage.
+"""Architectures: the record that names one (torchvision, factory, Hugging Face) and building it.
 
-The lineage (architecture + structural transforms) is what lets a compressed checkpoint be rebuilt
-later without the recipe and without unpickling code; see `modelshrink.checkpoint`.
+Loading a whole `model:` section (weights, checkpoints included) is `modelshrink.loading`; this
+package knows nothing of checkpoints, so checkpoints can depend on it.
 """
 
 from __future__ import annotations
@@ -10,46 +10,9 @@ from typing import Any
 
 from torch import nn
 
-from modelshrink.checkpoint import Lineage, is_checkpoint_payload, model_from_payload
 from modelshrink.errors import UserError
-from modelshrink.metrics.size import module_tensors, nonfinite_names
 from modelshrink.models import factory, huggingface, torchvision
-from modelshrink.models.weights import as_state_dict, load_into, read_file
 from modelshrink.recipe.schema import ModelSpec
-
-
-def load_model(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
-    """Build (and fill with weights) the model the recipe names; refuse one whose weights hold NaN or Inf."""
-    model, lineage = _load(spec)
-    bad = nonfinite_names(module_tensors(model))
-    if bad:
-        where = f"model.checkpoint: {spec.checkpoint}" if spec.checkpoint else "model"
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise UserError(f"{where}: {len(bad)} tensor(s) hold NaN or Inf: {shown}")
-    return model, lineage
-
-
-def _load(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
-    if spec.huggingface is not None and spec.checkpoint is None:
-        model, arch = huggingface.load_pretrained(spec.huggingface.source, **_huggingface_head(spec))
-        return model, Lineage(arch)
-    arch = architecture_of(spec)
-    if spec.checkpoint is None:
-        assert arch is not None  # the schema requires an architecture or a checkpoint
-        return build_architecture(arch), Lineage(arch)
-    obj = read_file(spec.checkpoint, allow_pickle=spec.allow_pickle)
-    if is_checkpoint_payload(obj):
-        return model_from_payload(obj, spec.checkpoint, allow_pickle=spec.allow_pickle, trust=spec.trusted)
-    if isinstance(obj, nn.Module):
-        return obj, Lineage({"pickled": True})
-    if arch is None:
-        raise UserError(
-            f"model.checkpoint: {spec.checkpoint} is a plain state_dict; add model.torchvision or "
-            "model.factory to say which architecture it belongs to"
-        )
-    model = build_architecture(arch)
-    load_into(model, as_state_dict(obj, spec.checkpoint), spec.checkpoint, describe(arch))
-    return model, Lineage(arch)
 
 
 def architecture_of(spec: ModelSpec) -> dict[str, Any] | None:
@@ -61,11 +24,11 @@ def architecture_of(spec: ModelSpec) -> dict[str, Any] | None:
     if spec.factory:
         return {"factory": spec.factory, "kwargs": kwargs}
     if spec.huggingface:  # the checkpoint's weights go into this architecture
-        return huggingface.architecture(spec.huggingface.source, **_huggingface_head(spec))
+        return huggingface.architecture(spec.huggingface.source, **huggingface_head(spec))
     return None
 
 
-def _huggingface_head(spec: ModelSpec) -> dict[str, Any]:
+def huggingface_head(spec: ModelSpec) -> dict[str, Any]:
     hf = spec.huggingface
     assert hf is not None
     return {"task": hf.task, "pooling": hf.pooling, "normalize": hf.normalize, "num_classes": spec.num_classes}

@@ -15,9 +15,9 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
-from modelshrink.checkpoint import Lineage
 from modelshrink.data.bundle import DataBundle
-from modelshrink.recipe.schema import EvaluateSpec
+from modelshrink.lineage import Lineage, Transform
+from modelshrink.recipe.schema import EvaluateSpec, ModelSpec
 from modelshrink.recipe.stage_specs import BaseStageSpec, TrainingSettings, parse_stage
 from modelshrink.resume import ResumeStore
 from modelshrink.train import fit
@@ -25,12 +25,16 @@ from modelshrink.train import fit
 SpecT = TypeVar("SpecT")
 
 
+def _no_loader(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
+    raise TypeError("this StageContext was made without load_model")  # a caller's bug, not bad input
+
+
 @dataclass
 class StageContext:
     """What stages may read: the data, the untouched original model, the run's settings.
 
     Stages may append to `lineage` (a record of any structural change, so that the checkpoint can
-    be rebuilt; see `modelshrink.checkpoint.register_rebuilder`) and to `notes` (facts for the report)."""
+    be rebuilt; see `modelshrink.lineage.Transform`) and to `notes` (facts for the report)."""
 
     data: DataBundle
     original_model: nn.Module
@@ -38,7 +42,17 @@ class StageContext:
     evaluate: EvaluateSpec
     seed: int
     resume_store: ResumeStore | None = None
+    # loads another model a stage names (a distillation teacher); given by the caller, which knows
+    # how to read checkpoints (stages do not import the loader: it rebuilds checkpoints through them)
+    load_model: Callable[[ModelSpec], tuple[nn.Module, Lineage]] = field(default=_no_loader)
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage, extra facts for the report
+
+    def transform(self, model: nn.Module, transform: Transform) -> nn.Module:
+        """Make a structural change by replaying its record, and keep the record for the checkpoint:
+        the change a stage makes and the one a reload makes are then the same code."""
+        model = transform.replay(model)
+        self.lineage.transforms.append(transform)
+        return model
 
     def train(
         self,

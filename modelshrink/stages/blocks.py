@@ -10,13 +10,14 @@ No library does this for arbitrary nn.Modules, hence this module.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
+from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import BlockPruneSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import matches_any, sequential_blocks, set_submodule
@@ -39,9 +40,7 @@ def drop_blocks(model: nn.Module, spec: BlockPruneSpec, ctx: StageContext) -> nn
     batches = [inputs for inputs, _ in itertools.islice(ctx.data.train, spec.calibration_batches)]
     scores = block_scores(model, candidates, batches, spec.importance, ctx.seed)
     dropped = sorted(candidates, key=scores.__getitem__)[:count]
-    record = {"kind": "drop_blocks", "modules": dropped, "scores": {n: scores[n] for n in candidates}}
-    ctx.lineage.transforms.append(record)
-    model = replace_with_identity(model, record)
+    model = ctx.transform(model, DropBlocks(dropped, {n: scores[n] for n in candidates}))
     if spec.recalibrate_bn:
         recalibrate_batchnorm(model, ctx.data, spec.calibration_batches)
     return model.eval()
@@ -93,8 +92,14 @@ def block_scores(
     return scores
 
 
-@register_rebuilder("drop_blocks")
-def replace_with_identity(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    for name in record["modules"]:
-        set_submodule(model, name, nn.Identity())
-    return model
+@dataclass(frozen=True)
+class DropBlocks(Transform, kind="drop_blocks"):
+    """These blocks became identities; `scores` keeps every candidate's measured importance."""
+
+    modules: list[str]
+    scores: dict[str, float]
+
+    def replay(self, model: nn.Module) -> nn.Module:
+        for name in self.modules:
+            set_submodule(model, name, nn.Identity())
+        return model

@@ -63,9 +63,7 @@ class DistillStage(Stage[DistillSpec]):
         if self.spec.teacher is None:
             teacher = ctx.original_model
         else:
-            from modelshrink.models import load_model
-
-            teacher, _ = load_model(self.spec.teacher)
+            teacher, _ = ctx.load_model(self.spec.teacher)
         for param in teacher.parameters():
             param.requires_grad_(False)
         return teacher.eval()

@@ -10,12 +10,13 @@ that follows fills in the values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from modelshrink.checkpoint import register_rebuilder
+from modelshrink.lineage import Transform
 
 _PRIMITIVES = (bool, int, float, str, type(None))
 
@@ -25,8 +26,8 @@ def snapshot(model: nn.Module) -> dict[str, dict[str, Any]]:
     return {name: _describe(module) for name, module in model.named_modules()}
 
 
-def record_changes(before: dict[str, dict[str, Any]], model: nn.Module) -> dict[str, Any] | None:
-    """A `reshape_modules` transform holding what changed since `before`, or None if nothing did."""
+def record_changes(before: dict[str, dict[str, Any]], model: nn.Module) -> ReshapeModules | None:
+    """A transform holding what changed since `before`, or None if nothing did."""
     changed: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
         now, was = _describe(module), before.get(name)
@@ -36,23 +37,28 @@ def record_changes(before: dict[str, dict[str, Any]], model: nn.Module) -> dict[
         tensors = {k: v for k, v in now["tensors"].items() if was["tensors"].get(k) != v}
         if attrs or tensors:
             changed[name] = {"attrs": attrs, "tensors": tensors}
-    return {"kind": "reshape_modules", "modules": changed} if changed else None
+    return ReshapeModules(changed) if changed else None
 
 
-@register_rebuilder("reshape_modules")
-def apply_changes(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    for name, change in record["modules"].items():
-        module = model.get_submodule(name)
-        for attr, value in change["attrs"].items():
-            setattr(module, attr, tuple(value) if isinstance(getattr(module, attr, None), tuple) else value)
-        for tensor_name, shape in change["tensors"].items():
-            old = getattr(module, tensor_name)
-            new = torch.empty(shape, dtype=old.dtype)
-            if isinstance(old, nn.Parameter):
-                setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
-            else:
-                module.register_buffer(tensor_name, new)
-    return model
+@dataclass(frozen=True)
+class ReshapeModules(Transform, kind="reshape_modules"):
+    """Per changed module: its new primitive attributes and the new shapes of its tensors."""
+
+    modules: dict[str, dict[str, Any]]
+
+    def replay(self, model: nn.Module) -> nn.Module:
+        for name, change in self.modules.items():
+            module = model.get_submodule(name)
+            for attr, value in change["attrs"].items():
+                setattr(module, attr, tuple(value) if isinstance(getattr(module, attr, None), tuple) else value)
+            for tensor_name, shape in change["tensors"].items():
+                old = getattr(module, tensor_name)
+                new = torch.empty(shape, dtype=old.dtype)
+                if isinstance(old, nn.Parameter):
+                    setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+                else:
+                    module.register_buffer(tensor_name, new)
+        return model
 
 
 def _describe(module: nn.Module) -> dict[str, Any]:

@@ -17,11 +17,11 @@ def test_macs_of_conv_and_linear_by_hand() -> None:
 
 
 def test_quantized_linear_keeps_its_macs_and_params() -> None:
-    from modelshrink.stages.quantize.dynamic import quantize_modules
+    from modelshrink.stages.quantize.dynamic import QuantizeDynamic
 
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
     float_macs, float_counts = count_macs(model, torch.randn(1, 16)), count_parameters(model)
-    quantized = quantize_modules(model, {"modules": ["0", "2"], "dtype": "qint8"})
+    quantized = QuantizeDynamic(["0", "2"], "qint8").replay(model)
     assert count_macs(quantized, torch.randn(1, 16)) == float_macs == 16 * 32 + 32 * 4
     assert count_parameters(quantized)["params"] == float_counts["params"] == 16 * 32 + 32 + 32 * 4 + 4
 

@@ -179,8 +179,8 @@ def test_recipes_that_cannot_work_on_unlabeled_text_are_rejected(
 def test_every_applicable_mode_keeps_text_embeddings_close(tiny_bert: Path, mode: str) -> None:
     """Token ids must reach the embedding table intact whatever the mode (fp16 cannot hold ids > 2048)."""
     from modelshrink.data import build_data
+    from modelshrink.loading import load_model
     from modelshrink.metrics.accuracy import evaluate_outputs
-    from modelshrink.models import load_model
     from modelshrink.recipe.schema import EvaluateSpec, ModelSpec, TextData
     from modelshrink.stages import make_stage
     from modelshrink.stages.base import StageContext

@@ -10,7 +10,7 @@ from PIL import Image
 
 from modelshrink.data import build_data
 from modelshrink.errors import UserError
-from modelshrink.models import load_model
+from modelshrink.loading import load_model
 from modelshrink.recipe.schema import ImageFolderData, ModelSpec
 from tests.recipe.test_errors import VALID, errors_of
 

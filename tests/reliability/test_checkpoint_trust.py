@@ -11,10 +11,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 import modelshrink
-from modelshrink.checkpoint import Lineage, to_bytes
+from modelshrink.checkpoint import to_bytes
 from modelshrink.cli import app
 from modelshrink.errors import UserError
-from modelshrink.models import load_model
+from modelshrink.lineage import Lineage
+from modelshrink.loading import load_model
 from modelshrink.recipe.schema import ModelSpec
 
 runner = CliRunner()

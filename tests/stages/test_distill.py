@@ -8,8 +8,8 @@ import copy
 import torch
 from torch import nn
 
-from modelshrink.checkpoint import Lineage
 from modelshrink.data import build_data
+from modelshrink.lineage import Lineage
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.models.zoo import small_cnn
 from modelshrink.recipe.schema import EvaluateSpec, SyntheticData

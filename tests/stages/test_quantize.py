@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from modelshrink.checkpoint import Lineage
 from modelshrink.errors import UserError
+from modelshrink.lineage import Lineage
 from modelshrink.models.zoo import mlp
 from modelshrink.recipe.schema import EvaluateSpec
 from modelshrink.stages import make_stage
@@ -37,8 +37,8 @@ def test_dynamic_int8_replaces_linears_and_keeps_outputs_close() -> None:
     assert type(quantized[5]) is nn.Linear, "excluded layer stays float"
     assert torch.allclose(quantized(x), expected, atol=0.05, rtol=0.05)
     assert (quantized(x).argmax(1) == expected.argmax(1)).float().mean() > 0.9
-    assert ctx.lineage.transforms == [
-        {"kind": "quantize_dynamic", "modules": ["1", "3"], "dtype": "qint8", "per_channel": True}
+    assert ctx.lineage.records() == [
+        {"kind": "quantize_dynamic", "version": 1, "modules": ["1", "3"], "dtype": "qint8", "per_channel": True}
     ]
 
 
@@ -55,7 +55,6 @@ class TokenModel(nn.Module):
 
 
 def test_dynamic_int8_quantizes_embedding_tables_read_with_strided_indices() -> None:
-    from modelshrink.stages.quantize.dynamic import quantize_modules
 
     torch.manual_seed(0)
     model = TokenModel().eval()
@@ -67,16 +66,16 @@ def test_dynamic_int8_quantizes_embedding_tables_read_with_strided_indices() -> 
     assert quantized.table.weight().dtype == torch.quint8
     assert quantized.head.weight().qscheme() == torch.per_channel_affine
     assert torch.allclose(quantized(ids), expected, atol=0.02)
-    reloaded = quantize_modules(TokenModel().eval(), ctx.lineage.transforms[0])  # as a checkpoint rebuilds
+    reloaded = ctx.lineage.transforms[0].replay(TokenModel().eval())  # as a checkpoint rebuilds
     reloaded.load_state_dict(quantized.state_dict())
     assert type(reloaded.table).__name__ == "ContiguousEmbedding"
     assert torch.equal(reloaded(ids), quantized(ids))
 
 
 def test_dynamic_records_from_before_per_channel_still_rebuild_per_tensor() -> None:
-    from modelshrink.stages.quantize.dynamic import quantize_modules
+    from modelshrink.stages.quantize.dynamic import QuantizeDynamic
 
-    model = quantize_modules(mlp(in_features=8, hidden=8, num_classes=2), {"modules": ["1"], "dtype": "qint8"})
+    model = QuantizeDynamic(["1"], "qint8").replay(mlp(in_features=8, hidden=8, num_classes=2))
     assert "quantized.dynamic" in type(model[1]).__module__
     assert model[1].weight().qscheme() == torch.per_tensor_affine
 
@@ -170,7 +169,7 @@ def test_channel_pruning_then_static_int8_composes_and_reloads(trained_cnn) -> N
     model, ctx = copy.deepcopy(trained_cnn)
     pruned = make_stage(dict(kind="prune", method="channel", amount=0.5), "p").apply(model, ctx)
     quantized = make_stage(dict(kind="quantize", mode="static"), "q").apply(pruned, ctx)
-    assert [t["kind"] for t in ctx.lineage.transforms] == ["reshape_modules", "quantize_fx"]
+    assert [t.kind for t in ctx.lineage.transforms] == ["reshape_modules", "quantize_fx"]
     rebuilt = reload(quantized, ctx)
     x = next(iter(ctx.data.val))[0]
     assert torch.equal(rebuilt(x), quantized(x))
@@ -190,7 +189,7 @@ def test_smoothing_moves_outlier_channels_into_the_weights_and_cuts_the_int8_err
     ctx = context()
     ctx.data = type("Data", (), {"train": DataLoader(TensorDataset(x, torch.zeros(256)), batch_size=64)})()
     smoothed = smooth(copy.deepcopy(model), ["1"], 0.7, ctx, batches=2)
-    assert type(smoothed[1]).__name__ == "SmoothedLinear" and ctx.lineage.transforms[0]["kind"] == "smooth_linear"
+    assert type(smoothed[1]).__name__ == "SmoothedLinear" and ctx.lineage.transforms[0].kind == "smooth_linear"
     assert torch.allclose(smoothed(x), expected, atol=1e-4), "smoothing alone is exact in float"
 
     def int8_error(spec: dict, m: nn.Module) -> float:

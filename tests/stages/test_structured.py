@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from modelshrink.checkpoint import Lineage, model_from_payload, to_bytes
+from modelshrink.checkpoint import model_from_payload, to_bytes
 from modelshrink.data import build_data
 from modelshrink.diagnose import failing_layer
 from modelshrink.errors import UserError
+from modelshrink.lineage import Lineage
 from modelshrink.models import build_architecture
 from modelshrink.recipe.schema import EvaluateSpec, SyntheticData
 from modelshrink.stages import make_stage
@@ -74,7 +75,7 @@ def test_channel_pruning_mlp_with_per_layer_ratio_and_steps(tmp_path: Path) -> N
         finetune_between={"epochs": 1, "lr": 0.01},
     )
     assert pruned[1].out_features == 48 and pruned[3].out_features == 32 and pruned[5].in_features == 32
-    assert [t["kind"] for t in ctx.lineage.transforms] == ["reshape_modules"]
+    assert [t.kind for t in ctx.lineage.transforms] == ["reshape_modules"]
 
 
 @pytest.mark.parametrize("importance", ["l2", "bn_scale", "taylor", "random"])
@@ -89,10 +90,10 @@ def test_block_pruning_drops_measured_least_important_blocks(tmp_path: Path) -> 
     ctx = context(arch)
     _, rebuilt = prune_save_reload(arch, ctx, tmp_path, method="block", amount=0.4)
     record = ctx.lineage.transforms[-1]
-    assert set(record["scores"]) == {"layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"}
-    assert len(record["modules"]) == 2
-    lowest = sorted(record["scores"], key=record["scores"].get)[:2]
-    assert record["modules"] == lowest
+    assert set(record.scores) == {"layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"}
+    assert len(record.modules) == 2
+    lowest = sorted(record.scores, key=record.scores.get)[:2]
+    assert record.modules == lowest
     for name in lowest:
         assert isinstance(rebuilt.get_submodule(name), nn.Identity)
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
+from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import DynamicQuantSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import select_modules, set_submodule
@@ -75,10 +76,7 @@ class DynamicQuantize(Stage[DynamicQuantSpec]):
             linears = [name for name, module in selected if isinstance(module, nn.Linear)]
             model = smooth(model, linears, spec.smoothing, ctx, spec.calibration_batches)
             names = [f"{name}.linear" if name in linears else name for name in names]
-        record = {"kind": "quantize_dynamic", "modules": names, "dtype": "qint8", "per_channel": spec.per_channel}
-        model = quantize_modules(model, record)
-        ctx.lineage.transforms.append(record)
-        return model
+        return ctx.transform(model, QuantizeDynamic(names, "qint8", spec.per_channel))
 
 
 def smooth(model: nn.Module, names: list[str], alpha: float, ctx: StageContext, batches: int) -> nn.Module:
@@ -101,8 +99,7 @@ def smooth(model: nn.Module, names: list[str], alpha: float, ctx: StageContext, 
     finally:
         for handle in handles:
             handle.remove()
-    record = {"kind": "smooth_linear", "modules": names}
-    model = wrap_smoothed(model, record)
+    model = ctx.transform(model, SmoothLinear(names))
     modules = dict(model.named_modules())
     for name in names:
         wrapper, weight = modules[name], modules[name].linear.weight
@@ -111,35 +108,45 @@ def smooth(model: nn.Module, names: list[str], alpha: float, ctx: StageContext, 
         with torch.no_grad():
             weight.mul_(scale)
             wrapper.inv_scale.copy_(1 / scale)
-    ctx.lineage.transforms.append(record)
     return model
 
 
-@register_rebuilder("smooth_linear")
-def wrap_smoothed(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    for name in record["modules"]:
-        linear = model.get_submodule(name)
-        set_submodule(model, name, SmoothedLinear(linear, linear.in_features))
-    return model
+@dataclass(frozen=True)
+class SmoothLinear(Transform, kind="smooth_linear"):
+    """These Linear layers divide their inputs by per-channel scales (`SmoothedLinear`)."""
+
+    modules: list[str]
+
+    def replay(self, model: nn.Module) -> nn.Module:
+        for name in self.modules:
+            linear = model.get_submodule(name)
+            set_submodule(model, name, SmoothedLinear(linear, linear.in_features))
+        return model
 
 
-@register_rebuilder("quantize_dynamic")
-def quantize_modules(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    # Records written before per_channel existed meant per-tensor weights.
-    linear_qconfig = per_channel_dynamic_qconfig if record.get("per_channel") else default_dynamic_qconfig
-    modules = dict(model.named_modules())
-    qconfigs = {}
-    for name in record["modules"]:
-        if isinstance(modules[name], nn.Embedding):
-            qconfigs[name] = float_qparams_weight_only_qconfig
-        elif isinstance(modules[name], nn.Linear):
-            qconfigs[name] = linear_qconfig
-        else:
-            qconfigs[name] = default_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = quantize_dynamic(model.eval(), qconfigs, dtype=getattr(torch, record["dtype"]))
-    for module in model.modules():
-        if type(module) is nnq.Embedding:
-            module.__class__ = ContiguousEmbedding
-    return model
+@dataclass(frozen=True)
+class QuantizeDynamic(Transform, kind="quantize_dynamic"):
+    """These modules became torch.ao dynamic int8 ones (embeddings: int8 tables)."""
+
+    modules: list[str]
+    dtype: str = "qint8"
+    per_channel: bool = False  # records written before per_channel existed meant per-tensor weights
+
+    def replay(self, model: nn.Module) -> nn.Module:
+        linear_qconfig = per_channel_dynamic_qconfig if self.per_channel else default_dynamic_qconfig
+        modules = dict(model.named_modules())
+        qconfigs = {}
+        for name in self.modules:
+            if isinstance(modules[name], nn.Embedding):
+                qconfigs[name] = float_qparams_weight_only_qconfig
+            elif isinstance(modules[name], nn.Linear):
+                qconfigs[name] = linear_qconfig
+            else:
+                qconfigs[name] = default_dynamic_qconfig
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = quantize_dynamic(model.eval(), qconfigs, dtype=getattr(torch, self.dtype))
+        for module in model.modules():
+            if type(module) is nnq.Embedding:
+                module.__class__ = ContiguousEmbedding
+        return model

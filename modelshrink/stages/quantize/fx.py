@@ -13,13 +13,14 @@ import itertools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError, first_line
+from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import matches_any
@@ -35,38 +36,45 @@ def _quiet() -> Iterator[None]:
 @register(StaticQuantSpec)
 class StaticQuantize(Stage[StaticQuantSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        record = _record(model, self.spec, ctx, observer=self.spec.observer)
-        prepared = prepare(model, record)
+        transform = QuantizeFx.of(model, self.spec, ctx, observer=self.spec.observer)
+        prepared = prepare(model, transform)
         with torch.no_grad():
             for inputs, _ in itertools.islice(ctx.data.train, self.spec.calibration_batches):
                 prepared(inputs)
-        return _convert(prepared, record, ctx)
+        ctx.lineage.transforms.append(transform)
+        return convert(prepared)
 
 
 @register(QatSpec)
 class QatQuantize(Stage[QatSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        record = _record(model, self.spec, ctx, observer=None)
+        transform = QuantizeFx.of(model, self.spec, ctx, observer=None)
         label = f"{self.name} (quantization-aware training)"
-        prepared = ctx.train(prepare(model, record), self.spec.qat, self.name, label=label)
-        return _convert(prepared, record, ctx)
+        prepared = ctx.train(prepare(model, transform), self.spec.qat, self.name, label=label)
+        ctx.lineage.transforms.append(transform)
+        return convert(prepared)
 
 
-def _record(model: nn.Module, spec: StaticQuantSpec | QatSpec, ctx: StageContext, observer: str | None) -> dict:
-    return {
-        "kind": "quantize_fx",
-        "mode": spec.mode,
-        "observer": observer,
-        "per_channel": spec.per_channel,
-        "exclude": [name for name, _ in model.named_modules() if name and matches_any(name, spec.exclude)],
-        "input_shape": list(ctx.data.input_shape),
-    }
+@dataclass(frozen=True)
+class QuantizeFx(Transform, kind="quantize_fx"):
+    """The model was traced and converted to int8 by torch.ao FX with these settings; replaying
+    prepare + convert needs no calibration, as the saved state holds the scales."""
 
+    mode: str  # static | qat
+    observer: str | None
+    per_channel: bool
+    exclude: list[str]
+    input_shape: list[int]
 
-def _convert(prepared: nn.Module, record: dict[str, Any], ctx: StageContext) -> nn.Module:
-    quantized = convert(prepared)
-    ctx.lineage.transforms.append(record)
-    return quantized
+    @classmethod
+    def of(
+        cls, model: nn.Module, spec: StaticQuantSpec | QatSpec, ctx: StageContext, observer: str | None
+    ) -> QuantizeFx:
+        excluded = [name for name, _ in model.named_modules() if name and matches_any(name, spec.exclude)]
+        return cls(spec.mode, observer, spec.per_channel, excluded, list(ctx.data.input_shape))
+
+    def replay(self, model: nn.Module) -> nn.Module:
+        return convert(prepare(model, self))
 
 
 def convert(prepared: nn.Module) -> nn.Module:
@@ -77,26 +85,26 @@ def convert(prepared: nn.Module) -> nn.Module:
         return convert_fx(prepared.eval())
 
 
-def prepare(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+def prepare(model: nn.Module, transform: QuantizeFx) -> nn.Module:
     """Trace the model and insert observers (static) or fake-quantization (qat)."""
     with _quiet():
         from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
-        mapping = qconfig_mapping(record)
-        example = (torch.zeros(1, *record["input_shape"]),)
+        mapping = qconfig_mapping(transform)
+        example = (torch.zeros(1, *transform.input_shape),)
         try:
-            if record["mode"] == "qat":
+            if transform.mode == "qat":
                 return prepare_qat_fx(model.train(), mapping, example)
             return prepare_fx(model.eval(), mapping, example)
         except Exception as exc:  # symbolic tracing fails on data-dependent control flow and the like
             first = first_line(exc)
             raise UserError(
-                f"cannot trace the model for {record['mode']} quantization (torch.fx: {first}); "
+                f"cannot trace the model for {transform.mode} quantization (torch.fx: {first}); "
                 "exclude the untraceable layers or use mode: dynamic"
             ) from None
 
 
-def qconfig_mapping(record: dict[str, Any]) -> Any:
+def qconfig_mapping(transform: QuantizeFx) -> Any:
     from torch.ao.quantization import QConfig, QConfigMapping, get_default_qat_qconfig
     from torch.ao.quantization.observer import (
         HistogramObserver,
@@ -105,23 +113,18 @@ def qconfig_mapping(record: dict[str, Any]) -> Any:
         default_weight_observer,
     )
 
-    if record["mode"] == "qat":
+    if transform.mode == "qat":
         qconfig = get_default_qat_qconfig("x86")
-        if not record["per_channel"]:
+        if not transform.per_channel:
             from torch.ao.quantization.fake_quantize import default_weight_fake_quant
 
             qconfig = QConfig(activation=qconfig.activation, weight=default_weight_fake_quant)
     else:
-        observer = HistogramObserver if record["observer"] == "histogram" else MinMaxObserver
-        weight = default_per_channel_weight_observer if record["per_channel"] else default_weight_observer
+        observer = HistogramObserver if transform.observer == "histogram" else MinMaxObserver
+        weight = default_per_channel_weight_observer if transform.per_channel else default_weight_observer
         # reduce_range avoids int16 overflow in x86 kernels without VNNI, as torch's x86 default does
         qconfig = QConfig(activation=observer.with_args(reduce_range=True), weight=weight)
     mapping = QConfigMapping().set_global(qconfig)
-    for name in record["exclude"]:
+    for name in transform.exclude:
         mapping.set_module_name(name, None)
     return mapping
-
-
-@register_rebuilder("quantize_fx")
-def rebuild(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    return convert(prepare(model, record))

@@ -3,12 +3,12 @@ outputs, so the rest of the pipeline (and a user's code) keeps feeding float32 a
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from modelshrink.checkpoint import register_rebuilder
+from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import HalfSpec
 from modelshrink.stages.base import Stage, StageContext, register
 
@@ -28,11 +28,14 @@ class HalfPrecision(nn.Module):
 @register(HalfSpec)
 class HalfCast(Stage[HalfSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        record = {"kind": "cast", "dtype": {"fp16": "float16", "bf16": "bfloat16"}[self.spec.mode]}
-        ctx.lineage.transforms.append(record)
-        return wrap(model, record)
+        return ctx.transform(model, Cast({"fp16": "float16", "bf16": "bfloat16"}[self.spec.mode]))
 
 
-@register_rebuilder("cast")
-def wrap(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    return HalfPrecision(model, record["dtype"]).eval()
+@dataclass(frozen=True)
+class Cast(Transform, kind="cast"):
+    """The whole model runs in this dtype behind `HalfPrecision`."""
+
+    dtype: str
+
+    def replay(self, model: nn.Module) -> nn.Module:
+        return HalfPrecision(model, self.dtype).eval()

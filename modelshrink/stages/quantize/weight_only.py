@@ -9,14 +9,15 @@ bytes on disk; the int8 values define the weights, so accuracy is that of int8 w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelshrink.checkpoint import register_rebuilder
 from modelshrink.errors import UserError
+from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import WeightOnlySpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import select_modules, set_submodule
@@ -83,13 +84,16 @@ class WeightOnlyQuantize(Stage[WeightOnlySpec]):
         ]
         if not names:
             raise UserError(f"no Linear/Conv/Embedding layer left to quantize (exclude={spec.exclude})")
-        record = {"kind": "quantize_weight_only", "modules": names}
-        ctx.lineage.transforms.append(record)
-        return replace(model, record)
+        return ctx.transform(model, QuantizeWeightOnly(names))
 
 
-@register_rebuilder("quantize_weight_only")
-def replace(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    for name in record["modules"]:
-        set_submodule(model, name, Int8WeightOnly(model.get_submodule(name)))
-    return model.eval()
+@dataclass(frozen=True)
+class QuantizeWeightOnly(Transform, kind="quantize_weight_only"):
+    """These layers hold int8 weights with per-channel scales (`Int8WeightOnly`)."""
+
+    modules: list[str]
+
+    def replay(self, model: nn.Module) -> nn.Module:
+        for name in self.modules:
+            set_submodule(model, name, Int8WeightOnly(model.get_submodule(name)))
+        return model.eval()
