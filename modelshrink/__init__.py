@@ -3,6 +3,7 @@
 Public API (mirrors the CLI; torch is imported only when a function is called):
 
     report = modelshrink.run_recipe("recipes/resnet50_prune20.yaml", overrides=["seed=1"])
+    result = modelshrink.compress(model, [{"kind": "prune", "amount": 0.3}], data={"kind": "digits"})
     model = modelshrink.load("runs/resnet50_prune20/model.pt")
     info = modelshrink.inspect("runs/resnet50_prune20/model.pt")
     recipe = modelshrink.validate("recipes/resnet50_prune20.yaml")
@@ -19,9 +20,13 @@ from modelshrink.version import __version__
 if TYPE_CHECKING:
     from torch import nn
 
+    from modelshrink.data import DataBundle
+    from modelshrink.engine import Result
     from modelshrink.recipe.recipe import Recipe
+    from modelshrink.recipe.schema import EvaluateSpec, ModelSpec
+    from modelshrink.recipe.stage_specs import BaseStageSpec
 
-__all__ = ["__version__", "inspect", "load", "run_recipe", "validate"]
+__all__ = ["__version__", "compress", "inspect", "load", "run_recipe", "validate"]
 
 
 def validate(recipe: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -62,6 +67,20 @@ def run_recipe(
     return pipeline.run(
         parsed, output_dir=Path(output_dir) if output_dir else None, force=force, resume=resume, recipe_source=source
     )
+
+
+def compress(
+    model: nn.Module | ModelSpec | dict[str, Any],
+    stages: Sequence[BaseStageSpec | dict[str, Any]],
+    *,
+    data: DataBundle | dict[str, Any],
+    evaluate: EvaluateSpec | dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Result:
+    """Apply stages to a model in memory and measure each; writes no files (see `engine.compress`)."""
+    from modelshrink import engine
+
+    return engine.compress(model, stages, data=data, evaluate=evaluate, seed=seed)
 
 
 def load(path: str | Path, *, allow_pickle: bool = False, trust: Sequence[str] = ()) -> nn.Module:

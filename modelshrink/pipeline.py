@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import random
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,16 +23,16 @@ from modelshrink.atomic import write_directory
 from modelshrink.checkpoint import from_bytes, to_bytes
 from modelshrink.constraints import check_constraints
 from modelshrink.data import DataBundle, build_data
-from modelshrink.diagnose import failing_layer
+from modelshrink.engine import measure_model, run_stage, seed_everything
 from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.loading import load_model
 from modelshrink.lock import output_lock
-from modelshrink.metrics import add_latencies, measure, reference_outputs
+from modelshrink.metrics import add_latencies, reference_outputs
 from modelshrink.progress import log
 from modelshrink.recipe.recipe import Recipe
-from modelshrink.report import build_report, human_bytes, to_json, to_markdown
+from modelshrink.report import build_report, to_json, to_markdown
 from modelshrink.resume import ResumeStore, restore_rng
-from modelshrink.stages import StageContext, apply_stage
+from modelshrink.stages import StageContext
 
 
 def run(
@@ -90,19 +85,16 @@ def _run_locked(
 def _run_stages(
     recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bool, main: bool, recipe_source: str | None
 ) -> dict[str, Any]:
+    """The engine's two steps (measure the baseline, run each stage), saved after each for --resume."""
     saved = store.start(resume)
     distributed.barrier()
     if saved is None:
         model, lineage = load_model(recipe.model)
         model.eval()
         check_model_fits_data(model, data, recipe)
-        log(f"baseline: {sum(p.numel() for p in model.parameters()):,} parameters, measuring")
-        blob = to_bytes(model, lineage, data.input_shape)
-        baseline, reference = measure(model, data, recipe.evaluate, len(blob)) if main else (None, [])
-        if main:
-            log(_summary("baseline", baseline))
-        progress: dict[str, Any] = {"baseline": baseline, "results": [], "notes": {}}
-        store.save_stage(0, blob, progress, data.train.generator)
+        baseline, reference = measure_model(model, lineage, data, recipe.evaluate) if main else (None, None)
+        progress: dict[str, Any] = {"baseline": baseline, "results": []}
+        store.save_stage(0, to_bytes(model, lineage, data.input_shape), progress, data.train.generator)
         completed, original = 0, copy.deepcopy(model)
     else:
         progress, completed = saved["progress"], saved["completed"]
@@ -111,7 +103,7 @@ def _run_stages(
         with store.reading(0):
             original, _ = from_bytes(store.model_blob(0), recipe.model.allow_pickle, recipe.model.trusted)
         restore_rng(saved["rng"], data.train.generator)
-        reference = reference_outputs(original, data, recipe.evaluate) if main else []
+        reference = reference_outputs(original, data, recipe.evaluate) if main else None
     ctx = StageContext(
         data=data,
         original_model=original,
@@ -120,35 +112,15 @@ def _run_stages(
         seed=recipe.seed,
         resume_store=store,
         load_model=load_model,
-        notes=progress["notes"],
     )
     results: list[dict[str, Any]] = progress["results"]
     for index, (spec, name) in enumerate(zip(recipe.stages, recipe.stage_names(), strict=True), start=1):
         if index <= completed:
             continue
-        log(f"stage {name} ({spec.kind})")
-        start = time.perf_counter()
-        with _model_errors(name, model, data):
-            model = apply_stage(model, spec, ctx, name).eval()
-        duration = time.perf_counter() - start
-        blob = to_bytes(model, lineage, data.input_shape)
-        metrics = None
-        if main:
-            with _model_errors(name, model, data):
-                metrics, _ = measure(model, data, recipe.evaluate, len(blob), reference)
-            log(_summary(name, metrics))
-        params = spec.model_dump(mode="json", exclude={"kind", "name"})
-        results.append(
-            {
-                "name": name,
-                "kind": spec.kind,
-                "params": params,
-                "metrics": metrics,
-                "duration_s": duration,
-                "notes": ctx.notes.get(name, {}),
-            }
-        )
-        store.save_stage(index, blob, progress, data.train.generator)
+        before = results[-1]["metrics"] if results else progress["baseline"]
+        model, result = run_stage(model, spec, name, ctx, reference, before)
+        results.append(result.to_json())
+        store.save_stage(index, to_bytes(model, lineage, data.input_shape), progress, data.train.generator)
     if not main:
         return {}
     # earlier stages' models come back from their saved checkpoints; the last one is still in memory
@@ -180,26 +152,6 @@ def _write_outputs(out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: 
         replace=force,
     )
     log(f"wrote {out_dir}/ ({recipe.output.checkpoint_name}, report.json, report.md)")
-
-
-@contextmanager
-def _model_errors(stage: str, model: nn.Module, data: DataBundle) -> Iterator[None]:
-    """Turn a stage's user errors, and forward passes broken by the stage, into one-line UserErrors.
-
-    A RuntimeError is blamed on the model only if the model then fails on its own, at a layer we can
-    name; anything else is a bug of ours and keeps its traceback."""
-    try:
-        yield
-    except UserError as exc:
-        raise UserError(f"stage {stage!r}: {exc}") from None
-    except RuntimeError as exc:
-        layer = failing_layer(model, data.example_inputs(1))
-        if layer is None:
-            raise
-        first = first_line(exc)
-        raise UserError(
-            f"stage {stage!r} left a model that fails at layer {layer!r} ({first}); exclude that layer"
-        ) from None
 
 
 def check_output_dir(out_dir: Path, recipe: Recipe, force: bool, recipe_source: str | None = None) -> None:
@@ -267,17 +219,3 @@ def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) ->
             f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; set model.num_classes: "
             f"{data.num_classes}, or replace the classifier with a finetune stage's num_classes"
         )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _summary(name: str, m: dict[str, Any]) -> str:
-    quality = f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, " if not math.isnan(m["accuracy"]) else ""
-    return (
-        f"{name}: {quality}cosine to original {m['cosine']:.4f}, sparsity {m['sparsity']:.1%}, "
-        f"{human_bytes(m['size_bytes'])}"
-    )

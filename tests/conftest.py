@@ -43,3 +43,20 @@ def recipe_file(tmp_path: Path):
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+FAST_EVAL = {"latency": {"batch_size": 2, "warmup": 0, "iterations": 1}}
+
+
+def tensor_data(inputs: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int = 10, **kw: Any):
+    """A DataBundle over in-memory tensors (train and val alike), for `compress` in unit tests."""
+    from torch.utils.data import TensorDataset
+
+    from modelshrink.data.bundle import make_bundle
+
+    labels = labels if labels is not None else torch.zeros(len(inputs), dtype=torch.long)
+    dataset = TensorDataset(inputs, labels)
+    return make_bundle(
+        dataset, dataset, batch_size=kw.pop("batch_size", 32), num_workers=0, seed=0, num_classes=num_classes,
+        input_shape=inputs.shape[1:], **kw,
+    )  # fmt: skip

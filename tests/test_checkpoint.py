@@ -116,7 +116,7 @@ def test_transform_records_are_typed_and_versioned(tmp_path: Path) -> None:
     assert from_record(old, "x.pt") == QuantizeDynamic(["1"], "qint8", per_channel=False)
     with pytest.raises(UserError, match="transform 'quantize_dynamic' version 2 is newer"):
         from_record({**old, "version": 2}, "x.pt")
-    with pytest.raises(UserError, match="x.pt: damaged 'quantize_dynamic' transform"):
+    with pytest.raises(UserError, match=r"x\.pt: damaged 'quantize_dynamic' transform"):
         from_record({"kind": "quantize_dynamic", "layers": ["1"]}, "x.pt")
     with pytest.raises(UserError, match="unknown transform 'prune_heads'"):
         from_record({"kind": "prune_heads"}, "x.pt")

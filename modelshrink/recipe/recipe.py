@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from modelshrink.recipe.schema import ConstraintsSpec, DataSpec, EvaluateSpec, ModelSpec, OutputSpec, Strict, TextData
-from modelshrink.recipe.stage_specs import StageSpec
+from modelshrink.recipe.stage_specs import StageSpec, stage_names
 
 
 class Recipe(Strict):
@@ -26,8 +26,7 @@ class Recipe(Strict):
         return any(spec.training is not None and spec.training.selects_epochs for spec in self.stages)
 
     def stage_names(self) -> list[str]:
-        """Names used in reports: the recipe's own, or '<kind><index>' (1-based)."""
-        return [spec.name or f"{spec.kind}{i}" for i, spec in enumerate(self.stages, start=1)]
+        return stage_names(self.stages)
 
     @model_validator(mode="after")
     def _trainable_after_quantize(self) -> Recipe:

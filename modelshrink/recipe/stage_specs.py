@@ -11,7 +11,7 @@ and one module in `modelshrink/stages/quantize/`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
@@ -308,6 +308,11 @@ _ADAPTER: TypeAdapter[BaseStageSpec] = TypeAdapter(StageSpec)
 def parse_stage(value: dict[str, Any] | BaseStageSpec) -> BaseStageSpec:
     """A stage spec from its recipe form (`{"kind": "prune", "method": "channel", ...}`) or as given."""
     return value if isinstance(value, BaseStageSpec) else _ADAPTER.validate_python(value)
+
+
+def stage_names(specs: Sequence[BaseStageSpec]) -> list[str]:
+    """Names used in reports: each spec's own, or '<kind><index>' (1-based)."""
+    return [spec.name or f"{spec.kind}{i}" for i, spec in enumerate(specs, start=1)]
 
 
 def where_key_applies(kind: str, key: str) -> tuple[str, list[str]] | None:

@@ -8,11 +8,13 @@ Stages never write files.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import torch
 from torch import nn
 
 from modelshrink.data.bundle import DataBundle
@@ -20,6 +22,7 @@ from modelshrink.lineage import Lineage, Transform
 from modelshrink.recipe.schema import EvaluateSpec, ModelSpec
 from modelshrink.recipe.stage_specs import BaseStageSpec, TrainingSettings, parse_stage
 from modelshrink.resume import ResumeStore
+from modelshrink.stages.notes import StageNotes, TrainingRun
 from modelshrink.train import fit
 
 SpecT = TypeVar("SpecT")
@@ -33,8 +36,9 @@ def _no_loader(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
 class StageContext:
     """What stages may read: the data, the untouched original model, the run's settings.
 
-    Stages may append to `lineage` (a record of any structural change, so that the checkpoint can
-    be rebuilt; see `modelshrink.lineage.Transform`) and to `notes` (facts for the report)."""
+    Stages change structure through `transform` (recorded in `lineage`, so that the checkpoint can be
+    rebuilt; see `modelshrink.lineage.Transform`), train through `train`, and tell the report what it
+    should know through `notes_for(stage)` (typed: `stages.notes.StageNotes`)."""
 
     data: DataBundle
     original_model: nn.Module
@@ -45,7 +49,16 @@ class StageContext:
     # loads another model a stage names (a distillation teacher); given by the caller, which knows
     # how to read checkpoints (stages do not import the loader: it rebuilds checkpoints through them)
     load_model: Callable[[ModelSpec], tuple[nn.Module, Lineage]] = field(default=_no_loader)
-    notes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage, extra facts for the report
+    notes: dict[str, StageNotes] = field(default_factory=dict)
+
+    def notes_for(self, stage: str) -> StageNotes:
+        return self.notes.setdefault(stage, StageNotes())
+
+    def calibration_inputs(self, batches: int) -> Iterator[torch.Tensor]:
+        """Input batches for calibration (activation ranges, importance scores): the first `batches`
+        of the training split, never the validation split that reports quality."""
+        for inputs, _ in itertools.islice(self.data.train, batches):
+            yield inputs
 
     def transform(self, model: nn.Module, transform: Transform) -> nn.Module:
         """Make a structural change by replaying its record, and keep the record for the checkpoint:
@@ -79,15 +92,8 @@ class StageContext:
             on_epoch=(lambda state: store.save_epoch(stage, state)) if store else None,
             **options,
         )
-        self.notes.setdefault(stage, {}).setdefault("training", []).append(
-            {
-                "label": label or stage,
-                "epochs_run": result.epochs_run,
-                "kept_epoch": result.kept_epoch,
-                "start": result.start,
-                "best": result.best,
-            }
-        )
+        run = TrainingRun(label or stage, result.epochs_run, result.kept_epoch, result.start, result.best)
+        self.notes_for(stage).training.append(run)
         return result.model
 
 

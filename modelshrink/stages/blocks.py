@@ -9,7 +9,6 @@ No library does this for arbitrary nn.Modules, hence this module.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ def drop_blocks(model: nn.Module, spec: BlockPruneSpec, ctx: StageContext) -> nn
     if not candidates:
         raise UserError("no block can be removed without changing tensor shapes (or all are excluded)")
     count = max(1, round(spec.amount * len(candidates)))
-    batches = [inputs for inputs, _ in itertools.islice(ctx.data.train, spec.calibration_batches)]
+    batches = list(ctx.calibration_inputs(spec.calibration_batches))
     scores = block_scores(model, candidates, batches, spec.importance, ctx.seed)
     dropped = sorted(candidates, key=scores.__getitem__)[:count]
     model = ctx.transform(model, DropBlocks(dropped, {n: scores[n] for n in candidates}))

@@ -22,6 +22,7 @@ from modelshrink.errors import UserError
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.recipe.stage_specs import DistillSpec
 from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.stages.notes import Comparison
 from modelshrink.train import LossFn
 
 
@@ -52,11 +53,7 @@ class DistillStage(Stage[DistillSpec]):
             )
             distilled = evaluate_classifier(model, ctx.data.val, ctx.evaluate.max_val_batches)["accuracy"]
             finetuned = evaluate_classifier(plain, ctx.data.val, ctx.evaluate.max_val_batches)["accuracy"]
-            ctx.notes.setdefault(self.name, {})["compare_finetune"] = {
-                "distill_accuracy": distilled,
-                "finetune_accuracy": finetuned,
-                "distillation_won": distilled > finetuned,
-            }
+            ctx.notes_for(self.name).comparison = Comparison(distilled, finetuned)
         return model
 
     def _teacher(self, ctx: StageContext) -> nn.Module:

