@@ -11,7 +11,6 @@ state_dict strictly; everything is read with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.lineage import Lineage, from_record
+from modelshrink.quiet import quiet
 from modelshrink.version import __version__
 
 FORMAT = "modelshrink"
@@ -47,8 +47,7 @@ def to_bytes(model: nn.Module, lineage: Lineage, input_shape: tuple[int, ...] | 
 
 def from_bytes(blob: bytes, allow_pickle: bool = False, trust: Collection[str] = ()) -> tuple[nn.Module, Lineage]:
     """The inverse of `to_bytes`, for checkpoints held in memory or written by this process."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's TypedStorage notice when reading quantized tensors
+    with quiet():  # torch's TypedStorage notice when reading quantized tensors
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=not allow_pickle)
     return model_from_payload(payload, Path("<in memory>"), allow_pickle=allow_pickle, trust=trust)
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from modelshrink.hooks import forward_hooks
+
 
 def failing_layer(model: nn.Module, inputs: torch.Tensor) -> str | None:
     """The innermost module whose forward started but did not finish, or None if the model runs."""
@@ -18,15 +20,11 @@ def failing_layer(model: nn.Module, inputs: torch.Tensor) -> str | None:
     def leave(name: str) -> Callable[..., None]:
         return lambda *_: started.remove(name) if name in started else None
 
-    hooks = []
-    for name, module in model.named_modules():
-        hooks += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave(name))]
+    modules = list(model.named_modules())
+    entering = forward_hooks(((m, enter(n)) for n, m in modules), pre=True)
     try:
-        with torch.inference_mode():
+        with entering, forward_hooks((m, leave(n)) for n, m in modules), torch.inference_mode():
             model.eval()(inputs)
     except Exception:
         return started[-1] if started and started[-1] else "(the model's own forward)"
-    finally:
-        for hook in hooks:
-            hook.remove()
     return None

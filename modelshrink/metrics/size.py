@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modelshrink.hooks import forward_hooks
+
 
 @dataclass(frozen=True)
 class TensorEntry:
@@ -93,15 +95,7 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
             quantized_macs += output.numel() * per_output
 
     # Only true quantized kernels are invisible to FlopCounterMode; other packed weights run through F.* ops.
-    hooks = [
-        m.register_forward_hook(count_quantized)
-        for m in model.modules()
-        if any(t.is_quantized for _, t in _packed_weights(m))
-    ]
-    try:
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            model(inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    packed = [(m, count_quantized) for m in model.modules() if any(t.is_quantized for _, t in _packed_weights(m))]
+    with forward_hooks(packed), FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(inputs)
     return counter.get_total_flops() // 2 + quantized_macs

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from modelshrink.errors import UserError, first_line
+from modelshrink.quiet import quiet
 
 # Keys under which training scripts commonly nest the weights they save.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
@@ -33,8 +33,7 @@ def read_file(path: Path, allow_pickle: bool = False) -> Any:
         except (SafetensorError, OSError) as exc:
             raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's TypedStorage deprecation noise on old files
+        with quiet():  # torch's TypedStorage deprecation notice on old files
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch names the object it refused ("Unsupported global: GLOBAL torch.nn...Linear", or

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from modelshrink.errors import UserError
+from modelshrink.hooks import forward_hooks
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import BlockPruneSpec
 from modelshrink.stages.base import Stage, StageContext, register
@@ -48,21 +49,17 @@ def drop_blocks(model: nn.Module, spec: BlockPruneSpec, ctx: StageContext) -> nn
 def removable_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Non-leaf children of an nn.Sequential whose single tensor output has its input's shape."""
     shapes: dict[str, tuple[Any, Any]] = {}
-    hooks = []
-    for name, child in sequential_blocks(model):
 
-        def record(module: nn.Module, args: tuple, output: Any, name: str = name) -> None:
+    def recorder(name: str) -> Any:
+        def record(module: nn.Module, args: tuple, output: Any) -> None:
             inp = args[0] if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
             out = output if isinstance(output, torch.Tensor) else None
             shapes[name] = (None if inp is None else inp.shape, None if out is None else out.shape)
 
-        hooks.append(child.register_forward_hook(record))
-    try:
-        with torch.inference_mode():
-            model.eval()(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+        return record
+
+    with forward_hooks((child, recorder(name)) for name, child in sequential_blocks(model)), torch.inference_mode():
+        model.eval()(example)
     return [name for name, (inp, out) in shapes.items() if inp is not None and inp == out]
 
 

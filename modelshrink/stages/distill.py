@@ -12,6 +12,7 @@ with plain cross-entropy and the same settings, so the report can say whether di
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelshrink.errors import UserError
+from modelshrink.hooks import forward_hooks
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.recipe.stage_specs import DistillSpec
 from modelshrink.stages.base import Stage, StageContext, register
@@ -92,7 +94,8 @@ class Hints:
     def __init__(self, spec: DistillSpec, teacher: nn.Module, student: nn.Module, example: torch.Tensor):
         self.features: dict[str, torch.Tensor] = {}
         self.pairs = [(f"s{i}", f"t{i}") for i in range(len(spec.hints))]
-        self.hooks = []
+        self.hooks = ExitStack()  # closed by `remove`, after training
+        captures = []
         for i, hint in enumerate(spec.hints):
             for key, model, name in ((f"s{i}", student, hint.student), (f"t{i}", teacher, hint.teacher)):
                 try:
@@ -101,7 +104,8 @@ class Hints:
                     raise UserError(
                         f"hints[{i}]: no layer {name!r} in the {'student' if key[0] == 's' else 'teacher'}"
                     ) from None
-                self.hooks.append(module.register_forward_hook(self._capture(key)))
+                captures.append((module, self._capture(key)))
+        self.hooks.enter_context(forward_hooks(captures))
         self.projections = nn.ModuleList()
         if self.pairs:
             with torch.no_grad():
@@ -128,8 +132,7 @@ class Hints:
         return total
 
     def remove(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
+        self.hooks.close()
 
 
 def projection(student: torch.Tensor, teacher: torch.Tensor) -> nn.Module:

@@ -11,7 +11,6 @@ by the pipeline's next forward pass, which names the failing layer; see `modelsh
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelshrink.errors import UserError
+from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import ChannelPruneSpec
 from modelshrink.stages import reshape
 from modelshrink.stages.base import Stage, StageContext, register
@@ -54,8 +54,7 @@ def prune_channels(model: nn.Module, spec: ChannelPruneSpec, ctx: StageContext, 
     before = reshape.snapshot(model)
     params_before = sum(p.numel() for p in model.parameters())
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Torch-Pruning warns about every unwrapped parameter
+        with quiet():  # Torch-Pruning warns about every unwrapped parameter
             pruner = tp.pruner.BasePruner(
                 model,
                 example,

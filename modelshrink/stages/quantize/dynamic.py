@@ -20,7 +20,6 @@ tensors that the float table accepts (e.g. Hugging Face's expanded `token_type_i
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -29,13 +28,14 @@ import torch
 from torch import nn
 
 from modelshrink.errors import UserError
+from modelshrink.hooks import forward_hooks
 from modelshrink.lineage import Transform
+from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import DynamicQuantSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import select_modules, set_submodule
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+with quiet():  # torch.ao's deprecation notices
     import torch.ao.nn.quantized as nnq
     from torch.ao.quantization import (
         default_dynamic_qconfig,
@@ -96,14 +96,9 @@ def smooth(
 
         return hook
 
-    handles = [modules[name].register_forward_pre_hook(observe(name)) for name in names]
-    try:
-        with torch.inference_mode():
-            for inputs in batches:
-                model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks(((modules[name], observe(name)) for name in names), pre=True), torch.inference_mode():
+        for inputs in batches:
+            model(inputs)
     transform = SmoothLinear(names)
     model = transform.replay(model)
     modules = dict(model.named_modules())
@@ -149,8 +144,7 @@ class QuantizeDynamic(Transform, kind="quantize_dynamic"):
                 qconfigs[name] = linear_qconfig
             else:
                 qconfigs[name] = default_dynamic_qconfig
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():  # torch.ao's deprecation notices
             model = quantize_dynamic(model.eval(), qconfigs, dtype=getattr(torch, self.dtype))
         for module in model.modules():
             if type(module) is nnq.Embedding:

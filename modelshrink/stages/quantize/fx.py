@@ -9,9 +9,6 @@ prepare + convert on the float architecture (no calibration needed: the saved st
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +17,10 @@ from torch import nn
 
 from modelshrink.errors import UserError, first_line
 from modelshrink.lineage import Transform
+from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.selection import matches_any
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao deprecation notices on every call
-        yield
 
 
 @register(StaticQuantSpec)
@@ -78,7 +69,7 @@ class QuantizeFx(Transform, kind="quantize_fx"):
 
 def convert(prepared: nn.Module) -> nn.Module:
     """Swap observed / fake-quantized modules for int8 kernels."""
-    with _quiet():
+    with quiet():  # torch.ao's deprecation notices
         from torch.ao.quantization.quantize_fx import convert_fx
 
         return convert_fx(prepared.eval())
@@ -86,7 +77,7 @@ def convert(prepared: nn.Module) -> nn.Module:
 
 def prepare(model: nn.Module, transform: QuantizeFx) -> nn.Module:
     """Trace the model and insert observers (static) or fake-quantization (qat)."""
-    with _quiet():
+    with quiet():  # torch.ao's deprecation notices
         from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
         mapping = qconfig_mapping(transform)
