@@ -18,7 +18,7 @@ import copy
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -48,6 +48,18 @@ class FitResult:
     epochs_run: int
     start: dict[str, float] | None  # epoch 0's score; None when the loop does not choose epochs
     best: dict[str, float] | None
+
+
+@dataclass
+class EpochState:
+    """What the loop carries from epoch to epoch; with the model, optimizer, scheduler and random
+    generators it is the resumable state `on_epoch` receives after each epoch."""
+
+    epoch: int = 0  # the last epoch run (0: none yet)
+    best: dict[str, Any] | None = None  # the best score so far, its epoch and (keep_best) its weights
+    start: dict[str, float] | None = None  # epoch 0's score, when epochs are chosen
+    stale: int = 0  # epochs since the best one
+    last_accuracy: float = math.nan
 
 
 def fit(
@@ -84,76 +96,113 @@ def fit(
     if distributed.world_size() > 1:
         trainer = nn.parallel.DistributedDataParallel(model)  # frozen (requires_grad=False) params are left out
     selection = data.tune if data.tune is not None else data.val
-    best: dict[str, Any] | None = None
-    start: dict[str, float] | None = None
-    start_epoch, stale = 1, 0
+    split = "tuning" if selection is data.tune else "val"
+
+    def score() -> dict[str, float]:
+        return evaluate_classifier(model, selection, max_val_batches)
+
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["rng"])
-        data.train.generator.set_state(resume["loader_rng"])
-        best, stale, start_epoch, start = resume["best"], resume["stale"], resume["epoch"] + 1, resume["start"]
-    elif spec.selects_epochs:
-        start = evaluate_classifier(model, selection, max_val_batches)
-        best = _candidate(start, 0, model, spec.keep_best)
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, spec.epochs + 1):
-        began, loss_sum, seen = time.perf_counter(), 0.0, 0
+        state = _restore(resume, model, optimizer, scheduler, data)
+    else:
+        state = EpochState()
+        if spec.selects_epochs:
+            state.start = score()
+            state.best = _candidate(state.start, 0, model, spec.keep_best)
+    for epoch in range(state.epoch + 1, spec.epochs + 1):
+        began = time.perf_counter()
         trainer.train()
         for module in frozen_norms:
             module.eval()
         batches = itertools.islice(distributed.shard(data.train, seed, epoch), steps)
-        for inputs, targets in track(batches, f"{label} epoch {epoch}/{spec.epochs}", total=steps):
-            loss = loss_fn(trainer, inputs, targets)
-            if not torch.isfinite(loss):
-                raise UserError(f"training diverged (loss {loss.item()} in epoch {epoch}); lower the lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                for param, mask in masks:
-                    param.mul_(mask)
-            loss_sum += loss.item() * targets.shape[0]
-            seen += targets.shape[0]
+        progress = track(batches, f"{label} epoch {epoch}/{spec.epochs}", total=steps)
+        train_loss = train_one_epoch(trainer, progress, optimizer, scheduler, loss_fn, masks, epoch)
         distributed.sync_buffers(model)
-        score = evaluate_classifier(model, selection, max_val_batches)
-        if best is None or _beats(score, best):
-            best = _candidate(score, epoch, model, spec.keep_best)
-            stale = 0
-        else:
-            stale += 1
-        split = "tuning" if selection is data.tune else "val"
+        _select(state, epoch, score(), model, spec.keep_best)
         if distributed.is_main():
             log(
-                f"{label} epoch {epoch}/{spec.epochs}: train loss {loss_sum / max(seen, 1):.4f}, "
-                f"{split} accuracy {score['accuracy']:.4f} ({time.perf_counter() - began:.1f}s)"
+                f"{label} epoch {epoch}/{spec.epochs}: train loss {train_loss:.4f}, {split} accuracy "
+                f"{state.last_accuracy:.4f} ({time.perf_counter() - began:.1f}s)"
             )
         if on_epoch is not None:
-            on_epoch(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "loader_rng": data.train.generator.get_state(),
-                    "best": best,
-                    "stale": stale,
-                    "start": start,
-                }
-            )
-        if spec.early_stopping is not None and stale >= spec.early_stopping:
-            log(f"{label}: no better {split} accuracy for {stale} epochs, stopping early")
+            on_epoch(_resumable(state, model, optimizer, scheduler, data))
+        if spec.early_stopping is not None and state.stale >= spec.early_stopping:
+            log(f"{label}: no better {split} accuracy for {state.stale} epochs, stopping early")
             break
-    if spec.keep_best and best is not None and best["model"] is not None:
+    return _finish(model, state, spec.keep_best, label)
+
+
+def train_one_epoch(
+    trainer: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: LossFn,
+    masks: Sequence[tuple[nn.Parameter, torch.Tensor]],
+    epoch: int,
+) -> float:
+    """One pass over `batches` (LR stepped per batch, pruned weights put back to zero after every
+    step); returns the mean training loss."""
+    loss_sum, seen = 0.0, 0
+    for inputs, targets in batches:
+        loss = loss_fn(trainer, inputs, targets)
+        if not torch.isfinite(loss):
+            raise UserError(f"training diverged (loss {loss.item()} in epoch {epoch}); lower the lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            for param, mask in masks:
+                param.mul_(mask)
+        loss_sum += loss.item() * targets.shape[0]
+        seen += targets.shape[0]
+    return loss_sum / max(seen, 1)
+
+
+def _select(state: EpochState, epoch: int, score: dict[str, float], model: nn.Module, keep: bool) -> None:
+    state.epoch, state.last_accuracy = epoch, score["accuracy"]
+    if state.best is None or _beats(score, state.best):
+        state.best, state.stale = _candidate(score, epoch, model, keep), 0
+    else:
+        state.stale += 1
+
+
+def _finish(model: nn.Module, state: EpochState, keep_best: bool, label: str) -> FitResult:
+    best = state.best
+    if keep_best and best is not None and best["model"] is not None:
         model.load_state_dict(best["model"])
         which = "the starting weights" if best["epoch"] == 0 else f"epoch {best['epoch']}"
         log(f"{label}: keeping {which} (accuracy {best['accuracy']:.4f} on the selection split)")
-    kept = best["epoch"] if spec.keep_best and best is not None else epoch
+    kept = best["epoch"] if keep_best and best is not None else state.epoch
     score = {k: best[k] for k in ("accuracy", "loss")} if best is not None else None
-    return FitResult(model.eval(), kept, epoch, start, score)
+    return FitResult(model.eval(), kept, state.epoch, state.start, score)
+
+
+def _resumable(
+    state: EpochState, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data: DataBundle
+) -> dict[str, Any]:
+    return {
+        "epoch": state.epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "loader_rng": data.train.generator.get_state(),
+        "best": state.best,
+        "stale": state.stale,
+        "start": state.start,
+    }
+
+
+def _restore(
+    saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data: DataBundle
+) -> EpochState:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    data.train.generator.set_state(saved["loader_rng"])
+    return EpochState(epoch=saved["epoch"], best=saved["best"], start=saved["start"], stale=saved["stale"])
 
 
 def _candidate(score: dict[str, float], epoch: int, model: nn.Module, keep: bool) -> dict[str, Any]:
