@@ -136,41 +136,22 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from modelshrink.report import fixed, human_bytes, human_count
+    from modelshrink.constraints import shown
+    from modelshrink.descriptors import METRICS
 
+    columns = [d for d in METRICS.values() if d.in_cli]
     table = Table(title=report["recipe"].get("name") or "modelshrink", title_justify="left")
-    for column in (
-        "stage",
-        "accuracy",
-        "cosine",
-        "latency b1 (ms)",
-        f"b{report['baseline']['latency_ms']['batch_n']} (ms)",
-        "params",
-        "sparsity",
-        "MACs",
-        "size",
-    ):
-        table.add_column(column, justify="left" if column == "stage" else "right")
+    table.add_column("stage", justify="left")
+    for d in columns:
+        table.add_column(d.label.format(n=report["baseline"]["latency_ms"]["batch_n"]), justify="right")
     rows = [("baseline", report["baseline"])] + [(s["name"], s["metrics"]) for s in report["stages"]]
     for name, m in rows:
-        table.add_row(
-            name,
-            fixed(m["accuracy"]),
-            fixed(m["cosine"]),
-            f"{m['latency_ms']['batch1_median']:.2f}",
-            f"{m['latency_ms']['batchN_median']:.2f}",
-            human_count(m["params"]),
-            f"{m['sparsity']:.1%}",
-            human_count(m["macs"]),
-            human_bytes(m["size_bytes"]),
-        )
+        table.add_row(name, *(d.show(d.read(m)) for d in columns))
     console = _stdout()
     console.print(table)
     for c in report["constraints"]:
-        console.print(
-            f"{c['name']}: limit {c['limit']:.4f}, value {c['value']:.4f} → {'pass' if c['passed'] else 'FAIL'}",
-            markup=False,
-        )
+        limit, value = shown(c["name"], c["limit"]), shown(c["name"], c["value"])
+        console.print(f"{c['name']}: limit {limit}, value {value} → {'pass' if c['passed'] else 'FAIL'}", markup=False)
     for note in report["findings"]:
         console.print(f"note: {note}", markup=False)
 
@@ -207,7 +188,7 @@ def inspect(
 def _print_inspection(info: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from modelshrink.report import human_bytes, human_count
+    from modelshrink.descriptors import human_bytes, human_count
 
     table = Table(title=f"{info['path']} ({info['kind']})", title_justify="left")
     for column in ("layer", "type", "shape", "dtype", "params", "sparsity", "bytes"):

@@ -1,27 +1,85 @@
-"""CI gates: compare the final model with the baseline against the recipe's limits."""
+"""CI gates: the final model against the recipe's limits, each a bound on one reported metric.
+
+The named gates (`max_accuracy_drop`, `min_accuracy`, `min_cosine`) and the generic form
+(`accuracy: {max_drop: 0.01}`, `latency_b1_ms: {max_ratio: 0.8}`) become the same `Gate`s, read
+through the metric descriptors, so a new metric can be gated without touching this module.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from modelshrink.recipe.schema import ConstraintsSpec
+from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics
+
+# the named gates: recipe key -> (metric, bound)
+NAMED = {
+    "max_accuracy_drop": ("accuracy", "max_drop"),
+    "min_accuracy": ("accuracy", "min"),
+    "min_cosine": ("cosine", "min"),
+}
+_PASSES = {
+    "min": lambda value, limit: value >= limit,
+    "max": lambda value, limit: value <= limit,
+    "max_drop": lambda value, limit: value <= limit,
+    "max_rise": lambda value, limit: value <= limit,
+    "min_ratio": lambda value, limit: value >= limit,
+    "max_ratio": lambda value, limit: value <= limit,
+}
 
 
-def check_constraints(spec: ConstraintsSpec, baseline: dict[str, Any], final: dict[str, Any]) -> list[dict[str, Any]]:
-    results = []
-    if spec.max_accuracy_drop is not None:
-        drop = baseline["accuracy"] - final["accuracy"]
-        results.append(_result("max_accuracy_drop", spec.max_accuracy_drop, drop, drop <= spec.max_accuracy_drop))
-    if spec.min_accuracy is not None:
-        acc = final["accuracy"]
-        results.append(_result("min_accuracy", spec.min_accuracy, acc, acc >= spec.min_accuracy))
-    if spec.min_cosine is not None:
-        cosine = final["cosine"]
-        results.append(_result("min_cosine", spec.min_cosine, cosine, cosine >= spec.min_cosine))
-    return results
+@dataclass(frozen=True)
+class Gate:
+    name: str  # as the recipe spells it: max_accuracy_drop, or latency_b1_ms.max_ratio
+    metric: MetricDescriptor
+    bound: str  # a key of _PASSES
+    limit: float
+
+    def value(self, baseline: Metrics, final: Metrics) -> float:
+        """What the limit is compared with: the final value, or its change against the baseline."""
+        now, before = self.metric.read(final), self.metric.read(baseline)
+        if self.bound == "max_drop":
+            return before - now
+        if self.bound == "max_rise":
+            return now - before
+        if self.bound in ("min_ratio", "max_ratio"):
+            return now / before if before else math.nan
+        return now
+
+    def check(self, baseline: Metrics, final: Metrics) -> dict[str, Any]:
+        value = self.value(baseline, final)
+        # A NaN (e.g. an empty validation split) compares False either way: it must never pass a gate.
+        passed = _PASSES[self.bound](value, self.limit) and not math.isnan(value)
+        return {"name": self.name, "limit": self.limit, "value": value, "passed": bool(passed)}
 
 
-def _result(name: str, limit: float, value: float, passed: bool) -> dict[str, Any]:
-    # A NaN (e.g. an empty validation split) compares False either way: it must never pass a gate.
-    return {"name": name, "limit": limit, "value": value, "passed": bool(passed) and not math.isnan(value)}
+def shown(name: str, number: float) -> str:
+    """A gate's limit or value as people read it: sizes in bytes units, ratios as 0.80x."""
+    metric, bound = NAMED.get(name) or name.rsplit(".", 1)
+    if bound in ("min_ratio", "max_ratio"):
+        return f"{number:.2f}x"
+    descriptor = METRICS[metric]
+    return f"{number:.4f}" if descriptor.unit in ("", "fraction") else descriptor.show(number)
+
+
+def gates(spec: Any) -> list[Gate]:
+    """Every gate a `constraints:` section sets, named gates first."""
+    found = [
+        Gate(key, METRICS[metric], bound, getattr(spec, key))
+        for key, (metric, bound) in NAMED.items()
+        if getattr(spec, key) is not None
+    ]
+    for name, descriptor in METRICS.items():
+        bounds = getattr(spec, name, None)  # a metric registered after the recipe schema was built
+        if bounds is not None:
+            found += [
+                Gate(f"{name}.{b}", descriptor, b, getattr(bounds, b))
+                for b in _PASSES
+                if getattr(bounds, b) is not None
+            ]
+    return found
+
+
+def check_constraints(spec: Any, baseline: Metrics, final: Metrics) -> list[dict[str, Any]]:
+    return [gate.check(baseline, final) for gate in gates(spec)]

@@ -25,6 +25,7 @@ from torch import nn
 
 from modelshrink.checkpoint import to_bytes
 from modelshrink.data import DataBundle, build_data
+from modelshrink.descriptors import Metrics, human_bytes
 from modelshrink.diagnose import failing_layer
 from modelshrink.errors import UserError, first_line
 from modelshrink.lineage import Lineage
@@ -33,7 +34,6 @@ from modelshrink.metrics import Reference, add_latencies, measure
 from modelshrink.progress import log
 from modelshrink.recipe.schema import DataSpec, EvaluateSpec, ModelSpec
 from modelshrink.recipe.stage_specs import BaseStageSpec, parse_stage, stage_names
-from modelshrink.report import human_bytes
 from modelshrink.stages import StageContext, apply_stage
 
 
@@ -44,7 +44,7 @@ class StageResult:
     name: str
     kind: str
     params: dict[str, Any]
-    metrics: dict[str, Any] | None  # None on ranks other than 0 of a multi-process run
+    metrics: Metrics | None  # None on ranks other than 0 of a multi-process run
     duration_s: float
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -58,11 +58,11 @@ class Result:
 
     model: nn.Module
     lineage: Lineage
-    baseline: dict[str, Any]
+    baseline: Metrics
     stages: list[StageResult]
 
     @property
-    def final(self) -> dict[str, Any]:
+    def final(self) -> Metrics:
         return self.stages[-1].metrics if self.stages and self.stages[-1].metrics else self.baseline
 
 

@@ -2,7 +2,8 @@
 
 Schema version 1 — top-level keys: schema_version, version, recipe, recipe_source, environment,
 baseline, stages[{name, kind, params, metrics, duration_s, notes}], final, constraints[{name, limit, value,
-passed}], findings[str], checkpoint, passed. Metrics keys are `modelshrink.metrics.METRIC_KEYS`.
+passed}], findings[str], checkpoint, passed. Metrics are `modelshrink.descriptors.Metrics`; the table
+shows every metric in `descriptors.METRICS`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from modelshrink.constraints import shown
+from modelshrink.descriptors import METRICS, Metrics
 from modelshrink.environment import cpu_summary, environment
 from modelshrink.version import __version__
 
@@ -94,17 +97,18 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     n = base["latency_ms"]["batch_n"]
+    metrics = list(METRICS.values())
     lines += [
-        f"| stage | accuracy | loss | cosine | latency b1 median (ms) | b1 p95 (ms) | b{n} median (ms) | params | "
-        "non-zero | sparsity | MACs | size | time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        _row("baseline", "", base, base, None),
+        "| stage | " + " | ".join(d.label.format(n=n) for d in metrics) + " | time (s) |",
+        "|---" * (len(metrics) + 2) + "|",
+        _row("baseline", base, base, None),
     ]
-    lines += [_row(s["name"], s["kind"], s["metrics"], base, s["duration_s"]) for s in report["stages"]]
+    lines += [_row(f"{s['name']} ({s['kind']})", s["metrics"], base, s["duration_s"]) for s in report["stages"]]
     if report["constraints"]:
         lines += ["", "## Constraints", "", "| constraint | limit | value | result |", "|---|---|---|---|"]
         lines += [
-            f"| {c['name']} | {c['limit']:.4f} | {c['value']:.4f} | {'pass' if c['passed'] else '**FAIL**'} |"
+            f"| {c['name']} | {shown(c['name'], c['limit'])} | {shown(c['name'], c['value'])} | "
+            f"{'pass' if c['passed'] else '**FAIL**'} |"
             for c in report["constraints"]
         ]
     if report["findings"]:
@@ -119,56 +123,15 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _row(name: str, kind: str, m: dict[str, Any], base: dict[str, Any], duration: float | None) -> str:
-    lat, blat = m["latency_ms"], base["latency_ms"]
-    label = f"{name} ({kind})" if kind else name
-    cells = [
-        label,
-        _with_delta(fixed(m["accuracy"]), _points(m["accuracy"] - base["accuracy"]), duration),
-        fixed(m["loss"]),
-        fixed(m["cosine"]),
-        _with_delta(f"{lat['batch1_median']:.2f}", _ratio(lat["batch1_median"], blat["batch1_median"]), duration),
-        _with_delta(f"{lat['batch1_p95']:.2f}", _ratio(lat["batch1_p95"], blat["batch1_p95"]), duration),
-        _with_delta(f"{lat['batchN_median']:.2f}", _ratio(lat["batchN_median"], blat["batchN_median"]), duration),
-        _with_delta(human_count(m["params"]), _ratio(m["params"], base["params"]), duration),
-        _with_delta(human_count(m["nonzero_params"]), _ratio(m["nonzero_params"], base["nonzero_params"]), duration),
-        f"{m['sparsity']:.1%}",
-        _with_delta(human_count(m["macs"]), _ratio(m["macs"], base["macs"]), duration),
-        _with_delta(human_bytes(m["size_bytes"]), _ratio(m["size_bytes"], base["size_bytes"]), duration),
-        "" if duration is None else f"{duration:.1f}",
-    ]
+def _row(label: str, m: Metrics, base: Metrics, duration: float | None) -> str:
+    """A stage's value of every metric, with its change against the baseline (not on the baseline's row)."""
+    cells = [label]
+    for d in METRICS.values():
+        value = d.show(d.read(m))
+        change = d.compared(d.read(m), d.read(base)) if duration is not None else ""
+        cells.append(f"{value} ({change})" if change else value)
+    cells.append("" if duration is None else f"{duration:.1f}")
     return "| " + " | ".join(cells) + " |"
-
-
-def _with_delta(value: str, delta: str, duration: float | None) -> str:
-    return value if duration is None else f"{value} ({delta})"
-
-
-def fixed(value: float) -> str:
-    """Four decimals, or n/a for an undefined metric (accuracy without labels, loss of a foreign head)."""
-    return "n/a" if math.isnan(value) else f"{value:.4f}"
-
-
-def _points(delta: float) -> str:
-    return "n/a" if math.isnan(delta) else f"{delta * 100:+.2f} pt"
-
-
-def _ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base else "n/a"
-
-
-def human_count(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return str(int(value))
-
-
-def human_bytes(value: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{int(value)} B"
 
 
 def to_json(report: dict[str, Any]) -> str:

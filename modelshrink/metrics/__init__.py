@@ -1,4 +1,4 @@
-"""Everything measured for the baseline and after each stage, as flat dicts with the report's stable keys.
+"""Everything measured for the baseline and after each stage (`descriptors.Metrics`, report.json's keys).
 
 Quality and size are measured right after each stage; latency for all of them at the end, side by
 side (see `latency`), which is why `measure` and `add_latencies` are separate steps.
@@ -14,28 +14,18 @@ from torch import nn
 
 from modelshrink import distributed
 from modelshrink.data.bundle import DataBundle
+from modelshrink.descriptors import Metrics
 from modelshrink.metrics.accuracy import evaluate_outputs
 from modelshrink.metrics.latency import measure_latencies
 from modelshrink.metrics.size import count_macs, count_parameters
 from modelshrink.recipe.schema import EvaluateSpec
 
-METRIC_KEYS = (
-    "accuracy",
-    "loss",
-    "cosine",
-    "latency_ms",
-    "params",
-    "nonzero_params",
-    "sparsity",
-    "macs",
-    "size_bytes",
-)
 Reference = list[torch.Tensor]  # the original model's validation outputs, batch by batch
 
 
 def measure(
     model: nn.Module, data: DataBundle, spec: EvaluateSpec, size_bytes: int, reference: Reference | None = None
-) -> tuple[dict[str, Any], Reference]:
+) -> tuple[Metrics, Reference]:
     """Everything but latency (`latency_ms` stays None until `add_latencies`). Without `reference`
     the model is the original: its outputs come back as the reference for the stages after it
     (with a reference, nothing comes back)."""
@@ -43,7 +33,7 @@ def measure(
     quality, outputs = evaluate_outputs(
         model, data.val, spec.max_val_batches, labeled=data.labeled, reference=reference
     )
-    metrics = {
+    metrics: Metrics = {  # type: ignore[typeddict-item]
         **quality,
         "latency_ms": None,
         **count_parameters(model),

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
+from modelshrink.constraints import gates
 from modelshrink.recipe.schema import ConstraintsSpec, DataSpec, EvaluateSpec, ModelSpec, OutputSpec, Strict, TextData
 from modelshrink.recipe.stage_specs import StageSpec, stage_names
 
@@ -52,9 +53,11 @@ class Recipe(Strict):
                     raise ValueError(f"stage {spec.kind!r} trains, which needs labels: set data.label_field")
                 if spec.needs_labels:
                     raise ValueError(f"stage {spec.kind!r} needs labels (loss gradients): set data.label_field")
-            for gate in ("max_accuracy_drop", "min_accuracy"):
-                if getattr(self.constraints, gate) is not None:
-                    raise ValueError(f"constraints.{gate} needs labels: set data.label_field, or gate on min_cosine")
+            for gate in gates(self.constraints):
+                if gate.metric.needs_labels:
+                    raise ValueError(
+                        f"constraints.{gate.name} needs labels: set data.label_field, or gate on min_cosine"
+                    )
         return self
 
     @model_validator(mode="after")

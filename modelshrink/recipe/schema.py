@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+
+from modelshrink.descriptors import METRICS
 
 
 class Strict(BaseModel):
@@ -223,7 +225,26 @@ class OutputSpec(Strict):
         return self
 
 
-class ConstraintsSpec(Strict):
+class Bounds(Strict):
+    """Limits on one metric of the final model: absolute, or against the baseline's value."""
+
+    min: float | None = None
+    max: float | None = None
+    max_drop: Annotated[float, Field(ge=0)] | None = Field(default=None, description="baseline - final at most")
+    max_rise: Annotated[float, Field(ge=0)] | None = Field(default=None, description="final - baseline at most")
+    min_ratio: PositiveFloat | None = Field(default=None, description="final / baseline at least")
+    max_ratio: PositiveFloat | None = Field(default=None, description="final / baseline at most, e.g. 0.8")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Bounds:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of min, max, max_drop, max_rise, min_ratio, max_ratio")
+        return self
+
+
+class _NamedGates(Strict):
+    """The first gates, kept by name: each is a bound on one metric (see `constraints.gates`)."""
+
     max_accuracy_drop: Probability | None = Field(
         default=None, description="absolute top-1 drop allowed against the baseline, e.g. 0.01"
     )
@@ -231,3 +252,16 @@ class ConstraintsSpec(Strict):
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
         default=None, description="mean cosine similarity of the final model's outputs to the original's"
     )
+
+
+# One optional `Bounds` per metric the report knows (descriptors.METRICS), e.g.
+# `constraints: {accuracy: {max_drop: 0.01}, latency_b1_ms: {max_ratio: 0.8}, size_bytes: {max: 5.0e6}}`.
+ConstraintsSpec = create_model(
+    "ConstraintsSpec",
+    __base__=_NamedGates,
+    __module__=__name__,
+    **{
+        name: (Bounds | None, Field(default=None, description=f"{d.label}: {d.better} is better"))
+        for name, d in METRICS.items()
+    },
+)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import modelshrink
 from modelshrink.cli import app
+from modelshrink.descriptors import METRIC_KEYS
 from modelshrink.environment import ISA_FEATURES
-from modelshrink.metrics import METRIC_KEYS
 from tests.conftest import tiny_recipe, write_recipe
 
 runner = CliRunner()

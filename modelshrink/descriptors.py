@@ -1,0 +1,119 @@
+"""What each reported metric is: its name, which way is better, its unit, how it is shown and how it
+changes against the baseline. The CLI table, report.md and the gates (`constraints:`) are all driven
+from `METRICS`, so a new metric is one `register_metric` call plus the code that measures it
+(`modelshrink.metrics.measure`). No torch here: recipes are validated without it.
+
+The measured values themselves travel as report.json holds them (`Metrics`), a typed dict because
+the same dicts are written to report.json and to the resume state, which reads plain types only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypedDict
+
+
+class Latency(TypedDict):
+    batch1_median: float
+    batch1_p95: float
+    batchN_median: float
+    batchN_p95: float
+    batch_n: int
+    threads: int
+
+
+class Metrics(TypedDict):
+    """One model's measurements, with report.json's keys (schema version 1)."""
+
+    accuracy: float  # NaN without labels
+    loss: float
+    cosine: float  # mean cosine similarity of the outputs to the original model's
+    latency_ms: Latency | None  # None until the models are timed side by side
+    params: int
+    nonzero_params: int
+    sparsity: float
+    macs: int
+    size_bytes: int
+
+
+METRIC_KEYS = tuple(Metrics.__annotations__)
+
+
+@dataclass(frozen=True)
+class MetricDescriptor:
+    name: str  # the key of a gate in `constraints:` and of the value in `value_of`
+    label: str  # column header; "{n}" stands for the latency batch size
+    better: Literal["higher", "lower"]
+    unit: Literal["fraction", "ms", "count", "bytes", ""]
+    read: Callable[[Metrics], float]
+    change: Literal["points", "ratio", None]  # how a stage's value is compared with the baseline's
+    in_cli: bool = True  # a column of the terminal table (report.md shows every metric)
+    needs_labels: bool = False
+
+    def show(self, value: float) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return "n/a"
+        return _FORMATS[self.unit](value)
+
+    def compared(self, value: float, baseline: float) -> str:
+        if self.change == "points":
+            return "n/a" if math.isnan(value - baseline) else f"{(value - baseline) * 100:+.2f} pt"
+        if self.change == "ratio":
+            return f"{value / baseline:.2f}x" if baseline else "n/a"
+        return ""
+
+
+def human_count(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(int(value))
+
+
+def human_bytes(value: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{int(value)} B"
+
+
+_FORMATS: dict[str, Callable[[float], str]] = {
+    "": lambda v: f"{v:.4f}",
+    "fraction": lambda v: f"{v:.1%}",
+    "ms": lambda v: f"{v:.2f}",
+    "count": human_count,
+    "bytes": human_bytes,
+}
+
+METRICS: dict[str, MetricDescriptor] = {}
+
+
+def register_metric(descriptor: MetricDescriptor) -> MetricDescriptor:
+    """Add a column to the table and report.md; to gate it too, register it before `modelshrink.recipe`
+    is imported (the `constraints:` schema is built from METRICS then)."""
+    METRICS[descriptor.name] = descriptor
+    return descriptor
+
+
+def _latency(key: str) -> Callable[[Metrics], float]:
+    return lambda m: m["latency_ms"][key] if m["latency_ms"] else math.nan  # type: ignore[literal-required]
+
+
+for _descriptor in (
+    MetricDescriptor("accuracy", "accuracy", "higher", "", lambda m: m["accuracy"], "points", needs_labels=True),
+    MetricDescriptor("loss", "loss", "lower", "", lambda m: m["loss"], None, in_cli=False, needs_labels=True),
+    MetricDescriptor("cosine", "cosine", "higher", "", lambda m: m["cosine"], None),
+    MetricDescriptor("latency_b1_ms", "latency b1 (ms)", "lower", "ms", _latency("batch1_median"), "ratio"),
+    MetricDescriptor("latency_b1_p95_ms", "b1 p95 (ms)", "lower", "ms", _latency("batch1_p95"), "ratio", in_cli=False),
+    MetricDescriptor("latency_bn_ms", "b{n} (ms)", "lower", "ms", _latency("batchN_median"), "ratio"),
+    MetricDescriptor("params", "params", "lower", "count", lambda m: m["params"], "ratio"),
+    MetricDescriptor(
+        "nonzero_params", "non-zero", "lower", "count", lambda m: m["nonzero_params"], "ratio", in_cli=False
+    ),
+    MetricDescriptor("sparsity", "sparsity", "higher", "fraction", lambda m: m["sparsity"], None),
+    MetricDescriptor("macs", "MACs", "lower", "count", lambda m: m["macs"], "ratio"),
+    MetricDescriptor("size_bytes", "size", "lower", "bytes", lambda m: m["size_bytes"], "ratio"),
+):
+    register_metric(_descriptor)
