@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics
 
@@ -27,6 +27,13 @@ _PASSES = {
     "min_ratio": lambda value, limit: value >= limit,
     "max_ratio": lambda value, limit: value <= limit,
 }
+
+
+class GateResult(TypedDict):
+    name: str
+    limit: float
+    value: float
+    passed: bool
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class Gate:
             return now / before if before else math.nan
         return now
 
-    def check(self, baseline: Metrics, final: Metrics) -> dict[str, Any]:
+    def check(self, baseline: Metrics, final: Metrics) -> GateResult:
         value = self.value(baseline, final)
         # A NaN (e.g. an empty validation split) compares False either way: it must never pass a gate.
         passed = _PASSES[self.bound](value, self.limit) and not math.isnan(value)
@@ -81,5 +88,5 @@ def gates(spec: Any) -> list[Gate]:
     return found
 
 
-def check_constraints(spec: Any, baseline: Metrics, final: Metrics) -> list[dict[str, Any]]:
+def check_constraints(spec: Any, baseline: Metrics, final: Metrics) -> list[GateResult]:
     return [gate.check(baseline, final) for gate in gates(spec)]

@@ -33,7 +33,7 @@ from modelshrink.loading import load_model
 from modelshrink.metrics import Reference, add_latencies, measure
 from modelshrink.progress import log
 from modelshrink.recipe.schema import DataSpec, EvaluateSpec, ModelSpec
-from modelshrink.recipe.stage_specs import BaseStageSpec, parse_stage, stage_names
+from modelshrink.recipe.stage_specs import BaseStageSpec, needs_tuning_split, parse_stage, stage_names
 from modelshrink.stages import StageContext, apply_stage
 
 
@@ -107,8 +107,7 @@ def compress(
 
 def _build_data(spec: dict[str, Any], seed: int, model: ModelSpec | None, stages: list[BaseStageSpec]) -> DataBundle:
     parsed = TypeAdapter(DataSpec).validate_python(spec)
-    tuning = any(s.training is not None and s.training.selects_epochs for s in stages)
-    return build_data(parsed, seed, model, tuning_split=tuning)
+    return build_data(parsed, seed, model, tuning_split=needs_tuning_split(stages))
 
 
 def measure_model(

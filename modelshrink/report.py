@@ -10,14 +10,33 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, TypedDict
 
-from modelshrink.constraints import shown
+from modelshrink.constraints import GateResult, shown
 from modelshrink.descriptors import METRICS, Metrics
 from modelshrink.environment import cpu_summary, environment
 from modelshrink.version import __version__
 
 SCHEMA_VERSION = 1
+
+
+class Report(TypedDict):
+    """report.json, schema version 1."""
+
+    schema_version: int
+    version: str
+    recipe: dict[str, Any]
+    recipe_source: str | None
+    environment: dict[str, Any]
+    baseline: Metrics
+    stages: list[dict[str, Any]]  # `engine.StageResult.to_json()`
+    final: Metrics
+    constraints: list[GateResult]
+    findings: list[str]
+    checkpoint: str
+    passed: bool
+
+
 # A stage slower than the baseline beyond noise gets called out: compressed models that run slower
 # than fp32 are a common, silent failure in compression tools. Beyond noise = above both 1.1x the
 # baseline's median and the baseline's own p95.
@@ -28,12 +47,11 @@ def build_report(
     *,
     recipe: dict[str, Any],
     recipe_source: str | None,
-    baseline: dict[str, Any],
+    baseline: Metrics,
     stages: list[dict[str, Any]],
-    constraints: list[dict[str, Any]],
+    constraints: list[GateResult],
     checkpoint: str,
-) -> dict[str, Any]:
-
+) -> Report:
     final = stages[-1]["metrics"] if stages else baseline
     return {
         "schema_version": SCHEMA_VERSION,

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from modelshrink.constraints import gates
 from modelshrink.recipe.schema import ConstraintsSpec, DataSpec, EvaluateSpec, ModelSpec, OutputSpec, Strict, TextData
-from modelshrink.recipe.stage_specs import StageSpec, stage_names
+from modelshrink.recipe.stage_specs import StageSpec, needs_tuning_split, stage_names
 
 
 class Recipe(Strict):
@@ -23,8 +23,7 @@ class Recipe(Strict):
 
     @property
     def needs_tuning_split(self) -> bool:
-        """Whether any stage chooses between training epochs (see `TrainingSettings.selects_epochs`)."""
-        return any(spec.training is not None and spec.training.selects_epochs for spec in self.stages)
+        return needs_tuning_split(self.stages)
 
     def stage_names(self) -> list[str]:
         return stage_names(self.stages)

@@ -310,6 +310,12 @@ def parse_stage(value: dict[str, Any] | BaseStageSpec) -> BaseStageSpec:
     return value if isinstance(value, BaseStageSpec) else _ADAPTER.validate_python(value)
 
 
+def needs_tuning_split(specs: Sequence[BaseStageSpec]) -> bool:
+    """Whether any stage chooses between training epochs (see `TrainingSettings.selects_epochs`), which
+    needs a split held out of the training data."""
+    return any(spec.training is not None and spec.training.selects_epochs for spec in specs)
+
+
 def stage_names(specs: Sequence[BaseStageSpec]) -> list[str]:
     """Names used in reports: each spec's own, or '<kind><index>' (1-based)."""
     return [spec.name or f"{spec.kind}{i}" for i, spec in enumerate(specs, start=1)]
