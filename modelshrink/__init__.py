@@ -20,11 +20,8 @@ from modelshrink.version import __version__
 if TYPE_CHECKING:
     from torch import nn
 
-    from modelshrink.data import DataBundle
-    from modelshrink.engine import Result
+    from modelshrink.engine import compress
     from modelshrink.recipe.recipe import Recipe
-    from modelshrink.recipe.schema import EvaluateSpec, ModelSpec
-    from modelshrink.recipe.stage_specs import BaseStageSpec
 
 __all__ = ["__version__", "compress", "inspect", "load", "run_recipe", "validate"]
 
@@ -69,18 +66,13 @@ def run_recipe(
     )
 
 
-def compress(
-    model: nn.Module | ModelSpec | dict[str, Any],
-    stages: Sequence[BaseStageSpec | dict[str, Any]],
-    *,
-    data: DataBundle | dict[str, Any],
-    evaluate: EvaluateSpec | dict[str, Any] | None = None,
-    seed: int = 0,
-) -> Result:
-    """Apply stages to a model in memory and measure each; writes no files (see `engine.compress`)."""
-    from modelshrink import engine
+def __getattr__(name: str) -> Any:
+    """`modelshrink.compress` is `engine.compress`, imported (with torch) on first use."""
+    if name == "compress":
+        from modelshrink.engine import compress
 
-    return engine.compress(model, stages, data=data, evaluate=evaluate, seed=seed)
+        return compress
+    raise AttributeError(f"module 'modelshrink' has no attribute {name!r}")
 
 
 def load(path: str | Path, *, allow_pickle: bool = False, trust: Sequence[str] = ()) -> nn.Module:
