@@ -93,6 +93,18 @@ def run(
     overrides: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout and nothing else.")] = False,
     trust: TrustOption = None,
+    compare_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare-to",
+            metavar="REPORT",
+            help="Gate regressions against an earlier report.json "
+            "(sets constraints.compare_to; the recipe's max_regression says how much worse may pass).",
+        ),
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", metavar="FILE", help="Also write the gates as JUnit XML to FILE.")
+    ] = None,
 ) -> None:
     """Compress a model as the recipe says; write the checkpoint, report.json and report.md."""
     if nproc > 1:
@@ -107,18 +119,38 @@ def run(
             *(["--json"] if as_json else []),
             *(arg for item in overrides or [] for arg in ("--set", item)),
             *(arg for module in trust or [] for arg in ("--trust", module)),
+            *(["--compare-to", str(compare_to)] if compare_to else []),
+            *(["--junit", str(junit)] if junit else []),
         ]
         raise typer.Exit(launch_local(nproc, argv))
     with _exit_codes():
+        overrides = list(overrides or [])
+        if compare_to is not None:
+            from modelshrink.compare import read_report
+
+            read_report(compare_to)  # a missing or foreign file: one line naming it, before any work
+            overrides.append(f"constraints.compare_to={json.dumps(str(compare_to))}")
         try:
             report = modelshrink.run_recipe(
-                recipe, output_dir=output, force=force, resume=resume, overrides=overrides or [], trust=trust or []
+                recipe, output_dir=output, force=force, resume=resume, overrides=overrides, trust=trust or []
             )
         except ConstraintFailed as exc:
-            _print_report(exc.report, as_json)  # a failed gate still shows (and has written) its numbers
+            _finish_run(exc.report, as_json, junit)  # a failed gate still shows (and has written) its numbers
             raise
         if report is not None:  # None on the other ranks of a multi-process run
-            _print_report(report, as_json)
+            _finish_run(report, as_json, junit)
+
+
+def _finish_run(report: dict[str, Any], as_json: bool, junit: Path | None) -> None:
+    if junit is not None:
+        from modelshrink.atomic import write_file
+        from modelshrink.junit import junit_xml
+
+        try:
+            write_file(junit, junit_xml(report))
+        except OSError as exc:
+            raise UserError(f"--junit: cannot write {junit} ({exc.strerror or exc})") from None
+    _print_report(report, as_json)
 
 
 def _stdout() -> Any:
@@ -152,6 +184,15 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     for c in report["constraints"]:
         limit, value = shown(c["name"], c["limit"]), shown(c["name"], c["value"])
         console.print(f"{c['name']}: limit {limit}, value {value} → {'pass' if c['passed'] else 'FAIL'}", markup=False)
+    if "compared_to" in report:
+        from modelshrink.compare import table as comparison
+
+        against = Table(title=f"against {report['compared_to']['path']}", title_justify="left")
+        for column in ("metric", "earlier", "this run"):
+            against.add_column(column, justify="left" if column == "metric" else "right")
+        for row in comparison([report["compared_to"], report], ["earlier", "this run"]):
+            against.add_row(*row)
+        console.print(against)
     for note in report["findings"]:
         console.print(f"note: {note}", markup=False)
 

@@ -21,16 +21,19 @@ from torch import nn
 from modelshrink import distributed
 from modelshrink.atomic import write_directory
 from modelshrink.checkpoint import from_bytes, to_bytes
-from modelshrink.constraints import check_constraints
+from modelshrink.compare import read_report, regressions
+from modelshrink.constraints import check_constraints, shown
 from modelshrink.data import DataBundle, build_data
 from modelshrink.engine import measure_model, run_stage, seed_everything
 from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.loading import load_model
 from modelshrink.lock import output_lock
 from modelshrink.metrics import add_latencies, reference_outputs
+from modelshrink.metrics.size import layer_summary
 from modelshrink.progress import log
 from modelshrink.recipe.recipe import Recipe
-from modelshrink.report import build_report, to_json, to_markdown
+from modelshrink.report import build_report
+from modelshrink.report_files import check_html_available, report_files
 from modelshrink.resume import ResumeStore, restore_rng
 from modelshrink.stages import StageContext
 
@@ -56,11 +59,14 @@ def run(
 def _run_locked(
     recipe: Recipe, out_dir: Path, force: bool, resume: bool, recipe_source: str | None, main: bool
 ) -> dict[str, Any] | None:
+    previous = read_report(recipe.constraints.compare_to) if recipe.constraints.compare_to else None
+    if recipe.output.html:
+        check_html_available()
     seed_everything(recipe.seed)
     data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=recipe.needs_tuning_split)
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
-        report = _run_stages(recipe, data, store, resume, main, recipe_source)
+        report = _run_stages(recipe, data, store, resume, main, recipe_source, previous)
         if main:
             _write_outputs(out_dir, recipe, report, store.model_blob(len(report["stages"])), force)
     except Exception:
@@ -74,7 +80,7 @@ def _run_locked(
         return None
     if not report["passed"]:
         failed = ", ".join(
-            f"{c['name']} (limit {c['limit']:.4f}, got {c['value']:.4f})"
+            f"{c['name']} (limit {shown(c['name'], c['limit'])}, got {shown(c['name'], c['value'])})"
             for c in report["constraints"]
             if not c["passed"]
         )
@@ -83,7 +89,13 @@ def _run_locked(
 
 
 def _run_stages(
-    recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bool, main: bool, recipe_source: str | None
+    recipe: Recipe,
+    data: DataBundle,
+    store: ResumeStore,
+    resume: bool,
+    main: bool,
+    recipe_source: str | None,
+    previous: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The engine's two steps (measure the baseline, run each stage), saved after each for --resume."""
     saved = store.start(resume)
@@ -136,22 +148,20 @@ def _run_stages(
         recipe_source=recipe_source,
         baseline=baseline,
         stages=results,
-        constraints=check_constraints(recipe.constraints, baseline, final),
+        constraints=[
+            *check_constraints(recipe.constraints, baseline, final),
+            *(regressions(recipe.constraints, previous, final) if previous else []),
+        ],
         checkpoint=recipe.output.checkpoint_name,
+        compared_to=(str(recipe.constraints.compare_to), previous) if previous else None,
+        layers=layer_summary(model),
     )
 
 
 def _write_outputs(out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: bytes, force: bool) -> None:
-    write_directory(
-        out_dir,
-        {
-            recipe.output.checkpoint_name: blob,
-            "report.json": to_json(report).encode(),
-            "report.md": to_markdown(report).encode(),
-        },
-        replace=force,
-    )
-    log(f"wrote {out_dir}/ ({recipe.output.checkpoint_name}, report.json, report.md)")
+    files = {recipe.output.checkpoint_name: blob, **report_files(report, html=recipe.output.html)}
+    write_directory(out_dir, files, replace=force)
+    log(f"wrote {out_dir}/ ({', '.join(files)})")
 
 
 def check_output_dir(out_dir: Path, recipe: Recipe, force: bool, recipe_source: str | None = None) -> None:

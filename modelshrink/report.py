@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, TypedDict
+from collections.abc import Collection
+from typing import Any, NotRequired, TypedDict
 
+from modelshrink.compare import environment_warnings, table
 from modelshrink.constraints import GateResult, shown
 from modelshrink.descriptors import METRICS, Metrics
 from modelshrink.environment import cpu_summary, environment
+from modelshrink.plots import text_bars
 from modelshrink.version import __version__
 
 SCHEMA_VERSION = 1
@@ -35,6 +38,8 @@ class Report(TypedDict):
     findings: list[str]
     checkpoint: str
     passed: bool
+    compared_to: NotRequired[dict[str, Any]]  # {path, final, environment} of the report gated against
+    layers: NotRequired[list[dict[str, Any]]]  # the final model's layers: name, type, params, sparsity, bits
 
 
 # A stage slower than the baseline beyond noise gets called out: compressed models that run slower
@@ -51,9 +56,12 @@ def build_report(
     stages: list[dict[str, Any]],
     constraints: list[GateResult],
     checkpoint: str,
+    compared_to: tuple[str, dict[str, Any]] | None = None,
+    layers: list[dict[str, Any]] | None = None,
 ) -> Report:
+    """`compared_to`: the path and contents of an earlier report this run's final model was gated against."""
     final = stages[-1]["metrics"] if stages else baseline
-    return {
+    report: Report = {
         "schema_version": SCHEMA_VERSION,
         "version": __version__,
         "recipe": recipe,
@@ -67,6 +75,18 @@ def build_report(
         "checkpoint": checkpoint,
         "passed": all(c["passed"] for c in constraints),
     }
+    if layers is not None:
+        report["layers"] = layers
+    if compared_to is not None:
+        path, previous = compared_to
+        report["compared_to"] = {
+            "path": path,
+            "final": previous["final"],
+            "environment": previous.get("environment", {}),
+        }
+        here = {"final": final, "environment": report["environment"]}
+        report["findings"] += environment_warnings([previous, here], [path, "this run"])
+    return report
 
 
 def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
@@ -103,7 +123,8 @@ def _training_findings(runs: list[dict[str, Any]]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- markdown
-def to_markdown(report: dict[str, Any]) -> str:
+def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
+    """`images`: the names of the pictures written beside it (`report_files`); text charts without them."""
     base = report["baseline"]
     title = report["recipe"].get("name") or report.get("recipe_source") or "modelshrink run"
     lines = [
@@ -129,8 +150,13 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{'pass' if c['passed'] else '**FAIL**'} |"
             for c in report["constraints"]
         ]
+    if "compared_to" in report:
+        against = report["compared_to"]
+        lines += ["", f"## Against {against['path']}", "", "| metric | earlier | this run |", "|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in table([against, report], ["earlier", "this run"])]
     if report["findings"]:
         lines += ["", "## Findings", ""] + [f"- {note}" for note in report["findings"]]
+    lines += _pictures(report, images)
     lines += [
         "",
         f"Checkpoint: `{report['checkpoint']}` · deltas are against the baseline "
@@ -139,6 +165,19 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _pictures(report: dict[str, Any], images: Collection[str]) -> list[str]:
+    if images:
+        return ["", "## Pictures", ""] + [
+            f"![{name.removesuffix('.png').replace('_', ' ')}]({name})" for name in images
+        ]
+    layers = report.get("layers") or []
+    if not layers:
+        return []
+    bars = text_bars([(f"{row['name']} ({row['bits']}-bit)", row["sparsity"]) for row in layers])
+    hint = "(`pip install modelshrink[plots]` draws pictures here)"
+    return ["", "## Sparsity per layer", "", hint, "", "```", *bars, "```"]
 
 
 def _row(label: str, m: Metrics, base: Metrics, duration: float | None) -> str:

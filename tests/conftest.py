@@ -60,3 +60,11 @@ def tensor_data(inputs: torch.Tensor, labels: torch.Tensor | None = None, num_cl
         dataset, dataset, batch_size=kw.pop("batch_size", 32), num_workers=0, seed=0, num_classes=num_classes,
         input_shape=inputs.shape[1:], **kw,
     )  # fmt: skip
+
+
+def output_files(checkpoint: str = "model.pt") -> list[str]:
+    """What a run writes into its output directory (pictures where matplotlib is installed)."""
+    from modelshrink import plots
+
+    pictures = ["layers.png", "quality_latency.png"] if plots.available() else []
+    return sorted([checkpoint, "report.json", "report.md", *pictures])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -99,3 +100,15 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
     with forward_hooks(packed), FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(inputs)
     return counter.get_total_flops() // 2 + quantized_macs
+
+
+def layer_summary(model: nn.Module) -> list[dict[str, Any]]:
+    """Per layer with a weight matrix: its name, type, weight count, sparsity and bits per weight."""
+    rows = []
+    for entry in module_tensors(model):
+        if entry.is_param and entry.name.endswith("weight") and entry.tensor.dim() > 1:
+            numel = entry.tensor.numel()
+            bits = entry.tensor.element_size() * 8
+            rows.append({"name": entry.module, "type": entry.module_type, "params": numel,
+                         "sparsity": 1 - entry.nonzero / numel, "bits": bits})  # fmt: skip
+    return rows

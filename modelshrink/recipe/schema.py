@@ -216,6 +216,7 @@ class EvaluateSpec(Strict):
 class OutputSpec(Strict):
     dir: Path
     checkpoint_name: str = "model.pt"
+    html: bool = Field(default=False, description="also write a self-contained report.html (the plots extra)")
 
     @model_validator(mode="after")
     def _plain_name(self) -> OutputSpec:
@@ -252,6 +253,25 @@ class _NamedGates(Strict):
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
         default=None, description="mean cosine similarity of the final model's outputs to the original's"
     )
+    compare_to: ExistingFile | None = Field(
+        default=None, description="an earlier report.json (e.g. last night's) to gate regressions against"
+    )
+    max_regression: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="per metric, how much worse than compare_to's final model: a difference for accuracy, "
+        "cosine, loss and sparsity (0.005), a ratio for latency, size, MACs and params (1.10)",
+    )
+
+    @model_validator(mode="after")
+    def _regressions(self) -> _NamedGates:
+        unknown = sorted(set(self.max_regression) - set(METRICS))
+        if unknown:
+            raise ValueError(f"max_regression: unknown metric {unknown[0]!r}; known: {', '.join(METRICS)}")
+        if (self.compare_to is None) != (not self.max_regression):
+            raise ValueError(
+                "compare_to and max_regression go together: the report to compare with, and how much worse"
+            )
+        return self
 
 
 # One optional `Bounds` per metric the report knows (descriptors.METRICS), e.g.

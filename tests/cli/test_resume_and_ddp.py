@@ -12,7 +12,7 @@ import torch
 
 import modelshrink
 from modelshrink import resume as resume_module
-from tests.conftest import tiny_recipe, write_recipe
+from tests.conftest import output_files, tiny_recipe, write_recipe
 
 STAGES = [
     {"kind": "finetune", "name": "a", "epochs": 2, "lr": 0.01},
@@ -101,5 +101,5 @@ def test_cli_nproc_2_writes_one_valid_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [s["name"] for s in report["stages"]] == ["a", "prune2"] and report["passed"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.pt", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == output_files()
     assert json.loads((tmp_path / "out" / "report.json").read_text())["final"] == report["final"]

@@ -13,7 +13,7 @@ import modelshrink
 from modelshrink.cli import app
 from modelshrink.descriptors import METRIC_KEYS
 from modelshrink.environment import ISA_FEATURES
-from tests.conftest import tiny_recipe, write_recipe
+from tests.conftest import output_files, tiny_recipe, write_recipe
 
 runner = CliRunner()
 LATENCY_KEYS = {"batch1_median", "batch1_p95", "batchN_median", "batchN_p95", "batch_n", "threads"}
@@ -27,7 +27,7 @@ def test_run_writes_checkpoint_and_reports_with_the_stable_schema(tmp_path: Path
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # stdout holds the JSON and nothing else
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == output_files()
     assert json.loads((out / "report.json").read_text()) == report
     for key in ("recipe", "version", "baseline", "final", "stages", "constraints", "passed", "schema_version"):
         assert key in report

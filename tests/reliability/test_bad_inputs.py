@@ -58,7 +58,7 @@ def test_a_corrupt_image_is_named_with_exit_2_and_nothing_left(tmp_path: Path) -
 
 def test_unknown_key_suggests_from_its_own_section() -> None:
     text = VALID.replace("  dir: runs/x\n", "  dir: runs/x\n  path: y\n")
-    assert "output.path: unknown key 'path' (keys here: checkpoint_name, dir)" in errors_of(text)
+    assert "output.path: unknown key 'path' (keys here: checkpoint_name, dir, html)" in errors_of(text)
     assert "did you mean 'checkpoint'" in errors_of(VALID.replace("  num_classes: 10\n", "  checkpont: x\n"))
 
 

@@ -1,0 +1,117 @@
+"""Reports side by side: tonight's final model against last night's, for `modelshrink compare` and for
+`constraints.compare_to` / `run --compare-to`.
+
+A regression is a change for the worse beyond the allowed limit, read through the metric descriptors:
+metrics compared in points or absolute values (accuracy, cosine, loss, sparsity) by their difference,
+the rest (latency, size, MACs, params) by their ratio. Latency is noise-aware: when each run's median
+lies at or below the other run's p95 (their median-to-p95 bands overlap) the two count as equal, so
+timing jitter on a busy CI machine is not a regression.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics
+from modelshrink.environment import cpu_summary
+from modelshrink.errors import UserError
+
+# latency metric -> (median key, p95 key) in `latency_ms`
+_LATENCY = {
+    "latency_b1_ms": ("batch1_median", "batch1_p95"),
+    "latency_b1_p95_ms": ("batch1_p95", "batch1_p95"),
+    "latency_bn_ms": ("batchN_median", "batchN_p95"),
+}
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A report.json written by modelshrink, or a one-line UserError saying why not."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such report") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable report.json ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema_version") != 1 or not isinstance(report.get("final"), dict):
+        raise UserError(f"{path}: not a modelshrink report.json (schema version 1)")
+    return report
+
+
+def change(metric: MetricDescriptor, before: Metrics, after: Metrics) -> float:
+    """How much worse `after` is than `before` (positive = worse): a difference, or a ratio above 1."""
+    if metric.name in _LATENCY and within_noise(metric.name, before, after):
+        return 1.0
+    old, new = _number(metric.read(before)), _number(metric.read(after))
+    if metric.change == "ratio":
+        if not old:
+            return math.nan
+        return new / old if metric.better == "lower" else old / new if new else math.inf
+    return old - new if metric.better == "higher" else new - old
+
+
+def within_noise(name: str, before: Metrics, after: Metrics) -> bool:
+    """Whether two latency medians are within each other's spread (median..p95 of either run)."""
+    median, p95 = _LATENCY[name]
+    old, new = before.get("latency_ms"), after.get("latency_ms")
+    if not old or not new:
+        return False
+    return new[median] <= old[p95] and old[median] <= new[p95]
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `allowed` worse: a difference for point metrics, a ratio (e.g. 1.10) for the rest."""
+
+    metric: MetricDescriptor
+    allowed: float
+
+    def check(self, before: Metrics, after: Metrics, prefix: str) -> dict[str, Any]:
+        value = change(self.metric, before, after)
+        passed = not math.isnan(value) and value <= self.allowed
+        return {"name": f"{prefix}.{self.metric.name}", "limit": self.allowed, "value": value, "passed": passed}
+
+
+def regressions(spec: Any, previous: dict[str, Any], final: Metrics) -> list[dict[str, Any]]:
+    """The `max_regression` gates of a constraints section against `previous` (a read report)."""
+    return [Limit(METRICS[name], allowed).check(previous["final"], final, "regression") for name, allowed in
+            spec.max_regression.items()]  # fmt: skip
+
+
+def environment_warnings(reports: list[dict[str, Any]], labels: list[str]) -> list[str]:
+    """Timings from different CPUs or thread counts are not comparable: say so."""
+    first, warnings = reports[0], []
+    for report, label in zip(reports[1:], labels[1:], strict=True):
+        here, there = cpu_summary(report.get("environment", {})), cpu_summary(first.get("environment", {}))
+        if here != there:
+            warnings.append(
+                f"{label} ran on another machine ({here}) than {labels[0]} ({there}): latency ratios compare CPUs"
+            )
+        threads = [r["final"].get("latency_ms", {}).get("threads") for r in (first, report)]
+        if threads[0] != threads[1]:
+            warnings.append(f"{label} was timed with {threads[1]} threads, {labels[0]} with {threads[0]}")
+    return warnings
+
+
+def table(reports: list[dict[str, Any]], labels: list[str]) -> list[list[str]]:
+    """Rows of metric name and each report's final value, later ones with their change against the first."""
+    rows = []
+    first = reports[0]["final"]
+    for metric in METRICS.values():
+        cells = [metric.label.format(n=first.get("latency_ms", {}).get("batch_n", "N"))]
+        for index, report in enumerate(reports):
+            value = _number(metric.read(report["final"]))
+            shown = metric.show(value)
+            if index and metric.change:
+                shown += f" ({metric.compared(value, _number(metric.read(first)))})"
+            cells.append(shown)
+        rows.append(cells)
+    return rows

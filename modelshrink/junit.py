@@ -1,0 +1,26 @@
+"""The gates of a run as JUnit XML, the format CI systems (GitHub Actions reporters, GitLab, Jenkins)
+show natively: one test suite per run, one test case per constraint, a <failure> for each that failed."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from modelshrink.constraints import shown
+
+
+def junit_xml(report: dict[str, Any]) -> bytes:
+    gates = report["constraints"]
+    failures = [g for g in gates if not g["passed"]]
+    name = f"modelshrink: {report['recipe'].get('name') or report.get('recipe_source') or 'run'}"
+    suites = ET.Element("testsuites", name="modelshrink", tests=str(len(gates)), failures=str(len(failures)))
+    suite = ET.SubElement(suites, "testsuite", name=name, tests=str(len(gates)), failures=str(len(failures)),
+                          errors="0", skipped="0")  # fmt: skip
+    for gate in gates:
+        case = ET.SubElement(suite, "testcase", classname="modelshrink.constraints", name=gate["name"], time="0")
+        limit, value = shown(gate["name"], gate["limit"]), shown(gate["name"], gate["value"])
+        if gate["passed"]:
+            ET.SubElement(case, "system-out").text = f"limit {limit}, value {value}"
+        else:
+            ET.SubElement(case, "failure", message=f"{gate['name']}: limit {limit}, value {value}", type="gate")
+    return ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n"

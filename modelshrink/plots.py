@@ -1,0 +1,98 @@
+"""Pictures for report.md and `compare`, as PNG bytes; text charts where matplotlib is not installed.
+
+matplotlib is an optional extra (`pip install modelshrink[plots]`, part of `[dev]`). Figures are
+drawn with the object API on an Agg canvas, never through pyplot, so no global figure state or GUI
+backend is touched.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+from modelshrink.descriptors import METRICS
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _png(figure: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _quality(metrics: dict[str, Any]) -> tuple[str, float]:
+    """Accuracy where the data has labels, else the cosine to the original model's outputs."""
+    accuracy = metrics.get("accuracy")
+    if accuracy is not None and not math.isnan(accuracy):
+        return "accuracy", accuracy
+    return "cosine", metrics["cosine"]
+
+
+def quality_latency(report: dict[str, Any]) -> bytes:
+    """Each stage's quality against its batch-1 latency: the trade-off a run made, one point per model."""
+    from matplotlib.figure import Figure
+
+    points = [("baseline", report["baseline"])] + [(s["name"], s["metrics"]) for s in report["stages"]]
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    label = _quality(report["baseline"])[0]
+    xs = [m["latency_ms"]["batch1_median"] for _, m in points]
+    ys = [_quality(m)[1] for _, m in points]
+    axes.plot(xs, ys, marker="o", linestyle=":")
+    for (name, _), x, y in zip(points, xs, ys, strict=True):
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set(xlabel="latency at batch 1 (ms)", ylabel=label, title=f"{label} against latency, per stage")
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def layers(rows: list[dict[str, Any]]) -> bytes:
+    """Per-layer sparsity (bars) and bits per weight (points) of the final model."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(max(6, 0.25 * len(rows)), 4))
+    axes = figure.add_subplot()
+    positions = range(len(rows))
+    axes.bar(positions, [r["sparsity"] for r in rows], color="tab:blue", label="sparsity")
+    axes.set(ylabel="sparsity", ylim=(0, 1), title="final model, per layer")
+    axes.set_xticks(list(positions), [r["name"] for r in rows], rotation=90, fontsize=6)
+    bits = axes.twinx()
+    bits.plot(list(positions), [r["bits"] for r in rows], "o", color="tab:orange", label="bits per weight")
+    bits.set(ylabel="bits per weight", ylim=(0, 34))
+    figure.legend(loc="upper right", fontsize=8)
+    return _png(figure)
+
+
+def trend(reports: list[dict[str, Any]], labels: list[str]) -> bytes:
+    """Each metric of the final models across runs (oldest first), one small panel per metric."""
+    from matplotlib.figure import Figure
+
+    metrics = [d for d in METRICS.values() if d.in_cli]
+    columns = 3
+    figure = Figure(figsize=(4 * columns, 2.6 * math.ceil(len(metrics) / columns)))
+    for index, descriptor in enumerate(metrics, start=1):
+        axes = figure.add_subplot(math.ceil(len(metrics) / columns), columns, index)
+        axes.plot(labels, [descriptor.read(r["final"]) for r in reports], marker="o")
+        n = reports[0]["final"].get("latency_ms", {}).get("batch_n", "N")
+        axes.set_title(f"{descriptor.label.format(n=n)} ({descriptor.better} is better)", fontsize=9)
+        axes.tick_params(axis="x", labelrotation=30, labelsize=7)
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def text_bars(rows: list[tuple[str, float]], width: int = 30) -> list[str]:
+    """A fallback chart for report.md without matplotlib: one bar of block characters per row (0..1)."""
+    longest = max((len(name) for name, _ in rows), default=0)
+    return [f"{name.ljust(longest)} {'█' * round(max(0.0, min(1.0, v)) * width)} {v:.1%}" for name, v in rows]
