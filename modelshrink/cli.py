@@ -143,13 +143,7 @@ def run(
 
 def _finish_run(report: dict[str, Any], as_json: bool, junit: Path | None) -> None:
     if junit is not None:
-        from modelshrink.atomic import write_file
-        from modelshrink.junit import junit_xml
-
-        try:
-            write_file(junit, junit_xml(report))
-        except OSError as exc:
-            raise UserError(f"--junit: cannot write {junit} ({exc.strerror or exc})") from None
+        _write_junit(junit, report)
     _print_report(report, as_json)
 
 
@@ -206,6 +200,98 @@ def validate(
     with _exit_codes():
         parsed = modelshrink.validate(recipe, overrides or [])
     print(f"{recipe}: ok ({len(parsed.stages)} stages: {', '.join(parsed.stage_names()) or 'none'})")
+
+
+@app.command()
+def compare(
+    reports: Annotated[list[Path], typer.Argument(help="Two or more report.json files, oldest first.")],
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="Fail (exit 1) when the last report's accuracy is this much below the one before."),
+    ] = None,
+    max_latency_ratio: Annotated[
+        float | None, typer.Option(help="Fail when its batch-1 or batch-N latency is this many times the one before's.")
+    ] = None,
+    max_size_ratio: Annotated[
+        float | None, typer.Option(help="Fail when its checkpoint is this many times bigger.")
+    ] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="PNG", help="Draw each metric across runs.")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", metavar="FILE", help="Write the gates as JUnit XML.")] = None,
+) -> None:
+    """Final metrics of several runs side by side; exit 1 when the last one regresses beyond the limits.
+
+    Latency is noise-aware: two runs whose median-to-p95 bands overlap count as equally fast."""
+    from modelshrink import compare as comparing
+    from modelshrink.constraints import shown
+
+    flags = {"accuracy": max_accuracy_drop, "latency_b1_ms": max_latency_ratio, "latency_bn_ms": max_latency_ratio,
+             "size_bytes": max_size_ratio}  # fmt: skip
+    allowed = {name: limit for name, limit in flags.items() if limit is not None}
+    with _exit_codes():
+        result = comparing.compare(reports, allowed)
+        if plot is not None:
+            _write_picture(plot, [comparing.read_report(r) for r in reports], result["labels"])
+        if junit is not None:
+            _write_junit(junit, {"recipe": {"name": "compare"}, "constraints": result["regressions"]})
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    elif markdown:
+        sys.stdout.write(comparing.to_markdown(result, plot.name if plot else None))
+    else:
+        _print_comparison(result)
+    if not result["passed"]:
+        failed = ", ".join(
+            f"{g['name']} (limit {shown(g['name'], g['limit'])}, got {shown(g['name'], g['value'])})"
+            for g in result["regressions"]
+            if not g["passed"]
+        )
+        _error(f"regression: {failed}")
+        raise typer.Exit(ConstraintFailed.exit_code)
+
+
+def _print_comparison(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from modelshrink.constraints import shown
+
+    table = Table(title="modelshrink compare", title_justify="left")
+    table.add_column("metric", justify="left")
+    for label in result["labels"]:
+        table.add_column(label, justify="right")
+    for row in result["rows"]:
+        table.add_row(*row)
+    console = _stdout()
+    console.print(table)
+    for gate in result["regressions"]:
+        verdict = "pass" if gate["passed"] else "FAIL"
+        limit, value = shown(gate["name"], gate["limit"]), shown(gate["name"], gate["value"])
+        console.print(f"{gate['name']}: limit {limit}, value {value} → {verdict}", markup=False)
+
+
+def _write_picture(path: Path, reports: list[dict[str, Any]], labels: list[str]) -> None:
+    from modelshrink import plots
+    from modelshrink.atomic import write_file
+
+    if not plots.available():
+        raise UserError("--plot needs the plots extra: pip install 'modelshrink[plots]'")
+    try:
+        write_file(path, plots.trend(reports, labels))
+    except OSError as exc:
+        raise UserError(f"--plot: cannot write {path} ({exc.strerror or exc})") from None
+
+
+def _write_junit(path: Path, report: dict[str, Any]) -> None:
+    from modelshrink.atomic import write_file
+    from modelshrink.junit import junit_xml
+
+    try:
+        write_file(path, junit_xml(report))
+    except OSError as exc:
+        raise UserError(f"--junit: cannot write {path} ({exc.strerror or exc})") from None
 
 
 @app.command()

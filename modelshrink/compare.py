@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelshrink.constraints import shown
 from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics
 from modelshrink.environment import cpu_summary
 from modelshrink.errors import UserError
@@ -115,3 +116,44 @@ def table(reports: list[dict[str, Any]], labels: list[str]) -> list[list[str]]:
             cells.append(shown)
         rows.append(cells)
     return rows
+
+
+def compare(paths: list[Path], allowed: dict[str, float]) -> dict[str, Any]:
+    """The `compare` command's result: reports side by side, and the last against the one before it
+    under `allowed` (metric -> most worsening allowed, as `max_regression`)."""
+    if len(paths) < 2:
+        raise UserError("compare needs at least two report.json files")
+    reports = [read_report(path) for path in paths]
+    labels = _labels(paths)
+    gates = [Limit(METRICS[name], limit).check(reports[-2]["final"], reports[-1]["final"], "regression")
+             for name, limit in allowed.items()]  # fmt: skip
+    return {
+        "reports": [str(p) for p in paths],
+        "labels": labels,
+        "rows": table(reports, labels),
+        "warnings": environment_warnings(reports, labels),
+        "regressions": gates,
+        "passed": all(g["passed"] for g in gates),
+        "finals": [r["final"] for r in reports],
+    }
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Each report's directory name (runs/2026-11-24/report.json -> 2026-11-24), made unique."""
+    names = [path.parent.name or str(path) for path in paths]
+    return [name if names.count(name) == 1 else f"{name} #{i}" for i, name in enumerate(names, start=1)]
+
+
+def to_markdown(result: dict[str, Any], picture: str | None = None) -> str:
+    head = "| metric | " + " | ".join(result["labels"]) + " |"
+    lines = ["# modelshrink compare", "", head, "|---" * (len(result["labels"]) + 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in result["rows"]]
+    if result["regressions"]:
+        lines += ["", f"## {result['labels'][-1]} against {result['labels'][-2]}", "",
+                  "| gate | limit | value | result |", "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {g['name']} | {shown(g['name'], g['limit'])} | {shown(g['name'], g['value'])} | "
+                  f"{'pass' if g['passed'] else '**FAIL**'} |" for g in result["regressions"]]  # fmt: skip
+    lines += [f"\nwarning: {w}" for w in result["warnings"]]
+    if picture:
+        lines += ["", f"![each metric across runs]({picture})"]
+    return "\n".join(lines) + "\n"
