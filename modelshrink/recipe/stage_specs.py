@@ -234,6 +234,17 @@ class StaticQuantSpec(_QuantizeCommon):
     calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")
     observer: Literal["minmax", "histogram"] = "histogram"
     per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear, Conv)")
+    backend: Literal["auto", "fx", "pt2e"] = Field(
+        default="auto",
+        description="fx: torch.ao FX graph mode; pt2e: torch.export + torchao (x86 defaults: histogram, "
+        "per-channel); auto: fx, or pt2e when torch.fx cannot trace the model",
+    )
+
+    @model_validator(mode="after")
+    def _pt2e_defaults(self) -> StaticQuantSpec:
+        if self.backend == "pt2e" and (self.observer != "histogram" or not self.per_channel):
+            raise ValueError("backend pt2e uses torchao's x86 defaults: histogram observers, per-channel weights")
+        return self
 
 
 class QatSpec(_QuantizeCommon):

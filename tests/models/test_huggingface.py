@@ -205,3 +205,20 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_a_one_line_error(tmp_path: P
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "does not accept inputs" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_static_int8_of_a_transformer_quantizes_or_is_refused_in_one_line(tiny_bert: Path) -> None:
+    """torch.fx cannot trace it; through PT2E, torchao 0.18's x86 quantizer trips over its attention (an
+    IndexError). Either way the user gets a result or one line, never a crash."""
+    from modelshrink.engine import compress
+
+    source = {"huggingface": {"source": str(tiny_bert)}}
+    stages, data = [{"kind": "quantize", "mode": "static"}], {"kind": "text", "max_length": 8}
+    try:
+        result = compress(source, stages, data=data, evaluate=FAST_EVAL)
+    except UserError as exc:
+        assert str(exc).startswith("stage 'quantize1': torchao PT2E could not quantize this model") and "\n" not in str(
+            exc
+        )
+    else:
+        assert result.final["cosine"] > 0.9

@@ -20,19 +20,40 @@ from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
 from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.stages.quantize.pt2e import quantize_static
 from modelshrink.stages.selection import matches_any
 
 
 @register(StaticQuantSpec)
 class StaticQuantize(Stage[StaticQuantSpec]):
+    """FX by default (its int8 kernels run fast in eager mode); torch.export + PT2E for what FX cannot trace."""
+
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        if self.spec.backend == "pt2e":
+            return self._pt2e(model, ctx)
         transform = QuantizeFx.of(model, self.spec, ctx, observer=self.spec.observer)
-        prepared = prepare(model, transform)
+        try:
+            prepared = prepare(model, transform)
+        except UserError as exc:  # torch.fx could not trace the model
+            if self.spec.backend == "fx":
+                raise
+            ctx.notes_for(self.name).findings.append(
+                f"{exc}; quantized through torch.export and PT2E instead (torchao's x86 defaults), which runs "
+                "quantize/dequantize around float kernels in eager mode"
+            )
+            return self._pt2e(model, ctx)
         with torch.no_grad():
             for inputs in ctx.calibration_inputs(self.spec.calibration_batches):
                 prepared(inputs)
         ctx.lineage.transforms.append(transform)
         return convert(prepared)
+
+    def _pt2e(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        excluded = [name for name, _ in model.named_modules() if name and matches_any(name, self.spec.exclude)]
+        batches = ctx.calibration_inputs(self.spec.calibration_batches)
+        quantized, transform = quantize_static(model, ctx.data.example_inputs(2), excluded, batches)
+        ctx.lineage.transforms.append(transform)
+        return quantized
 
 
 @register(QatSpec)

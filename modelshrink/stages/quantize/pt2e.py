@@ -1,0 +1,136 @@
+"""Static int8 through torch.export and torchao's PT2E, for models torch.fx cannot trace.
+
+torch.fx traces symbolically, so a `forward` with Python control flow on input shapes or sizes
+(`if x.shape[-2:] != (224, 224): raise`, timm's TF-style padding) stops it; torch.export specializes
+such code for the example shape and goes through. Strict export is tried first (it handles modules
+called at two places, such as a shared `self.relu`, which non-strict export splits into a graph
+torchao cannot partition: torchao issues 4478/4482), then non-strict. torchao's X86InductorQuantizer
+places the observers (histogram activations, per-channel weights, its x86 defaults).
+
+A checkpoint rebuilds by replaying the same export and prepare on the float architecture, loading
+the recorded observer state (activation scales are written into the converted graph as constants,
+so they must come from the same observers) and converting; the state_dict then fills the int8
+weights and their scales. Measured (issue #12): cosine to fp32 0.9987-0.9998 on third-party CNNs.
+In eager mode the converted graph runs quantize/dequantize around float kernels, slower than fp32;
+its speed comes with torch.compile (inductor, freezing), which is the next step for this backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modelshrink.errors import UserError, first_line
+from modelshrink.lineage import Transform
+from modelshrink.quiet import quiet
+
+
+@dataclass(frozen=True)
+class QuantizePt2e(Transform, kind="quantize_pt2e"):
+    """Exported (strictly or not), observed, converted; `observers` holds the calibrated observer state."""
+
+    exclude: list[str]
+    input_shape: list[int]
+    input_dtype: str  # token ids export with integer inputs
+    strict: bool
+    observers: dict[str, torch.Tensor]
+
+    def replay(self, model: nn.Module) -> nn.Module:
+        example = torch.zeros(2, *self.input_shape, dtype=getattr(torch, self.input_dtype))
+        prepared, _ = prepare(model, example, self.exclude, strict=self.strict)
+        prepared.load_state_dict(self.observers, strict=False)
+        return convert(prepared)
+
+
+def export(model: nn.Module, example: torch.Tensor, strict: bool | None = None) -> tuple[nn.Module, bool]:
+    """The exported module (batch size dynamic) and whether strict export made it; `strict=None` tries
+    strict first, then non-strict. Failing both is a UserError naming each reason."""
+    reasons = []
+    for attempt in (True, False) if strict is None else (strict,):
+        try:
+            with quiet():
+                dims = ({0: torch.export.Dim.AUTO},)
+                program = torch.export.export(model.eval(), (example,), dynamic_shapes=dims, strict=attempt)
+            return program.module(), attempt
+        except Exception as exc:  # export reports unsupported code in many exception types
+            reasons.append(f"{'strict' if attempt else 'non-strict'}: {first_line(exc)[:300]}")
+    raise UserError(f"cannot export the model with torch.export ({'; '.join(reasons)})")
+
+
+def prepare(
+    model: nn.Module, example: torch.Tensor, exclude: list[str], strict: bool | None = None
+) -> tuple[nn.Module, bool]:
+    """Export and insert torchao's x86 observers; `exclude` names modules kept in float."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    exported, strict_used = export(model, example, strict)
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    for name in exclude:
+        quantizer.set_module_name_qconfig(name, None)
+    with torchao_errors("prepare_pt2e"), quiet():
+        return prepare_pt2e(exported, quantizer), strict_used
+
+
+@contextmanager
+def torchao_errors(step: str) -> Iterator[None]:
+    """torchao's quantizer fails on some exported graphs (e.g. transformers' attention: an IndexError in
+    X86InductorQuantizer); that is a limit of the backend on this model, said in one line, not a crash."""
+    try:
+        yield
+    except Exception as exc:  # torchao raises whatever its pattern matching trips over
+        reason = f"{step}: {type(exc).__name__}: {first_line(exc, default='')}"
+        raise UserError(
+            f"torchao PT2E could not quantize this model ({reason}); use mode: dynamic or weight_only"
+        ) from None
+
+
+def observer_state(prepared: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in prepared.state_dict().items() if "activation_post_process" in k}
+
+
+def convert(prepared: nn.Module) -> nn.Module:
+    """Convert, then drop the float weights the int8 graph no longer reads (they would double the file)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    with torchao_errors("convert_pt2e"), quiet():
+        converted = convert_pt2e(prepared)
+    read = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
+    for name in [k for k in converted.state_dict() if k not in read]:
+        owner, _, attribute = name.rpartition(".")
+        delattr(converted.get_submodule(owner) if owner else converted, attribute)
+    return ExportedInt8(converted)
+
+
+class ExportedInt8(nn.Module):
+    """Holds the converted graph. Exported graphs refuse .train()/.eval() (their mode was fixed when
+    they were exported, in eval mode here); this wrapper lets the pipeline and a user's code call them."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.graph(inputs)
+
+    def train(self, mode: bool = True) -> ExportedInt8:
+        self.training = mode  # the graph computes in eval mode whatever this flag says: it is not trainable
+        return self
+
+
+def quantize_static(
+    model: nn.Module, example: torch.Tensor, exclude: list[str], batches: Iterable[torch.Tensor]
+) -> tuple[nn.Module, QuantizePt2e]:
+    """Calibrate on `batches` and convert; returns the int8 model and the transform that rebuilds it.
+    `example` (a batch of two) fixes the exported input shape and dtype."""
+    prepared, strict = prepare(model, example, exclude)
+    with torch.no_grad():
+        for inputs in batches:
+            prepared(inputs)
+    dtype = str(example.dtype).removeprefix("torch.")
+    transform = QuantizePt2e(exclude, list(example.shape[1:]), dtype, strict, observer_state(prepared))
+    return convert(prepared), transform
