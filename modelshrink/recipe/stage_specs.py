@@ -227,12 +227,9 @@ class DynamicQuantSpec(_QuantizeCommon):
     calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate smoothing")
 
 
-class StaticQuantSpec(_QuantizeCommon):
-    """int8 weights and activations, activation ranges calibrated on training batches."""
+class _GraphQuantCommon(_QuantizeCommon):
+    """int8 through a captured graph: torch.ao FX, or torch.export + torchao PT2E."""
 
-    mode: Literal["static"] = "static"
-    calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")
-    observer: Literal["minmax", "histogram"] = "histogram"
     per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear, Conv)")
     backend: Literal["auto", "fx", "pt2e"] = Field(
         default="auto",
@@ -241,17 +238,24 @@ class StaticQuantSpec(_QuantizeCommon):
     )
 
     @model_validator(mode="after")
-    def _pt2e_defaults(self) -> StaticQuantSpec:
-        if self.backend == "pt2e" and (self.observer != "histogram" or not self.per_channel):
+    def _pt2e_defaults(self) -> _GraphQuantCommon:
+        if self.backend == "pt2e" and (getattr(self, "observer", "histogram") != "histogram" or not self.per_channel):
             raise ValueError("backend pt2e uses torchao's x86 defaults: histogram observers, per-channel weights")
         return self
 
 
-class QatSpec(_QuantizeCommon):
+class StaticQuantSpec(_GraphQuantCommon):
+    """int8 weights and activations, activation ranges calibrated on training batches."""
+
+    mode: Literal["static"] = "static"
+    calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")
+    observer: Literal["minmax", "histogram"] = "histogram"
+
+
+class QatSpec(_GraphQuantCommon):
     """Quantization-aware training (fake-quant, then the same training loop), then int8."""
 
     mode: Literal["qat"] = "qat"
-    per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear, Conv)")
     qat: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings")
 
     @property

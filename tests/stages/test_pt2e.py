@@ -96,3 +96,16 @@ def test_a_model_no_tracer_can_capture_gets_one_line() -> None:
         compress(ValueDependent(), [{"kind": "quantize", "mode": "static"}], data=DATA, evaluate=FAST_EVAL)
     with pytest.raises(UserError, match="cannot trace the model for static quantization"):
         compress(Picky(), [{"kind": "quantize", "mode": "static", "backend": "fx"}], data=DATA, evaluate=FAST_EVAL)
+
+
+@pytest.mark.slow  # ~35 s on 2 cores: exporting in train mode and training with fake quantization
+def test_qat_through_pt2e_trains_and_rebuilds() -> None:
+    stage = {"kind": "quantize", "mode": "qat", "qat": {"epochs": 1, "lr": 0.001, "keep_best": False}}
+    result = compress(SOURCE, [stage], data=DATA, evaluate=FAST_EVAL)
+    [record] = result.lineage.records()
+    assert record["kind"] == "quantize_pt2e" and record["qat"] is True
+    assert result.stages[0].notes["training"][0]["epochs_run"] == 1
+    assert result.final["cosine"] > 0.9
+    rebuilt, _ = from_bytes(to_bytes(result.model, result.lineage), trust=["tests.stages.test_pt2e"])
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(rebuilt(x), result.model(x))

@@ -9,6 +9,7 @@ prepare + convert on the float architecture (no calibration needed: the saved st
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,18 +21,18 @@ from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
 from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.stages.quantize.pt2e import quantize_static
+from modelshrink.stages.quantize import pt2e
 from modelshrink.stages.selection import matches_any
 
 
-@register(StaticQuantSpec)
-class StaticQuantize(Stage[StaticQuantSpec]):
-    """FX by default (its int8 kernels run fast in eager mode); torch.export + PT2E for what FX cannot trace."""
+class _FxOrPt2e(Stage[Any]):
+    """FX by default (its int8 kernels run fast in eager mode); torch.export + PT2E for what FX cannot
+    trace (`backend: auto`), or either one forced. Subclasses say how the observers see data."""
 
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         if self.spec.backend == "pt2e":
             return self._pt2e(model, ctx)
-        transform = QuantizeFx.of(model, self.spec, ctx, observer=self.spec.observer)
+        transform = QuantizeFx.of(model, self.spec, ctx, observer=getattr(self.spec, "observer", None))
         try:
             prepared = prepare(model, transform)
         except UserError as exc:  # torch.fx could not trace the model
@@ -42,28 +43,37 @@ class StaticQuantize(Stage[StaticQuantSpec]):
                 "quantize/dequantize around float kernels in eager mode"
             )
             return self._pt2e(model, ctx)
-        with torch.no_grad():
-            for inputs in ctx.calibration_inputs(self.spec.calibration_batches):
-                prepared(inputs)
+        prepared = self._observe(prepared, ctx)
         ctx.lineage.transforms.append(transform)
         return convert(prepared)
 
     def _pt2e(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         excluded = [name for name, _ in model.named_modules() if name and matches_any(name, self.spec.exclude)]
-        batches = ctx.calibration_inputs(self.spec.calibration_batches)
-        quantized, transform = quantize_static(model, ctx.data.example_inputs(2), excluded, batches)
+        observe = functools.partial(self._observe, ctx=ctx)
+        qat = self.spec.training is not None
+        quantized, transform = pt2e.quantize(model, ctx.data.example_inputs(2), excluded, observe, qat=qat)
         ctx.lineage.transforms.append(transform)
         return quantized
 
+    def _observe(self, prepared: nn.Module, ctx: StageContext) -> nn.Module:
+        raise NotImplementedError
+
+
+@register(StaticQuantSpec)
+class StaticQuantize(_FxOrPt2e):
+    def _observe(self, prepared: nn.Module, ctx: StageContext) -> nn.Module:
+        """Calibrate: the observers record activation ranges on training batches."""
+        with torch.no_grad():
+            for inputs in ctx.calibration_inputs(self.spec.calibration_batches):
+                prepared(inputs)
+        return prepared
+
 
 @register(QatSpec)
-class QatQuantize(Stage[QatSpec]):
-    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        transform = QuantizeFx.of(model, self.spec, ctx, observer=None)
-        label = f"{self.name} (quantization-aware training)"
-        prepared = ctx.train(prepare(model, transform), self.spec.qat, self.name, label=label)
-        ctx.lineage.transforms.append(transform)
-        return convert(prepared)
+class QatQuantize(_FxOrPt2e):
+    def _observe(self, prepared: nn.Module, ctx: StageContext) -> nn.Module:
+        """Train with fake quantization, through the one training loop."""
+        return ctx.train(prepared, self.spec.qat, self.name, label=f"{self.name} (quantization-aware training)")
 
 
 @dataclass(frozen=True)

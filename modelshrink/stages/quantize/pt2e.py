@@ -17,7 +17,7 @@ its speed comes with torch.compile (inductor, freezing), which is the next step 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -37,12 +37,15 @@ class QuantizePt2e(Transform, kind="quantize_pt2e"):
     input_shape: list[int]
     input_dtype: str  # token ids export with integer inputs
     strict: bool
-    observers: dict[str, torch.Tensor]
+    observers: dict[str, torch.Tensor]  # observers (static) or fake-quantization modules (qat)
+    qat: bool = False
 
     def replay(self, model: nn.Module) -> nn.Module:
         example = torch.zeros(2, *self.input_shape, dtype=getattr(torch, self.input_dtype))
-        prepared, _ = prepare(model, example, self.exclude, strict=self.strict)
+        prepared, _ = prepare(model, example, self.exclude, strict=self.strict, qat=self.qat)
         prepared.load_state_dict(self.observers, strict=False)
+        if self.qat:
+            move_to_eval(prepared)
         return convert(prepared)
 
 
@@ -54,7 +57,7 @@ def export(model: nn.Module, example: torch.Tensor, strict: bool | None = None) 
         try:
             with quiet():
                 dims = ({0: torch.export.Dim.AUTO},)
-                program = torch.export.export(model.eval(), (example,), dynamic_shapes=dims, strict=attempt)
+                program = torch.export.export(model, (example,), dynamic_shapes=dims, strict=attempt)
             return program.module(), attempt
         except Exception as exc:  # export reports unsupported code in many exception types
             reasons.append(f"{'strict' if attempt else 'non-strict'}: {first_line(exc)[:300]}")
@@ -62,18 +65,20 @@ def export(model: nn.Module, example: torch.Tensor, strict: bool | None = None) 
 
 
 def prepare(
-    model: nn.Module, example: torch.Tensor, exclude: list[str], strict: bool | None = None
+    model: nn.Module, example: torch.Tensor, exclude: list[str], strict: bool | None = None, qat: bool = False
 ) -> tuple[nn.Module, bool]:
-    """Export and insert torchao's x86 observers; `exclude` names modules kept in float."""
+    """Export (in train mode for QAT) and insert torchao's x86 observers or fake quantization; `exclude`
+    names modules kept in float."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
-    exported, strict_used = export(model, example, strict)
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    exported, strict_used = export(model.train(qat), example, strict)
+    config = xiq.get_default_x86_inductor_quantization_config(is_qat=qat)
+    quantizer = xiq.X86InductorQuantizer().set_global(config)
     for name in exclude:
         quantizer.set_module_name_qconfig(name, None)
     with torchao_errors("prepare_pt2e"), quiet():
-        return prepare_pt2e(exported, quantizer), strict_used
+        return (prepare_qat_pt2e if qat else prepare_pt2e)(exported, quantizer), strict_used
 
 
 @contextmanager
@@ -122,15 +127,46 @@ class ExportedInt8(nn.Module):
         return self
 
 
-def quantize_static(
-    model: nn.Module, example: torch.Tensor, exclude: list[str], batches: Iterable[torch.Tensor]
+def quantize(
+    model: nn.Module, example: torch.Tensor, exclude: list[str], observe: Callable[[nn.Module], nn.Module], *, qat: bool
 ) -> tuple[nn.Module, QuantizePt2e]:
-    """Calibrate on `batches` and convert; returns the int8 model and the transform that rebuilds it.
-    `example` (a batch of two) fixes the exported input shape and dtype."""
-    prepared, strict = prepare(model, example, exclude)
-    with torch.no_grad():
-        for inputs in batches:
-            prepared(inputs)
+    """Prepare (for QAT when `qat`), let `observe` calibrate or train the prepared model, convert.
+    Returns the int8 model and the transform that rebuilds it; `example` (a batch of two) fixes the
+    input's shape and dtype."""
+    prepared, strict = prepare(model, example, exclude, qat=qat)
+    if qat:
+        prepared = observe(Trainable(prepared)).graph
+        move_to_eval(prepared)
+    else:
+        prepared = observe(prepared)
     dtype = str(example.dtype).removeprefix("torch.")
-    transform = QuantizePt2e(exclude, list(example.shape[1:]), dtype, strict, observer_state(prepared))
+    transform = QuantizePt2e(exclude, list(example.shape[1:]), dtype, strict, observer_state(prepared), qat)
     return convert(prepared), transform
+
+
+class Trainable(nn.Module):
+    """A prepared QAT graph the training loop can switch: torchao moves exported graphs between train
+    and eval (batch norm, fake quantization) with its own calls, which .train()/.eval() make here."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.graph(inputs)
+
+    def train(self, mode: bool = True) -> Trainable:
+        from torchao.quantization.pt2e import move_exported_model_to_train
+
+        if mode:
+            move_exported_model_to_train(self.graph)
+        else:
+            move_to_eval(self.graph)
+        self.training = mode
+        return self
+
+
+def move_to_eval(graph: nn.Module) -> None:
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    move_exported_model_to_eval(graph)
