@@ -7,6 +7,7 @@ Quantized modules keep their weights behind `weight()`/`bias()` methods instead 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,14 +46,21 @@ def nonfinite_names(entries: Iterable[TensorEntry]) -> list[str]:
     return names
 
 
+_FROZEN_PARAM = re.compile(r"_frozen_param\d+")
+
+
 def _packed_weights(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Weights of quantized modules, which expose `weight()` / `bias()` methods instead of Parameters."""
+    """Weights that are not Parameters: torch.ao's quantized modules expose `weight()` / `bias()`
+    methods, and torch.export's converted int8 graphs keep their weights as `_frozen_param<N>` buffers."""
     for attr in ("weight", "bias"):
         getter = getattr(module, attr, None)
         if callable(getter) and not isinstance(getter, torch.Tensor):
             value = getter()
             if isinstance(value, torch.Tensor):
                 yield attr, value
+    for name, buffer in module.named_buffers(recurse=False):
+        if _FROZEN_PARAM.fullmatch(name):
+            yield name, buffer
 
 
 def module_tensors(model: nn.Module) -> Iterator[TensorEntry]:
@@ -106,7 +114,7 @@ def layer_summary(model: nn.Module) -> list[dict[str, Any]]:
     """Per layer with a weight matrix: its name, type, weight count, sparsity and bits per weight."""
     rows = []
     for entry in module_tensors(model):
-        if entry.is_param and entry.name.endswith("weight") and entry.tensor.dim() > 1:
+        if entry.is_param and entry.tensor.dim() > 1:  # weight matrices and kernels, not biases or norms
             numel = entry.tensor.numel()
             bits = entry.tensor.element_size() * 8
             rows.append({"name": entry.module, "type": entry.module_type, "params": numel,

@@ -66,6 +66,7 @@ def test_a_model_fx_cannot_trace_is_quantized_through_export_and_reloads_in_a_fr
     assert stage.metrics["cosine"] > 0.99
     weights = {k: v.dtype for k, v in result.model.state_dict().items() if v.dim() == 4}
     assert set(weights.values()) == {torch.int8}, "conv weights are int8, their float copies dropped"
+    assert stage.metrics["params"] == result.baseline["params"] - 64, "int8 weights count; the 2 BNs (64) are folded"
     path = tmp_path / "model.pt"
     path.write_bytes(to_bytes(result.model, result.lineage, (3, 32, 32)))
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))

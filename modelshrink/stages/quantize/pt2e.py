@@ -17,6 +17,7 @@ its speed comes with torch.compile (inductor, freezing), which is the next step 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class QuantizePt2e(Transform, kind="quantize_pt2e"):
     def replay(self, model: nn.Module) -> nn.Module:
         example = torch.zeros(2, *self.input_shape, dtype=getattr(torch, self.input_dtype))
         prepared, _ = prepare(model, example, self.exclude, strict=self.strict, qat=self.qat)
-        prepared.load_state_dict(self.observers, strict=False)
+        load_observers(prepared, self.observers)
         if self.qat:
             move_to_eval(prepared)
         return convert(prepared)
@@ -95,7 +96,38 @@ def torchao_errors(step: str) -> Iterator[None]:
 
 
 def observer_state(prepared: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in prepared.state_dict().items() if "activation_post_process" in k}
+    """The observers' (or fake-quantization modules') state, keyed by the graph edge each one watches.
+
+    The modules' own names (`activation_post_process_<N>`) are not stable: torchao numbers them in an
+    order that can change from one prepare to the next (it iterates sets of nodes), so squeeze-and-
+    excitation models such as RegNet and MobileNetV3 got each other's ranges. The exported graph's
+    node names are stable, so an observer is known by the node it watches and the nodes that read it."""
+    return {
+        f"{edge}|{name}": value.detach().clone()
+        for target, edge in _observed_edges(prepared).items()
+        for name, value in prepared.get_submodule(target).state_dict().items()
+    }
+
+
+def load_observers(prepared: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for target, edge in _observed_edges(prepared).items():
+        observer = prepared.get_submodule(target)
+        own = OrderedDict((n.partition("|")[2], v) for n, v in state.items() if n.partition("|")[0] == edge)
+        # without a version, torch.ao's observers take the state for their oldest format and reset `eps`
+        own._metadata = OrderedDict(  # type: ignore[attr-defined]
+            (name, {"version": getattr(module, "_version", 1)}) for name, module in observer.named_modules()
+        )
+        observer.load_state_dict(own, strict=True)
+
+
+def _observed_edges(prepared: nn.Module) -> dict[str, str]:
+    """observer module name -> 'watched node->reading nodes'."""
+    edges = {}
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and "activation_post_process" in str(node.target):
+            source = getattr(node.args[0], "name", "") if node.args else ""
+            edges[str(node.target)] = f"{source}->{','.join(sorted(user.name for user in node.users))}"
+    return edges
 
 
 def convert(prepared: nn.Module) -> nn.Module:
