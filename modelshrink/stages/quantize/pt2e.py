@@ -143,9 +143,8 @@ def convert(prepared: nn.Module) -> nn.Module:
     return ExportedInt8(converted)
 
 
-class ExportedInt8(nn.Module):
-    """Holds the converted graph. Exported graphs refuse .train()/.eval() (their mode was fixed when
-    they were exported, in eval mode here); this wrapper lets the pipeline and a user's code call them."""
+class _Graph(nn.Module):
+    """Holds an exported graph, which refuses .train()/.eval() of its own (subclasses say what they do)."""
 
     def __init__(self, graph: nn.Module):
         super().__init__()
@@ -153,6 +152,11 @@ class ExportedInt8(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.graph(inputs)
+
+
+class ExportedInt8(_Graph):
+    """The converted graph. Its mode was fixed when it was exported (eval); this wrapper lets the
+    pipeline and a user's code call .train()/.eval() on it like on any module."""
 
     def train(self, mode: bool = True) -> ExportedInt8:
         self.training = mode  # the graph computes in eval mode whatever this flag says: it is not trainable
@@ -176,16 +180,9 @@ def quantize(
     return convert(prepared), transform
 
 
-class Trainable(nn.Module):
+class Trainable(_Graph):
     """A prepared QAT graph the training loop can switch: torchao moves exported graphs between train
     and eval (batch norm, fake quantization) with its own calls, which .train()/.eval() make here."""
-
-    def __init__(self, graph: nn.Module):
-        super().__init__()
-        self.graph = graph
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.graph(inputs)
 
     def train(self, mode: bool = True) -> Trainable:
         from torchao.quantization.pt2e import move_exported_model_to_train
