@@ -30,6 +30,7 @@ class Metrics(TypedDict):
     accuracy: float  # NaN without labels
     loss: float
     cosine: float  # mean cosine similarity of the outputs to the original model's
+    agreement: float  # share of inputs whose top-1 class is the original model's; NaN without labels
     latency_ms: Latency | None  # None until the models are timed side by side
     params: int
     nonzero_params: int
@@ -105,6 +106,10 @@ for _descriptor in (
     MetricDescriptor("accuracy", "accuracy", "higher", "", lambda m: m["accuracy"], "points", needs_labels=True),
     MetricDescriptor("loss", "loss", "lower", "", lambda m: m["loss"], None, in_cli=False, needs_labels=True),
     MetricDescriptor("cosine", "cosine", "higher", "", lambda m: m["cosine"], None),
+    # .get: reports written before agreement existed have none (NaN: shown as n/a, never passes a gate)
+    MetricDescriptor(
+        "agreement", "agreement", "higher", "", lambda m: m.get("agreement", math.nan), "points", needs_labels=True
+    ),
     MetricDescriptor("latency_b1_ms", "latency b1 (ms)", "lower", "ms", _latency("batch1_median"), "ratio"),
     MetricDescriptor("latency_b1_p95_ms", "b1 p95 (ms)", "lower", "ms", _latency("batch1_p95"), "ratio", in_cli=False),
     MetricDescriptor("latency_bn_ms", "b{n} (ms)", "lower", "ms", _latency("batchN_median"), "ratio"),

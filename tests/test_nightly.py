@@ -58,6 +58,12 @@ def test_compare_passes_unchanged_runs_and_fails_a_regression(tmp_path: Path, la
     assert "error: regression: regression.accuracy (limit 0.0100, got 0.0500)" in result.stderr
     markdown = runner.invoke(app, ["compare", str(a), str(c), "--markdown"]).stdout
     assert "| size | 16.46 KiB | 32.92 KiB (2.00x) |" in markdown
+    older = copy.deepcopy(last_night)
+    del older["final"]["agreement"]  # written before agreement was measured
+    old = save(older, tmp_path / "sun" / "report.json")
+    table = runner.invoke(app, ["compare", str(old), str(a), "--markdown"]).stdout
+    [row] = [line for line in table.splitlines() if line.startswith("| agreement |")]
+    assert row.startswith("| agreement | n/a | ") and row.endswith(" (n/a) |"), row
 
 
 def test_latency_within_the_noise_band_is_not_a_regression(tmp_path: Path, last_night: dict) -> None:

@@ -39,3 +39,28 @@ def test_latency_keys_percentile_and_thread_count_restored() -> None:
     for t in timings:
         assert 0 < t["batch1_median"] <= t["batch1_p95"]
     assert percentile(list(map(float, range(1, 101))), 95) == pytest.approx(95.05, abs=0.1)
+
+
+def test_agreement_is_the_share_of_predictions_the_original_model_also_made() -> None:
+    import math
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from modelshrink.metrics.accuracy import evaluate_outputs
+    from modelshrink.models.zoo import mlp
+
+    torch.manual_seed(0)
+    original = mlp(in_features=4, hidden=8, num_classes=3).eval()
+    changed = mlp(in_features=4, hidden=8, num_classes=3).eval()
+    changed.load_state_dict(original.state_dict())
+    with torch.no_grad():
+        changed[-1].bias += torch.tensor([0.3, 0.0, -0.3])  # moves some predictions, not all
+    x = torch.randn(64, 4)
+    loader = DataLoader(TensorDataset(x, torch.zeros(64, dtype=torch.long)), batch_size=16)
+    baseline, reference = evaluate_outputs(original, loader)
+    assert baseline["agreement"] == 1.0
+    expected = (changed(x).argmax(1) == original(x).argmax(1)).float().mean().item()
+    assert 0 < expected < 1
+    assert evaluate_outputs(changed, loader, reference=reference)[0]["agreement"] == pytest.approx(expected)
+    unlabeled = evaluate_outputs(changed, loader, labeled=False, reference=reference)[0]
+    assert math.isnan(unlabeled["agreement"]), "undefined without labels: null in the report, never 0"
