@@ -162,7 +162,7 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from modelshrink.constraints import shown
+    from modelshrink.constraints import verdict
     from modelshrink.descriptors import METRICS
 
     columns = [d for d in METRICS.values() if d.in_cli]
@@ -176,8 +176,7 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     console = _stdout()
     console.print(table)
     for c in report["constraints"]:
-        limit, value = shown(c["name"], c["limit"]), shown(c["name"], c["value"])
-        console.print(f"{c['name']}: limit {limit}, value {value} → {'pass' if c['passed'] else 'FAIL'}", markup=False)
+        console.print(verdict(c), markup=False)
     if "compared_to" in report:
         from modelshrink.compare import table as comparison
 
@@ -224,7 +223,7 @@ def compare(
 
     Latency is noise-aware: two runs whose median-to-p95 bands overlap count as equally fast."""
     from modelshrink import compare as comparing
-    from modelshrink.constraints import shown
+    from modelshrink.constraints import failures
 
     flags = {"accuracy": max_accuracy_drop, "latency_b1_ms": max_latency_ratio, "latency_bn_ms": max_latency_ratio,
              "size_bytes": max_size_ratio}  # fmt: skip
@@ -244,19 +243,14 @@ def compare(
     else:
         _print_comparison(result)
     if not result["passed"]:
-        failed = ", ".join(
-            f"{g['name']} (limit {shown(g['name'], g['limit'])}, got {shown(g['name'], g['value'])})"
-            for g in result["regressions"]
-            if not g["passed"]
-        )
-        _error(f"regression: {failed}")
+        _error(f"regression: {failures(result['regressions'])}")
         raise typer.Exit(ConstraintFailed.exit_code)
 
 
 def _print_comparison(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from modelshrink.constraints import shown
+    from modelshrink.constraints import verdict
 
     table = Table(title="modelshrink compare", title_justify="left")
     table.add_column("metric", justify="left")
@@ -267,31 +261,31 @@ def _print_comparison(result: dict[str, Any]) -> None:
     console = _stdout()
     console.print(table)
     for gate in result["regressions"]:
-        verdict = "pass" if gate["passed"] else "FAIL"
-        limit, value = shown(gate["name"], gate["limit"]), shown(gate["name"], gate["value"])
-        console.print(f"{gate['name']}: limit {limit}, value {value} → {verdict}", markup=False)
+        console.print(verdict(gate), markup=False)
 
 
 def _write_picture(path: Path, reports: list[dict[str, Any]], labels: list[str]) -> None:
     from modelshrink import plots
-    from modelshrink.atomic import write_file
 
     if not plots.available():
         raise UserError("--plot needs the plots extra: pip install 'modelshrink[plots]'")
-    try:
-        write_file(path, plots.trend(reports, labels))
-    except OSError as exc:
-        raise UserError(f"--plot: cannot write {path} ({exc.strerror or exc})") from None
+    _write("--plot", path, plots.trend(reports, labels))
 
 
 def _write_junit(path: Path, report: dict[str, Any]) -> None:
-    from modelshrink.atomic import write_file
     from modelshrink.junit import junit_xml
 
+    _write("--junit", path, junit_xml(report))
+
+
+def _write(option: str, path: Path, data: bytes) -> None:
+    """A file an option asked for, written atomically; a path that cannot be written is bad input."""
+    from modelshrink.atomic import write_file
+
     try:
-        write_file(path, junit_xml(report))
+        write_file(path, data)
     except OSError as exc:
-        raise UserError(f"--junit: cannot write {path} ({exc.strerror or exc})") from None
+        raise UserError(f"{option}: cannot write {path} ({exc.strerror or exc})") from None
 
 
 @app.command()

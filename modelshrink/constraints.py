@@ -73,6 +73,21 @@ def shown(name: str, number: float) -> str:
     return f"{number:.4f}" if descriptor.unit in ("", "fraction") else descriptor.show(number)
 
 
+def verdict(result: GateResult) -> str:
+    """One gate's line for people: `name: limit L, value V → pass` (FAIL when it failed)."""
+    limit, value = shown(result["name"], result["limit"]), shown(result["name"], result["value"])
+    return f"{result['name']}: limit {limit}, value {value} → {'pass' if result['passed'] else 'FAIL'}"
+
+
+def failures(results: list[GateResult]) -> str:
+    """The failed gates in one line: `name (limit L, got V), ...`."""
+    return ", ".join(
+        f"{r['name']} (limit {shown(r['name'], r['limit'])}, got {shown(r['name'], r['value'])})"
+        for r in results
+        if not r["passed"]
+    )
+
+
 def gates(spec: Any) -> list[Gate]:
     """Every gate a `constraints:` section sets, named gates first."""
     found = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from modelshrink.constraints import shown
+from modelshrink.constraints import verdict
 
 
 def junit_xml(report: dict[str, Any]) -> bytes:
@@ -18,9 +18,8 @@ def junit_xml(report: dict[str, Any]) -> bytes:
                           errors="0", skipped="0")  # fmt: skip
     for gate in gates:
         case = ET.SubElement(suite, "testcase", classname="modelshrink.constraints", name=gate["name"], time="0")
-        limit, value = shown(gate["name"], gate["limit"]), shown(gate["name"], gate["value"])
         if gate["passed"]:
-            ET.SubElement(case, "system-out").text = f"limit {limit}, value {value}"
+            ET.SubElement(case, "system-out").text = verdict(gate)
         else:
-            ET.SubElement(case, "failure", message=f"{gate['name']}: limit {limit}, value {value}", type="gate")
+            ET.SubElement(case, "failure", message=verdict(gate), type="gate")
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n"

@@ -22,7 +22,7 @@ from modelshrink import distributed
 from modelshrink.atomic import write_directory
 from modelshrink.checkpoint import from_bytes, to_bytes
 from modelshrink.compare import read_report, regressions
-from modelshrink.constraints import check_constraints, shown
+from modelshrink.constraints import check_constraints, failures
 from modelshrink.data import DataBundle, build_data
 from modelshrink.engine import measure_model, run_stage, seed_everything
 from modelshrink.errors import ConstraintFailed, UserError, first_line
@@ -79,12 +79,7 @@ def _run_locked(
     if not main:
         return None
     if not report["passed"]:
-        failed = ", ".join(
-            f"{c['name']} (limit {shown(c['name'], c['limit'])}, got {shown(c['name'], c['value'])})"
-            for c in report["constraints"]
-            if not c["passed"]
-        )
-        raise ConstraintFailed(f"constraint failed: {failed}; reports in {out_dir}", report)
+        raise ConstraintFailed(f"constraint failed: {failures(report['constraints'])}; reports in {out_dir}", report)
     return report
 
 

@@ -59,7 +59,6 @@ class EpochState:
     best: dict[str, Any] | None = None  # the best score so far, its epoch and (keep_best) its weights
     start: dict[str, float] | None = None  # epoch 0's score, when epochs are chosen
     stale: int = 0  # epochs since the best one
-    last_accuracy: float = math.nan
 
 
 def fit(
@@ -117,11 +116,12 @@ def fit(
         progress = track(batches, f"{label} epoch {epoch}/{spec.epochs}", total=steps)
         train_loss = train_one_epoch(trainer, progress, optimizer, scheduler, loss_fn, masks, epoch)
         distributed.sync_buffers(model)
-        _select(state, epoch, score(), model, spec.keep_best)
+        scored = score()
+        _select(state, epoch, scored, model, spec.keep_best)
         if distributed.is_main():
             log(
                 f"{label} epoch {epoch}/{spec.epochs}: train loss {train_loss:.4f}, {split} accuracy "
-                f"{state.last_accuracy:.4f} ({time.perf_counter() - began:.1f}s)"
+                f"{scored['accuracy']:.4f} ({time.perf_counter() - began:.1f}s)"
             )
         if on_epoch is not None:
             on_epoch(_resumable(state, model, optimizer, scheduler, data))
@@ -160,7 +160,7 @@ def train_one_epoch(
 
 
 def _select(state: EpochState, epoch: int, score: dict[str, float], model: nn.Module, keep: bool) -> None:
-    state.epoch, state.last_accuracy = epoch, score["accuracy"]
+    state.epoch = epoch
     if state.best is None or _beats(score, state.best):
         state.best, state.stale = _candidate(score, epoch, model, keep), 0
     else:

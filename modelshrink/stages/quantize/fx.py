@@ -10,6 +10,7 @@ prepare + convert on the float architecture (no calibration needed: the saved st
 from __future__ import annotations
 
 import functools
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +56,9 @@ class _FxOrPt2e(Stage[Any]):
         ctx.lineage.transforms.append(transform)
         return quantized
 
+    @abstractmethod
     def _observe(self, prepared: nn.Module, ctx: StageContext) -> nn.Module:
-        raise NotImplementedError
+        """Let the prepared model's observers (or fake quantization) see data."""
 
 
 @register(StaticQuantSpec)
