@@ -163,9 +163,9 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     from rich.table import Table
 
     from modelshrink.constraints import verdict
-    from modelshrink.descriptors import METRICS
+    from modelshrink.descriptors import report_metrics
 
-    columns = [d for d in METRICS.values() if d.in_cli]
+    columns = [d for d in report_metrics(report).values() if d.in_cli]
     table = Table(title=report["recipe"].get("name") or "modelshrink", title_justify="left")
     table.add_column("stage", justify="left")
     for d in columns:

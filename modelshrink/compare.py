@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelshrink.constraints import shown
-from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics
+from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics, report_metrics
 from modelshrink.environment import cpu_summary
 from modelshrink.errors import UserError
 
@@ -106,7 +106,7 @@ def table(reports: list[dict[str, Any]], labels: list[str]) -> list[list[str]]:
     """Rows of metric name and each report's final value, later ones with their change against the first."""
     rows = []
     first = reports[0]["final"]
-    for metric in METRICS.values():
+    for metric in report_metrics(*reports).values():
         cells = [metric.label.format(n=first.get("latency_ms", {}).get("batch_n", "N"))]
         for index, report in enumerate(reports):
             value = _number(metric.read(report["final"]))

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics
+from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics, custom_descriptor
+from modelshrink.errors import UserError
 
 # the named gates: recipe key -> (metric, bound)
 NAMED = {
@@ -69,8 +70,8 @@ def shown(name: str, number: float) -> str:
     metric, bound = NAMED.get(name) or name.rsplit(".", 1)
     if bound in ("min_ratio", "max_ratio"):
         return f"{number:.2f}x"
-    descriptor = METRICS[metric]
-    return f"{number:.4f}" if descriptor.unit in ("", "fraction") else descriptor.show(number)
+    descriptor = METRICS.get(metric)  # None: a custom metric, a plain number
+    return f"{number:.4f}" if descriptor is None or descriptor.unit in ("", "fraction") else descriptor.show(number)
 
 
 def verdict(result: GateResult) -> str:
@@ -89,14 +90,16 @@ def failures(results: list[GateResult]) -> str:
 
 
 def gates(spec: Any) -> list[Gate]:
-    """Every gate a `constraints:` section sets, named gates first."""
+    """Every gate a `constraints:` section sets: named gates, built-in metrics, then custom metrics
+    (the section's extra keys, e.g. `map50: {max_drop: 0.01}`)."""
     found = [
         Gate(key, METRICS[metric], bound, getattr(spec, key))
         for key, (metric, bound) in NAMED.items()
         if getattr(spec, key) is not None
     ]
-    for name, descriptor in METRICS.items():
-        bounds = getattr(spec, name, None)  # a metric registered after the recipe schema was built
+    custom = {name: custom_descriptor(name, "higher") for name in custom_gate_names(spec)}
+    for name, descriptor in {**METRICS, **custom}.items():
+        bounds = getattr(spec, name, None)  # None also for a metric registered after the schema was built
         if bounds is not None:
             found += [
                 Gate(f"{name}.{b}", descriptor, b, getattr(bounds, b))
@@ -104,6 +107,21 @@ def gates(spec: Any) -> list[Gate]:
                 if getattr(bounds, b) is not None
             ]
     return found
+
+
+def custom_gate_names(spec: Any) -> list[str]:
+    """The metrics a constraints section gates that are not built in: the user's own (evaluate.metrics)."""
+    return list(getattr(spec, "model_extra", None) or {})
+
+
+def check_gated_metrics_exist(spec: Any, baseline: Metrics) -> None:
+    """A gate on a metric of the user's that their functions did not return is a typo or a mistake:
+    refused once the baseline is measured (the first moment the names are known), before any stage."""
+    produced = baseline.get("custom", {})
+    for name in custom_gate_names(spec):
+        if name not in produced:
+            given = ", ".join(produced) or "none"
+            raise UserError(f"constraints.{name}: no metric of that name (evaluate.metrics returned: {given})")
 
 
 def check_constraints(spec: Any, baseline: Metrics, final: Metrics) -> list[GateResult]:

@@ -27,10 +27,14 @@ class Latency(TypedDict):
 class Metrics(TypedDict):
     """One model's measurements, with report.json's keys (schema version 1)."""
 
-    accuracy: float  # NaN without labels
+    accuracy: float  # NaN without class labels
+    top5: float
     loss: float
     cosine: float  # mean cosine similarity of the outputs to the original model's
-    agreement: float  # share of inputs whose top-1 class is the original model's; NaN without labels
+    agreement: float  # share of inputs whose top-1 class is the original model's; NaN for non-classifiers
+    max_abs_error: float  # largest |output - original output|
+    rel_error: float  # ||outputs - original outputs|| / ||original outputs|| over the validation split
+    custom: dict[str, float]  # the user's own metrics (evaluate.metrics), by name
     latency_ms: Latency | None  # None until the models are timed side by side
     params: int
     nonzero_params: int
@@ -98,18 +102,42 @@ def register_metric(descriptor: MetricDescriptor) -> MetricDescriptor:
     return descriptor
 
 
+def _read(key: str) -> Callable[[Metrics], float]:
+    return lambda m: m.get(key, math.nan)  # type: ignore[return-value]
+
+
+def _custom(name: str) -> Callable[[Metrics], float]:
+    return lambda m: m.get("custom", {}).get(name, math.nan)
+
+
+def custom_descriptor(name: str, better: Literal["higher", "lower"]) -> MetricDescriptor:
+    """A user's metric (`evaluate.metrics`), shown and gated like the built-in ones."""
+    return MetricDescriptor(name, name, better, "", _custom(name), "points")
+
+
+def report_metrics(*reports: dict) -> dict[str, MetricDescriptor]:
+    """The built-in metrics and the reports' own (report.json's `custom_metrics`: name -> higher|lower)."""
+    extra = {
+        name: custom_descriptor(name, better)
+        for report in reports
+        for name, better in (report.get("custom_metrics") or {}).items()
+    }
+    return {**METRICS, **extra}
+
+
 def _latency(key: str) -> Callable[[Metrics], float]:
     return lambda m: m["latency_ms"][key] if m["latency_ms"] else math.nan  # type: ignore[literal-required]
 
 
 for _descriptor in (
     MetricDescriptor("accuracy", "accuracy", "higher", "", lambda m: m["accuracy"], "points", needs_labels=True),
+    # .get: reports written before these metrics existed have none (NaN: n/a, never passes a gate)
+    MetricDescriptor("top5", "top-5", "higher", "", _read("top5"), "points", in_cli=False, needs_labels=True),
     MetricDescriptor("loss", "loss", "lower", "", lambda m: m["loss"], None, in_cli=False, needs_labels=True),
     MetricDescriptor("cosine", "cosine", "higher", "", lambda m: m["cosine"], None),
-    # .get: reports written before agreement existed have none (NaN: shown as n/a, never passes a gate)
-    MetricDescriptor(
-        "agreement", "agreement", "higher", "", lambda m: m.get("agreement", math.nan), "points", needs_labels=True
-    ),
+    MetricDescriptor("agreement", "agreement", "higher", "", _read("agreement"), "points"),
+    MetricDescriptor("max_abs_error", "max error", "lower", "", _read("max_abs_error"), None, in_cli=False),
+    MetricDescriptor("rel_error", "rel. error", "lower", "", _read("rel_error"), None, in_cli=False),
     MetricDescriptor("latency_b1_ms", "latency b1 (ms)", "lower", "ms", _latency("batch1_median"), "ratio"),
     MetricDescriptor("latency_b1_p95_ms", "b1 p95 (ms)", "lower", "ms", _latency("batch1_p95"), "ratio", in_cli=False),
     MetricDescriptor("latency_bn_ms", "b{n} (ms)", "lower", "ms", _latency("batchN_median"), "ratio"),

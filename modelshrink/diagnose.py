@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from modelshrink.hooks import forward_hooks
+from modelshrink.inputs import Inputs, call
 
 
-def failing_layer(model: nn.Module, inputs: torch.Tensor) -> str | None:
+def failing_layer(model: nn.Module, inputs: Inputs) -> str | None:
     """The innermost module whose forward started but did not finish, or None if the model runs."""
     started: list[str] = []
 
@@ -24,7 +25,7 @@ def failing_layer(model: nn.Module, inputs: torch.Tensor) -> str | None:
     entering = forward_hooks(((m, enter(n)) for n, m in modules), pre=True)
     try:
         with entering, forward_hooks((m, leave(n)) for n, m in modules), torch.inference_mode():
-            model.eval()(inputs)
+            call(model.eval(), inputs)
     except Exception:
         return started[-1] if started and started[-1] else "(the model's own forward)"
     return None

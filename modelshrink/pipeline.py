@@ -22,13 +22,15 @@ from modelshrink import distributed
 from modelshrink.atomic import write_directory
 from modelshrink.checkpoint import from_bytes, to_bytes
 from modelshrink.compare import read_report, regressions
-from modelshrink.constraints import check_constraints, failures
+from modelshrink.constraints import check_constraints, check_gated_metrics_exist, failures
 from modelshrink.data import DataBundle, build_data
 from modelshrink.engine import measure_model, run_stage, seed_everything
 from modelshrink.errors import ConstraintFailed, UserError, first_line
+from modelshrink.inputs import batch_size, call, describe, logits, output_matrix
 from modelshrink.loading import load_model
 from modelshrink.lock import output_lock
 from modelshrink.metrics import add_latencies, reference_outputs
+from modelshrink.metrics.custom import directions
 from modelshrink.metrics.size import layer_summary
 from modelshrink.progress import log
 from modelshrink.recipe.recipe import Recipe
@@ -100,6 +102,8 @@ def _run_stages(
         model.eval()
         check_model_fits_data(model, data, recipe)
         baseline, reference = measure_model(model, lineage, data, recipe.evaluate) if main else (None, None)
+        if baseline is not None:
+            check_gated_metrics_exist(recipe.constraints, baseline)
         progress: dict[str, Any] = {"baseline": baseline, "results": []}
         store.save_stage(0, to_bytes(model, lineage, data.input_shape), progress, data.train.generator)
         completed, original = 0, copy.deepcopy(model)
@@ -150,6 +154,7 @@ def _run_stages(
         checkpoint=recipe.output.checkpoint_name,
         compared_to=(str(recipe.constraints.compare_to), previous) if previous else None,
         layers=layer_summary(model),
+        custom_metrics=directions(recipe.evaluate.metrics, baseline.get("custom", {})),
     )
 
 
@@ -206,20 +211,30 @@ def _written_by_us(out_dir: Path) -> bool:
 
 
 def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) -> None:
+    """Run the model once on the data's inputs, before any work, so a mismatch is one line, not a
+    traceback deep inside a stage."""
     inputs = data.example_inputs(2)
     try:
         with torch.inference_mode():
-            out = model(inputs)
+            raw = call(model, inputs)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # IndexError: token ids beyond the vocabulary
         first = first_line(exc)
-        raise UserError(f"model does not accept inputs of shape {tuple(inputs.shape)} from data: {first}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != inputs.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"model output {shape} is not (batch, classes) logits or (batch, dim) embeddings")
-    if not data.labeled:  # judged by cosine to the original: any output width will do
+        raise UserError(f"model does not accept inputs {describe(inputs)} from data: {first}") from None
+    try:
+        out = output_matrix(raw)
+    except ValueError as exc:
+        raise UserError(f"model output: {exc}") from None
+    if out.shape[0] != batch_size(inputs):
+        raise UserError(f"model output {describe(raw)} does not have the batch of {batch_size(inputs)} in front")
+    if not (data.labeled and data.class_targets):  # judged against the original model: any output will do
         return
-    new_head = any(spec.replaces_head for spec in recipe.stages)
-    if out.shape[1] != data.num_classes and not new_head:
+    if logits(raw) is None:
+        raise UserError(f"model output {describe(raw)} is not (batch, classes) logits, but the data has classes")
+    if any(spec.replaces_head for spec in recipe.stages):
+        return
+    if not data.exact_classes and out.shape[1] < data.num_classes:
+        raise UserError(f"model outputs {out.shape[1]} classes but the data has class index {data.num_classes - 1}")
+    if data.exact_classes and out.shape[1] != data.num_classes:
         raise UserError(
             f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; set model.num_classes: "
             f"{data.num_classes}, or replace the classifier with a finetune stage's num_classes"

@@ -11,7 +11,7 @@ import io
 import math
 from typing import Any
 
-from modelshrink.descriptors import METRICS
+from modelshrink.descriptors import report_metrics
 
 
 def available() -> bool:
@@ -78,7 +78,7 @@ def trend(reports: list[dict[str, Any]], labels: list[str]) -> bytes:
     """Each metric of the final models across runs (oldest first), one small panel per metric."""
     from matplotlib.figure import Figure
 
-    metrics = [d for d in METRICS.values() if d.in_cli]
+    metrics = [d for d in report_metrics(*reports).values() if d.in_cli]
     columns = 3
     figure = Figure(figsize=(4 * columns, 2.6 * math.ceil(len(metrics) / columns)))
     for index, descriptor in enumerate(metrics, start=1):

@@ -2,8 +2,9 @@
 
 Schema version 1 — top-level keys: schema_version, version, recipe, recipe_source, environment,
 baseline, stages[{name, kind, params, metrics, duration_s, notes}], final, constraints[{name, limit, value,
-passed}], findings[str], checkpoint, passed. Metrics are `modelshrink.descriptors.Metrics`; the table
-shows every metric in `descriptors.METRICS`.
+passed}], findings[str], checkpoint, passed; optional: custom_metrics {name: higher|lower} (the user's
+own, `evaluate.metrics`), compared_to, layers. Metrics are `modelshrink.descriptors.Metrics`; the table
+shows every metric in `descriptors.METRICS` and the run's own (`report_metrics`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, NotRequired, TypedDict
 
 from modelshrink.compare import environment_warnings, table
 from modelshrink.constraints import GateResult, shown
-from modelshrink.descriptors import METRICS, Metrics
+from modelshrink.descriptors import MetricDescriptor, Metrics, report_metrics
 from modelshrink.environment import cpu_summary, environment
 from modelshrink.plots import text_bars
 from modelshrink.version import __version__
@@ -40,6 +41,7 @@ class Report(TypedDict):
     passed: bool
     compared_to: NotRequired[dict[str, Any]]  # {path, final, environment} of the report gated against
     layers: NotRequired[list[dict[str, Any]]]  # the final model's layers: name, type, params, sparsity, bits
+    custom_metrics: NotRequired[dict[str, str]]  # the user's metrics: name -> which way is better
 
 
 # A stage slower than the baseline beyond noise gets called out: compressed models that run slower
@@ -58,6 +60,7 @@ def build_report(
     checkpoint: str,
     compared_to: tuple[str, dict[str, Any]] | None = None,
     layers: list[dict[str, Any]] | None = None,
+    custom_metrics: dict[str, str] | None = None,
 ) -> Report:
     """`compared_to`: the path and contents of an earlier report this run's final model was gated against."""
     final = stages[-1]["metrics"] if stages else baseline
@@ -77,6 +80,8 @@ def build_report(
     }
     if layers is not None:
         report["layers"] = layers
+    if custom_metrics:
+        report["custom_metrics"] = custom_metrics
     if compared_to is not None:
         path, previous = compared_to
         report["compared_to"] = {
@@ -136,13 +141,15 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
         "",
     ]
     n = base["latency_ms"]["batch_n"]
-    metrics = list(METRICS.values())
+    metrics = list(report_metrics(report).values())
     lines += [
         "| stage | " + " | ".join(d.label.format(n=n) for d in metrics) + " | time (s) |",
         "|---" * (len(metrics) + 2) + "|",
-        _row("baseline", base, base, None),
+        _row("baseline", base, base, None, metrics),
     ]
-    lines += [_row(f"{s['name']} ({s['kind']})", s["metrics"], base, s["duration_s"]) for s in report["stages"]]
+    lines += [
+        _row(f"{s['name']} ({s['kind']})", s["metrics"], base, s["duration_s"], metrics) for s in report["stages"]
+    ]
     if report["constraints"]:
         lines += ["", "## Constraints", "", "| constraint | limit | value | result |", "|---|---|---|---|"]
         lines += [
@@ -180,10 +187,12 @@ def _pictures(report: dict[str, Any], images: Collection[str]) -> list[str]:
     return ["", "## Sparsity per layer", "", hint, "", "```", *bars, "```"]
 
 
-def _row(label: str, m: Metrics, base: Metrics, duration: float | None) -> str:
+def _row(
+    label: str, m: Metrics, base: Metrics, duration: float | None, metrics: list[MetricDescriptor]
+) -> str:
     """A stage's value of every metric, with its change against the baseline (not on the baseline's row)."""
     cells = [label]
-    for d in METRICS.values():
+    for d in metrics:
         value = d.show(d.read(m))
         change = d.compared(d.read(m), d.read(base)) if duration is not None else ""
         cells.append(f"{value} ({change})" if change else value)

@@ -30,11 +30,14 @@ from torch import nn
 from modelshrink import distributed
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError
+from modelshrink.inputs import Inputs, batch_size, call
 from modelshrink.metrics.accuracy import evaluate_classifier
+from modelshrink.plugins import resolve, run_user_code
 from modelshrink.progress import log, track
 from modelshrink.recipe.stage_specs import TrainingSettings
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[nn.Module, Inputs, Any], torch.Tensor]  # (model, inputs, targets) -> loss
+OutputLoss = Callable[[Any, Any], torch.Tensor]  # (outputs, targets) -> loss
 EpochHook = Callable[[dict[str, Any]], None]
 NamedParams = Sequence[tuple[str, nn.Parameter]]
 
@@ -90,7 +93,7 @@ def fit(
     optimizer = make_optimizer(spec, params, extra_params)
     scheduler = make_scheduler(spec, optimizer, steps_per_epoch=steps)
     masks = sparsity_masks([p for _, p in params]) if spec.keep_sparsity else []
-    loss_fn = loss_fn or cross_entropy(spec.label_smoothing)
+    loss_fn = loss_fn or on_model(task_loss(spec, data))
     trainer: nn.Module = model
     if distributed.world_size() > 1:
         trainer = nn.parallel.DistributedDataParallel(model)  # frozen (requires_grad=False) params are left out
@@ -98,7 +101,10 @@ def fit(
     split = "tuning" if selection is data.tune else "val"
 
     def score() -> dict[str, float]:
-        return evaluate_classifier(model, selection, max_val_batches)
+        """Accuracy where targets are classes; otherwise the training loss on the selection split."""
+        if data.class_targets and data.labeled:
+            return evaluate_classifier(model, selection, max_val_batches)
+        return {"accuracy": math.nan, "loss": mean_loss(model, loss_fn, selection, max_val_batches)}
 
     if resume is not None:
         state = _restore(resume, model, optimizer, scheduler, data)
@@ -120,13 +126,13 @@ def fit(
         _select(state, epoch, scored, model, spec.keep_best)
         if distributed.is_main():
             log(
-                f"{label} epoch {epoch}/{spec.epochs}: train loss {train_loss:.4f}, {split} accuracy "
-                f"{scored['accuracy']:.4f} ({time.perf_counter() - began:.1f}s)"
+                f"{label} epoch {epoch}/{spec.epochs}: train loss {train_loss:.4f}, {split} {_shown(scored)} "
+                f"({time.perf_counter() - began:.1f}s)"
             )
         if on_epoch is not None:
             on_epoch(_resumable(state, model, optimizer, scheduler, data))
         if spec.early_stopping is not None and state.stale >= spec.early_stopping:
-            log(f"{label}: no better {split} accuracy for {state.stale} epochs, stopping early")
+            log(f"{label}: no better {split} score for {state.stale} epochs, stopping early")
             break
     return _finish(model, state, spec.keep_best, label)
 
@@ -154,8 +160,8 @@ def train_one_epoch(
         with torch.no_grad():
             for param, mask in masks:
                 param.mul_(mask)
-        loss_sum += loss.item() * targets.shape[0]
-        seen += targets.shape[0]
+        loss_sum += loss.item() * batch_size(inputs)
+        seen += batch_size(inputs)
     return loss_sum / max(seen, 1)
 
 
@@ -172,7 +178,7 @@ def _finish(model: nn.Module, state: EpochState, keep_best: bool, label: str) ->
     if keep_best and best is not None and best["model"] is not None:
         model.load_state_dict(best["model"])
         which = "the starting weights" if best["epoch"] == 0 else f"epoch {best['epoch']}"
-        log(f"{label}: keeping {which} (accuracy {best['accuracy']:.4f} on the selection split)")
+        log(f"{label}: keeping {which} ({_shown(best)} on the selection split)")
     kept = best["epoch"] if keep_best and best is not None else state.epoch
     score = {k: best[k] for k in ("accuracy", "loss")} if best is not None else None
     return FitResult(model.eval(), kept, state.epoch, state.start, score)
@@ -289,14 +295,49 @@ def recalibrate_batchnorm(model: nn.Module, data: DataBundle, batches: int) -> N
         m.momentum = None  # a cumulative average over the calibration batches
     model.train()
     for inputs, _ in itertools.islice(data.train, batches):
-        model(inputs)
+        call(model, inputs)
     for m, momentum in momenta.items():
         m.momentum = momentum
     model.eval()
 
 
-def cross_entropy(label_smoothing: float) -> LossFn:
-    def loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
+def _shown(score: dict[str, Any]) -> str:
+    if math.isnan(score["accuracy"]):
+        return f"loss {score['loss']:.4f}"
+    return f"accuracy {score['accuracy']:.4f}"
+
+
+def task_loss(spec: TrainingSettings, data: DataBundle) -> OutputLoss:
+    """The recipe's `loss` ('pkg.module:fn(outputs, targets)'), else cross-entropy on class indices."""
+    if spec.loss is not None:
+        return custom_loss(resolve(spec.loss, "loss"), spec.loss)
+    if not (data.labeled and data.class_targets):
+        raise UserError("training on targets that are not class indices needs loss: 'pkg.module:fn'")
+    smoothing = spec.label_smoothing
+    return lambda outputs, targets: F.cross_entropy(outputs, targets, label_smoothing=smoothing)
+
+
+def on_model(loss: OutputLoss) -> LossFn:
+    return lambda model, inputs, targets: loss(call(model, inputs), targets)
+
+
+def custom_loss(fn: Callable[[Any, Any], Any], target: str) -> OutputLoss:
+    def loss(outputs: Any, targets: Any) -> torch.Tensor:
+        value = run_user_code(fn, target, "loss", outputs, targets)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise UserError(f"loss: {target} returned {type(value).__name__}, not a scalar tensor")
+        return value.reshape(())
 
     return loss
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, loss_fn: LossFn, loader: Iterable, max_batches: int | None) -> float:
+    """The loss over a held-out split, per sample: how epochs are chosen when there are no classes."""
+    model.eval()
+    total, seen = 0.0, 0
+    for inputs, targets in itertools.islice(loader, max_batches):
+        n = batch_size(inputs)
+        total += float(loss_fn(model, inputs, targets)) * n
+        seen += n
+    return total / seen if seen else math.nan

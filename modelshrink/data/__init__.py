@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelshrink.data import cifar10, digits, imagefolder, synthetic
+from modelshrink.data import cifar10, custom, digits, imagefolder, synthetic
 from modelshrink.data.bundle import DataBundle, with_tuning_split
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import DataSpec, ModelSpec, TextData
@@ -12,6 +12,8 @@ _BUILDERS = {
     "imagefolder": imagefolder.build,
     "cifar10": cifar10.build,
     "synthetic": synthetic.build,
+    "python": custom.build_python,
+    "tensors": custom.build_tensors,
 }
 
 

@@ -1,4 +1,8 @@
-"""What every data source hands the pipeline: loaders, the class count and the input shape."""
+"""What every data source hands the pipeline: loaders, the class count and the input shape.
+
+Loaders always yield `(inputs, targets)`: unlabeled data yields placeholder targets (`UNLABELED`), so
+every loop over a loader has one shape. Inputs may be a tensor, a tuple or a dict of tensors
+(`modelshrink.inputs`)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from modelshrink.inputs import Inputs, resized
+
+UNLABELED = -1  # the target of an unlabeled item
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,14 +30,21 @@ class DataBundle:
     labeled: bool = True
     # Held out of `train` to choose a training stage's best epoch; None when no stage chooses.
     tune: DataLoader | None = None
-    # Real inputs to probe with where random floats would be meaningless (token ids); None: random.
-    examples: torch.Tensor | None = None
+    # Real inputs to probe with where random floats would be meaningless (token ids, several inputs);
+    # None: random floats of `input_shape`.
+    examples: Inputs | None = None
+    # Targets are class indices (top-1, top-5, cross-entropy apply); False for boxes, regression values.
+    class_targets: bool = True
+    # True: classes are numbered by the data (0..N-1), the model must output exactly N; False: targets
+    # are the model's own class indices (`class_index: indices`), it may output more.
+    exact_classes: bool = True
+    # A separate calibration set; None: calibrate on the first training batches.
+    calibration: DataLoader | None = None
 
-    def example_inputs(self, batch_size: int, seed: int = 0) -> torch.Tensor:
-        """A fixed batch of the model's input shape, for latency and MACs."""
+    def example_inputs(self, batch_size: int, seed: int = 0) -> Inputs:
+        """A fixed batch the model takes, for latency, MACs and tracing."""
         if self.examples is not None:
-            repeats = -(-batch_size // len(self.examples))
-            return self.examples.repeat(repeats, *[1] * (self.examples.dim() - 1))[:batch_size].clone()
+            return resized(self.examples, batch_size)
         generator = torch.Generator().manual_seed(seed)
         return torch.randn(batch_size, *self.input_shape, generator=generator)
 
@@ -45,7 +60,10 @@ def make_bundle(
     input_shape: Sequence[int],
     class_names: Sequence[str] | None = None,
     labeled: bool = True,
-    examples: torch.Tensor | None = None,
+    examples: Inputs | None = None,
+    class_targets: bool = True,
+    exact_classes: bool = True,
+    calibration: Dataset | None = None,
 ) -> DataBundle:
     generator = torch.Generator().manual_seed(seed)
     common = {"batch_size": batch_size, "num_workers": num_workers}
@@ -57,6 +75,9 @@ def make_bundle(
         class_names=list(class_names or [str(i) for i in range(num_classes)]),
         labeled=labeled,
         examples=examples,
+        class_targets=class_targets,
+        exact_classes=exact_classes,
+        calibration=None if calibration is None else DataLoader(calibration, shuffle=False, **common),
     )
 
 

@@ -14,13 +14,12 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from modelshrink.data.bundle import DataBundle, make_bundle, stratified_split
+from modelshrink.data.bundle import UNLABELED, DataBundle, make_bundle, stratified_split
 from modelshrink.errors import UserError
 from modelshrink.models.huggingface import tokenizer_for
 from modelshrink.recipe.schema import TextData
 
 SAMPLE_SENTENCES = Path(__file__).parent / "samples" / "sentences.txt"
-UNLABELED = -1
 
 
 def build(spec: TextData, seed: int, tokenizer_source: str) -> DataBundle:

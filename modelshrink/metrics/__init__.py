@@ -9,32 +9,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from modelshrink import distributed
 from modelshrink.data.bundle import DataBundle
 from modelshrink.descriptors import Metrics
-from modelshrink.metrics.accuracy import evaluate_outputs
+from modelshrink.metrics.accuracy import Reference, evaluate_outputs
+from modelshrink.metrics.custom import custom_metrics
 from modelshrink.metrics.latency import measure_latencies
 from modelshrink.metrics.size import count_macs, count_parameters
 from modelshrink.recipe.schema import EvaluateSpec
 
-Reference = list[torch.Tensor]  # the original model's validation outputs, batch by batch
+__all__ = ["Reference", "add_latencies", "measure", "reference_outputs"]
 
 
 def measure(
     model: nn.Module, data: DataBundle, spec: EvaluateSpec, size_bytes: int, reference: Reference | None = None
 ) -> tuple[Metrics, Reference]:
     """Everything but latency (`latency_ms` stays None until `add_latencies`). Without `reference`
-    the model is the original: its outputs come back as the reference for the stages after it
-    (with a reference, nothing comes back)."""
+    the model is the original: its outputs come back as the reference for the stages after it."""
     model.eval()
-    quality, outputs = evaluate_outputs(
-        model, data.val, spec.max_val_batches, labeled=data.labeled, reference=reference
-    )
+    quality, outputs = _quality(model, data, spec, reference)
     metrics: Metrics = {  # type: ignore[typeddict-item]
         **quality,
+        "custom": custom_metrics(model, data.val, spec.metrics),
         "latency_ms": None,
         **count_parameters(model),
         "macs": count_macs(model, data.example_inputs(1)),
@@ -43,8 +41,21 @@ def measure(
     return metrics, outputs
 
 
+def _quality(
+    model: nn.Module, data: DataBundle, spec: EvaluateSpec, reference: Reference | None
+) -> tuple[dict[str, float], Reference]:
+    return evaluate_outputs(
+        model,
+        data.val,
+        spec.max_val_batches,
+        labeled=data.labeled,
+        class_targets=data.class_targets,
+        reference=reference,
+    )
+
+
 def reference_outputs(model: nn.Module, data: DataBundle, spec: EvaluateSpec) -> Reference:
-    return evaluate_outputs(model, data.val, spec.max_val_batches, labeled=data.labeled)[1]
+    return _quality(model, data, spec, None)[1]
 
 
 def add_latencies(

@@ -1,69 +1,121 @@
-"""Quality on the validation split, in one pass: top-1 accuracy and mean cross-entropy (for labeled
-data), top-1 agreement with the original model (the share of inputs whose predicted class is the
-original's: a drop in accuracy says less on a small split than a change of predictions), and the
-mean cosine similarity of each output to the original model's output for the same input. The cosine
-is what embedding models are judged by, and for classifiers it shows how far the logits moved even
-where top-1 did not. The loss is NaN when the model's head has fewer classes than
-the labels, as before a transfer-learning stage replaces it."""
+"""Quality on the validation split, in one pass over it.
+
+- Against the labels, where they are class indices: top-1 and top-5 accuracy and mean cross-entropy.
+- Against the original model, for any model: the mean cosine similarity of each sample's outputs to
+  the original's (what embedding models are judged by; for classifiers it shows how far the logits
+  moved even where top-1 did not), and the largest and the relative output error.
+- For classifiers, labeled or not: top-1 agreement with the original (the share of inputs whose
+  predicted class is the original's; a drop in accuracy says less on a small split than a change of
+  predictions, and it needs no labels).
+
+A metric that does not apply is NaN (null in report.json), never 0. Outputs may be any nesting of
+tensors (`inputs.output_matrix`). The loss is NaN when the model's head has fewer classes than the
+labels, as before a transfer-learning stage replaces it.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from modelshrink.errors import UserError
+from modelshrink.inputs import batch_size, call, logits, output_matrix
+
+NAN = math.nan
+
+
+@dataclass
+class Reference:
+    """The original model's validation outputs, batch by batch, and whether it is a classifier."""
+
+    outputs: list[torch.Tensor]
+    classifier: bool
+
+
+def declares_embedding(model: nn.Module) -> bool:
+    """Embedding models (a Hugging Face `task: embedding`) say so: their argmax is no prediction."""
+    return any(getattr(module, "task", None) == "embedding" for module in model.modules())
+
+
+class _Tally:
+    """Running sums over the batches of one pass."""
+
+    def __init__(self) -> None:
+        self.samples = self.correct = self.top5 = self.agreed = 0
+        self.loss = self.cosine = 0.0
+        self.squared_error = self.squared_reference = self.max_error = 0.0
+
+    def against_labels(self, out: torch.Tensor, targets: torch.Tensor) -> None:
+        if targets.numel() and int(targets.max()) < out.shape[1]:
+            self.loss += F.cross_entropy(out, targets, reduction="sum").item()
+        else:  # a head for other classes (before transfer learning replaces it): no defined loss
+            self.loss = NAN
+        self.correct += (out.argmax(dim=1) == targets).sum().item()
+        if out.shape[1] > 5:
+            self.top5 += (out.topk(5, dim=1).indices == targets[:, None]).any(dim=1).sum().item()
+        else:  # five guesses out of five or fewer classes are always right
+            self.top5 = NAN
+
+    def against_reference(self, out: torch.Tensor, ref: torch.Tensor, classifier: bool) -> None:
+        if out.shape != ref.shape:  # a new head (transfer learning): no longer comparable with the original
+            self.cosine = self.agreed = self.max_error = self.squared_error = NAN
+            return
+        self.cosine += F.cosine_similarity(out, ref, dim=1).sum().item()
+        if classifier:
+            self.agreed += (out.argmax(dim=1) == ref.argmax(dim=1)).sum().item()
+        difference = out - ref
+        self.max_error = max(self.max_error, difference.abs().max().item()) if difference.numel() else self.max_error
+        self.squared_error += difference.square().sum().item()
+        self.squared_reference += ref.square().sum().item()
 
 
 @torch.inference_mode()
 def evaluate_outputs(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable,
     max_batches: int | None = None,
     *,
     labeled: bool = True,
-    reference: Sequence[torch.Tensor] | None = None,
-) -> tuple[dict[str, float], list[torch.Tensor]]:
-    """Metrics, and without `reference` the outputs themselves (to be the reference; cosine 1)."""
+    class_targets: bool = True,
+    reference: Reference | None = None,
+) -> tuple[dict[str, float], Reference]:
+    """Metrics, and the outputs themselves (the reference for later models; without `reference`
+    the model is compared with itself)."""
     model.eval()
-    correct, total, loss_sum, cosine_sum, agreed = 0, 0, 0.0, 0.0, 0.0
-    outputs = []
+    tally, outputs, classifier = _Tally(), [], reference.classifier if reference else None
     for index, (inputs, targets) in enumerate(itertools.islice(loader, max_batches)):
-        out = model(inputs).float()
+        raw = call(model, inputs)
+        out = output_matrix(raw)
         if not bool(torch.isfinite(out).all()):
             raise UserError(f"the model's outputs hold NaN or Inf (validation batch {index + 1})")
-        if reference is None:
-            outputs.append(out)
-        elif out.shape == reference[index].shape:
-            cosine_sum += F.cosine_similarity(out.flatten(1), reference[index].flatten(1), dim=1).sum().item()
-            agreed += (out.argmax(dim=1) == reference[index].argmax(dim=1)).sum().item()
-        else:  # a new head (transfer learning): outputs no longer comparable with the original's
-            cosine_sum = agreed = float("nan")
-        total += targets.numel()
-        if not labeled:
-            continue
-        if targets.max() < out.shape[1]:
-            loss_sum += F.cross_entropy(out, targets, reduction="sum").item()
-        else:  # a head for other classes (before transfer learning replaces it): no defined loss
-            loss_sum = float("nan")
-        correct += (out.argmax(dim=1) == targets).sum().item()
-    nan = float("nan")
-    if total == 0:
-        return {"accuracy": nan, "loss": nan, "cosine": nan, "agreement": nan}, outputs
-    return {
-        "accuracy": correct / total if labeled else nan,
-        "loss": loss_sum / total if labeled else nan,
-        "cosine": cosine_sum / total if reference is not None else 1.0,
-        # classifiers only (labeled data); an embedding's argmax means nothing
-        "agreement": (agreed / total if reference is not None else 1.0) if labeled else nan,
-    }, outputs
+        if classifier is None:
+            classifier = logits(raw) is not None and out.shape[1] > 1 and not declares_embedding(model)
+        outputs.append(out)
+        tally.against_reference(out, reference.outputs[index] if reference else out, classifier)
+        tally.samples += batch_size(inputs)
+        if labeled and class_targets and classifier:
+            tally.against_labels(out, targets)
+    n = tally.samples
+    with_labels = labeled and class_targets and bool(classifier) and n > 0
+    metrics = {
+        "accuracy": tally.correct / n if with_labels else NAN,
+        "top5": tally.top5 / n if with_labels else NAN,
+        "loss": tally.loss / n if with_labels else NAN,
+        "cosine": tally.cosine / n if n else NAN,
+        "agreement": tally.agreed / n if classifier and n else NAN,
+        "max_abs_error": tally.max_error if n else NAN,
+        "rel_error": math.sqrt(tally.squared_error / tally.squared_reference) if tally.squared_reference else NAN,
+    }
+    return metrics, Reference(outputs, bool(classifier))
 
 
-def evaluate_classifier(model: nn.Module, loader: DataLoader, max_batches: int | None = None) -> dict[str, float]:
+def evaluate_classifier(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> dict[str, float]:
     """Accuracy and loss alone, for training loops choosing their best epoch."""
     metrics, _ = evaluate_outputs(model, loader, max_batches)
     return {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from modelshrink.inputs import Inputs, batch_size, call
+
 
 @contextmanager
 def thread_count(threads: int | None) -> Iterator[int]:
@@ -30,19 +32,17 @@ def thread_count(threads: int | None) -> Iterator[int]:
 
 
 @torch.inference_mode()
-def time_round_robin(
-    models: Sequence[nn.Module], inputs: torch.Tensor, warmup: int, iterations: int
-) -> list[list[float]]:
+def time_round_robin(models: Sequence[nn.Module], inputs: Inputs, warmup: int, iterations: int) -> list[list[float]]:
     """Milliseconds per forward pass for each model, one forward of each model per round."""
     for model in models:
         model.eval()
         for _ in range(warmup):
-            model(inputs)
+            call(model, inputs)
     samples: list[list[float]] = [[] for _ in models]
     for _ in range(iterations):
         for model, times in zip(models, samples, strict=True):
             start = time.perf_counter()
-            model(inputs)
+            call(model, inputs)
             times.append((time.perf_counter() - start) * 1000.0)
     return samples
 
@@ -55,8 +55,8 @@ def percentile(samples: list[float], q: float) -> float:
 
 def measure_latencies(
     models: Sequence[nn.Module],
-    batch1: torch.Tensor,
-    batch_n: torch.Tensor,
+    batch1: Inputs,
+    batch_n: Inputs,
     *,
     warmup: int,
     iterations: int,
@@ -72,7 +72,7 @@ def measure_latencies(
             "batch1_p95": percentile(one, 95),
             "batchN_median": statistics.median(many),
             "batchN_p95": percentile(many, 95),
-            "batch_n": int(batch_n.shape[0]),
+            "batch_n": batch_size(batch_n),
             "threads": used,
         }
         for one, many in zip(ones, manys, strict=True)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from modelshrink.hooks import forward_hooks
+from modelshrink.inputs import Inputs, call
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def count_parameters(model: nn.Module) -> dict[str, float]:
     return {"params": params, "nonzero_params": nonzero, "sparsity": 1.0 - nonzero / params if params else 0.0}
 
 
-def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
+def count_macs(model: nn.Module, inputs: Inputs) -> int:
     """Multiply-accumulates of one forward pass (dense: zeros still cost a MAC in a dense kernel)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -106,7 +107,7 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
     # Only true quantized kernels are invisible to FlopCounterMode; other packed weights run through F.* ops.
     packed = [(m, count_quantized) for m in model.modules() if any(t.is_quantized for _, t in _packed_weights(m))]
     with forward_hooks(packed), FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(inputs)
+        call(model, inputs)
     return counter.get_total_flops() // 2 + quantized_macs
 
 

@@ -9,15 +9,13 @@ name `os:system` and run a command.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Collection
 from typing import Any
 
 from torch import nn
 
 from modelshrink.errors import UserError, first_line
+from modelshrink.plugins import resolve
 
 ALWAYS_TRUSTED = ("modelshrink",)  # our own zoo
 
@@ -38,17 +36,7 @@ def check_trusted(target: str, trust: Collection[str], where: object) -> None:
 
 
 def build(target: str, kwargs: dict[str, Any]) -> nn.Module:
-    module_name, _, fn_name = target.partition(":")
-    # Like `python -m`, let a factory in the current directory be found from the console script.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"model.factory: cannot import {module_name!r} ({exc})") from None
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise UserError(f"model.factory: {module_name!r} has no callable {fn_name!r}")
+    fn = resolve(target, "model.factory")
     try:
         model = fn(**kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:  # bad kwargs: unknown names, negative widths

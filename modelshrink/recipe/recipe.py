@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from modelshrink.constraints import gates
+from modelshrink.constraints import custom_gate_names, gates
+from modelshrink.descriptors import METRICS
 from modelshrink.recipe.schema import ConstraintsSpec, DataSpec, EvaluateSpec, ModelSpec, OutputSpec, Strict, TextData
 from modelshrink.recipe.stage_specs import StageSpec, needs_tuning_split, stage_names
+
+_HOW_TO_LABEL = {
+    "text": "set data.label_field",
+    "imagefolder": "use class folders with data.labels: true",
+    "python": "yield (input, target) items with data.labeled: true",
+    "tensors": "name the targets with data.targets",
+}
 
 
 class Recipe(Strict):
@@ -42,22 +51,42 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _text_data_fits(self) -> Recipe:
-        if not isinstance(self.data, TextData):
-            return self
-        if self.data.tokenizer is None and self.model.huggingface is None:
+        if isinstance(self.data, TextData) and self.data.tokenizer is None and self.model.huggingface is None:
             raise ValueError("data.tokenizer is needed when the model is not given by model.huggingface")
-        if not self.data.labeled:
-            for spec in self.stages:
-                if spec.training is not None:
-                    raise ValueError(f"stage {spec.kind!r} trains, which needs labels: set data.label_field")
-                if spec.needs_labels:
-                    raise ValueError(f"stage {spec.kind!r} needs labels (loss gradients): set data.label_field")
-            for gate in gates(self.constraints):
-                if gate.metric.needs_labels:
-                    raise ValueError(
-                        f"constraints.{gate.name} needs labels: set data.label_field, or gate on min_cosine"
-                    )
         return self
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> Recipe:
+        """Unlabeled data serves calibration, distillation and gates against the original model; what
+        needs labels is refused here, before any work."""
+        if self.data.labeled:
+            return self
+        how = _HOW_TO_LABEL.get(self.data.kind, "use labeled data")
+        for spec in self.stages:
+            if spec.needs_labels:
+                reason = "trains" if spec.training is not None else "scores by loss gradients"
+                raise ValueError(f"stage {spec.kind!r} {reason}, which needs labels: {how} (distill needs none)")
+        for gate in gates(self.constraints):
+            if gate.metric.needs_labels:
+                raise ValueError(f"constraints.{gate.name} needs labels: {how}, or gate on agreement or cosine")
+        return self
+
+    @field_validator("constraints")
+    @classmethod
+    def _custom_gates_have_metrics(cls, constraints: ConstraintsSpec, info: ValidationInfo) -> ConstraintsSpec:
+        """A gate on a metric that is not built in needs the user's metrics to produce it; without
+        any, it is a typo and is refused here, by name (`evaluate` is validated before `constraints`)."""
+        evaluate = info.data.get("evaluate")
+        if evaluate is None or evaluate.metrics:
+            return constraints
+        for name in custom_gate_names(constraints):
+            close = [m for m in METRICS if m.startswith(name)] or difflib.get_close_matches(name, METRICS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"unknown key {name!r}: no such metric; {hint}known: {', '.join(METRICS)} "
+                "(a metric of your own needs evaluate.metrics)"
+            )
+        return constraints
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> Recipe:

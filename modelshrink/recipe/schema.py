@@ -6,13 +6,13 @@ silently running with a default. Stage specs live in `stage_specs.py`, the whole
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from modelshrink.descriptors import METRICS
+from modelshrink.plugins import TARGET_RE
 
 
 class Strict(BaseModel):
@@ -44,15 +44,20 @@ def _existing_dir(path: Path) -> Path:
     return path
 
 
+def _target(value: str) -> str:
+    if not TARGET_RE.match(value):
+        raise ValueError(f"must look like 'package.module:function', got {value!r}")
+    return value
+
+
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+Target = Annotated[str, AfterValidator(_target)]  # the user's own code: 'package.module:function'
+
 ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
 Fraction = Annotated[float, AfterValidator(_open_fraction)]
 Probability = Annotated[float, AfterValidator(_closed_fraction)]
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
-
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
 
 # ----------------------------------------------------------------------------------------------- model
 class HuggingFaceSpec(Strict):
@@ -79,7 +84,7 @@ class ModelSpec(Strict):
     """
 
     torchvision: str | None = None
-    factory: str | None = Field(default=None, description="'pkg.module:function' returning an nn.Module")
+    factory: Target | None = Field(default=None, description="'pkg.module:function' returning an nn.Module")
     huggingface: HuggingFaceSpec | None = None
     num_classes: PositiveInt | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -103,8 +108,6 @@ class ModelSpec(Strict):
             raise ValueError("needs 'torchvision', 'factory', 'huggingface' or 'checkpoint'")
         if self.huggingface and self.kwargs:
             raise ValueError("kwargs do not apply to 'huggingface' models")
-        if self.factory and not _FACTORY_RE.match(self.factory):
-            raise ValueError(f"factory must look like 'package.module:function', got {self.factory!r}")
         if self.num_classes is not None and "num_classes" in self.kwargs:
             raise ValueError("num_classes is given twice (also in kwargs)")
         return self
@@ -125,6 +128,10 @@ class _DataCommon(Strict):
     mean: list[float] | None = None
     std: list[float] | None = None
 
+    @property
+    def labeled(self) -> bool:
+        return True
+
     @model_validator(mode="after")
     def _mean_std(self) -> _DataCommon:
         if (self.mean is None) != (self.std is None):
@@ -143,12 +150,30 @@ class DigitsData(_DataCommon):
 
 
 class ImageFolderData(_DataCommon):
-    """A torchvision ImageFolder: `path/train` + `path/val`, or one folder split by `val_fraction`."""
+    """A torchvision ImageFolder: `path/train` + `path/val`, or one folder split by `val_fraction`.
+    With `labels: false`, any tree of images (no class folders): quality is then judged against the
+    original model (agreement, cosine). `class_index: indices` reads class folder names as the
+    model's class indices (`0/`, `207/`), so a 1000-class model can be scored on a few classes."""
 
     kind: Literal["imagefolder"]
     path: ExistingDir
     image_size: Annotated[int, Field(ge=8)] = 224
     channels: Literal[1, 3] = 3
+    labels: bool = True
+    class_index: Literal["folder_names", "indices"] = Field(
+        default="folder_names", description="folder_names: sorted folders are classes 0..N-1; indices: a "
+        "folder's name is its class index"
+    )
+
+    @model_validator(mode="after")
+    def _index_needs_labels(self) -> ImageFolderData:
+        if not self.labels and "class_index" in self.model_fields_set:
+            raise ValueError("class_index applies to labeled folders (labels: true)")
+        return self
+
+    @property
+    def labeled(self) -> bool:
+        return self.labels
 
 
 class Cifar10Data(_DataCommon):
@@ -158,6 +183,44 @@ class Cifar10Data(_DataCommon):
     path: ExistingDir
     image_size: Annotated[int, Field(ge=8)] = 32
     channels: Literal[1, 3] = 3
+
+
+class PythonData(Strict):
+    """Datasets from your own code: `factory(**kwargs)` returns `(train, val)` torch Datasets, or a
+    dict with `train`, `val` and optional `calibration`. An item is `(input, target)`, or the input
+    alone with `labeled: false`; an input is a tensor, a tuple or a dict of tensors."""
+
+    kind: Literal["python"]
+    factory: Target
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    labeled: bool = Field(default=True, description="items are (input, target); false: the input alone")
+    batch_size: PositiveInt = 32
+    tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+
+class TensorFileData(Strict):
+    """Tensors in one file: `.pt` (read with weights_only), `.npz` or `.safetensors`, holding an
+    `inputs` tensor (first dimension: samples) and optionally `targets`."""
+
+    kind: Literal["tensors"]
+    path: ExistingFile
+    inputs: str = Field(default="inputs", description="the key of the input tensor")
+    targets: str | None = Field(default=None, description="the key of the targets; none: unlabeled")
+    batch_size: PositiveInt = 32
+    val_fraction: Fraction = 0.2
+    tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _known_format(self) -> TensorFileData:
+        if self.path.suffix.lower() not in {".pt", ".pth", ".npz", ".safetensors"}:
+            raise ValueError(f"path: {self.path.name} is not .pt, .pth, .npz or .safetensors")
+        return self
+
+    @property
+    def labeled(self) -> bool:
+        return self.targets is not None
 
 
 class SyntheticData(_DataCommon):
@@ -197,7 +260,10 @@ class TextData(Strict):
         return self.label_field is not None
 
 
-DataSpec = Annotated[DigitsData | ImageFolderData | Cifar10Data | SyntheticData | TextData, Field(discriminator="kind")]
+DataSpec = Annotated[
+    DigitsData | ImageFolderData | Cifar10Data | SyntheticData | TextData | PythonData | TensorFileData,
+    Field(discriminator="kind"),
+]
 
 
 # ------------------------------------------------------------------------------- evaluation and output
@@ -208,9 +274,25 @@ class LatencySpec(Strict):
     threads: PositiveInt | None = Field(default=None, description="torch threads; default: all cores")
 
 
+class CustomMetricSpec(Strict):
+    """Your own metric: `function(model, val_loader) -> {name: float}`, higher is better unless the
+    name is in `lower_is_better`. A plain string is shorthand for `function`."""
+
+    function: Target
+    lower_is_better: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"function": data} if isinstance(data, str) else data
+
+
 class EvaluateSpec(Strict):
     latency: LatencySpec = Field(default_factory=LatencySpec)
     max_val_batches: PositiveInt | None = None
+    metrics: list[CustomMetricSpec] = Field(
+        default_factory=list, description="your own metrics, 'pkg.module:fn' returning {name: value}"
+    )
 
 
 class OutputSpec(Strict):
@@ -274,11 +356,31 @@ class _NamedGates(Strict):
         return self
 
 
+class _CustomGates(_NamedGates):
+    """Keys beyond the built-in metrics gate the user's own metrics (`evaluate.metrics`), each a
+    `Bounds`; whether such a metric exists is known once the metrics ran (checked then, exit 2)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, Bounds] = Field(init=False)  # type: ignore[assignment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extra_is_a_gate(cls, data: Any) -> Any:
+        """A key that is no metric and holds no bounds is a typo: say so in the words for unknown keys."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if key not in cls.model_fields and not isinstance(value, dict | Bounds):
+                    raise ValueError(
+                        f"unknown key {key!r} (a gate on a metric of your own is a mapping such as {{min: 0.5}})"
+                    )
+        return data
+
+
 # One optional `Bounds` per metric the report knows (descriptors.METRICS), e.g.
 # `constraints: {accuracy: {max_drop: 0.01}, latency_b1_ms: {max_ratio: 0.8}, size_bytes: {max: 5.0e6}}`.
 ConstraintsSpec = create_model(
     "ConstraintsSpec",
-    __base__=_NamedGates,
+    __base__=_CustomGates,
     __module__=__name__,
     **{
         name: (Bounds | None, Field(default=None, description=f"{d.label}: {d.better} is better"))

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
 
-from modelshrink.recipe.schema import Fraction, ModelSpec, PositiveFloat, PositiveInt, Probability, Strict
+from modelshrink.recipe.schema import Fraction, ModelSpec, PositiveFloat, PositiveInt, Probability, Strict, Target
 
 
 class TrainingSettings(Strict):
@@ -34,6 +34,9 @@ class TrainingSettings(Strict):
     step_size: PositiveInt = Field(default=1, description="epochs between LR drops (schedule: step)")
     gamma: Fraction = Field(default=0.1, description="LR factor per drop (schedule: step)")
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    loss: Target | None = Field(
+        default=None, description="'pkg.module:fn(outputs, targets) -> scalar'; default: cross-entropy on class indices"
+    )
     keep_sparsity: bool = Field(default=True, description="weights that are exactly zero stay zero")
     max_batches_per_epoch: PositiveInt | None = None
     early_stopping: PositiveInt | None = Field(
@@ -136,6 +139,11 @@ class DistillSpec(TrainingSettings, BaseStageSpec):
     @property
     def training(self) -> TrainingSettings:
         return self
+
+    @property
+    def needs_labels(self) -> bool:
+        """Without labels the student learns from the teacher alone (the label term is dropped)."""
+        return False
 
 
 # -------------------------------------------------------------------------------------------- pruning

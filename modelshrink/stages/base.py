@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import torch
 from torch import nn
 
 from modelshrink.data.bundle import DataBundle
+from modelshrink.inputs import Inputs
 from modelshrink.lineage import Lineage, Transform
 from modelshrink.recipe.schema import EvaluateSpec, ModelSpec
 from modelshrink.recipe.stage_specs import BaseStageSpec, TrainingSettings, parse_stage
@@ -54,10 +54,12 @@ class StageContext:
     def notes_for(self, stage: str) -> StageNotes:
         return self.notes.setdefault(stage, StageNotes())
 
-    def calibration_inputs(self, batches: int) -> Iterator[torch.Tensor]:
-        """Input batches for calibration (activation ranges, importance scores): the first `batches`
-        of the training split, never the validation split that reports quality."""
-        for inputs, _ in itertools.islice(self.data.train, batches):
+    def calibration_inputs(self, batches: int) -> Iterator[Inputs]:
+        """Input batches for calibration (activation ranges, importance scores): the data's own
+        calibration set, else the first `batches` of the training split; never the validation split
+        that reports quality."""
+        source = self.data.calibration if self.data.calibration is not None else self.data.train
+        for inputs, _ in itertools.islice(source, batches):
             yield inputs
 
     def transform(self, model: nn.Module, transform: Transform) -> nn.Module:

@@ -17,6 +17,7 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.hooks import forward_hooks
+from modelshrink.inputs import call, output_matrix
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import BlockPruneSpec
 from modelshrink.stages.base import Stage, StageContext, register
@@ -59,7 +60,7 @@ def removable_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
         return record
 
     with forward_hooks((child, recorder(name)) for name, child in sequential_blocks(model)), torch.inference_mode():
-        model.eval()(example)
+        call(model.eval(), example)
     return [name for name, (inp, out) in shapes.items() if inp is not None and inp == out]
 
 
@@ -72,14 +73,14 @@ def block_scores(
         generator = torch.Generator().manual_seed(seed)
         return {name: float(torch.rand(1, generator=generator)) for name in names}
     model.eval()
-    reference = [model(x) for x in batches]
+    reference = [output_matrix(call(model, x)) for x in batches]
     scores = {}
     for name in names:
         block = model.get_submodule(name)
         set_submodule(model, name, nn.Identity())
         try:
             change = sum(
-                float((model(x) - ref).norm() / ref.norm().clamp_min(1e-12))
+                float((output_matrix(call(model, x)) - ref).norm() / ref.norm().clamp_min(1e-12))
                 for x, ref in zip(batches, reference, strict=True)
             )
         finally:

@@ -3,6 +3,10 @@
 loss = alpha * KL(softmax(t/T) || softmax(s/T)) * T^2 + (1 - alpha) * CE(s, y)
        + hint_weight * sum(MSE(projection(student feature), teacher feature))   (optional hints)
 
+Outputs that are not class logits (embeddings, boxes, any nesting of tensors) are matched by the MSE
+to the teacher's instead of the KL term, and the label term is the recipe's `loss` when the targets
+are not classes. Without labels the student learns from the teacher alone.
+
 The teacher is the model as it was before any stage ran (default) or any model source. Hint
 layers of a pruned student are narrower than the teacher's, so each hint gets a learned 1x1
 projection (trained with the student, then discarded). `compare_finetune` also trains a copy
@@ -21,11 +25,12 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.hooks import forward_hooks
-from modelshrink.metrics.accuracy import evaluate_classifier
+from modelshrink.inputs import Inputs, call, logits, output_matrix
+from modelshrink.metrics.accuracy import declares_embedding, evaluate_classifier
 from modelshrink.recipe.stage_specs import DistillSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.notes import Comparison
-from modelshrink.train import LossFn
+from modelshrink.train import LossFn, task_loss
 
 
 @register(DistillSpec)
@@ -34,9 +39,11 @@ class DistillStage(Stage[DistillSpec]):
         teacher = self._teacher(ctx)
         example = ctx.data.example_inputs(2)
         with torch.inference_mode():
-            t_out, s_out = teacher(example), model.eval()(example)
+            t_raw = call(teacher, example)
+            t_out, s_out = output_matrix(t_raw), output_matrix(call(model.eval(), example))
         if t_out.shape != s_out.shape:
             raise UserError(f"teacher outputs {tuple(t_out.shape)} but the student {tuple(s_out.shape)}")
+        classes = logits(t_raw) is not None and not declares_embedding(teacher)
         plain = copy.deepcopy(model) if self.spec.compare_finetune else None
         hints = Hints(self.spec, teacher, model, example)
         try:
@@ -44,7 +51,7 @@ class DistillStage(Stage[DistillSpec]):
                 model,
                 self.spec,
                 self.name,
-                loss_fn=self._loss(teacher, hints),
+                loss_fn=self._loss(teacher, hints, classes, ctx),
                 extra_params=list(hints.projections.parameters()),
             )
         finally:
@@ -67,23 +74,29 @@ class DistillStage(Stage[DistillSpec]):
             param.requires_grad_(False)
         return teacher.eval()
 
-    def _loss(self, teacher: nn.Module, hints: Hints) -> LossFn:
-        temperature, alpha, label_smoothing = self.spec.temperature, self.spec.alpha, self.spec.label_smoothing
+    def _loss(self, teacher: nn.Module, hints: Hints, classes: bool, ctx: StageContext) -> LossFn:
+        """The teacher term (KL on class logits, MSE on any other output), the label term where there
+        are labels (cross-entropy on classes, else the recipe's `loss`), and the hints."""
+        temperature, alpha = self.spec.temperature, self.spec.alpha
+        data = ctx.data
+        labels = data.labeled and (data.class_targets or self.spec.loss is not None)
+        hard_loss = task_loss(self.spec, data) if labels else None
 
-        def loss(student: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        def loss(student: nn.Module, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                teacher_logits = teacher(inputs)
-            logits = student(inputs)
-            soft = (
-                F.kl_div(
-                    F.log_softmax(logits / temperature, dim=1),
-                    F.softmax(teacher_logits / temperature, dim=1),
+                teacher_out = output_matrix(call(teacher, inputs))
+            student_raw = call(student, inputs)
+            student_out = output_matrix(student_raw)
+            if classes:
+                soft = F.kl_div(
+                    F.log_softmax(student_out / temperature, dim=1),
+                    F.softmax(teacher_out / temperature, dim=1),
                     reduction="batchmean",
-                )
-                * temperature**2
-            )
-            hard = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-            return alpha * soft + (1 - alpha) * hard + self.spec.hint_weight * hints.loss()
+                ) * temperature**2
+            else:
+                soft = F.mse_loss(student_out, teacher_out)
+            total = soft if hard_loss is None else alpha * soft + (1 - alpha) * hard_loss(student_raw, targets)
+            return total + self.spec.hint_weight * hints.loss()
 
         return loss
 
@@ -91,7 +104,7 @@ class DistillStage(Stage[DistillSpec]):
 class Hints:
     """Captures the named feature maps of teacher and student and scores their (projected) distance."""
 
-    def __init__(self, spec: DistillSpec, teacher: nn.Module, student: nn.Module, example: torch.Tensor):
+    def __init__(self, spec: DistillSpec, teacher: nn.Module, student: nn.Module, example: Inputs):
         self.features: dict[str, torch.Tensor] = {}
         self.pairs = [(f"s{i}", f"t{i}") for i in range(len(spec.hints))]
         self.hooks = ExitStack()  # closed by `remove`, after training
@@ -109,8 +122,8 @@ class Hints:
         self.projections = nn.ModuleList()
         if self.pairs:
             with torch.no_grad():
-                teacher(example)
-                student.eval()(example)
+                call(teacher, example)
+                call(student.eval(), example)
             for s_key, t_key in self.pairs:
                 self.projections.append(projection(self.features[s_key], self.features[t_key]))
         self.features.clear()

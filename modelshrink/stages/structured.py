@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelshrink.errors import UserError
+from modelshrink.inputs import call
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import ChannelPruneSpec
 from modelshrink.stages import reshape
@@ -119,4 +120,4 @@ def accumulate_gradients(model: nn.Module, ctx: StageContext, batches: int) -> N
     model.eval()  # BatchNorm statistics must not move while we only measure
     model.zero_grad(set_to_none=True)
     for inputs, targets in itertools.islice(ctx.data.train, batches):
-        F.cross_entropy(model(inputs), targets).backward()
+        F.cross_entropy(call(model, inputs), targets).backward()

@@ -63,4 +63,20 @@ def test_agreement_is_the_share_of_predictions_the_original_model_also_made() ->
     assert 0 < expected < 1
     assert evaluate_outputs(changed, loader, reference=reference)[0]["agreement"] == pytest.approx(expected)
     unlabeled = evaluate_outputs(changed, loader, labeled=False, reference=reference)[0]
-    assert math.isnan(unlabeled["agreement"]), "undefined without labels: null in the report, never 0"
+    assert unlabeled["agreement"] == pytest.approx(expected), "a classifier's agreement needs no labels"
+    assert math.isnan(unlabeled["accuracy"]) and math.isnan(unlabeled["top5"])
+
+    class Embedder(nn.Module):  # a Hugging Face embedding model says so by its task
+        task = "embedding"
+
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    _, embedded = evaluate_outputs(Embedder(original), loader, labeled=False)
+    moved = evaluate_outputs(Embedder(changed), loader, labeled=False, reference=embedded)[0]
+    assert math.isnan(moved["agreement"]), "an embedding's argmax is no prediction: null, never a number"
+    assert 0 < moved["cosine"] < 1

@@ -285,7 +285,7 @@ CASES = [
     # models
     Case("no architecture", run_recipe(model={}), message="needs 'torchvision'"),
     Case("two architectures", run_recipe(model={**MLP, "torchvision": "resnet18"}), message="give one of"),
-    Case("malformed factory", run_recipe(model={"factory": "os.system"}), message="factory must look like"),
+    Case("malformed factory", run_recipe(model={"factory": "os.system"}), message="model.factory: must look like"),
     Case("factory module missing", run_recipe(model={"factory": "no_such_mod:fn"}), message="no_such_mod"),
     Case("factory function missing", run_recipe(model={"factory": "modelshrink.models.zoo:nothing"})),
     Case("factory returns no module", run_recipe(model={"factory": "builtins:dict"}), message="not a torch.nn.Module"),

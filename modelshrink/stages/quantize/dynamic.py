@@ -29,6 +29,7 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.hooks import forward_hooks
+from modelshrink.inputs import call
 from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import DynamicQuantSpec
@@ -98,7 +99,7 @@ def smooth(
 
     with forward_hooks(((modules[name], observe(name)) for name in names), pre=True), torch.inference_mode():
         for inputs in batches:
-            model(inputs)
+            call(model, inputs)
     transform = SmoothLinear(names)
     model = transform.replay(model)
     modules = dict(model.named_modules())

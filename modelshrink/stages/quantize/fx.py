@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from modelshrink.errors import UserError, first_line
+from modelshrink.inputs import call
 from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
@@ -67,7 +68,7 @@ class StaticQuantize(_FxOrPt2e):
         """Calibrate: the observers record activation ranges on training batches."""
         with torch.no_grad():
             for inputs in ctx.calibration_inputs(self.spec.calibration_batches):
-                prepared(inputs)
+                call(prepared, inputs)
         return prepared
 
 

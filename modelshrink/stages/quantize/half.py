@@ -4,10 +4,12 @@ outputs, so the rest of the pipeline (and a user's code) keeps feeding float32 a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from modelshrink.inputs import map_tensors
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import HalfSpec
 from modelshrink.stages.base import Stage, StageContext, register
@@ -19,10 +21,11 @@ class HalfPrecision(nn.Module):
         self.dtype_name = dtype
         self.model = model.to(getattr(torch, dtype))
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.is_floating_point():  # token ids stay integers: fp16 cannot even hold ids above 2048
-            inputs = inputs.to(getattr(torch, self.dtype_name))
-        return self.model(inputs).float()
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        dtype = getattr(torch, self.dtype_name)
+        # token ids and masks stay integers: fp16 cannot even hold ids above 2048
+        args, kwargs = map_tensors(lambda x: x.to(dtype) if x.is_floating_point() else x, (args, kwargs))
+        return map_tensors(lambda x: x.float() if x.is_floating_point() else x, self.model(*args, **kwargs))
 
 
 @register(HalfSpec)

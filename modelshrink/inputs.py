@@ -1,0 +1,88 @@
+"""Model inputs in the three forms a data source may yield: a tensor, a tuple of tensors (positional
+arguments) or a dict of tensors (keyword arguments, e.g. `input_ids` + `attention_mask`).
+
+Every place that runs a model (metrics, latency, MACs, calibration, BatchNorm recalibration,
+distillation, export, the model/data fit check) calls it through `call`, so a multi-input model works
+everywhere a single-tensor one does. Outputs come in any nesting of tensors too (a detection head's
+boxes and scores); `output_matrix` flattens them per sample for output-level metrics. A leaf module:
+imports torch only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+Inputs = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor] | dict[str, torch.Tensor]
+
+
+def call(model: nn.Module, inputs: Inputs) -> Any:
+    """Run `model` on one batch: a dict as keyword arguments, a tuple or list as positional ones."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, tuple | list):
+        return model(*inputs)
+    return model(inputs)
+
+
+def as_args(inputs: Inputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) for APIs that take them apart, such as torch.export."""
+    if isinstance(inputs, dict):
+        return (), dict(inputs)
+    if isinstance(inputs, tuple | list):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Any) -> Any:
+    """`fn` applied to every tensor in a (nested) batch, its structure kept."""
+    return tree_map(lambda x: fn(x) if isinstance(x, torch.Tensor) else x, inputs)
+
+
+def batch_size(inputs: Any) -> int:
+    """The batch dimension: that of the first tensor found."""
+    for leaf in tree_flatten(inputs)[0]:
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            return int(leaf.shape[0])
+    raise ValueError("the batch holds no tensor with a batch dimension")
+
+
+def resized(inputs: Any, size: int) -> Any:
+    """The batch cut or repeated (cycling through its samples) to `size` samples, copied."""
+    have = batch_size(inputs)
+    repeats = -(-size // have)
+    return map_tensors(lambda x: x.repeat(repeats, *[1] * (x.dim() - 1))[:size].clone(), inputs)
+
+
+def describe(inputs: Any) -> str:
+    """A short description for messages: `(2, 3, 224, 224)` or `{input_ids: (2, 128), ...}`."""
+    if isinstance(inputs, torch.Tensor):
+        return str(tuple(inputs.shape))
+    if isinstance(inputs, dict):
+        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in inputs.items()) + "}"
+    if isinstance(inputs, tuple | list):
+        return "(" + ", ".join(describe(v) for v in inputs) + ")"
+    return type(inputs).__name__
+
+
+def output_matrix(outputs: Any) -> torch.Tensor:
+    """Every tensor in the outputs, flattened per sample and joined: (batch, features) in float32.
+
+    Cosine and output-error metrics then apply to any head: logits, embeddings, boxes + scores.
+    Tensors without the batch dimension in front (e.g. a scalar) are left out."""
+    leaves = [x for x in tree_flatten(outputs)[0] if isinstance(x, torch.Tensor) and x.dim() > 0]
+    if not leaves:
+        raise ValueError(f"the model's output holds no tensor ({type(outputs).__name__})")
+    rows = leaves[0].shape[0]
+    return torch.cat([x.float().reshape(rows, -1) for x in leaves if x.shape[0] == rows], dim=1)
+
+
+def logits(outputs: Any) -> torch.Tensor | None:
+    """The output as (batch, classes) logits, or None when it is not one 2-D tensor."""
+    if isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
+        return outputs.float()
+    return None
