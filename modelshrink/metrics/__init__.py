@@ -50,6 +50,7 @@ def _quality(
         spec.max_val_batches,
         labeled=data.labeled,
         class_targets=data.class_targets,
+        task=spec.task,
         reference=reference,
     )
 

@@ -43,6 +43,22 @@ def declares_embedding(model: nn.Module) -> bool:
     return any(getattr(module, "task", None) == "embedding" for module in model.modules())
 
 
+def classifies(task: str, model: nn.Module, outputs: object, class_labels: bool) -> bool:
+    """Whether the outputs are class logits (top-1 agreement, KL distillation apply), by `evaluate.task`.
+
+    auto: one (batch, classes) tensor, and either the data's labels are classes, or the model does
+    not declare itself an embedding model and its outputs are not L2-normalised (sentence embeddings
+    are; logits are not)."""
+    out = logits(outputs)
+    if task != "auto" or out is None:
+        return task == "classification"
+    if class_labels:
+        return True
+    if out.shape[1] < 2 or declares_embedding(model):
+        return False
+    return not bool(torch.allclose(out.norm(dim=1), torch.ones(len(out)), atol=1e-3))
+
+
 class _Tally:
     """Running sums over the batches of one pass."""
 
@@ -83,19 +99,21 @@ def evaluate_outputs(
     *,
     labeled: bool = True,
     class_targets: bool = True,
+    task: str = "auto",
     reference: Reference | None = None,
 ) -> tuple[dict[str, float], Reference]:
     """Metrics, and the outputs themselves (the reference for later models; without `reference`
-    the model is compared with itself)."""
+    the model is compared with itself). `task`: see `classifies`; a reference's choice stands."""
     model.eval()
-    tally, outputs, classifier = _Tally(), [], reference.classifier if reference else None
+    tally, outputs = _Tally(), []
+    classifier = reference.classifier if reference is not None else None
     for index, (inputs, targets) in enumerate(itertools.islice(loader, max_batches)):
         raw = call(model, inputs)
         out = output_matrix(raw)
         if not bool(torch.isfinite(out).all()):
             raise UserError(f"the model's outputs hold NaN or Inf (validation batch {index + 1})")
         if classifier is None:
-            classifier = logits(raw) is not None and out.shape[1] > 1 and not declares_embedding(model)
+            classifier = classifies(task, model, raw, labeled and class_targets)
         outputs.append(out)
         tally.against_reference(out, reference.outputs[index] if reference else out, classifier)
         tally.samples += batch_size(inputs)

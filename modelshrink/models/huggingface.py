@@ -11,7 +11,6 @@ The architecture record carries the model's whole config, so a compressed checkp
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from modelshrink.errors import UserError, first_line
+from modelshrink.plugins import resolve
 
 _ST_POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
@@ -121,12 +121,7 @@ def resolve_source(source: str) -> Path:
     if path.exists() or source.startswith((".", "/", "~")):
         raise UserError(f"model.huggingface: {source} is not a model directory")
     if ":" in source:
-        module_name, _, fn_name = source.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), fn_name)
-        except (ImportError, AttributeError) as exc:
-            raise UserError(f"model.huggingface: cannot find {source} ({exc})") from None
-        return resolve_source(str(fn()))
+        return resolve_source(str(resolve(source, "model.huggingface")()))
     from huggingface_hub import snapshot_download
 
     try:

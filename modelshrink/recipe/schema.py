@@ -293,6 +293,11 @@ class EvaluateSpec(Strict):
     metrics: list[CustomMetricSpec] = Field(
         default_factory=list, description="your own metrics, 'pkg.module:fn' returning {name: value}"
     )
+    task: Literal["auto", "classification", "other"] = Field(
+        default="auto",
+        description="classification: outputs are (batch, classes) logits, so top-1 agreement applies; auto: "
+        "one 2-D output that is neither L2-normalised nor from a model declaring itself an embedding model",
+    )
 
 
 class OutputSpec(Strict):

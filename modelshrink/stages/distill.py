@@ -25,8 +25,8 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.hooks import forward_hooks
-from modelshrink.inputs import Inputs, call, logits, output_matrix
-from modelshrink.metrics.accuracy import declares_embedding, evaluate_classifier
+from modelshrink.inputs import Inputs, call, output_matrix
+from modelshrink.metrics.accuracy import classifies, evaluate_classifier
 from modelshrink.recipe.stage_specs import DistillSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.notes import Comparison
@@ -43,7 +43,7 @@ class DistillStage(Stage[DistillSpec]):
             t_out, s_out = output_matrix(t_raw), output_matrix(call(model.eval(), example))
         if t_out.shape != s_out.shape:
             raise UserError(f"teacher outputs {tuple(t_out.shape)} but the student {tuple(s_out.shape)}")
-        classes = logits(t_raw) is not None and not declares_embedding(teacher)
+        classes = classifies(ctx.evaluate.task, teacher, t_raw, ctx.data.labeled and ctx.data.class_targets)
         plain = copy.deepcopy(model) if self.spec.compare_finetune else None
         hints = Hints(self.spec, teacher, model, example)
         try:

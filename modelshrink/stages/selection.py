@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
+from typing import Any
 
+import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from modelshrink.hooks import forward_hooks
+from modelshrink.inputs import Inputs, call
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
@@ -34,6 +40,45 @@ def find_classifier(model: nn.Module) -> str:
         if names:
             return names[-1]
     raise ValueError("no Linear or Conv layer found to act as the classifier")
+
+
+def output_layers(model: nn.Module, example: Inputs, types: tuple[type[nn.Module], ...]) -> set[str]:
+    """Layers of `types` whose outputs reach the model's outputs through no other such layer: a
+    classifier, a box head, a score head. Their output channels are what the user reads, so channel
+    pruning must leave them whole. Found by walking the autograd graph back from every output tensor
+    (it sees through activations, views, adds and concatenations), for any output nesting."""
+    produced_by: dict[Any, str] = {}
+
+    def record(name: str) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+                produced_by[output.grad_fn] = name
+
+        return hook
+
+    layers = [(m, record(n)) for n, m in model.named_modules() if n and isinstance(m, types)]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        with forward_hooks(layers), torch.enable_grad():
+            outputs = call(model.eval(), example)
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
+    found: set[str] = set()
+    stack = [leaf.grad_fn for leaf in tree_flatten(outputs)[0] if isinstance(leaf, torch.Tensor)]
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in produced_by:
+            found.add(produced_by[node])
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
 
 
 def sequential_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelshrink.errors import UserError
-from modelshrink.inputs import call
+from modelshrink.inputs import Inputs, call
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import ChannelPruneSpec
 from modelshrink.stages import reshape
 from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.stages.selection import find_classifier, matches_any
+from modelshrink.stages.selection import find_classifier, matches_any, output_layers
 from modelshrink.train import recalibrate_batchnorm
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -63,7 +63,7 @@ def prune_channels(model: nn.Module, spec: ChannelPruneSpec, ctx: StageContext, 
                 global_pruning=spec.scope == "global",
                 pruning_ratio=spec.amount,
                 pruning_ratio_dict=layer_ratios(model, spec.layer_amounts) or None,
-                ignored_layers=ignored_layers(model, spec),
+                ignored_layers=ignored_layers(model, spec, example),
                 round_to=spec.round_to,
                 iterative_steps=spec.steps,
             )
@@ -91,10 +91,11 @@ def prune_channels(model: nn.Module, spec: ChannelPruneSpec, ctx: StageContext, 
     return model.eval()
 
 
-def ignored_layers(model: nn.Module, spec: ChannelPruneSpec) -> list[nn.Module]:
-    """The classifier (its outputs are the classes), `exclude` matches, and layers `include` leaves out."""
+def ignored_layers(model: nn.Module, spec: ChannelPruneSpec, example: Inputs) -> list[nn.Module]:
+    """The output layers (a classifier's classes, a box head's coordinates: what the user reads),
+    `exclude` matches, and layers `include` leaves out."""
     try:
-        ignored_names = {find_classifier(model)}
+        ignored_names = {find_classifier(model)} | output_layers(model, example, PRUNABLE)
     except ValueError:
         raise UserError("no Conv or Linear layer to prune") from None
     for name, module in model.named_modules():
@@ -119,5 +120,7 @@ def accumulate_gradients(model: nn.Module, ctx: StageContext, batches: int) -> N
     """Taylor importance scores weights by |weight x gradient|: gradients of a few training batches."""
     model.eval()  # BatchNorm statistics must not move while we only measure
     model.zero_grad(set_to_none=True)
+    if not (ctx.data.labeled and ctx.data.class_targets):
+        raise UserError("importance: taylor scores by cross-entropy gradients, which needs class labels; use l1")
     for inputs, targets in itertools.islice(ctx.data.train, batches):
         F.cross_entropy(call(model, inputs), targets).backward()

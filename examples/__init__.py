@@ -1,0 +1,1 @@
+"""Code a user brings, as recipes name it ('examples.boxes:model'): models, data, metrics, losses."""
