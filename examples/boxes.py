@@ -15,6 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
+def conv_bn_relu(channels: int, out: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+
+
 class BoxNet(nn.Module):
     """Conv-BN-ReLU stages, global pooling, then a box head and a score head."""
 
@@ -23,8 +27,7 @@ class BoxNet(nn.Module):
         self.image_size = image_size
         layers, channels = [], 3
         for out in (width, width * 2, width * 4):
-            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
-                       nn.Conv2d(out, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]  # fmt: skip
+            layers += [*conv_bn_relu(channels, out, stride=1), *conv_bn_relu(out, out, stride=2)]
             channels = out
         self.features = nn.Sequential(*layers)
         self.boxes = nn.Linear(channels * 16, 4)

@@ -43,6 +43,11 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Any) -> Any:
     return tree_map(lambda x: fn(x) if isinstance(x, torch.Tensor) else x, inputs)
 
 
+def has_integer_inputs(inputs: Any) -> bool:
+    """Whether any input is not floating point (token ids, masks)."""
+    return any(isinstance(x, torch.Tensor) and not x.is_floating_point() for x in tree_flatten(inputs)[0])
+
+
 def batch_size(inputs: Any) -> int:
     """The batch dimension: that of the first tensor found."""
     for leaf in tree_flatten(inputs)[0]:
@@ -86,3 +91,26 @@ def logits(outputs: Any) -> torch.Tensor | None:
     if isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
         return outputs.float()
     return None
+
+
+def signature(inputs: Inputs) -> dict[str, Any]:
+    """What a batch looks like without its batch size, in plain types a checkpoint can record:
+    `{"args": [[shape, dtype], ...], "kwargs": {name: [shape, dtype]}}`."""
+
+    def leaf(x: torch.Tensor) -> list[Any]:
+        return [list(x.shape[1:]), str(x.dtype).removeprefix("torch.")]
+
+    args, kwargs = as_args(inputs)
+    return {"args": [leaf(x) for x in args], "kwargs": {k: leaf(v) for k, v in kwargs.items()}}
+
+
+def zeros(signature: dict[str, Any], batch: int) -> Inputs:
+    """A batch of zeros of a recorded `signature`, in the form it was recorded from."""
+
+    def leaf(spec: list[Any]) -> torch.Tensor:
+        return torch.zeros(batch, *spec[0], dtype=getattr(torch, spec[1]))
+
+    if signature["kwargs"]:
+        return {k: leaf(v) for k, v in signature["kwargs"].items()}
+    args = [leaf(v) for v in signature["args"]]
+    return args[0] if len(args) == 1 else tuple(args)

@@ -187,9 +187,7 @@ def _pictures(report: dict[str, Any], images: Collection[str]) -> list[str]:
     return ["", "## Sparsity per layer", "", hint, "", "```", *bars, "```"]
 
 
-def _row(
-    label: str, m: Metrics, base: Metrics, duration: float | None, metrics: list[MetricDescriptor]
-) -> str:
+def _row(label: str, m: Metrics, base: Metrics, duration: float | None, metrics: list[MetricDescriptor]) -> str:
     """A stage's value of every metric, with its change against the baseline (not on the baseline's row)."""
     cells = [label]
     for d in metrics:

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check modelshrink tests scripts
+.venv/bin/ruff check modelshrink tests scripts examples
 .venv/bin/python -m pytest -q "$@"

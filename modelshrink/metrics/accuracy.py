@@ -19,6 +19,7 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,20 +44,25 @@ def declares_embedding(model: nn.Module) -> bool:
     return any(getattr(module, "task", None) == "embedding" for module in model.modules())
 
 
-def classifies(task: str, model: nn.Module, outputs: object, class_labels: bool) -> bool:
+def classifies(task: str, model: nn.Module, outputs: object, labels: Literal["classes", "other", "none"]) -> bool:
     """Whether the outputs are class logits (top-1 agreement, KL distillation apply), by `evaluate.task`.
 
-    auto: one (batch, classes) tensor, and either the data's labels are classes, or the model does
-    not declare itself an embedding model and its outputs are not L2-normalised (sentence embeddings
-    are; logits are not)."""
+    auto: one (batch, classes) tensor, and either the data's labels are classes, or there are no
+    labels, the model does not declare itself an embedding model and its outputs are not
+    L2-normalised (sentence embeddings are; logits are not). Labels that are not classes (boxes,
+    regression values) say the outputs are not logits either."""
     out = logits(outputs)
     if task != "auto" or out is None:
-        return task == "classification"
-    if class_labels:
-        return True
+        return task == "classification" and out is not None
+    if labels != "none":
+        return labels == "classes"
     if out.shape[1] < 2 or declares_embedding(model):
         return False
     return not bool(torch.allclose(out.norm(dim=1), torch.ones(len(out)), atol=1e-3))
+
+
+def label_kind(labeled: bool, class_targets: bool) -> Literal["classes", "other", "none"]:
+    return ("classes" if class_targets else "other") if labeled else "none"
 
 
 class _Tally:
@@ -113,7 +119,7 @@ def evaluate_outputs(
         if not bool(torch.isfinite(out).all()):
             raise UserError(f"the model's outputs hold NaN or Inf (validation batch {index + 1})")
         if classifier is None:
-            classifier = classifies(task, model, raw, labeled and class_targets)
+            classifier = classifies(task, model, raw, label_kind(labeled, class_targets))
         outputs.append(out)
         tally.against_reference(out, reference.outputs[index] if reference else out, classifier)
         tally.samples += batch_size(inputs)

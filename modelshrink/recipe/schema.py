@@ -59,6 +59,7 @@ Probability = Annotated[float, AfterValidator(_closed_fraction)]
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
+
 # ----------------------------------------------------------------------------------------------- model
 class HuggingFaceSpec(Strict):
     """A Hugging Face text model; a plain string is shorthand for `source`."""
@@ -161,8 +162,8 @@ class ImageFolderData(_DataCommon):
     channels: Literal[1, 3] = 3
     labels: bool = True
     class_index: Literal["folder_names", "indices"] = Field(
-        default="folder_names", description="folder_names: sorted folders are classes 0..N-1; indices: a "
-        "folder's name is its class index"
+        default="folder_names",
+        description="folder_names: sorted folders are classes 0..N-1; indices: a folder's name is its class index",
     )
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from torch import nn
 from modelshrink.errors import UserError
 from modelshrink.hooks import forward_hooks
 from modelshrink.inputs import Inputs, call, output_matrix
-from modelshrink.metrics.accuracy import classifies, evaluate_classifier
+from modelshrink.metrics.accuracy import classifies, evaluate_classifier, label_kind
 from modelshrink.recipe.stage_specs import DistillSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.notes import Comparison
@@ -43,7 +43,8 @@ class DistillStage(Stage[DistillSpec]):
             t_out, s_out = output_matrix(t_raw), output_matrix(call(model.eval(), example))
         if t_out.shape != s_out.shape:
             raise UserError(f"teacher outputs {tuple(t_out.shape)} but the student {tuple(s_out.shape)}")
-        classes = classifies(ctx.evaluate.task, teacher, t_raw, ctx.data.labeled and ctx.data.class_targets)
+        labels = label_kind(ctx.data.labeled, ctx.data.class_targets)
+        classes = classifies(ctx.evaluate.task, teacher, t_raw, labels)
         plain = copy.deepcopy(model) if self.spec.compare_finetune else None
         hints = Hints(self.spec, teacher, model, example)
         try:
@@ -88,11 +89,14 @@ class DistillStage(Stage[DistillSpec]):
             student_raw = call(student, inputs)
             student_out = output_matrix(student_raw)
             if classes:
-                soft = F.kl_div(
-                    F.log_softmax(student_out / temperature, dim=1),
-                    F.softmax(teacher_out / temperature, dim=1),
-                    reduction="batchmean",
-                ) * temperature**2
+                soft = (
+                    F.kl_div(
+                        F.log_softmax(student_out / temperature, dim=1),
+                        F.softmax(teacher_out / temperature, dim=1),
+                        reduction="batchmean",
+                    )
+                    * temperature**2
+                )
             else:
                 soft = F.mse_loss(student_out, teacher_out)
             total = soft if hard_loss is None else alpha * soft + (1 - alpha) * hard_loss(student_raw, targets)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from modelshrink.errors import UserError, first_line
-from modelshrink.inputs import call
+from modelshrink.inputs import call, has_integer_inputs
 from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
@@ -33,6 +33,13 @@ class _FxOrPt2e(Stage[Any]):
 
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         if self.spec.backend == "pt2e":
+            return self._pt2e(model, ctx)
+        if has_integer_inputs(ctx.data.example_inputs(1)):
+            # FX observes every input its quantized consumers read, integer token ids and masks too,
+            # which its histogram observers cannot take; PT2E's quantizer annotates float ops only.
+            if self.spec.backend == "fx":
+                raise UserError("backend fx cannot observe integer inputs (token ids, masks); use backend: pt2e")
+            ctx.notes_for(self.name).findings.append("integer inputs: quantized through torch.export and PT2E")
             return self._pt2e(model, ctx)
         transform = QuantizeFx.of(model, self.spec, ctx, observer=getattr(self.spec, "observer", None))
         try:
@@ -148,7 +155,9 @@ def qconfig_mapping(transform: QuantizeFx) -> Any:
         weight = default_per_channel_weight_observer if transform.per_channel else default_weight_observer
         # reduce_range avoids int16 overflow in x86 kernels without VNNI, as torch's x86 default does
         qconfig = QConfig(activation=observer.with_args(reduce_range=True), weight=weight)
-    mapping = QConfigMapping().set_global(qconfig)
+    # Embedding lookups take integer ids: an activation observer cannot watch them (histc on Long)
+    # and static int8 has no kernel for them; they stay float, as the model's other float islands.
+    mapping = QConfigMapping().set_global(qconfig).set_object_type(nn.Embedding, None)
     for name in transform.exclude:
         mapping.set_module_name(name, None)
     return mapping

@@ -21,11 +21,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from modelshrink.errors import UserError, first_line
+from modelshrink.inputs import Inputs, as_args, signature, zeros
 from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 
@@ -35,14 +37,18 @@ class QuantizePt2e(Transform, kind="quantize_pt2e"):
     """Exported (strictly or not), observed, converted; `observers` holds the calibrated observer state."""
 
     exclude: list[str]
-    input_shape: list[int]
+    input_shape: list[int]  # of the first input (older checkpoints record no `inputs`)
     input_dtype: str  # token ids export with integer inputs
     strict: bool
     observers: dict[str, torch.Tensor]  # observers (static) or fake-quantization modules (qat)
     qat: bool = False
+    inputs: dict[str, Any] | None = None  # every input's shape and dtype (`modelshrink.inputs.signature`)
 
     def replay(self, model: nn.Module) -> nn.Module:
-        example = torch.zeros(2, *self.input_shape, dtype=getattr(torch, self.input_dtype))
+        if self.inputs is not None:
+            example = zeros(self.inputs, 2)
+        else:
+            example = torch.zeros(2, *self.input_shape, dtype=getattr(torch, self.input_dtype))
         prepared, _ = prepare(model, example, self.exclude, strict=self.strict, qat=self.qat)
         load_observers(prepared, self.observers)
         if self.qat:
@@ -50,15 +56,17 @@ class QuantizePt2e(Transform, kind="quantize_pt2e"):
         return convert(prepared)
 
 
-def export(model: nn.Module, example: torch.Tensor, strict: bool | None = None) -> tuple[nn.Module, bool]:
+def export(model: nn.Module, example: Inputs, strict: bool | None = None) -> tuple[nn.Module, bool]:
     """The exported module (batch size dynamic) and whether strict export made it; `strict=None` tries
     strict first, then non-strict. Failing both is a UserError naming each reason."""
     reasons = []
+    args, kwargs = as_args(example)
+    batch = {0: torch.export.Dim.AUTO}
+    dims: Any = {name: batch for name in kwargs} if kwargs else tuple(batch for _ in args)
     for attempt in (True, False) if strict is None else (strict,):
         try:
             with quiet():
-                dims = ({0: torch.export.Dim.AUTO},)
-                program = torch.export.export(model, (example,), dynamic_shapes=dims, strict=attempt)
+                program = torch.export.export(model, args, kwargs, dynamic_shapes=dims, strict=attempt)
             return program.module(), attempt
         except Exception as exc:  # export reports unsupported code in many exception types
             reasons.append(f"{'strict' if attempt else 'non-strict'}: {first_line(exc)[:300]}")
@@ -66,7 +74,7 @@ def export(model: nn.Module, example: torch.Tensor, strict: bool | None = None) 
 
 
 def prepare(
-    model: nn.Module, example: torch.Tensor, exclude: list[str], strict: bool | None = None, qat: bool = False
+    model: nn.Module, example: Inputs, exclude: list[str], strict: bool | None = None, qat: bool = False
 ) -> tuple[nn.Module, bool]:
     """Export (in train mode for QAT) and insert torchao's x86 observers or fake quantization; `exclude`
     names modules kept in float."""
@@ -150,8 +158,8 @@ class _Graph(nn.Module):
         super().__init__()
         self.graph = graph
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.graph(inputs)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.graph(*args, **kwargs)
 
 
 class ExportedInt8(_Graph):
@@ -164,7 +172,7 @@ class ExportedInt8(_Graph):
 
 
 def quantize(
-    model: nn.Module, example: torch.Tensor, exclude: list[str], observe: Callable[[nn.Module], nn.Module], *, qat: bool
+    model: nn.Module, example: Inputs, exclude: list[str], observe: Callable[[nn.Module], nn.Module], *, qat: bool
 ) -> tuple[nn.Module, QuantizePt2e]:
     """Prepare (for QAT when `qat`), let `observe` calibrate or train the prepared model, convert.
     Returns the int8 model and the transform that rebuilds it; `example` (a batch of two) fixes the
@@ -175,8 +183,8 @@ def quantize(
         move_to_eval(prepared)
     else:
         prepared = observe(prepared)
-    dtype = str(example.dtype).removeprefix("torch.")
-    transform = QuantizePt2e(exclude, list(example.shape[1:]), dtype, strict, observer_state(prepared), qat)
+    shape, dtype = signature(example)["args"][0] if not isinstance(example, dict) else ([], "float32")
+    transform = QuantizePt2e(exclude, shape, dtype, strict, observer_state(prepared), qat, signature(example))
     return convert(prepared), transform
 
 
