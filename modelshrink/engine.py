@@ -193,7 +193,9 @@ def isolated_global_state() -> Iterator[None]:
 
 def summary(name: str, m: dict[str, Any]) -> str:
     quality = f"accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, " if not math.isnan(m["accuracy"]) else ""
+    agreement = f"agreement {m['agreement']:.4f}, " if not math.isnan(m.get("agreement", math.nan)) else ""
+    own = "".join(f"{key} {value:.4f}, " for key, value in m.get("custom", {}).items())
     return (
-        f"{name}: {quality}cosine to original {m['cosine']:.4f}, sparsity {m['sparsity']:.1%}, "
+        f"{name}: {quality}{agreement}{own}cosine to original {m['cosine']:.4f}, sparsity {m['sparsity']:.1%}, "
         f"{human_bytes(m['size_bytes'])}"
     )
