@@ -82,9 +82,21 @@ class Limit:
 
 
 def regressions(spec: Any, previous: dict[str, Any], final: Metrics) -> list[dict[str, Any]]:
-    """The `max_regression` gates of a constraints section against `previous` (a read report)."""
-    return [Limit(METRICS[name], allowed).check(previous["final"], final, "regression") for name, allowed in
+    """The `max_regression` gates of a constraints section against `previous` (a read report); the
+    user's own metrics are known by the earlier report's `custom_metrics`."""
+    known = regression_metrics(spec, previous)
+    return [Limit(known[name], allowed).check(previous["final"], final, "regression") for name, allowed in
             spec.max_regression.items()]  # fmt: skip
+
+
+def regression_metrics(spec: Any, previous: dict[str, Any]) -> dict[str, MetricDescriptor]:
+    """The metrics `max_regression` can compare with `previous`: refused before any work if one is
+    missing from it (a metric of the user's that the earlier run did not have)."""
+    known = report_metrics(previous)
+    for name in spec.max_regression:
+        if name not in known:
+            raise UserError(f"constraints.max_regression: the earlier report has no metric {name!r}")
+    return known
 
 
 def environment_warnings(reports: list[dict[str, Any]], labels: list[str]) -> list[str]:

@@ -65,8 +65,8 @@ class Gate:
 def shown(name: str, number: float) -> str:
     """A gate's limit or value as people read it: sizes in bytes units, ratios as 0.80x."""
     if name.startswith("regression."):  # regression.<metric>: a difference, or a ratio (see `compare`)
-        descriptor = METRICS[name.removeprefix("regression.")]
-        return f"{number:.2f}x" if descriptor.change == "ratio" else f"{number:.4f}"
+        descriptor = METRICS.get(name.removeprefix("regression."))  # None: a metric of the user's, a difference
+        return f"{number:.2f}x" if descriptor and descriptor.change == "ratio" else f"{number:.4f}"
     metric, bound = NAMED.get(name) or name.rsplit(".", 1)
     if bound in ("min_ratio", "max_ratio"):
         return f"{number:.2f}x"

@@ -21,7 +21,7 @@ from torch import nn
 from modelshrink import distributed
 from modelshrink.atomic import write_directory
 from modelshrink.checkpoint import from_bytes, to_bytes
-from modelshrink.compare import read_report, regressions
+from modelshrink.compare import read_report, regression_metrics, regressions
 from modelshrink.constraints import check_constraints, check_gated_metrics_exist, failures
 from modelshrink.data import DataBundle, build_data
 from modelshrink.engine import measure_model, run_stage, seed_everything
@@ -62,6 +62,8 @@ def _run_locked(
     recipe: Recipe, out_dir: Path, force: bool, resume: bool, recipe_source: str | None, main: bool
 ) -> dict[str, Any] | None:
     previous = read_report(recipe.constraints.compare_to) if recipe.constraints.compare_to else None
+    if previous is not None:
+        regression_metrics(recipe.constraints, previous)
     if recipe.output.html:
         check_html_available()
     seed_everything(recipe.seed)

@@ -79,6 +79,11 @@ class Recipe(Strict):
         evaluate = info.data.get("evaluate")
         if evaluate is None or evaluate.metrics:
             return constraints
+        for name in [n for n in constraints.max_regression if n not in METRICS]:
+            raise ValueError(
+                f"max_regression: unknown metric {name!r}; known: {', '.join(METRICS)} "
+                "(a metric of your own needs evaluate.metrics)"
+            )
         for name in custom_gate_names(constraints):
             close = [m for m in METRICS if m.startswith(name)] or difflib.get_close_matches(name, METRICS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""

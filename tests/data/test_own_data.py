@@ -151,6 +151,14 @@ def test_tensor_files(tmp_path: Path, suffix: str) -> None:
     code, stderr, _ = run(tmp_path, data={"kind": "tensors", "path": str(path), "inputs": "images"})
     assert code == 2 and "has no tensor 'images' with a sample dimension (keys: x, y)" in stderr
 
+    images[3, 0, 0, 0] = np.nan
+    path = write_tensor_file(tmp_path / f"nan{suffix}", images, labels[:-1])
+    code, stderr, _ = run(tmp_path, data={"kind": "tensors", "path": str(path), "inputs": "x", "targets": "y"})
+    assert code == 2 and "'x' holds NaN or Inf" in stderr
+    path = write_tensor_file(tmp_path / f"short{suffix}", np.nan_to_num(images), labels[:-1])
+    code, stderr, _ = run(tmp_path, data={"kind": "tensors", "path": str(path), "inputs": "x", "targets": "y"})
+    assert code == 2 and "90 inputs but 89 targets" in stderr
+
 
 def test_a_pickle_posing_as_a_tensor_file_runs_nothing(tmp_path: Path) -> None:
     import pickle

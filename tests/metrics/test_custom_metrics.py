@@ -56,3 +56,19 @@ def test_custom_metric_mistakes(tmp_path: Path, metrics: list, constraints: dict
     code, _, stderr = run(tmp_path, metrics, constraints)
     assert code == 2 and message in stderr, stderr
     assert stderr.count("error:") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_custom_metric_gates_regressions_against_last_nights_report(tmp_path: Path) -> None:
+    metrics = ["tests.data.own:first_logit"]
+    assert run(tmp_path, metrics)[0] == 0
+    previous = tmp_path / "previous.json"
+    previous.write_text((tmp_path / "out" / "report.json").read_text())
+    gates = {"compare_to": str(previous), "max_regression": {"first_logit": 0.0}}
+    code, stdout, stderr = run(tmp_path, metrics, gates)
+    assert code == 0, stderr  # the same seed: the same value, no regression
+    assert "regression.first_logit: limit 0.0000, value 0.0000 → pass" in stdout
+
+    code, _, stderr = run(tmp_path, metrics, {**gates, "max_regression": {"mean_iou": 0.0}})
+    assert code == 2 and "the earlier report has no metric 'mean_iou'" in stderr
+    code, _, stderr = run(tmp_path, [], {**gates, "max_regression": {"mean_iou": 0.0}})
+    assert code == 2 and "max_regression: unknown metric 'mean_iou'" in stderr
