@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -78,6 +79,19 @@ def make_bundle(
         class_targets=class_targets,
         exact_classes=exact_classes,
         calibration=None if calibration is None else DataLoader(calibration, shuffle=False, **common),
+    )
+
+
+def image_bundle(spec: Any, seed: int, train: Dataset, val: Dataset, **details: Any) -> DataBundle:
+    """`make_bundle` for an image data spec: its batch size, workers and (C, S, S) input shape."""
+    return make_bundle(
+        train,
+        val,
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        seed=seed,
+        input_shape=(spec.channels, spec.image_size, spec.image_size),
+        **details,
     )
 
 

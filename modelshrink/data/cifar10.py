@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from modelshrink.data.bundle import IMAGENET_MEAN, IMAGENET_STD, DataBundle, make_bundle, normalization
+from modelshrink.data.bundle import IMAGENET_MEAN, IMAGENET_STD, DataBundle, image_bundle, normalization
 from modelshrink.data.tensors import ImageTensorDataset
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import Cifar10Data
@@ -32,15 +32,8 @@ def build(spec: Cifar10Data, seed: int) -> DataBundle:
         images = torch.from_numpy(x).float().div_(255.0)
         return ImageTensorDataset(images, torch.from_numpy(y).long(), spec.image_size, spec.channels, mean, std)
 
-    return make_bundle(
-        dataset(train_x, train_y),
-        dataset(val_x, val_y),
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        seed=seed,
-        num_classes=10,
-        input_shape=(spec.channels, spec.image_size, spec.image_size),
-        class_names=CLASSES,
+    return image_bundle(
+        spec, seed, dataset(train_x, train_y), dataset(val_x, val_y), num_classes=10, class_names=CLASSES
     )
 
 

@@ -18,7 +18,7 @@ from modelshrink.data.bundle import (
     IMAGENET_STD,
     UNLABELED,
     DataBundle,
-    make_bundle,
+    image_bundle,
     normalization,
     stratified_split,
 )
@@ -100,16 +100,7 @@ def _unlabeled(spec: ImageFolderData, seed: int, transform: Callable[[Any], torc
             raise UserError(f"data.path: {root} holds 1 image; need at least 2 to split off validation")
         train_idx, val_idx = stratified_split([0] * len(every), spec.val_fraction, seed)
         train, val = Subset(every, train_idx), Subset(every, val_idx)
-    return make_bundle(
-        train,
-        val,
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        seed=seed,
-        num_classes=0,
-        input_shape=(spec.channels, spec.image_size, spec.image_size),
-        labeled=False,
-    )
+    return image_bundle(spec, seed, train, val, num_classes=0, labeled=False)
 
 
 def _labeled(spec: ImageFolderData, seed: int, transform: Callable[[Any], torch.Tensor]) -> DataBundle:
@@ -138,16 +129,7 @@ def _labeled(spec: ImageFolderData, seed: int, transform: Callable[[Any], torch.
         return _by_index(spec, seed, classes, train, val)
     if len(classes) < 2:  # every prediction would be "right": accuracy 1.0 that means nothing
         raise UserError(f"data.path: {root} has {len(classes)} class folder(s); labeled data needs at least 2")
-    return make_bundle(
-        train,
-        val,
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        seed=seed,
-        num_classes=len(classes),
-        input_shape=(spec.channels, spec.image_size, spec.image_size),
-        class_names=classes,
-    )
+    return image_bundle(spec, seed, train, val, num_classes=len(classes), class_names=classes)
 
 
 class ClassIndexTargets(Dataset):
@@ -170,14 +152,12 @@ def _by_index(spec: ImageFolderData, seed: int, classes: list[str], train: Datas
         raise UserError(f"data.path: class_index: indices, but folder {bad[0]!r} is not a class index (0, 1, ...)")
     indices = [int(name) for name in classes]
     names = [str(i) for i in range(max(indices) + 1)]
-    return make_bundle(
+    return image_bundle(
+        spec,
+        seed,
         ClassIndexTargets(train, indices),
         ClassIndexTargets(val, indices),
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        seed=seed,
         num_classes=max(indices) + 1,
-        input_shape=(spec.channels, spec.image_size, spec.image_size),
         class_names=names,
         exact_classes=False,
     )

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from modelshrink.data.bundle import DataBundle, make_bundle, normalization, stratified_split
+from modelshrink.data.bundle import DataBundle, image_bundle, normalization, stratified_split
 
 
 class ImageTensorDataset(Dataset):
@@ -53,13 +53,6 @@ def split_in_memory(
     def subset(idx: list[int]) -> ImageTensorDataset:
         return ImageTensorDataset(images[idx], labels[idx], spec.image_size, spec.channels, mean, std)
 
-    return make_bundle(
-        subset(train_idx),
-        subset(val_idx),
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        seed=seed,
-        num_classes=num_classes,
-        input_shape=(spec.channels, spec.image_size, spec.image_size),
-        class_names=class_names,
+    return image_bundle(
+        spec, seed, subset(train_idx), subset(val_idx), num_classes=num_classes, class_names=class_names
     )

@@ -121,11 +121,24 @@ _TUNE_FRACTION_HELP = (
 )
 
 
-class _DataCommon(Strict):
-    batch_size: PositiveInt = 64
-    val_fraction: Fraction = 0.2
+class _Loading(Strict):
+    """How every data kind is loaded and held out."""
+
+    batch_size: PositiveInt = 32
     tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
     num_workers: Annotated[int, Field(ge=0)] = 0
+
+
+class _Split(_Loading):
+    """Data kinds that split one set into training and validation."""
+
+    val_fraction: Fraction = 0.2
+
+
+class _DataCommon(_Split):
+    """The image kinds."""
+
+    batch_size: PositiveInt = 64
     mean: list[float] | None = None
     std: list[float] | None = None
 
@@ -186,7 +199,7 @@ class Cifar10Data(_DataCommon):
     channels: Literal[1, 3] = 3
 
 
-class PythonData(Strict):
+class PythonData(_Loading):
     """Datasets from your own code: `factory(**kwargs)` returns `(train, val)` torch Datasets, or a
     dict with `train`, `val` and optional `calibration`. An item is `(input, target)`, or the input
     alone with `labeled: false`; an input is a tensor, a tuple or a dict of tensors."""
@@ -195,12 +208,9 @@ class PythonData(Strict):
     factory: Target
     kwargs: dict[str, Any] = Field(default_factory=dict)
     labeled: bool = Field(default=True, description="items are (input, target); false: the input alone")
-    batch_size: PositiveInt = 32
-    tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
-    num_workers: Annotated[int, Field(ge=0)] = 0
 
 
-class TensorFileData(Strict):
+class TensorFileData(_Split):
     """Tensors in one file: `.pt` (read with weights_only), `.npz` or `.safetensors`, holding an
     `inputs` tensor (first dimension: samples) and optionally `targets`."""
 
@@ -208,10 +218,6 @@ class TensorFileData(Strict):
     path: ExistingFile
     inputs: str = Field(default="inputs", description="the key of the input tensor")
     targets: str | None = Field(default=None, description="the key of the targets; none: unlabeled")
-    batch_size: PositiveInt = 32
-    val_fraction: Fraction = 0.2
-    tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
-    num_workers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _known_format(self) -> TensorFileData:
@@ -234,7 +240,7 @@ class SyntheticData(_DataCommon):
     channels: PositiveInt = 3
 
 
-class TextData(Strict):
+class TextData(_Split):
     """Texts for Hugging Face models: a .txt file (one text per line), .jsonl or .csv (`text_field`,
     optional `label_field`); without `path`, ~100 bundled English sentences. Without labels the quality
     metric is the cosine similarity of each model's outputs to the original model's."""
@@ -245,10 +251,7 @@ class TextData(Strict):
     label_field: str | None = None
     tokenizer: str | None = Field(default=None, description="default: the model's huggingface source")
     max_length: Annotated[int, Field(ge=2)] = 128
-    batch_size: PositiveInt = 32
     val_fraction: Fraction = 0.5
-    tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
-    num_workers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _label_needs_table(self) -> TextData:
