@@ -227,12 +227,21 @@ class DynamicQuantSpec(_QuantizeCommon):
         default_factory=lambda: ["Linear", "LSTM", "GRU", "Embedding"]
     )
     per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear)")
-    smoothing: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+    activations: Literal["auto", "per_token", "per_tensor"] = Field(
+        default="auto",
+        description="Linear activation scales: per_token (one per row: a sample's output does not depend on "
+        "its batch-mates), per_tensor (torch.ao: one per batch), auto: measured on the calibration batches, "
+        "per_tensor kept only where it is as good and faster",
+    )
+    smoothing: Annotated[float, Field(gt=0, lt=1)] | Literal["auto"] | None = Field(
         default=None,
         description="SmoothQuant alpha (e.g. 0.7), moving activation outliers into the weights, "
-        "calibrated on calibration_batches; costs one multiply per Linear",
+        "calibrated on calibration_batches; auto: the alpha that keeps outputs closest to float on them; "
+        "costs one multiply per Linear",
     )
-    calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate smoothing")
+    calibration_batches: PositiveInt = Field(
+        default=8, description="batches (the data's calibration set, else training) for smoothing and auto choices"
+    )
 
 
 class _GraphQuantCommon(_QuantizeCommon):

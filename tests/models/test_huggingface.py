@@ -106,7 +106,10 @@ def test_run_quantizes_a_text_model_and_the_checkpoint_reloads_in_a_fresh_proces
     assert torch.equal(fresh, load(tmp_path / "out" / "model.pt")(ids))
     layers = {row["name"]: row for row in inspect(tmp_path / "out" / "model.pt")["layers"]}
     assert layers["transformer.embeddings.word_embeddings"]["dtype"] == "quint8"
-    assert layers["transformer.encoder.layer.0.attention.self.query.linear"]["dtype"] == "qint8"
+    assert layers["transformer.encoder.layer.0.attention.self.query.linear"]["dtype"] in {
+        "qint8",
+        "int8",
+    }  # per tensor, token
     table = runner.invoke(app, ["inspect", str(tmp_path / "out" / "model.pt")])
     assert f"architecture {tiny_bert} (Hugging Face embedding)" in table.stdout.replace("\n", ""), table.stdout
 

@@ -148,7 +148,7 @@ def test_channel_pruning_then_static_int8_composes_and_reloads(trained_cnn) -> N
 
 
 def test_smoothing_moves_outlier_channels_into_the_weights_and_cuts_the_int8_error() -> None:
-    from modelshrink.stages.quantize.dynamic import smooth
+    from modelshrink.stages.quantize.dynamic import SmoothLinear, input_ranges, set_smoothing
 
     torch.manual_seed(0)
     x = torch.randn(256, 64)
@@ -156,8 +156,9 @@ def test_smoothing_moves_outlier_channels_into_the_weights_and_cuts_the_int8_err
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8)).eval()
     model[0].weight.data.copy_(torch.eye(64))  # the outlier reaches the second layer's input
     expected = model(x)
-    smoothed, transform = smooth(copy.deepcopy(model), ["1"], 0.7, x.split(64)[:2])
-    assert type(smoothed[1]).__name__ == "SmoothedLinear" and transform.kind == "smooth_linear"
+    smoothed = SmoothLinear(["1"]).replay(copy.deepcopy(model))
+    set_smoothing(smoothed, ["1"], 0.7, input_ranges(model, ["1"], x.split(64)[:2]))
+    assert type(smoothed[1]).__name__ == "SmoothedLinear"
     assert torch.allclose(smoothed(x), expected, atol=1e-4), "smoothing alone is exact in float"
 
     def int8_error(**spec: object) -> float:
@@ -165,4 +166,36 @@ def test_smoothing_moves_outlier_channels_into_the_weights_and_cuts_the_int8_err
         quantized = quantize(copy.deepcopy(model), data, exclude=["0"], calibration_batches=2, **spec).model
         return (quantized(x) - expected).abs().mean().item()
 
-    assert int8_error(smoothing=0.7) < int8_error() / 2
+    assert int8_error(smoothing=0.7, activations="per_tensor") < int8_error(activations="per_tensor") / 2
+    assert int8_error(smoothing=0.7, activations="per_token") < 0.75 * int8_error(activations="per_token")
+
+
+def test_per_token_scales_make_a_samples_output_independent_of_its_batch_mates() -> None:
+    """torch.ao's per-tensor scale is one per batch: an outlier sample coarsens every other sample's
+    steps. Per-token scales give each row its own, so a sample's output is the same in any batch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    x = torch.randn(64, 32)
+    loud = x.clone()
+    loud[0] *= 50  # one batch-mate with large activations
+    data = tensor_data(x, num_classes=8, batch_size=32)
+    for activations, independent in (("per_token", True), ("per_tensor", False)):
+        quantized = quantize(copy.deepcopy(model), data, activations=activations, calibration_batches=1).model
+        with torch.no_grad():
+            alone = torch.cat([quantized(row[None]) for row in x[1:9]])
+            with_loud = quantized(loud[:9])[1:]
+        assert torch.allclose(alone, with_loud, atol=1e-6) is independent, activations
+
+
+def test_auto_activations_and_smoothing_are_chosen_on_calibration_data_and_said() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    data = tensor_data(torch.randn(128, 32), num_classes=8, batch_size=32)
+    result = compress(model, [{"kind": "quantize", "mode": "dynamic", "smoothing": "auto"}], data=data,
+                      evaluate=FAST_EVAL)  # fmt: skip
+    finding = result.stages[0].notes["findings"][0]
+    assert finding.startswith("dynamic int8 variant chosen on the calibration data (not the validation split)")
+    for variant in ("per_token, SmoothQuant 0.5", "per_tensor, SmoothQuant 0.85"):
+        assert variant in finding
+    kinds = [t.kind for t in result.lineage.transforms]
+    assert kinds[0] == "smooth_linear" and ("quantize_per_token" in kinds or "quantize_dynamic" in kinds)

@@ -20,7 +20,8 @@ tensors that the float table accepts (e.g. Hugging Face's expanded `token_type_i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +30,13 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.hooks import forward_hooks
-from modelshrink.inputs import call
+from modelshrink.inputs import Inputs, call
 from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import DynamicQuantSpec
 from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.stages.quantize import choose
+from modelshrink.stages.quantize.per_token import QuantizePerToken
 from modelshrink.stages.selection import select_modules, set_submodule
 
 with quiet():  # torch.ao's deprecation notices
@@ -65,6 +68,22 @@ class SmoothedLinear(nn.Module):
         return self.linear(x * self.inv_scale)
 
 
+SMOOTHING_GRID = (0.5, 0.7, 0.85)  # SmoothQuant's paper finds 0.5-0.85 best across models
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One variant of this stage: SmoothQuant's alpha (None: none) and the Linear activation scales."""
+
+    alpha: float | None
+    activations: str  # per_token | per_tensor
+
+    @property
+    def name(self) -> str:
+        smoothing = f", SmoothQuant {self.alpha}" if self.alpha is not None else ""
+        return f"{self.activations}{smoothing}"
+
+
 @register(DynamicQuantSpec)
 class DynamicQuantize(Stage[DynamicQuantSpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
@@ -73,20 +92,50 @@ class DynamicQuantize(Stage[DynamicQuantSpec]):
         if not selected:
             raise UserError(f"no {'/'.join(spec.module_types)} layer left to quantize (exclude={spec.exclude})")
         names = [name for name, _ in selected]
-        if spec.smoothing is not None:
-            linears = [name for name, module in selected if isinstance(module, nn.Linear)]
-            batches = ctx.calibration_inputs(spec.calibration_batches)
-            model, transform = smooth(model, linears, spec.smoothing, batches)
-            ctx.lineage.transforms.append(transform)
+        linears = [name for name, module in selected if isinstance(module, nn.Linear)]
+        alphas = SMOOTHING_GRID if spec.smoothing == "auto" else (spec.smoothing,)
+        modes = ("per_token", "per_tensor") if spec.activations == "auto" and linears else (spec.activations,)
+        plans = [Plan(alpha if linears else None, mode) for alpha in alphas for mode in modes]
+        batches = list(ctx.calibration_inputs(spec.calibration_batches)) if spec.smoothing or len(plans) > 1 else []
+        # ranges from the first half of the calibration batches, choices judged on the other half
+        fit, judge = (
+            (batches[: len(batches) // 2], batches[len(batches) // 2 :]) if len(batches) > 1 else (batches,) * 2
+        )
+        ranges = input_ranges(model, linears, fit) if spec.smoothing is not None and linears else {}
+        plan = plans[0]
+        if len(plans) > 1:
+            candidates = {p.name: self._build(copy.deepcopy(model), p, names, linears, ranges) for p in plans}
+            trials = choose.measure(model, candidates, judge)
+            chosen = choose.pick(trials)
+            plan = next(p for p in plans if p.name == chosen.name)
+            ctx.notes_for(self.name).findings.append(choose.finding("dynamic int8 variant", trials, chosen))
+        return self._build(model, plan, names, linears, ranges, ctx.transform)
+
+    def _build(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        names: list[str],
+        linears: list[str],
+        ranges: dict[str, torch.Tensor],
+        transform: Callable[[nn.Module, Transform], nn.Module] = lambda model, t: t.replay(model),
+    ) -> nn.Module:
+        """The model under `plan`; `transform` applies (and, for the real model, records) each change."""
+        if plan.alpha is not None:
+            model = transform(model, SmoothLinear(linears))
+            set_smoothing(model, linears, plan.alpha, ranges)
             names = [f"{name}.linear" if name in linears else name for name in names]
-        return ctx.transform(model, QuantizeDynamic(names, "qint8", spec.per_channel))
+            linears = [f"{name}.linear" for name in linears]
+        if plan.activations == "per_token" and linears:
+            model = transform(model, QuantizePerToken(linears))
+            names = [name for name in names if name not in linears]
+        if names:
+            model = transform(model, QuantizeDynamic(names, "qint8", self.spec.per_channel))
+        return model
 
 
-def smooth(
-    model: nn.Module, names: list[str], alpha: float, batches: Iterable[torch.Tensor]
-) -> tuple[nn.Module, SmoothLinear]:
-    """Wrap `names` in SmoothedLinear with scales from the input ranges seen on `batches`; returns the
-    model and the transform that rebuilds the wrappers."""
+def input_ranges(model: nn.Module, names: list[str], batches: Iterable[Inputs]) -> dict[str, torch.Tensor]:
+    """Per input channel, the largest |activation| each of `names` sees on `batches`."""
     modules = dict(model.named_modules())
     ranges: dict[str, torch.Tensor] = {}
 
@@ -100,8 +149,11 @@ def smooth(
     with forward_hooks(((modules[name], observe(name)) for name in names), pre=True), torch.inference_mode():
         for inputs in batches:
             call(model, inputs)
-    transform = SmoothLinear(names)
-    model = transform.replay(model)
+    return ranges
+
+
+def set_smoothing(model: nn.Module, names: list[str], alpha: float, ranges: dict[str, torch.Tensor]) -> None:
+    """Scale each wrapped Linear: s = max|x|^alpha / max|w|^(1 - alpha); weight columns x s, inputs / s."""
     modules = dict(model.named_modules())
     for name in names:
         wrapper, weight = modules[name], modules[name].linear.weight
@@ -110,7 +162,6 @@ def smooth(
         with torch.no_grad():
             weight.mul_(scale)
             wrapper.inv_scale.copy_(1 / scale)
-    return model, transform
 
 
 @dataclass(frozen=True)
