@@ -114,10 +114,11 @@ def count_macs(model: nn.Module, inputs: Inputs) -> int:
 def layer_summary(model: nn.Module) -> list[dict[str, Any]]:
     """Per layer with a weight matrix: its name, type, weight count, sparsity and bits per weight."""
     rows = []
+    modules = dict(model.named_modules())
     for entry in module_tensors(model):
         if entry.is_param and entry.tensor.dim() > 1:  # weight matrices and kernels, not biases or norms
             numel = entry.tensor.numel()
-            bits = entry.tensor.element_size() * 8
+            bits = getattr(modules[entry.module], "weight_bits", entry.tensor.element_size() * 8)
             rows.append({"name": entry.module, "type": entry.module_type, "params": numel,
                          "sparsity": 1 - entry.nonzero / numel, "bits": bits})  # fmt: skip
     return rows

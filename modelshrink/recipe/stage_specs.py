@@ -281,9 +281,19 @@ class QatSpec(_GraphQuantCommon):
 
 
 class WeightOnlySpec(_QuantizeCommon):
-    """int8 weights (per output channel) with float activations and compute."""
+    """int8 weights (per output channel) or int4 weights (Linear, group-wise scales), float compute."""
 
     mode: Literal["weight_only"] = "weight_only"
+    bits: Literal[8, 4] = Field(default=8, description="8: Linear, Conv, Embedding; 4: Linear layers")
+    group_size: Literal[32, 64, 128] = Field(
+        default=128, description="int4: input channels sharing one scale (smaller: closer to float, larger file)"
+    )
+
+    @model_validator(mode="after")
+    def _group_size_is_int4s(self) -> WeightOnlySpec:
+        if "group_size" in self.model_fields_set and self.bits != 4:
+            raise ValueError("group_size applies to bits: 4")
+        return self
 
 
 class HalfSpec(_QuantizeCommon):

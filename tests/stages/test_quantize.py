@@ -199,3 +199,29 @@ def test_auto_activations_and_smoothing_are_chosen_on_calibration_data_and_said(
         assert variant in finding
     kinds = [t.kind for t in result.lineage.transforms]
     assert kinds[0] == "smooth_linear" and ("quantize_per_token" in kinds or "quantize_dynamic" in kinds)
+
+
+def test_int4_weight_only_with_group_wise_scales() -> None:
+    """Two weights per byte and one scale per group: about 7x smaller Linear layers than fp32; smaller
+    groups follow the float weights more closely; the checkpoint rebuilds the same model."""
+    model = {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 256, "hidden": 512, "num_classes": 10}}
+    x = torch.randn(64, 256)
+    data = tensor_data(x)
+
+    def run(group_size: int) -> Result:
+        return quantize(model, data, mode="weight_only", bits=4, group_size=group_size)
+
+    coarse, fine = run(128), run(32)
+    base, final = coarse.baseline, coarse.stages[0].metrics
+    assert final["size_bytes"] < base["size_bytes"] / 6 and final["params"] == base["params"]
+    assert 0.98 < final["cosine"] < fine.stages[0].metrics["cosine"] < 1.0
+    from modelshrink.metrics.size import layer_summary
+
+    assert {row["bits"] for row in layer_summary(coarse.model)} == {4}
+    assert "computed in fp32" in coarse.stages[0].notes["findings"][0], "the report says which compute path ran"
+    assert torch.equal(reload(coarse)(x), coarse.model(x))
+
+
+def test_group_size_belongs_to_int4() -> None:
+    with pytest.raises(ValueError, match="group_size applies to bits: 4"):
+        quantize(mlp(in_features=4, num_classes=2), tensor_data(torch.randn(8, 4)), mode="weight_only", group_size=32)

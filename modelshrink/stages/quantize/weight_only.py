@@ -1,5 +1,6 @@
 """Weight-only int8: weights stored as int8 with one scale per output channel (per row for embedding
-tables), compute in float.
+tables), compute in float. Weight-only int4 (Linear layers): two weights per byte, one scale per
+`group_size` input channels of each output channel, ~7x smaller than fp32 with the scales.
 
 The file shrinks ~4x while activations and arithmetic stay float32. torchao's Int8WeightOnlyConfig
 ran 0.56-0.92x the speed of fp32 on this CPU (docs/quantization.md), so instead the float weight is
@@ -73,27 +74,82 @@ class Int8WeightOnly(nn.Module):
         return conv(inputs, self._dequantized, self.bias, **self.call_args)
 
 
+class Int4WeightOnly(nn.Module):
+    """A Linear whose weight is int4 (two per byte) x one scale per `group_size` input channels.
+
+    Symmetric, [-8, 7] per group. Computed in float after dequantizing once, like `Int8WeightOnly`:
+    torch's CPU int4 matmul (`_weight_int4pack_mm_for_cpu`) ran ~50x slower than the fp32 one on an
+    AVX-512 CPU in eager mode (scripts/bench_quant.py), so the int4 values define the weights and the
+    file, not the arithmetic."""
+
+    weight_bits = 4  # what the report's per-layer bits show (the packed bytes hold two weights each)
+
+    def __init__(self, linear: nn.Linear, group_size: int):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        padded = -(-self.in_features // group_size) * group_size
+        weight = F.pad(linear.weight.detach().float(), (0, padded - self.in_features))
+        groups = weight.view(self.out_features, -1, group_size)
+        scale = groups.abs().amax(dim=2).clamp_min(1e-12) / 7.0
+        values = torch.round(groups / scale[..., None]).clamp(-8, 7).to(torch.int8).view(self.out_features, -1)
+        nibbles = (values + 8).to(torch.uint8)
+        self.register_buffer("packed", nibbles[:, 0::2] | (nibbles[:, 1::2] << 4))
+        self.register_buffer("scale", scale.to(torch.float16))
+        bias = linear.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self._dequantized: torch.Tensor | None = None
+
+    def weight(self) -> torch.Tensor:
+        """The int4 values, one per weight, as int8 (what `inspect` and the parameter counts see)."""
+        low, high = (self.packed & 0x0F).to(torch.int8) - 8, (self.packed >> 4).to(torch.int8) - 8
+        return torch.stack([low, high], dim=2).view(self.out_features, -1)[:, : self.in_features]
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._dequantized = None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self._dequantized is None:
+            with torch.inference_mode(False), torch.no_grad():
+                values = self.weight().float()
+                padded = F.pad(values, (0, self.scale.shape[1] * self.group_size - self.in_features))
+                groups = padded.view(self.out_features, -1, self.group_size) * self.scale.float()[..., None]
+                self._dequantized = groups.view(self.out_features, -1)[:, : self.in_features].contiguous()
+        return F.linear(inputs, self._dequantized, self.bias)
+
+
 @register(WeightOnlySpec)
 class WeightOnlyQuantize(Stage[WeightOnlySpec]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         spec = self.spec
+        types = ("Linear",) if spec.bits == 4 else _TYPES
         names = [
             name
-            for name, module in select_modules(model, ["*"], spec.exclude, _TYPES)
+            for name, module in select_modules(model, ["*"], spec.exclude, types)
             if getattr(module, "padding_mode", "zeros") == "zeros"
         ]
         if not names:
-            raise UserError(f"no Linear/Conv/Embedding layer left to quantize (exclude={spec.exclude})")
-        return ctx.transform(model, QuantizeWeightOnly(names))
+            raise UserError(f"no {'/'.join(types)} layer left to quantize (exclude={spec.exclude})")
+        if spec.bits == 4:
+            ctx.notes_for(self.name).findings.append(
+                f"int4 weights (groups of {spec.group_size}) are dequantized once and computed in fp32: file "
+                "size falls, speed is fp32's (torch's CPU int4 matmul is far slower in eager mode)"
+            )
+        return ctx.transform(model, QuantizeWeightOnly(names, spec.bits, spec.group_size))
 
 
 @dataclass(frozen=True)
 class QuantizeWeightOnly(Transform, kind="quantize_weight_only"):
-    """These layers hold int8 weights with per-channel scales (`Int8WeightOnly`)."""
+    """These layers hold int8 weights with per-channel scales (`Int8WeightOnly`), or int4 ones with
+    group-wise scales (`Int4WeightOnly`)."""
 
     modules: list[str]
+    bits: int = 8  # records written before int4 existed meant int8
+    group_size: int = 128
 
     def replay(self, model: nn.Module) -> nn.Module:
         for name in self.modules:
-            set_submodule(model, name, Int8WeightOnly(model.get_submodule(name)))
+            layer = model.get_submodule(name)
+            quantized = Int4WeightOnly(layer, self.group_size) if self.bits == 4 else Int8WeightOnly(layer)
+            set_submodule(model, name, quantized)
         return model.eval()
