@@ -88,7 +88,7 @@ def compress(
         else:
             model_spec = model if isinstance(model, ModelSpec) else ModelSpec.model_validate(model)
             model, lineage = load_model(model_spec)
-        bundle = data if isinstance(data, DataBundle) else _build_data(data, seed, model_spec, specs)
+        bundle = data if isinstance(data, DataBundle) else _build_data(data, seed, model_spec, specs, evaluation)
         model.eval()
         baseline, reference = measure_model(model, lineage, bundle, evaluation)
         ctx = StageContext(
@@ -105,9 +105,11 @@ def compress(
     return Result(model=model, lineage=lineage, baseline=baseline, stages=results)
 
 
-def _build_data(spec: dict[str, Any], seed: int, model: ModelSpec | None, stages: list[BaseStageSpec]) -> DataBundle:
+def _build_data(
+    spec: dict[str, Any], seed: int, model: ModelSpec | None, stages: list[BaseStageSpec], evaluate: EvaluateSpec
+) -> DataBundle:
     parsed = TypeAdapter(DataSpec).validate_python(spec)
-    return build_data(parsed, seed, model, tuning_split=needs_tuning_split(stages))
+    return build_data(parsed, seed, model, tuning_split=needs_tuning_split(stages), evaluation=evaluate.data)
 
 
 def measure_model(

@@ -67,7 +67,13 @@ def _run_locked(
     if recipe.output.html:
         check_html_available()
     seed_everything(recipe.seed)
-    data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=recipe.needs_tuning_split)
+    data = build_data(
+        recipe.data,
+        recipe.seed,
+        recipe.model,
+        tuning_split=recipe.needs_tuning_split,
+        evaluation=recipe.evaluate.data,
+    )
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
         report = _run_stages(recipe, data, store, resume, main, recipe_source, previous)
@@ -194,9 +200,10 @@ def _inputs(recipe: Recipe, recipe_source: str | None) -> list[tuple[str, Path]]
     inputs = [("recipe", Path(recipe_source))] if recipe_source else []
     if recipe.model.checkpoint is not None:
         inputs.append(("checkpoint", recipe.model.checkpoint))
-    data_path = getattr(recipe.data, "path", None)
-    if data_path is not None:
-        inputs.append(("data", data_path))
+    for label, data in (("data", recipe.data), ("evaluation data", recipe.evaluate.data)):
+        data_path = getattr(data, "path", None)
+        if data_path is not None:
+            inputs.append((label, data_path))
     for spec in recipe.stages:
         teacher = getattr(spec, "teacher", None)
         if teacher is not None and teacher.checkpoint is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelshrink.data import cifar10, custom, digits, imagefolder, synthetic
-from modelshrink.data.bundle import DataBundle, with_tuning_split
+from modelshrink.data.bundle import DataBundle, with_evaluation_data, with_tuning_split
 from modelshrink.errors import UserError
 from modelshrink.recipe.schema import DataSpec, ModelSpec, TextData
 
@@ -17,9 +17,24 @@ _BUILDERS = {
 }
 
 
-def build_data(spec: DataSpec, seed: int, model: ModelSpec | None = None, *, tuning_split: bool = False) -> DataBundle:
+def build_data(
+    spec: DataSpec,
+    seed: int,
+    model: ModelSpec | None = None,
+    *,
+    tuning_split: bool = False,
+    evaluation: DataSpec | None = None,
+) -> DataBundle:
     """`model` names the tokenizer for text data that does not name its own; `tuning_split` holds
-    `spec.tune_fraction` of the training data out for choosing training epochs."""
+    `spec.tune_fraction` of the training data out for choosing training epochs; `evaluation`
+    (`evaluate.data`) replaces the validation split with a separate held-out set."""
+    bundle = _build(spec, seed, model, tuning_split)
+    if evaluation is None:
+        return bundle
+    return with_evaluation_data(bundle, _build(evaluation, seed, model, tuning_split=False))
+
+
+def _build(spec: DataSpec, seed: int, model: ModelSpec | None, tuning_split: bool) -> DataBundle:
     if isinstance(spec, TextData):  # imported here: the Hugging Face extra is optional
         from modelshrink.data import text
 

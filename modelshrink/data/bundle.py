@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
 
 from modelshrink.inputs import Inputs, resized
 
@@ -112,6 +112,21 @@ def with_tuning_split(bundle: DataBundle, fraction: float, seed: int) -> DataBun
         bundle,
         train=DataLoader(Subset(train, keep), shuffle=True, generator=bundle.train.generator, **common),
         tune=DataLoader(Subset(train, tune), shuffle=False, **common),
+    )
+
+
+def with_evaluation_data(bundle: DataBundle, held_out: DataBundle) -> DataBundle:
+    """The held-out set, all of it, as the split that reports quality (`evaluate.data`).
+
+    Calibration, tuning and reporting then use different data: a quality gate is only as good as the
+    data it is given, and data a stage chose its settings on flatters the model."""
+    every = ConcatDataset([held_out.train.dataset, held_out.val.dataset])
+    return replace(
+        bundle,
+        val=DataLoader(every, batch_size=bundle.val.batch_size, shuffle=False, num_workers=bundle.val.num_workers),
+        labeled=bundle.labeled and held_out.labeled,
+        class_targets=bundle.class_targets and held_out.class_targets,
+        num_classes=max(bundle.num_classes, held_out.num_classes),
     )
 
 

@@ -51,21 +51,25 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _text_data_fits(self) -> Recipe:
-        if isinstance(self.data, TextData) and self.data.tokenizer is None and self.model.huggingface is None:
-            raise ValueError("data.tokenizer is needed when the model is not given by model.huggingface")
+        for where, data in (("data", self.data), ("evaluate.data", self.evaluate.data)):
+            if isinstance(data, TextData) and data.tokenizer is None and self.model.huggingface is None:
+                raise ValueError(f"{where}.tokenizer is needed when the model is not given by model.huggingface")
         return self
 
     @model_validator(mode="after")
     def _labels_fit(self) -> Recipe:
         """Unlabeled data serves calibration, distillation and gates against the original model; what
         needs labels is refused here, before any work."""
-        if self.data.labeled:
+        if not self.data.labeled:
+            how = _HOW_TO_LABEL.get(self.data.kind, "use labeled data")
+            for spec in self.stages:
+                if spec.needs_labels:
+                    reason = "trains" if spec.training is not None else "scores by loss gradients"
+                    raise ValueError(f"stage {spec.kind!r} {reason}, which needs labels: {how} (distill needs none)")
+        reporting = self.evaluate.data or self.data  # the data that reports quality and gates
+        if reporting.labeled:
             return self
-        how = _HOW_TO_LABEL.get(self.data.kind, "use labeled data")
-        for spec in self.stages:
-            if spec.needs_labels:
-                reason = "trains" if spec.training is not None else "scores by loss gradients"
-                raise ValueError(f"stage {spec.kind!r} {reason}, which needs labels: {how} (distill needs none)")
+        how = _HOW_TO_LABEL.get(reporting.kind, "use labeled data")
         for gate in gates(self.constraints):
             if gate.metric.needs_labels:
                 raise ValueError(f"constraints.{gate.name} needs labels: {how}, or gate on agreement or cosine")

@@ -294,6 +294,11 @@ class CustomMetricSpec(Strict):
 class EvaluateSpec(Strict):
     latency: LatencySpec = Field(default_factory=LatencySpec)
     max_val_batches: PositiveInt | None = None
+    data: DataSpec | None = Field(
+        default=None,
+        description="a separate held-out set that reports quality and gates the run (all of it); the recipe's "
+        "data then only trains, tunes and calibrates",
+    )
     metrics: list[CustomMetricSpec] = Field(
         default_factory=list, description="your own metrics, 'pkg.module:fn' returning {name: value}"
     )

@@ -148,3 +148,7 @@ def not_a_dict(model: nn.Module, loader: DataLoader) -> list:
 
 def raises(model: nn.Module, loader: DataLoader) -> dict[str, float]:
     raise KeyError("boxes")
+
+
+def count_samples(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+    return {"samples": float(sum(len(targets) for _, targets in loader))}

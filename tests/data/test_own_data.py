@@ -21,7 +21,7 @@ runner = CliRunner()
 
 
 def run(tmp_path: Path, **sections) -> tuple[int, str, dict | None]:
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, evaluate=FAST_EVAL, **sections))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, **{"evaluate": FAST_EVAL, **sections}))
     result = runner.invoke(app, ["run", str(recipe), "--force"])
     report_path = tmp_path / "out" / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else None
@@ -216,3 +216,20 @@ def test_class_folders_named_by_the_models_own_class_indices(tmp_path: Path) -> 
     (root / "cats").rename(root / "9")
     code, stderr, _ = run(tmp_path, model=model, data=data, stages=[])
     assert code == 2 and "model outputs 5 classes but the data has class index 9" in stderr
+
+
+def test_a_separate_held_out_set_reports_quality(tmp_path: Path) -> None:
+    """evaluate.data: all of it reports (and gates); the recipe's data only trains and calibrates."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(50) % 10
+    held_out = write_tensor_file(tmp_path / "held_out.npz", rng.normal(size=(50, 1, 8, 8)).astype(np.float32), labels)
+    evaluate = {**FAST_EVAL, "metrics": ["tests.data.own:count_samples"]}
+    evaluate["data"] = {"kind": "tensors", "path": str(held_out), "inputs": "x", "targets": "y", "batch_size": 8}
+    code, stderr, report = run(tmp_path, evaluate=evaluate, constraints={"min_accuracy": 0.0})
+    assert code == 0, stderr
+    assert report["baseline"]["custom"]["samples"] == 50, "every held-out sample, none of the recipe's data"
+    assert report["recipe"]["evaluate"]["data"]["path"] == str(held_out)
+
+    del evaluate["data"]["targets"]
+    code, stderr, report = run(tmp_path, evaluate=evaluate, constraints={"min_accuracy": 0.0})
+    assert code == 2 and "constraints.min_accuracy needs labels: name the targets with data.targets" in stderr
