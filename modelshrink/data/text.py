@@ -19,7 +19,8 @@ from modelshrink.errors import UserError
 from modelshrink.models.huggingface import tokenizer_for
 from modelshrink.recipe.schema import TextData
 
-SAMPLE_SENTENCES = Path(__file__).parent / "samples" / "sentences.txt"
+SAMPLES = Path(__file__).parent / "samples"
+SAMPLE_SENTENCES = SAMPLES / "sentences.txt"
 
 
 def build(spec: TextData, seed: int, tokenizer_source: str) -> DataBundle:
@@ -51,7 +52,7 @@ def build(spec: TextData, seed: int, tokenizer_source: str) -> DataBundle:
 
 def read_texts(spec: TextData) -> tuple[list[str], list[int] | None, list[str]]:
     """Texts, class indices (None when unlabeled) and class names, from .txt, .jsonl or .csv."""
-    path = spec.path or SAMPLE_SENTENCES
+    path = spec.path or SAMPLES / f"{spec.sample}.txt"
     if not path.is_file():
         raise UserError(f"data.path: {path} is not a file")
     suffix = path.suffix.lower()

@@ -242,11 +242,14 @@ class SyntheticData(_DataCommon):
 
 class TextData(_Split):
     """Texts for Hugging Face models: a .txt file (one text per line), .jsonl or .csv (`text_field`,
-    optional `label_field`); without `path`, ~100 bundled English sentences. Without labels the quality
-    metric is the cosine similarity of each model's outputs to the original model's."""
+    optional `label_field`); without `path`, a bundled `sample`: ~100 English sentences, or 300
+    held-out texts of other kinds (questions, commands, queries, support messages, reviews, passages)
+    for `evaluate.data`. Without labels the quality metric is the cosine similarity of each model's
+    outputs to the original model's."""
 
     kind: Literal["text"]
     path: ExistingFile | None = None
+    sample: Literal["sentences", "held_out"] = Field(default="sentences", description="bundled texts, without path")
     text_field: str = "text"
     label_field: str | None = None
     tokenizer: str | None = Field(default=None, description="default: the model's huggingface source")
@@ -257,6 +260,8 @@ class TextData(_Split):
     def _label_needs_table(self) -> TextData:
         if self.label_field and self.path is not None and self.path.suffix.lower() == ".txt":
             raise ValueError("label_field needs a .jsonl or .csv file; a .txt file holds texts only")
+        if self.path is not None and "sample" in self.model_fields_set:
+            raise ValueError("give 'path' (your texts) or 'sample' (bundled ones), not both")
         return self
 
     @property

@@ -88,3 +88,19 @@ def test_cifar10_python_batches_cannot_run_code(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no CIFAR-10 batches"):
         build_data(Cifar10Data(kind="cifar10", path=tmp_path / "empty"), 0)
+
+
+def test_the_bundled_held_out_texts_are_several_hundred_and_unlike_the_calibration_ones() -> None:
+    from modelshrink.data.text import read_texts
+    from modelshrink.recipe.schema import TextData
+
+    held_out, labels, _ = read_texts(TextData(kind="text", sample="held_out"))
+    calibration, _, _ = read_texts(TextData(kind="text"))
+    assert len(held_out) >= 300 and labels is None
+    assert len(set(held_out)) == len(held_out) and not set(held_out) & set(calibration)
+    questions = sum(text.rstrip().endswith("?") for text in held_out)
+    passages = sum(len(text.split()) > 30 for text in held_out)
+    queries = sum(len(text.split()) <= 6 and text.islower() for text in held_out)
+    assert questions >= 30 and passages >= 15 and queries >= 30, "questions, long passages, short queries"
+    with pytest.raises(ValidationError, match="not both"):
+        TextData(kind="text", sample="held_out", path=Path(__file__))
