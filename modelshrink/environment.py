@@ -13,7 +13,20 @@ from pathlib import Path
 from typing import Any
 
 # The instruction sets that decide fp32, int8 and bf16 speed on x86, in the names /proc/cpuinfo uses.
-ISA_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+ISA_FEATURES = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "amx_fp16",
+)
+# What makes a half-precision mode pay off on a CPU: native arithmetic in that format.
+HALF_PRECISION_ISA = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
 
 
 def environment() -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, NotRequired, TypedDict
 from modelshrink.compare import environment_warnings, table
 from modelshrink.constraints import GateResult, shown
 from modelshrink.descriptors import MetricDescriptor, Metrics, report_metrics
-from modelshrink.environment import cpu_summary, environment
+from modelshrink.environment import HALF_PRECISION_ISA, cpu_summary, environment
 from modelshrink.plots import text_bars
 from modelshrink.version import __version__
 
@@ -64,17 +64,18 @@ def build_report(
 ) -> Report:
     """`compared_to`: the path and contents of an earlier report this run's final model was gated against."""
     final = stages[-1]["metrics"] if stages else baseline
+    env = environment()
     report: Report = {
         "schema_version": SCHEMA_VERSION,
         "version": __version__,
         "recipe": recipe,
         "recipe_source": recipe_source,
-        "environment": environment(),
+        "environment": env,
         "baseline": baseline,
         "stages": stages,
         "final": final,
         "constraints": constraints,
-        "findings": findings(baseline, stages),
+        "findings": findings(baseline, stages, env.get("cpu_features")),
         "checkpoint": checkpoint,
         "passed": all(c["passed"] for c in constraints),
     }
@@ -94,7 +95,18 @@ def build_report(
     return report
 
 
-def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+def _half_precision_hint(stage: dict[str, Any], cpu_features: list[str] | None) -> str:
+    """Why an fp16/bf16 stage runs slower than fp32: the CPU lacks native arithmetic in that format."""
+    mode = stage.get("params", {}).get("mode")
+    native = HALF_PRECISION_ISA.get(mode)
+    if native is None or cpu_features is None or any(f in cpu_features for f in native):
+        return ""
+    return f"; {mode} pays off only with {' or '.join(native)}, which this CPU lacks ({' '.join(cpu_features)})"
+
+
+def findings(
+    baseline: dict[str, Any], stages: list[dict[str, Any]], cpu_features: list[str] | None = None
+) -> list[str]:
     """Plain-language flags a reviewer should not miss: what the stages noted (training that did not
     help or made the model worse, zeros that do not pay), stages slower than the baseline, comparisons."""
     notes = []
@@ -106,7 +118,8 @@ def findings(baseline: dict[str, Any], stages: list[dict[str, Any]]) -> list[str
             median, base = stage["metrics"]["latency_ms"][f"{size}_median"], baseline["latency_ms"]
             ratio = median / base[f"{size}_median"]
             if ratio > SLOWDOWN_TOLERANCE and median > base[f"{size}_p95"]:
-                notes.append(f"{stage['name']}: {label} latency is {ratio:.2f}x the baseline's (slower)")
+                why = _half_precision_hint(stage, cpu_features)
+                notes.append(f"{stage['name']}: {label} latency is {ratio:.2f}x the baseline's (slower){why}")
         compared = stage_notes.get("compare_finetune")
         if compared:
             verdict = "beat" if compared["distillation_won"] else "did NOT beat"

@@ -22,7 +22,7 @@ def test_cpuinfo_names_the_model_and_the_features() -> None:
     assert model == "Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz"
     assert [f for f in ISA_FEATURES if f in flags] == ["avx2"]
     _, flags = parse_cpuinfo(AMX)
-    assert [f for f in ISA_FEATURES if f in flags] == list(ISA_FEATURES)
+    assert [f for f in ISA_FEATURES if f in flags] == [f for f in ISA_FEATURES if f != "amx_fp16"]  # Granite Rapids
     assert parse_cpuinfo("") == (None, None)
 
 

@@ -302,6 +302,33 @@ class HalfSpec(_QuantizeCommon):
     mode: Literal["fp16", "bf16"]
 
 
+_AUTO_CANDIDATES = ("dynamic", "static", "weight_only", "bf16", "fp16")
+
+
+class AutoQuantSpec(_QuantizeCommon):
+    """Measure the candidate modes on this CPU and keep the fastest whose outputs stay within
+    `min_cosine` of the float model's on the calibration data; float when none is faster."""
+
+    mode: Literal["auto"] = "auto"
+    candidates: list[Literal["dynamic", "static", "weight_only", "bf16", "fp16"]] = Field(
+        default_factory=lambda: list(_AUTO_CANDIDATES), min_length=1
+    )
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] = Field(
+        default=0.99, description="quality bar on the calibration data, mean cosine to the float outputs"
+    )
+    calibration_batches: PositiveInt = Field(default=8, description="batches to calibrate and judge the candidates")
+
+    def candidate_specs(self) -> list[BaseStageSpec]:
+        """Each candidate with its defaults, this stage's `exclude` and calibration batches."""
+        specs = []
+        for mode in dict.fromkeys(self.candidates):
+            fields: dict[str, Any] = {"kind": "quantize", "mode": mode, "exclude": self.exclude}
+            if "calibration_batches" in QUANTIZE_MODES[mode].model_fields:
+                fields["calibration_batches"] = self.calibration_batches
+            specs.append(parse_stage(fields))
+        return specs
+
+
 # ------------------------------------------------------------------------------------------- the union
 def _tag_of(selector: str, default: str | None) -> Callable[[Any], Any]:
     """Read the tag of a dict (with the default a recipe may leave out) or of a spec object."""
@@ -331,6 +358,7 @@ QUANTIZE_MODES: dict[str, type[BaseStageSpec]] = {
     "weight_only": WeightOnlySpec,
     "fp16": HalfSpec,
     "bf16": HalfSpec,
+    "auto": AutoQuantSpec,
 }
 # kind -> (the key choosing the variant, its default, the variants); kinds without variants map to their class
 VARIANTS: dict[str, tuple[str, str, dict[str, type[BaseStageSpec]]]] = {

@@ -225,3 +225,37 @@ def test_int4_weight_only_with_group_wise_scales() -> None:
 def test_group_size_belongs_to_int4() -> None:
     with pytest.raises(ValueError, match="group_size applies to bits: 4"):
         quantize(mlp(in_features=4, num_classes=2), tensor_data(torch.randn(8, 4)), mode="weight_only", group_size=32)
+
+
+def test_mode_auto_measures_each_candidate_and_keeps_the_fastest_good_one(trained_cnn) -> None:
+    path, data = trained_cnn
+    result = quantize({"checkpoint": str(path)}, data, mode="auto", calibration_batches=2)
+    finding = result.stages[0].notes["findings"][0]
+    assert finding.startswith("mode auto on ") and "the fastest with cosine >= 0.99 on the calibration data" in finding
+    for candidate in ("fp32 (unchanged)", "dynamic:", "static:", "weight_only:", "bf16:", "fp16:"):
+        assert candidate in finding
+    kept = finding.split("kept ")[1].split(",")[0]
+    rows = dict(part.split(": cosine ") for part in finding.split("(", 2)[2].rstrip(")").split("; "))
+    cosines = {name: float(row.split(",")[0]) for name, row in rows.items()}
+    times = {name: float(row.split(", ")[1].removesuffix(" ms")) for name, row in rows.items()}
+    assert cosines[kept] >= 0.99 and times[kept] == min(t for n, t in times.items() if cosines[n] >= 0.99)
+    x = next(iter(data.val))[0]
+    assert torch.equal(reload(result)(x), result.model(x)), "the kept variant rebuilds from its checkpoint"
+
+    unchanged = quantize({"checkpoint": str(path)}, data, mode="auto", candidates=["dynamic"], min_cosine=1.0)
+    assert "kept fp32 (unchanged)" in unchanged.stages[0].notes["findings"][0]
+    assert unchanged.lineage.transforms == [] and unchanged.stages[0].metrics["cosine"] == pytest.approx(1.0)
+
+
+def test_half_precision_slower_than_fp32_is_flagged_with_the_isa_it_lacks() -> None:
+    from modelshrink.report import findings
+
+    timing = {"batch1_median": 10.0, "batch1_p95": 11.0, "batchN_median": 50.0, "batchN_p95": 55.0}
+    baseline = {"latency_ms": timing}
+    slow = {"name": "half", "params": {"mode": "fp16"}, "metrics": {"latency_ms": {**timing, "batch1_median": 40.0}}}
+    flagged = findings(baseline, [slow], ["avx2", "avx512f", "avx512_bf16"])
+    assert flagged == [
+        "half: batch 1 latency is 4.00x the baseline's (slower); fp16 pays off only with avx512_fp16 or amx_fp16, "
+        "which this CPU lacks (avx2 avx512f avx512_bf16)"
+    ]
+    assert "lacks" not in findings(baseline, [slow], ["avx512_fp16"])[0]

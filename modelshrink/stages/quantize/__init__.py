@@ -3,6 +3,6 @@ its spec type (`recipe.stage_specs`) and a rebuilder, so a quantized checkpoint 
 the same conversion on the float architecture and then loading the saved int8 / half tensors.
 """
 
-from modelshrink.stages.quantize import dynamic, fx, half, pt2e, weight_only
+from modelshrink.stages.quantize import auto, dynamic, fx, half, pt2e, weight_only
 
-__all__ = ["dynamic", "fx", "half", "pt2e", "weight_only"]
+__all__ = ["auto", "dynamic", "fx", "half", "pt2e", "weight_only"]
