@@ -13,7 +13,7 @@ flags\t\t: fpu sse sse2 avx avx2 fma bmi2
 """
 AMX = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8480+
-flags\t\t: avx2 avx512f avx512_vnni avx_vnni avx512_bf16 amx_tile amx_int8 amx_bf16
+flags\t\t: avx2 avx512f avx512_vnni avx_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16
 """
 
 
