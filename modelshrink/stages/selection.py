@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -111,3 +111,10 @@ def blocks(model: nn.Module) -> list[str]:
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def replace_each(model: nn.Module, names: Iterable[str], make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Each named module swapped for `make(module)`: how the transforms that wrap layers replay."""
+    for name in names:
+        set_submodule(model, name, make(model.get_submodule(name)))
+    return model

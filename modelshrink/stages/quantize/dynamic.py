@@ -37,7 +37,7 @@ from modelshrink.recipe.stage_specs import DynamicQuantSpec
 from modelshrink.stages.base import Stage, StageContext, register
 from modelshrink.stages.quantize import choose
 from modelshrink.stages.quantize.per_token import QuantizePerToken
-from modelshrink.stages.selection import select_modules, set_submodule
+from modelshrink.stages.selection import replace_each, select_modules
 
 with quiet():  # torch.ao's deprecation notices
     import torch.ao.nn.quantized as nnq
@@ -171,10 +171,7 @@ class SmoothLinear(Transform, kind="smooth_linear"):
     modules: list[str]
 
     def replay(self, model: nn.Module) -> nn.Module:
-        for name in self.modules:
-            linear = model.get_submodule(name)
-            set_submodule(model, name, SmoothedLinear(linear, linear.in_features))
-        return model
+        return replace_each(model, self.modules, lambda linear: SmoothedLinear(linear, linear.in_features))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils import flop_counter
 
 from modelshrink.lineage import Transform
-from modelshrink.stages.selection import set_submodule
+from modelshrink.stages.selection import replace_each
 
 
 def _int_mm_flops(a_shape: torch.Size, b_shape: torch.Size, *args: object, **kwargs: object) -> int:
@@ -75,7 +75,4 @@ class QuantizePerToken(Transform, kind="quantize_per_token"):
     modules: list[str]
 
     def replay(self, model: nn.Module) -> nn.Module:
-        for name in self.modules:
-            linear = model.get_submodule(name)
-            set_submodule(model, name, PerTokenInt8Linear.from_float(linear))
-        return model
+        return replace_each(model, self.modules, PerTokenInt8Linear.from_float)

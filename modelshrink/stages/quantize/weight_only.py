@@ -21,7 +21,7 @@ from modelshrink.errors import UserError
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import WeightOnlySpec
 from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.stages.selection import select_modules, set_submodule
+from modelshrink.stages.selection import replace_each, select_modules
 
 _TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding")
 
@@ -148,8 +148,7 @@ class QuantizeWeightOnly(Transform, kind="quantize_weight_only"):
     group_size: int = 128
 
     def replay(self, model: nn.Module) -> nn.Module:
-        for name in self.modules:
-            layer = model.get_submodule(name)
-            quantized = Int4WeightOnly(layer, self.group_size) if self.bits == 4 else Int8WeightOnly(layer)
-            set_submodule(model, name, quantized)
-        return model.eval()
+        def quantized(layer: nn.Module) -> nn.Module:
+            return Int4WeightOnly(layer, self.group_size) if self.bits == 4 else Int8WeightOnly(layer)
+
+        return replace_each(model, self.modules, quantized).eval()
