@@ -16,6 +16,7 @@ Prints the CPU's features, latency and checkpoint-size ratios against fp32, and 
     .venv/bin/python scripts/bench_quant.py --part minilm                    # MiniLM only, ~4 minutes
     .venv/bin/python scripts/bench_quant.py --part cnn --arch resnet50 --size 224 --epochs 0 --iterations 5
     .venv/bin/python scripts/bench_quant.py --part cnn --arch timm:efficientnet_lite0 --size 224 --epochs 0
+    ... --skip fp16 "qat int8"     # leave variants out (fp16 runs minutes per batch on CPUs without it)
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def run_cnn(args: argparse.Namespace) -> dict[str, Any]:
     train = [{"kind": "finetune", "epochs": args.epochs, "lr": 0.002, "schedule": "onecycle"}] if args.epochs else []
     trained = compress(arch, train, data=data, evaluate=QUICK)
     model = trained.model
-    variants = {"fp32": (model, trained.lineage), **quantized_variants(model, data, CNN_MODES)}
+    modes = {label: spec for label, spec in CNN_MODES.items() if label not in args.skip}
+    variants = {"fp32": (model, trained.lineage), **quantized_variants(model, data, modes)}
     variants.update({label: (m, None) for label, m in pt2e_candidates(model, data).items()})
     _, reference = evaluate_outputs(model, data.val, 8)
 
@@ -123,7 +125,8 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
     model, lineage = load_model(model_spec)
     held_out = TextData(kind="text", sample="held_out", max_length=args.seq, batch_size=32)
     data = build_data(TextData(kind="text", max_length=args.seq, batch_size=32), 0, model_spec, evaluation=held_out)
-    variants = {"fp32": (model, lineage), **quantized_variants(model, data, MINILM_MODES)}
+    modes = {label: spec for label, spec in MINILM_MODES.items() if label not in args.skip}
+    variants = {"fp32": (model, lineage), **quantized_variants(model, data, modes)}
     _, reference = evaluate_outputs(model, data.val, labeled=False)
 
     def quality(m: nn.Module) -> float:
@@ -194,6 +197,9 @@ def main() -> None:
     parser.add_argument("--text-batch", type=int, default=32)
     parser.add_argument("--text-iterations", type=int, default=8)
     parser.add_argument("--json-out", default="runs/bench/quant.json")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="variants to leave out, e.g. fp16 (minutes per batch on CPUs without it)"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     result: dict[str, Any] = {"environment": environment()}
