@@ -259,3 +259,18 @@ def test_half_precision_slower_than_fp32_is_flagged_with_the_isa_it_lacks() -> N
         "which this CPU lacks (avx2 avx512f avx512_bf16)"
     ]
     assert "lacks" not in findings(baseline, [slow], ["avx512_fp16"])[0]
+
+
+def test_mode_auto_keeps_float_when_cosine_is_undefined() -> None:
+    """All-zero outputs make every cosine 0 (undefined), the float model's too: it still qualifies."""
+
+    class Silent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x) * 0
+
+    result = quantize(Silent(), tensor_data(torch.randn(32, 4), num_classes=3), mode="auto", candidates=["dynamic"])
+    assert "mode auto on " in result.stages[0].notes["findings"][0]

@@ -37,8 +37,9 @@ class AutoQuantize(Stage[AutoQuantSpec]):
                 failed.append(f"{name} failed: {first_line(exc)}")
         batches = list(ctx.calibration_inputs(self.spec.calibration_batches))
         trials = choose.measure(model, {FLOAT: model, **{n: m for n, (m, _) in built.items()}}, batches)
-        good = [t for t in trials if t.cosine >= self.spec.min_cosine]
-        chosen = min(good, key=lambda t: t.ms)  # the float model always qualifies (cosine 1)
+        # the float model always qualifies, even where its outputs make cosine undefined (all zeros)
+        good = [t for t in trials if t.name == FLOAT or t.cosine >= self.spec.min_cosine]
+        chosen = min(good, key=lambda t: t.ms)
         notes = ctx.notes_for(self.name)
         notes.findings.append(
             f"mode auto on {cpu_summary()}: kept {chosen.name}, the fastest with cosine >= {self.spec.min_cosine} "
