@@ -9,7 +9,6 @@ those whose outputs are as close to the float model's as the best one's (within 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelshrink.inputs import Inputs, call, output_matrix
+from modelshrink.metrics.latency import time_round_robin
 
 TOLERANCE = 0.001  # cosine to float within which variants count as equally good
-TIMED_RUNS = 3
+TIMED_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,19 @@ class Trial:
 @torch.inference_mode()
 def measure(reference: nn.Module, candidates: dict[str, nn.Module], batches: Sequence[Inputs]) -> list[Trial]:
     expected = [output_matrix(call(reference.eval(), batch)) for batch in batches]
-    trials = []
-    for name, model in candidates.items():
-        model.eval()
-        cosines = [
-            F.cosine_similarity(output_matrix(call(model, batch)), want, dim=1)
+    cosines = {
+        name: torch.cat([
+            F.cosine_similarity(output_matrix(call(model.eval(), batch)), want, dim=1)
             for batch, want in zip(batches, expected, strict=True)
-        ]
-        times = []
-        for _ in range(TIMED_RUNS):
-            start = time.perf_counter()
-            call(model, batches[0])
-            times.append((time.perf_counter() - start) * 1000)
-        trials.append(Trial(name, float(torch.cat(cosines).mean()), statistics.median(times)))
-    return trials
+        ]).mean()
+        for name, model in candidates.items()
+    }  # fmt: skip
+    # timed round-robin, one forward of each in turn, so machine noise hits all variants alike
+    times = time_round_robin(list(candidates.values()), batches[0], warmup=1, iterations=TIMED_RUNS)
+    return [
+        Trial(name, float(cosines[name]), statistics.median(samples))
+        for name, samples in zip(candidates, times, strict=True)
+    ]
 
 
 def pick(trials: Sequence[Trial]) -> Trial:
