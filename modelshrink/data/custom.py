@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from modelshrink.data.bundle import UNLABELED, DataBundle, make_bundle, stratified_split
+from modelshrink.data.bundle import UNLABELED, DataBundle, dataset_labels, make_bundle, stratified_split
 from modelshrink.errors import UserError, first_line
 from modelshrink.plugins import resolve, run_user_code
 from modelshrink.recipe.schema import PythonData, TensorFileData
@@ -130,7 +130,8 @@ def _tensor(tensors: dict[str, Any], key: str, path: Path) -> torch.Tensor:
 def _bundle(splits: dict[str, Dataset], batch_size: int, num_workers: int, seed: int, labeled: bool) -> DataBundle:
     first_input, first_target = splits["val"][0]
     class_targets = labeled and _is_class_index(first_target)
-    num_classes = _max_class(splits["val"]) + 1 if class_targets else 0
+    known = dataset_labels(splits["val"]) if class_targets else None
+    num_classes = max(known) + 1 if known else 0  # 0: not read (it would load every input), not checked
     examples = next(iter(DataLoader(splits["val"], batch_size=min(EXAMPLES, len(splits["val"])))))[0]  # type: ignore[arg-type]
     return make_bundle(
         splits["train"],
@@ -152,10 +153,3 @@ def _is_class_index(target: Any) -> bool:
     if isinstance(target, torch.Tensor):
         return target.numel() == 1 and not target.is_floating_point() and target.dtype != torch.bool
     return isinstance(target, int) and not isinstance(target, bool)
-
-
-def _max_class(dataset: Dataset) -> int:
-    """The largest class index on the validation split (read through, as metrics will read it anyway)."""
-    if isinstance(dataset, TensorDataset):
-        return int(dataset.tensors[1].max())
-    return max(int(dataset[i][1]) for i in range(len(dataset)))  # type: ignore[arg-type]

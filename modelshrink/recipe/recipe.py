@@ -12,13 +12,6 @@ from modelshrink.descriptors import METRICS
 from modelshrink.recipe.schema import ConstraintsSpec, DataSpec, EvaluateSpec, ModelSpec, OutputSpec, Strict, TextData
 from modelshrink.recipe.stage_specs import StageSpec, needs_tuning_split, stage_names
 
-_HOW_TO_LABEL = {
-    "text": "set data.label_field",
-    "imagefolder": "use class folders with data.labels: true",
-    "python": "yield (input, target) items with data.labeled: true",
-    "tensors": "name the targets with data.targets",
-}
-
 
 class Recipe(Strict):
     name: str | None = None
@@ -61,7 +54,7 @@ class Recipe(Strict):
         """Unlabeled data serves calibration, distillation and gates against the original model; what
         needs labels is refused here, before any work."""
         if not self.data.labeled:
-            how = _HOW_TO_LABEL.get(self.data.kind, "use labeled data")
+            how = self.data.label_hint
             for spec in self.stages:
                 if spec.needs_labels:
                     reason = "trains" if spec.training is not None else "scores by loss gradients"
@@ -69,7 +62,7 @@ class Recipe(Strict):
         reporting = self.evaluate.data or self.data  # the data that reports quality and gates
         if reporting.labeled:
             return self
-        how = _HOW_TO_LABEL.get(reporting.kind, "use labeled data")
+        how = reporting.label_hint
         for gate in gates(self.constraints):
             if gate.metric.needs_labels:
                 raise ValueError(f"constraints.{gate.name} needs labels: {how}, or gate on agreement or cosine")

@@ -7,7 +7,7 @@ silently running with a default. Stage specs live in `stage_specs.py`, the whole
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -124,6 +124,8 @@ _TUNE_FRACTION_HELP = (
 class _Loading(Strict):
     """How every data kind is loaded and held out."""
 
+    label_hint: ClassVar[str] = "use labeled data"  # how to give this kind labels, for refusals that need them
+
     batch_size: PositiveInt = 32
     tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
     num_workers: Annotated[int, Field(ge=0)] = 0
@@ -170,6 +172,7 @@ class ImageFolderData(_DataCommon):
     model's class indices (`0/`, `207/`), so a 1000-class model can be scored on a few classes."""
 
     kind: Literal["imagefolder"]
+    label_hint: ClassVar[str] = "use class folders with data.labels: true"
     path: ExistingDir
     image_size: Annotated[int, Field(ge=8)] = 224
     channels: Literal[1, 3] = 3
@@ -205,6 +208,7 @@ class PythonData(_Loading):
     alone with `labeled: false`; an input is a tensor, a tuple or a dict of tensors."""
 
     kind: Literal["python"]
+    label_hint: ClassVar[str] = "yield (input, target) items with data.labeled: true"
     factory: Target
     kwargs: dict[str, Any] = Field(default_factory=dict)
     labeled: bool = Field(default=True, description="items are (input, target); false: the input alone")
@@ -215,6 +219,7 @@ class TensorFileData(_Split):
     `inputs` tensor (first dimension: samples) and optionally `targets`."""
 
     kind: Literal["tensors"]
+    label_hint: ClassVar[str] = "name the targets with data.targets"
     path: ExistingFile
     inputs: str = Field(default="inputs", description="the key of the input tensor")
     targets: str | None = Field(default=None, description="the key of the targets; none: unlabeled")
@@ -248,6 +253,7 @@ class TextData(_Split):
     outputs to the original model's."""
 
     kind: Literal["text"]
+    label_hint: ClassVar[str] = "set data.label_field"
     path: ExistingFile | None = None
     sample: Literal["sentences", "held_out"] = Field(default="sentences", description="bundled texts, without path")
     text_field: str = "text"
