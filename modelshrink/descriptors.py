@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 
 class Latency(TypedDict):
@@ -22,6 +22,8 @@ class Latency(TypedDict):
     batchN_p95: float
     batch_n: int
     threads: int
+    compile_s: NotRequired[float]  # compiled models: seconds their compiling calls took (not in the medians)
+    compiles: NotRequired[int]
 
 
 class Metrics(TypedDict):

@@ -120,6 +120,7 @@ def findings(
             if ratio > SLOWDOWN_TOLERANCE and median > base[f"{size}_p95"]:
                 why = _half_precision_hint(stage, cpu_features)
                 notes.append(f"{stage['name']}: {label} latency is {ratio:.2f}x the baseline's (slower){why}")
+        notes += _compile_findings(stage)
         compared = stage_notes.get("compare_finetune")
         if compared:
             verdict = "beat" if compared["distillation_won"] else "did NOT beat"
@@ -128,6 +129,16 @@ def findings(
                 f"fine-tuning with the same settings ({compared['finetune_accuracy']:.4f})"
             )
     return notes
+
+
+def _compile_findings(stage: dict[str, Any]) -> list[str]:
+    latency = stage["metrics"]["latency_ms"]
+    if "compile_s" not in latency:
+        return []
+    return [
+        f"{stage['name']}: compiling took {latency['compile_s']:.1f} s over {latency['compiles']} call(s) in this "
+        "run (once per process and new input shape), apart from the latency above"
+    ]
 
 
 def _training_findings(runs: list[dict[str, Any]]) -> list[str]:

@@ -4,13 +4,15 @@ Two parts, each timed round-robin (all variants interleaved) at batch 1 and batc
 - CNN: a torchvision CNN (`--arch resnet18`) or a timm one (`--arch timm:efficientnet_lite0`), trained
   on the bundled digits for `--epochs` (quality: top-1) or left at random init with `--epochs 0`
   (quality: top-1 agreement with fp32, as on unlabeled data). Every `quantize` mode through our stage
-  (dynamic, static, qat, weight_only int8, fp16, bf16, auto), and PT2E static int8 (torch.export +
-  torchao's X86InductorQuantizer) eagerly and under torch.compile with inductor freezing (the compile
-  happens in the warm-up rounds, so its time is not in the medians).
+  (dynamic, static, qat, weight_only int8, fp16, bf16, auto); static int8 with `backend: auto` (the
+  measured choice), FX, and PT2E (torch.export + torchao's X86InductorQuantizer) eager and compiled
+  with inductor freezing (`modelshrink.compiled`: the compile happens in the warm-up rounds, so its
+  time is not in the medians; it is printed apart).
 - MiniLM: the pretrained all-MiniLM-L6-v2 (the [minilm] extra) at sequence length 128, calibrated on
   the bundled sentences and judged on the 302 held-out texts: dynamic int8 with per-tensor and
   per-token activation scales (SmoothQuant alpha chosen on calibration data), weight-only int8 and
-  int4, fp16, bf16, auto. Quality: mean cosine of the embeddings to fp32's.
+  int4, fp16, bf16, auto, per-token int8 and bf16 also compiled. Quality: mean cosine of the
+  embeddings to fp32's.
 Prints the CPU's features, latency and checkpoint-size ratios against fp32, and writes JSON.
 
     .venv/bin/python scripts/bench_quant.py                                  # both parts, ~8 minutes
@@ -30,7 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from modelshrink.atomic import write_file
@@ -49,7 +50,10 @@ QUICK = {"latency": {"batch_size": 1, "warmup": 0, "iterations": 1}}
 
 CNN_MODES = {
     "dynamic int8": {"mode": "dynamic"},
-    "static int8": {"mode": "static"},
+    "static int8 (backend auto)": {"mode": "static"},
+    "static int8, FX eager": {"mode": "static", "backend": "fx"},
+    "static int8, PT2E eager": {"mode": "static", "backend": "pt2e", "compile": False},
+    "static int8, PT2E compiled": {"mode": "static", "backend": "pt2e"},
     "qat int8": {"mode": "qat", "qat": {"epochs": 1, "lr": 0.0002}},
     "weight-only int8": {"mode": "weight_only"},
     "fp16": {"mode": "fp16"},
@@ -61,6 +65,7 @@ MINILM_MODES = {
     "dynamic int8 per-tensor + SQ auto": {"mode": "dynamic", "activations": "per_tensor", "smoothing": "auto",
                                            "calibration_batches": 2},
     "dynamic int8 per-token": {"mode": "dynamic", "activations": "per_token"},
+    "dynamic int8 per-token, compiled": {"mode": "dynamic", "activations": "per_token", "compile": True},
     "dynamic int8 per-token + SQ auto": {"mode": "dynamic", "activations": "per_token", "smoothing": "auto",
                                           "calibration_batches": 2},
     "weight-only int8": {"mode": "weight_only"},
@@ -68,43 +73,9 @@ MINILM_MODES = {
     "weight-only int4 g32": {"mode": "weight_only", "bits": 4, "group_size": 32},
     "fp16": {"mode": "fp16"},
     "bf16": {"mode": "bf16"},
+    "bf16, compiled": {"mode": "bf16", "compile": True},
     "auto": {"mode": "auto", "calibration_batches": 2},
 }  # fmt: skip
-
-
-class Frozen(nn.Module):
-    """A torch.compile'd graph run with inductor's freezing (weights folded as constants, int8 kernels
-    fused): the deployed form issue #12 asks to time. The compiled function is kept out of the module
-    tree (it holds the exported graph, which refuses .eval())."""
-
-    def __init__(self, graph: nn.Module):
-        super().__init__()
-        self.__dict__["compiled"] = torch.compile(graph)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config as inductor
-
-        with inductor.patch(freezing=True), torch.no_grad():
-            return self.compiled(inputs)
-
-
-def pt2e_candidates(model: nn.Module, data: DataBundle) -> dict[str, nn.Module]:
-    """Our PT2E static int8 (strict export, torchao's X86InductorQuantizer), eager and compiled with freezing;
-    failures are reported, not hidden."""
-    from modelshrink.stages.quantize import pt2e
-
-    def observe(prepared: nn.Module) -> nn.Module:
-        with torch.no_grad():
-            for inputs, _ in list(data.train)[:8]:
-                prepared(inputs)
-        return prepared
-
-    try:
-        quantized, _ = pt2e.quantize(copy.deepcopy(model).eval(), data.example_inputs(2), [], observe, qat=False)
-    except Exception as exc:
-        print(f"PT2E failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        return {}
-    return {"PT2E int8 (eager)": quantized, "PT2E int8 + compile, freezing": Frozen(quantized.graph)}
 
 
 def run_cnn(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,7 +89,6 @@ def run_cnn(args: argparse.Namespace) -> dict[str, Any]:
     model = trained.model
     modes = {label: spec for label, spec in CNN_MODES.items() if label not in args.skip}
     variants = {"fp32": (model, trained.lineage), **quantized_variants(model, data, modes)}
-    variants.update({label: (m, None) for label, m in pt2e_candidates(model, data).items()})
     _, reference = evaluate_outputs(model, data.val, 8)
 
     def quality(m: nn.Module) -> float:
@@ -182,11 +152,13 @@ def compare(
                 "batch1_median_ms": timing["batch1_median"],
                 "batchN_median_ms": timing["batchN_median"],
                 "checkpoint_bytes": len(to_bytes(m, lineage, data.input_shape)) if lineage else None,
+                "compile_s": timing.get("compile_s"),
             }
         )
     base = rows[0]
     print(f"\n{title}; {threads} threads, batch 1 and {batch}, median of {iterations} round-robin runs")
-    print(f"{'variant':34s} {'quality':>7s} {'b1 ms':>7s} {'b1 x':>6s} {'bN ms':>8s} {'bN x':>6s} {'size x':>7s}")
+    header = f"{'variant':34s} {'quality':>7s} {'b1 ms':>7s} {'b1 x':>6s} {'bN ms':>8s} {'bN x':>6s} {'size x':>7s}"
+    print(f"{header} compile s")
     for r in rows:
         r["speedup_batch1"] = base["batch1_median_ms"] / r["batch1_median_ms"]
         r["speedup_batchN"] = base["batchN_median_ms"] / r["batchN_median_ms"]
@@ -194,7 +166,8 @@ def compare(
         size = f"{r['size_reduction']:7.2f}" if r["size_reduction"] else "      -"
         print(
             f"{r['variant']:34s} {r['quality']:7.4f} {r['batch1_median_ms']:7.2f} {r['speedup_batch1']:6.2f} "
-            f"{r['batchN_median_ms']:8.2f} {r['speedup_batchN']:6.2f} {size}"
+            f"{r['batchN_median_ms']:8.2f} {r['speedup_batchN']:6.2f} {size} "
+            + (f"{r['compile_s']:9.1f}" if r["compile_s"] is not None else "")
         )
     return {"title": title, "input": list(data.input_shape), "batch_n": batch, "threads": threads, "rows": rows}
 

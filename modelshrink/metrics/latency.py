@@ -33,10 +33,11 @@ def thread_count(threads: int | None) -> Iterator[int]:
 
 @torch.inference_mode()
 def time_round_robin(models: Sequence[nn.Module], inputs: Inputs, warmup: int, iterations: int) -> list[list[float]]:
-    """Milliseconds per forward pass for each model, one forward of each model per round."""
+    """Milliseconds per forward pass for each model, one forward of each model per round. A model that
+    compiles on its first call with new inputs (`modelshrink.compiled`) gets one warm-up call at least."""
     for model in models:
         model.eval()
-        for _ in range(warmup):
+        for _ in range(max(warmup, int(hasattr(model, "compile_time")))):
             call(model, inputs)
     samples: list[list[float]] = [[] for _ in models]
     for _ in range(iterations):
@@ -62,12 +63,15 @@ def measure_latencies(
     iterations: int,
     threads: int | None,
 ) -> list[dict[str, float]]:
-    """Batch-1 and batch-N latency of each model, measured side by side."""
+    """Batch-1 and batch-N latency of each model, measured side by side. A compiled model (see
+    `modelshrink.compiled`) compiles during the warm-up; the time its compiling calls took so far
+    comes apart, as `compile_s` (and `compiles`, how many there were)."""
     with thread_count(threads) as used:
         ones = time_round_robin(models, batch1, warmup, iterations)
         manys = time_round_robin(models, batch_n, warmup, iterations)
-    return [
-        {
+    timings: list[dict[str, float]] = []
+    for model, one, many in zip(models, ones, manys, strict=True):
+        timing = {
             "batch1_median": statistics.median(one),
             "batch1_p95": percentile(one, 95),
             "batchN_median": statistics.median(many),
@@ -75,5 +79,8 @@ def measure_latencies(
             "batch_n": batch_size(batch_n),
             "threads": used,
         }
-        for one, many in zip(ones, manys, strict=True)
-    ]
+        compile_time = getattr(model, "compile_time", None)
+        if compile_time is not None:
+            timing["compile_s"], timing["compiles"] = compile_time
+        timings.append(timing)
+    return timings

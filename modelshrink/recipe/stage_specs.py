@@ -215,6 +215,12 @@ class BlockPruneSpec(_RemovingPruneCommon):
 class _QuantizeCommon(BaseStageSpec):
     kind: Literal["quantize"]
     exclude: list[str] = Field(default_factory=list, description="module name globs kept in float")
+    compile: Literal["auto"] | bool = Field(
+        default="auto",
+        description="run the quantized model through torch.compile (inductor, freezing) as it will be deployed; "
+        "the report times it so, a reload compiles on its first call; auto: where eager execution does not "
+        "pay off (PT2E int8, whose eager graph runs float kernels between quantize and dequantize)",
+    )
 
     quantizes: ClassVar[bool] = True
 
@@ -322,7 +328,12 @@ class AutoQuantSpec(_QuantizeCommon):
         """Each candidate with its defaults, this stage's `exclude` and calibration batches."""
         specs = []
         for mode in dict.fromkeys(self.candidates):
-            fields: dict[str, Any] = {"kind": "quantize", "mode": mode, "exclude": self.exclude}
+            fields: dict[str, Any] = {
+                "kind": "quantize",
+                "mode": mode,
+                "exclude": self.exclude,
+                "compile": self.compile,
+            }
             if "calibration_batches" in QUANTIZE_MODES[mode].model_fields:
                 fields["calibration_batches"] = self.calibration_batches
             specs.append(parse_stage(fields))

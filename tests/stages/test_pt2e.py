@@ -56,29 +56,41 @@ class ValueDependent(nn.Module):
 
 
 SOURCE = {"factory": "tests.stages.test_pt2e:Picky", "kwargs": {"scale_logits": True}}
+# a fresh process reloads the checkpoint and saves its outputs: eager (gradients on), then compiled
+# (inference), with the number of calls that compiled
+RELOAD = (
+    "import sys, torch, modelshrink\n"
+    "m = modelshrink.load(sys.argv[1], trust=['tests.stages.test_pt2e', 'timm'])\n"
+    "x = torch.load(sys.argv[2])\n"
+    "eager = m(x).detach()\n"
+    "with torch.inference_mode():\n"
+    "    deployed = m(x)\n"
+    "torch.save((eager, deployed, m.compile_time[1]), sys.argv[3])\n"
+)
 
 
 def test_a_model_fx_cannot_trace_is_quantized_through_export_and_reloads_in_a_fresh_process(tmp_path: Path) -> None:
     result = compress(SOURCE, [{"kind": "quantize", "mode": "static"}], data=DATA, evaluate=FAST_EVAL)
     [stage] = result.stages
     assert "torch.fx" in stage.notes["findings"][0] and "PT2E" in stage.notes["findings"][0]
-    assert [t.kind for t in result.lineage.transforms] == ["quantize_pt2e"]
+    assert [t.kind for t in result.lineage.transforms] == ["quantize_pt2e", "compile"], "PT2E int8 runs compiled"
     assert stage.metrics["cosine"] > 0.99
     weights = {k: v.dtype for k, v in result.model.state_dict().items() if v.dim() == 4}
     assert set(weights.values()) == {torch.int8}, "conv weights are int8, their float copies dropped"
     assert stage.metrics["params"] == result.baseline["params"] - 64, "int8 weights count; the 2 BNs (64) are folded"
+    latency = stage.metrics["latency_ms"]
+    assert latency["compile_s"] > 0 and latency["compiles"] >= 1, "compile time is reported apart"
     path = tmp_path / "model.pt"
     path.write_bytes(to_bytes(result.model, result.lineage, (3, 32, 32)))
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp_path / "x.pt")
-    script = (
-        "import sys, torch, modelshrink\n"
-        "m = modelshrink.load(sys.argv[1], trust=['tests.stages.test_pt2e'])\n"
-        "torch.save(m(torch.load(sys.argv[2])), sys.argv[3])\n"
-    )
-    subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+    subprocess.run([sys.executable, "-c", RELOAD, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
                    check=True, cwd=REPO)  # fmt: skip
-    assert torch.equal(torch.load(tmp_path / "y.pt"), result.model(x))
+    eager, deployed, compiles = torch.load(tmp_path / "y.pt")
+    assert torch.equal(eager, result.model(x))
+    assert compiles >= 1, "the reloaded model compiles on its first inference call"
+    with torch.inference_mode():
+        torch.testing.assert_close(deployed, result.model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_backend_pt2e_on_torchvision_resnet18_keeps_outputs_and_rebuilds() -> None:
@@ -103,8 +115,8 @@ def test_a_model_no_tracer_can_capture_gets_one_line() -> None:
 def test_qat_through_pt2e_trains_and_rebuilds() -> None:
     stage = {"kind": "quantize", "mode": "qat", "qat": {"epochs": 1, "lr": 0.001, "keep_best": False}}
     result = compress(SOURCE, [stage], data=DATA, evaluate=FAST_EVAL)
-    [record] = result.lineage.records()
-    assert record["kind"] == "quantize_pt2e" and record["qat"] is True
+    record, deployed = result.lineage.records()
+    assert record["kind"] == "quantize_pt2e" and record["qat"] is True and deployed["kind"] == "compile"
     assert result.stages[0].notes["training"][0]["epochs_run"] == 1
     assert result.final["cosine"] > 0.9
     rebuilt, _ = from_bytes(to_bytes(result.model, result.lineage), trust=["tests.stages.test_pt2e"])

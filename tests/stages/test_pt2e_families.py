@@ -14,6 +14,7 @@ import torch
 from modelshrink.checkpoint import to_bytes
 from modelshrink.engine import compress
 from tests.conftest import FAST_EVAL
+from tests.stages.test_pt2e import RELOAD
 
 pytest.importorskip("torchao")
 timm = pytest.importorskip("timm")
@@ -25,11 +26,6 @@ SOURCES = {
     **{f"timm {name}": {"factory": "timm:create_model", "kwargs": {"model_name": name, "num_classes": 10}}
        for name in ("tf_efficientnet_lite0", "mobilenetv3_large_100", "resnet50", "convnext_tiny")},
 }  # fmt: skip
-RELOAD = (
-    "import sys, torch, modelshrink\n"
-    "m = modelshrink.load(sys.argv[1], trust=['timm'])\n"
-    "torch.save(m(torch.load(sys.argv[2])), sys.argv[3])\n"
-)
 
 
 @pytest.mark.slow  # 10-30 s each on 2 cores
@@ -37,11 +33,14 @@ RELOAD = (
 def test_pt2e_static_int8_rebuilds_in_a_fresh_process(family: str, tmp_path: Path) -> None:
     stage = {"kind": "quantize", "mode": "static", "backend": "pt2e", "calibration_batches": 1}
     result = compress(SOURCES[family], [stage], data=DATA, evaluate=FAST_EVAL)
-    assert [t.kind for t in result.lineage.transforms] == ["quantize_pt2e"]
+    assert [t.kind for t in result.lineage.transforms] == ["quantize_pt2e", "compile"]
     assert result.final["size_bytes"] < 0.5 * result.baseline["size_bytes"]
     (tmp_path / "model.pt").write_bytes(to_bytes(result.model, result.lineage, (3, 32, 32)))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp_path / "x.pt")
     args = [str(tmp_path / "model.pt"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")]
     subprocess.run([sys.executable, "-c", RELOAD, *args], check=True, cwd=REPO)
-    assert torch.equal(torch.load(tmp_path / "y.pt"), result.model(x))
+    eager, deployed, compiles = torch.load(tmp_path / "y.pt")
+    assert torch.equal(eager, result.model(x)) and compiles >= 1
+    with torch.inference_mode():
+        torch.testing.assert_close(deployed, result.model(x), rtol=1e-4, atol=1e-4)

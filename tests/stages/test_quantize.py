@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -142,9 +144,38 @@ def test_channel_pruning_then_static_int8_composes_and_reloads(trained_cnn) -> N
     path, data = trained_cnn
     stages = [{"kind": "prune", "method": "channel", "amount": 0.5}, {"kind": "quantize", "mode": "static"}]
     result = compress({"checkpoint": str(path)}, stages, data=data, evaluate=FAST_EVAL)
-    assert [t.kind for t in result.lineage.transforms] == ["reshape_modules", "quantize_fx"]
+    kinds = [t.kind for t in result.lineage.transforms]
+    assert kinds in (["reshape_modules", "quantize_fx"], ["reshape_modules", "quantize_pt2e", "compile"])
     x = next(iter(data.val))[0]
     assert torch.equal(reload(result)(x), result.model(x))
+
+
+@pytest.mark.parametrize("faster", ["FX (eager)", "PT2E (compiled)"])
+def test_backend_auto_measures_fx_and_compiled_pt2e_and_keeps_the_better(
+    trained_cnn, faster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelshrink.stages.quantize import choose
+
+    measured = choose.measure
+
+    def measure_with_a_winner(*args: Any) -> list[choose.Trial]:
+        trials = measured(*args)
+        assert {t.name for t in trials} == {"FX (eager)", "PT2E (compiled)"}
+        assert all(t.cosine > 0.99 for t in trials), "both int8 models are judged against float"
+        return [replace(t, cosine=1.0, ms=1.0 if t.name == faster else 2.0) for t in trials]
+
+    monkeypatch.setattr(choose, "measure", measure_with_a_winner)
+    path, data = trained_cnn
+    stage = {"kind": "quantize", "mode": "static"}
+    result = compress({"checkpoint": str(path)}, [stage], data=data, evaluate=FAST_EVAL)
+    kinds = [t.kind for t in result.lineage.transforms]
+    assert kinds == (["quantize_fx"] if faster.startswith("FX") else ["quantize_pt2e", "compile"])
+    assert f"int8 backend chosen on the calibration data (not the validation split): {faster}" in " ".join(
+        result.stages[0].notes["findings"]
+    )
+    x = next(iter(data.val))[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(reload(result)(x), result.model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_smoothing_moves_outlier_channels_into_the_weights_and_cuts_the_int8_error() -> None:

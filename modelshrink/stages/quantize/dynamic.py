@@ -34,8 +34,9 @@ from modelshrink.inputs import Inputs, call
 from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import DynamicQuantSpec
-from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.stages.base import StageContext, register
 from modelshrink.stages.quantize import choose
+from modelshrink.stages.quantize.compiling import QuantizeStage
 from modelshrink.stages.quantize.per_token import QuantizePerToken
 from modelshrink.stages.selection import replace_each, select_modules
 
@@ -85,8 +86,10 @@ class Plan:
 
 
 @register(DynamicQuantSpec)
-class DynamicQuantize(Stage[DynamicQuantSpec]):
-    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+class DynamicQuantize(QuantizeStage):
+    spec: DynamicQuantSpec
+
+    def quantize(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         spec = self.spec
         selected = select_modules(model, ["*"], spec.exclude, spec.module_types)
         if not selected:

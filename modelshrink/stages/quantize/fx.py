@@ -1,37 +1,43 @@
-"""Static int8 (calibrated) and quantization-aware training, through torch.ao's FX graph mode.
+"""Static int8 (calibrated) and quantization-aware training: torch.ao's FX graph mode, or torch.export
++ torchao PT2E (`pt2e.py`), chosen per model (`_FxOrPt2e`).
 
 FX traces the model, fuses conv-bn-relu, places observers and swaps in int8 kernels (x86/fbgemm)
-for any traceable nn.Module, with no hand-placed QuantStubs. Measured choice: torchao's PT2E
-X86InductorQuantizer failed on a torchvision ResNet-18 here, and its int8 tensor subclasses ran
-slower than fp32 in eager mode; see docs/quantization.md. A checkpoint rebuilds by replaying
-prepare + convert on the float architecture (no calibration needed: the saved state holds the scales).
-"""
+that run fast in eager mode, with no hand-placed QuantStubs; torch.fx is deprecated, so it stays only
+where it measurably wins (docs/quantization.md). A checkpoint rebuilds by replaying prepare + convert
+on the float architecture (no calibration needed: the saved state holds the scales)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from modelshrink.compiled import Compiled
 from modelshrink.errors import UserError, first_line
 from modelshrink.inputs import call, has_integer_inputs
-from modelshrink.lineage import Transform
+from modelshrink.lineage import Lineage, Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
-from modelshrink.stages.base import Stage, StageContext, register
-from modelshrink.stages.quantize import pt2e
+from modelshrink.stages.base import StageContext, register
+from modelshrink.stages.quantize import choose, pt2e
+from modelshrink.stages.quantize.compiling import QuantizeStage
 from modelshrink.stages.selection import matches_any
 
 
-class _FxOrPt2e(Stage[Any]):
-    """FX by default (its int8 kernels run fast in eager mode); torch.export + PT2E for what FX cannot
-    trace (`backend: auto`), or either one forced. Subclasses say how the observers see data."""
+class _FxOrPt2e(QuantizeStage):
+    """Two int8 backends behind one interface: torch.ao FX, whose int8 kernels run fast in eager mode,
+    and torch.export + PT2E, which captures models FX cannot trace and pays off compiled. `backend:
+    auto` measures both on the calibration data where both capture the model (static int8; QAT would
+    train twice) and keeps the better, quality first (issue #12 measured FX ahead on ResNets at batch
+    16, compiled PT2E 3x ahead on EfficientNet-Lite0); `fx` or `pt2e` force one. Subclasses say how
+    the observers see data."""
 
-    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+    def quantize(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         if self.spec.backend == "pt2e":
             return self._pt2e(model, ctx)
         if has_integer_inputs(ctx.data.example_inputs(1)):
@@ -41,6 +47,7 @@ class _FxOrPt2e(Stage[Any]):
                 raise UserError("backend fx cannot observe integer inputs (token ids, masks); use backend: pt2e")
             ctx.notes_for(self.name).findings.append("integer inputs: quantized through torch.export and PT2E")
             return self._pt2e(model, ctx)
+        untouched = copy.deepcopy(model) if self._measures_both else None
         transform = QuantizeFx.of(model, self.spec, ctx, observer=getattr(self.spec, "observer", None))
         try:
             prepared = prepare(model, transform)
@@ -48,13 +55,42 @@ class _FxOrPt2e(Stage[Any]):
             if self.spec.backend == "fx":
                 raise
             ctx.notes_for(self.name).findings.append(
-                f"{exc}; quantized through torch.export and PT2E instead (torchao's x86 defaults), which runs "
-                "quantize/dequantize around float kernels in eager mode"
+                f"{exc}; quantized through torch.export and PT2E instead (torchao's x86 defaults)"
             )
-            return self._pt2e(model, ctx)
-        prepared = self._observe(prepared, ctx)
-        ctx.lineage.transforms.append(transform)
-        return convert(prepared)
+            return self._pt2e(untouched or model, ctx)
+        quantized = convert(self._observe(prepared, ctx))
+        if untouched is None:
+            ctx.lineage.transforms.append(transform)
+            return quantized
+        return self._measured(untouched, quantized, transform, ctx)
+
+    @property
+    def _measures_both(self) -> bool:
+        """Whether `backend: auto` builds both: static int8 with PT2E's own defaults, to run compiled."""
+        spec = self.spec
+        defaults = getattr(spec, "observer", None) == "histogram" and spec.per_channel
+        return spec.backend == "auto" and spec.training is None and spec.compile is not False and defaults
+
+    def _measured(self, untouched: nn.Module, fx_int8: nn.Module, fx: QuantizeFx, ctx: StageContext) -> nn.Module:
+        """FX int8 or compiled PT2E int8, whichever is as close to float and faster on calibration data."""
+        notes = ctx.notes_for(self.name)
+        try:
+            scratch = replace(ctx, lineage=Lineage(ctx.lineage.architecture, []))
+            pt2e_int8 = Compiled(self._pt2e(copy.deepcopy(untouched), scratch))
+        except UserError as exc:  # torch.export cannot capture what FX traced: FX it is
+            notes.findings.append(f"FX int8 kept: {first_line(exc)}")
+            ctx.lineage.transforms.append(fx)
+            return fx_int8
+        batches = list(ctx.calibration_inputs(self.spec.calibration_batches))
+        candidates = {"FX (eager)": fx_int8, "PT2E (compiled)": pt2e_int8}
+        trials = choose.measure(untouched, candidates, batches)
+        chosen = choose.pick(trials)
+        notes.findings.append(choose.finding("int8 backend", trials, chosen))
+        if chosen.name == "FX (eager)":
+            ctx.lineage.transforms.append(fx)
+            return fx_int8
+        ctx.lineage.transforms += scratch.lineage.transforms
+        return pt2e_int8
 
     def _pt2e(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         excluded = [name for name, _ in model.named_modules() if name and matches_any(name, self.spec.exclude)]

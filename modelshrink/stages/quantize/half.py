@@ -12,7 +12,8 @@ from torch import nn
 from modelshrink.inputs import map_tensors
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import HalfSpec
-from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.stages.base import StageContext, register
+from modelshrink.stages.quantize.compiling import QuantizeStage
 
 
 class HalfPrecision(nn.Module):
@@ -29,8 +30,10 @@ class HalfPrecision(nn.Module):
 
 
 @register(HalfSpec)
-class HalfCast(Stage[HalfSpec]):
-    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+class HalfCast(QuantizeStage):
+    spec: HalfSpec
+
+    def quantize(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         return ctx.transform(model, Cast({"fp16": "float16", "bf16": "bfloat16"}[self.spec.mode]))
 
 

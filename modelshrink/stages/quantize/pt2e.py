@@ -12,7 +12,8 @@ the recorded observer state (activation scales are written into the converted gr
 so they must come from the same observers) and converting; the state_dict then fills the int8
 weights and their scales. Measured (issue #12): cosine to fp32 0.9987-0.9998 on third-party CNNs.
 In eager mode the converted graph runs quantize/dequantize around float kernels, slower than fp32;
-its speed comes with torch.compile (inductor, freezing), which is the next step for this backend.
+its speed comes with torch.compile (inductor, freezing), so it runs compiled by default
+(`compile: auto`, see `modelshrink.compiled`).
 """
 
 from __future__ import annotations
@@ -164,7 +165,10 @@ class _Graph(nn.Module):
 
 class ExportedInt8(_Graph):
     """The converted graph. Its mode was fixed when it was exported (eval); this wrapper lets the
-    pipeline and a user's code call .train()/.eval() on it like on any module."""
+    pipeline and a user's code call .train()/.eval() on it like on any module. In eager mode it runs
+    float kernels between quantize and dequantize: it pays off compiled (`modelshrink.compiled`)."""
+
+    needs_compiler = True
 
     def train(self, mode: bool = True) -> ExportedInt8:
         self.training = mode  # the graph computes in eval mode whatever this flag says: it is not trainable

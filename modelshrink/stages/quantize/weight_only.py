@@ -20,7 +20,8 @@ from torch import nn
 from modelshrink.errors import UserError
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import WeightOnlySpec
-from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.stages.base import StageContext, register
+from modelshrink.stages.quantize.compiling import QuantizeStage
 from modelshrink.stages.selection import replace_each, select_modules
 
 _TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding")
@@ -119,8 +120,10 @@ class Int4WeightOnly(nn.Module):
 
 
 @register(WeightOnlySpec)
-class WeightOnlyQuantize(Stage[WeightOnlySpec]):
-    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+class WeightOnlyQuantize(QuantizeStage):
+    spec: WeightOnlySpec
+
+    def quantize(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         spec = self.spec
         types = ("Linear",) if spec.bits == 4 else _TYPES
         names = [
