@@ -4,6 +4,8 @@ else eager; compile time is counted apart from latency; copies and reloads compi
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
@@ -104,3 +106,29 @@ def test_compile_is_a_choice_on_every_quantize_mode(wanted: bool) -> None:
 def flat_classifier() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+@pytest.mark.parametrize("faster", ["eager", "compiled (inductor, freezing)"])
+def test_compile_auto_measures_a_model_that_may_gain_and_keeps_the_faster(
+    faster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelshrink.engine import compress
+    from modelshrink.stages.quantize import choose
+    from tests.conftest import FAST_EVAL
+
+    measured = choose.measure
+
+    def measure_with_a_winner(*args: Any) -> list[choose.Trial]:
+        trials = measured(*args)
+        assert [t.name for t in trials] == ["eager", "compiled (inductor, freezing)"]
+        assert min(t.cosine for t in trials) > 0.999, "compiling keeps the outputs"
+        return [replace(t, ms=1.0 if t.name == faster else 2.0) for t in trials]
+
+    monkeypatch.setattr(choose, "measure", measure_with_a_winner)
+    data = {"kind": "synthetic", "channels": 3, "image_size": 8, "num_samples": 32, "batch_size": 16}
+    stage = {"kind": "quantize", "mode": "dynamic", "activations": "per_token"}  # gains_compiled
+    result = compress({"factory": "tests.test_compiled:flat_classifier"}, [stage], data=data, evaluate=FAST_EVAL)
+    assert isinstance(result.model, Compiled) is (faster != "eager")
+    assert f"execution chosen on the calibration data (not the validation split): {faster}" in " ".join(
+        result.stages[0].notes["findings"]
+    )

@@ -1,8 +1,10 @@
-"""The shared shape of a quantization handler: build the quantized model, then compile it where asked.
+"""The shared shape of a quantization handler: build the quantized model, then compile it where it pays.
 
 Whether a quantized model should run compiled is the same question for every mode (`compile:` on
-every quantize spec), so it is answered here once: `true` always, `auto` where the model declares
-that it only pays off compiled (`needs_compiler`, e.g. PT2E int8), `false` never.
+every quantize spec), so it is answered here once: `true` always, `false` never, `auto` when the model
+only pays off compiled (`needs_compiler`: PT2E int8) or, when it holds modules that may gain from it
+(`gains_compiled`: per-token int8, half precision), when compiled measures faster than eager on the
+calibration batches with the same outputs (`choose.pick`; compile time is not in the timing).
 """
 
 from __future__ import annotations
@@ -12,21 +14,37 @@ from typing import Any
 
 from torch import nn
 
-from modelshrink.compiled import Compile
+from modelshrink.compiled import Compile, Compiled
 from modelshrink.stages.base import Stage, StageContext
+from modelshrink.stages.quantize import choose
+
+EAGER, COMPILED = "eager", "compiled (inductor, freezing)"
+JUDGING_BATCHES = 2
 
 
 class QuantizeStage(Stage[Any]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         model = self.quantize(model, ctx)
         wanted = self.spec.compile
-        if wanted is True or (wanted == "auto" and getattr(model, "needs_compiler", False)):
+        if wanted == "auto" and not getattr(model, "needs_compiler", False):
+            if not any(getattr(module, "gains_compiled", False) for module in model.modules()):
+                return model
+            model, wanted = self._faster_of_eager_and_compiled(model, ctx)
+        if wanted:
             model = ctx.transform(model, Compile())
             ctx.notes_for(self.name).findings.append(
                 "runs through torch.compile (inductor, freezing) as deployed: its latency is the compiled "
                 "model's, and loading the checkpoint compiles it again on the first call"
             )
         return model
+
+    def _faster_of_eager_and_compiled(self, model: nn.Module, ctx: StageContext) -> tuple[nn.Module, bool]:
+        compiled = Compiled(model)
+        batches = list(ctx.calibration_inputs(JUDGING_BATCHES))
+        trials = choose.measure(model, {EAGER: model, COMPILED: compiled}, batches)
+        chosen = choose.pick(trials)
+        ctx.notes_for(self.name).findings.append(choose.finding("execution", trials, chosen))
+        return (compiled, True) if chosen.name == COMPILED else (model, False)
 
     @abstractmethod
     def quantize(self, model: nn.Module, ctx: StageContext) -> nn.Module:

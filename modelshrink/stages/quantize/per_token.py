@@ -34,7 +34,11 @@ if torch.ops.aten._int_mm not in flop_counter.flop_registry:  # a later torch ma
 
 
 class PerTokenInt8Linear(nn.Module):
-    """y = (round(x / s_row) @ int8 W^T) * s_row * s_out + b, in int32 accumulation."""
+    """y = (round(x / s_row) @ int8 W^T) * s_row * s_out + b, in int32 accumulation. In eager mode the
+    per-row quantization and rescaling run as separate ops; compiled, inductor fuses them into oneDNN
+    int8 kernels (MiniLM at batch 32: 1.6x fp32 eager, 2.3x compiled), hence `gains_compiled`."""
+
+    gains_compiled = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
