@@ -39,6 +39,7 @@ from modelshrink.checkpoint import to_bytes
 from modelshrink.data import DataBundle, build_data
 from modelshrink.engine import compress
 from modelshrink.environment import cpu_summary, environment
+from modelshrink.errors import UserError
 from modelshrink.lineage import Lineage
 from modelshrink.loading import load_model
 from modelshrink.metrics.accuracy import evaluate_classifier, evaluate_outputs
@@ -125,7 +126,11 @@ def quantized_variants(
 ) -> dict[str, tuple[nn.Module, Lineage]]:
     variants = {}
     for label, spec in modes.items():
-        result = compress(copy.deepcopy(model), [{"kind": "quantize", **spec}], data=data, evaluate=QUICK)
+        try:
+            result = compress(copy.deepcopy(model), [{"kind": "quantize", **spec}], data=data, evaluate=QUICK)
+        except UserError as exc:  # e.g. FX on a model it cannot trace: reported, not hidden
+            print(f"{label} failed: {exc}")
+            continue
         variants[label] = (result.model, result.lineage)
     return variants
 
