@@ -26,6 +26,8 @@ from modelshrink.constraints import check_constraints, check_gated_metrics_exist
 from modelshrink.data import DataBundle, build_data
 from modelshrink.engine import measure_model, run_stage, seed_everything
 from modelshrink.errors import ConstraintFailed, UserError, first_line
+from modelshrink.export import check_extras
+from modelshrink.export.measure import export_all
 from modelshrink.inputs import batch_size, call, describe, logits, output_matrix
 from modelshrink.loading import load_model
 from modelshrink.lock import output_lock
@@ -61,6 +63,7 @@ def run(
 def _run_locked(
     recipe: Recipe, out_dir: Path, force: bool, resume: bool, recipe_source: str | None, main: bool
 ) -> dict[str, Any] | None:
+    check_extras(recipe.export)
     previous = read_report(recipe.constraints.compare_to) if recipe.constraints.compare_to else None
     if previous is not None:
         regression_metrics(recipe.constraints, previous)
@@ -76,9 +79,9 @@ def _run_locked(
     )
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
-        report = _run_stages(recipe, data, store, resume, main, recipe_source, previous)
+        report, exported = _run_stages(recipe, data, store, resume, main, recipe_source, previous)
         if main:
-            _write_outputs(out_dir, recipe, report, store.model_blob(len(report["stages"])), force)
+            _write_outputs(out_dir, recipe, report, store.model_blob(len(report["stages"])), exported, force)
     except Exception:
         # bad input or a bug of ours: nothing worth resuming, nothing left behind. An interrupt
         # (KeyboardInterrupt, a kill) is not an Exception and keeps the state for --resume.
@@ -101,8 +104,9 @@ def _run_stages(
     main: bool,
     recipe_source: str | None,
     previous: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The engine's two steps (measure the baseline, run each stage), saved after each for --resume."""
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The engine's two steps (measure the baseline, run each stage), saved after each for --resume, then
+    the exports; returns the report and the exported files."""
     saved = store.start(resume)
     distributed.barrier()
     if saved is None:
@@ -141,16 +145,19 @@ def _run_stages(
         results.append(result.to_json())
         store.save_stage(index, to_bytes(model, lineage, data.input_shape), progress, data.train.generator)
     if not main:
-        return {}
+        return {}, {}
     # earlier stages' models come back from their saved checkpoints; the last one is still in memory
     pickled, trusted = recipe.model.allow_pickle, recipe.model.trusted
     snapshots = [from_bytes(store.model_blob(i), pickled, trusted)[0] for i in range(len(results))]
     snapshots.append(model)
-    log(f"timing {len(snapshots)} models side by side")
     baseline = progress["baseline"]
-    add_latencies(snapshots, [baseline] + [r["metrics"] for r in results], data, recipe.evaluate)
+    measured = [baseline] + [r["metrics"] for r in results]
+    exports = export_all(recipe, snapshots, measured, data, reference) if recipe.export else []
+    timed = [*snapshots, *(e.exported.runtime for e in exports)]
+    log(f"timing {len(timed)} models side by side")
+    add_latencies(timed, [*measured, *(e.metrics for e in exports)], data, recipe.evaluate)
     final = results[-1]["metrics"] if results else baseline
-    return build_report(
+    report = build_report(
         recipe=recipe.model_dump(mode="json"),
         recipe_source=recipe_source,
         baseline=baseline,
@@ -163,11 +170,15 @@ def _run_stages(
         compared_to=(str(recipe.constraints.compare_to), previous) if previous else None,
         layers=layer_summary(model),
         custom_metrics=directions(recipe.evaluate.metrics, baseline.get("custom", {})),
+        exports=[e.to_json() for e in exports],
     )
+    return report, {e.exported.spec.file_name: e.exported.blob for e in exports}
 
 
-def _write_outputs(out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: bytes, force: bool) -> None:
-    files = {recipe.output.checkpoint_name: blob, **report_files(report, html=recipe.output.html)}
+def _write_outputs(
+    out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: bytes, exported: dict[str, bytes], force: bool
+) -> None:
+    files = {recipe.output.checkpoint_name: blob, **exported, **report_files(report, html=recipe.output.html)}
     write_directory(out_dir, files, replace=force)
     log(f"wrote {out_dir}/ ({', '.join(files)})")
 

@@ -42,6 +42,9 @@ class Report(TypedDict):
     compared_to: NotRequired[dict[str, Any]]  # {path, final, environment} of the report gated against
     layers: NotRequired[list[dict[str, Any]]]  # the final model's layers: name, type, params, sparsity, bits
     custom_metrics: NotRequired[dict[str, str]]  # the user's metrics: name -> which way is better
+    # files for other runtimes: format, quantize, file, size_bytes, source (stage exported), validation
+    # (max_abs_error, cosine against that PyTorch model), metrics (measured on the runtime)
+    exports: NotRequired[list[dict[str, Any]]]
 
 
 # A stage slower than the baseline beyond noise gets called out: compressed models that run slower
@@ -61,6 +64,7 @@ def build_report(
     compared_to: tuple[str, dict[str, Any]] | None = None,
     layers: list[dict[str, Any]] | None = None,
     custom_metrics: dict[str, str] | None = None,
+    exports: list[dict[str, Any]] | None = None,
 ) -> Report:
     """`compared_to`: the path and contents of an earlier report this run's final model was gated against."""
     final = stages[-1]["metrics"] if stages else baseline
@@ -83,6 +87,8 @@ def build_report(
         report["layers"] = layers
     if custom_metrics:
         report["custom_metrics"] = custom_metrics
+    if exports:
+        report["exports"] = exports
     if compared_to is not None:
         path, previous = compared_to
         report["compared_to"] = {
@@ -174,6 +180,14 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
     lines += [
         _row(f"{s['name']} ({s['kind']})", s["metrics"], base, s["duration_s"], metrics) for s in report["stages"]
     ]
+    if report.get("exports"):
+        lines += ["", "## Exports (each measured on its own runtime)", ""]
+        lines += ["| export | " + " | ".join(d.label.format(n=n) for d in metrics) + " | vs PyTorch: max error |"]
+        lines += ["|---" * (len(metrics) + 2) + "|"]
+        for e in report["exports"]:
+            label = f"`{e['file']}` ({e['format']} {e['quantize']}, from {e['source']})"
+            row = _row(label, e["metrics"], base, 0.0, metrics)  # its last cell, the stage time, is replaced
+            lines.append(f"{row.rsplit('|', 2)[0]}| {e['validation']['max_abs_error']:.2g} |")
     if report["constraints"]:
         lines += ["", "## Constraints", "", "| constraint | limit | value | result |", "|---|---|---|---|"]
         lines += [

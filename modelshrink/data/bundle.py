@@ -6,7 +6,8 @@ every loop over a loader has one shape. Inputs may be a tensor, a tuple or a dic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +42,13 @@ class DataBundle:
     exact_classes: bool = True
     # A separate calibration set; None: calibrate on the first training batches.
     calibration: DataLoader | None = None
+
+    def calibration_inputs(self, batches: int) -> Iterator[Inputs]:
+        """Input batches for calibration (activation ranges, importance scores): the calibration set,
+        else the first `batches` of the training split; never the validation split that reports quality."""
+        source = self.calibration if self.calibration is not None else self.train
+        for inputs, _ in itertools.islice(source, batches):
+            yield inputs
 
     def example_inputs(self, batch_size: int, seed: int = 0) -> Inputs:
         """A fixed batch the model takes, for latency, MACs and tracing."""

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from modelshrink.constraints import custom_gate_names, gates
 from modelshrink.descriptors import METRICS
+from modelshrink.recipe.export_specs import ExportSpec
 from modelshrink.recipe.schema import ConstraintsSpec, DataSpec, EvaluateSpec, ModelSpec, OutputSpec, Strict, TextData
 from modelshrink.recipe.stage_specs import StageSpec, needs_tuning_split, stage_names
 
@@ -22,6 +23,7 @@ class Recipe(Strict):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     output: OutputSpec
     constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
+    export: list[ExportSpec] = Field(default_factory=list, description="files for other runtimes, each measured")
 
     @property
     def needs_tuning_split(self) -> bool:
@@ -40,6 +42,14 @@ class Recipe(Strict):
                     "made int8; put training stages before quantization"
                 )
             quantized = quantized or spec.quantizes
+        return self
+
+    @model_validator(mode="after")
+    def _export_files_differ(self) -> Recipe:
+        names = [spec.file_name for spec in self.export]
+        for name in names:
+            if names.count(name) > 1 or name == self.output.checkpoint_name:
+                raise ValueError(f"export: two outputs would be written to {name}; list each target once")
         return self
 
     @model_validator(mode="after")

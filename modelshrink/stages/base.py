@@ -8,7 +8,6 @@ Stages never write files.
 
 from __future__ import annotations
 
-import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,12 +54,7 @@ class StageContext:
         return self.notes.setdefault(stage, StageNotes())
 
     def calibration_inputs(self, batches: int) -> Iterator[Inputs]:
-        """Input batches for calibration (activation ranges, importance scores): the data's own
-        calibration set, else the first `batches` of the training split; never the validation split
-        that reports quality."""
-        source = self.data.calibration if self.data.calibration is not None else self.data.train
-        for inputs, _ in itertools.islice(source, batches):
-            yield inputs
+        return self.data.calibration_inputs(batches)
 
     def transform(self, model: nn.Module, transform: Transform) -> nn.Module:
         """Make a structural change by replaying its record, and keep the record for the checkpoint:

@@ -1,0 +1,43 @@
+"""Exports of the compressed model for other runtimes, each validated and measured like a stage.
+
+As with stages, a handler is registered per spec type (`EXPORTERS`); it turns the model into the
+file's bytes and a module that runs the file on its runtime (an nn.Module so that the one
+metrics and latency code measures it). Nothing here writes files: the pipeline writes the bytes with
+every other output, atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.util import find_spec
+
+from torch import nn
+
+from modelshrink.data.bundle import DataBundle
+from modelshrink.errors import UserError
+from modelshrink.export.base import EXPORTERS, Exported
+from modelshrink.recipe.export_specs import ExportSpec
+
+__all__ = ["EXTRAS", "Exported", "check_extras", "export"]
+
+# the modules each optional dependency group provides
+EXTRAS = {"onnx": ("onnx", "onnxruntime", "onnxscript")}
+
+
+def check_extras(specs: Sequence[ExportSpec]) -> None:
+    """One line naming the missing extra, before any work."""
+    for spec in specs:
+        missing = [module for module in EXTRAS[spec.extra] if find_spec(module) is None]
+        if missing:
+            raise UserError(
+                f"export format {spec.format} needs the [{spec.extra}] extra ({', '.join(missing)} missing): "
+                f"pip install 'modelshrink[{spec.extra}]'"
+            )
+
+
+def export(model: nn.Module, spec: ExportSpec, data: DataBundle, exclude: list[str], threads: int) -> Exported:
+    """The file for `spec` and its runtime (on `threads` threads); `exclude`: module name globs the
+    recipe keeps in float."""
+    from modelshrink.export import onnx  # noqa: F401  (registers its exporter)
+
+    return EXPORTERS[type(spec)](model, spec, data, exclude, threads)

@@ -1,0 +1,30 @@
+"""The exporter registry: one handler per export spec type, as stages have (`modelshrink.export`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from modelshrink.data.bundle import DataBundle
+from modelshrink.recipe.export_specs import ExportSpec
+
+
+@dataclass
+class Exported:
+    spec: ExportSpec
+    blob: bytes
+    runtime: nn.Module  # runs the exported file on its runtime, called like the PyTorch model
+
+
+Exporter = Callable[[nn.Module, ExportSpec, DataBundle, list[str], int], Exported]
+EXPORTERS: dict[type, Exporter] = {}
+
+
+def register(spec_type: type) -> Callable[[Exporter], Exporter]:
+    def decorator(function: Exporter) -> Exporter:
+        EXPORTERS[spec_type] = function
+        return function
+
+    return decorator

@@ -1,0 +1,82 @@
+"""`export: [{format: onnx, quantize: ...}]` end to end: files written with the rest, each validated
+against the PyTorch model it came from and measured on ONNX Runtime like a stage (issue #14)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from modelshrink.cli import app
+from modelshrink.data import build_data
+from modelshrink.export.onnx import excluded_nodes, to_onnx
+from modelshrink.recipe.schema import SyntheticData
+from tests.conftest import output_files
+
+pytest.importorskip("onnxruntime")
+runner = CliRunner()
+CNN = {"factory": "modelshrink.models.zoo:small_cnn", "kwargs": {"in_channels": 1, "width": 16}}
+TARGETS = [{"format": "onnx"}, {"format": "onnx", "quantize": "dynamic"}, {"format": "onnx", "quantize": "static"}]
+
+
+def test_a_pruned_cnn_exports_to_onnx_fp32_and_int8_each_validated_and_measured(tmp_path: Path, recipe_file) -> None:
+    stages = [
+        {"kind": "finetune", "epochs": 2, "lr": 0.01},
+        {"kind": "prune", "method": "channel", "amount": 0.5},
+        {"kind": "quantize", "mode": "weight_only", "exclude": ["15"]},
+    ]
+    recipe = recipe_file(model=CNN, stages=stages, export=TARGETS)
+    result = runner.invoke(app, ["run", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*output_files(), "model.onnx", "model.dynamic.onnx", "model.static.onnx"]
+    )
+    fp32, dynamic, static = report["exports"]
+    pruned = report["stages"][1]["metrics"]
+    for entry in (fp32, dynamic, static):
+        assert entry["source"] == "prune2", "the float model before PyTorch quantization is exported"
+        assert entry["size_bytes"] == (out / entry["file"]).stat().st_size
+        assert entry["metrics"]["params"] == pruned["params"], "the pruned shapes are exported"
+        assert entry["metrics"]["latency_ms"]["batch1_median"] > 0
+    assert fp32["validation"]["max_abs_error"] < 1e-4 and fp32["metrics"]["cosine"] == pytest.approx(
+        pruned["cosine"], abs=1e-4
+    )
+    assert static["size_bytes"] < fp32["size_bytes"] and static["validation"]["cosine"] > 0.95
+    import onnx
+
+    graph = onnx.load(out / "model.static.onnx").graph
+    weights = {t.name for t in graph.initializer if t.name.endswith("weight_quantized")}
+    assert weights == {f"{conv}.weight_quantized" for conv in (0, 3, 7, 10)}, "int8 convolutions, the excluded head not"
+    assert (fp32["format"], fp32["quantize"], static["quantize"]) == ("onnx", "none", "static")
+    md = (out / "report.md").read_text()
+    assert "## Exports" in md and "`model.static.onnx` (onnx static, from prune2)" in md
+
+
+def test_excluded_layers_are_found_by_their_module_path(tmp_path: Path) -> None:
+    from modelshrink.models.zoo import small_cnn
+
+    data = build_data(SyntheticData(kind="synthetic", channels=1, image_size=8, num_samples=8), 0)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(to_onnx(small_cnn(in_channels=1, width=8).eval(), data.example_inputs(2)))
+    assert excluded_nodes(path, []) == []
+    excluded = excluded_nodes(path, ["15"])  # the Linear head of the Sequential
+    assert excluded and all("gemm" in name.lower() or "linear" in name.lower() for name in excluded)
+
+
+def test_a_missing_extra_or_a_target_listed_twice_is_one_line(
+    tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = recipe_file(export=[{"format": "onnx"}, {"format": "onnx", "quantize": "none"}])
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and "two outputs would be written to model.onnx" in result.output
+    import modelshrink.export as export
+
+    monkeypatch.setattr(export, "find_spec", lambda name: None if name == "onnxruntime" else object())
+    result = runner.invoke(app, ["run", str(recipe_file(export=[{"format": "onnx"}]))])
+    assert result.exit_code == 2, result.output
+    assert "needs the [onnx] extra (onnxruntime missing): pip install 'modelshrink[onnx]'" in result.output
+    assert not (tmp_path / "out").exists()
