@@ -188,6 +188,7 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
             label = f"`{e['file']}` ({e['format']} {e['quantize']}, from {e['source']})"
             row = _row(label, e["metrics"], base, 0.0, metrics)  # its last cell, the stage time, is replaced
             lines.append(f"{row.rsplit('|', 2)[0]}| {e['validation']['max_abs_error']:.2g} |")
+        lines += [""] + [f"- `{e['file']}`: {note}" for e in report["exports"] for note in e.get("notes", [])]
     if report["constraints"]:
         lines += ["", "## Constraints", "", "| constraint | limit | value | result |", "|---|---|---|---|"]
         lines += [

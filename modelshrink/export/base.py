@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -16,6 +16,7 @@ class Exported:
     spec: ExportSpec
     blob: bytes
     runtime: nn.Module  # runs the exported file on its runtime, called like the PyTorch model
+    notes: list[str] = field(default_factory=list)  # what the exporter did beyond the plain conversion
 
 
 Exporter = Callable[[nn.Module, ExportSpec, DataBundle, list[str], int], Exported]

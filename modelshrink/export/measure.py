@@ -46,6 +46,7 @@ class ExportResult:
             "size_bytes": len(self.exported.blob),
             "source": self.source,
             "validation": self.validation,
+            "notes": self.exported.notes,
             "metrics": self.metrics,
         }
 

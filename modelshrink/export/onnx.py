@@ -33,15 +33,30 @@ from modelshrink.stages.selection import matches_any
 @register(OnnxExport)
 def export_onnx(model: nn.Module, spec: OnnxExport, data: DataBundle, exclude: list[str], threads: int) -> Exported:
     blob = to_onnx(model, data.example_inputs(2))
+    notes = []
+    config = transformer_config(model)
+    if config is not None:
+        blob, fused = optimize_transformer(blob, config)
+        notes.append(f"ONNX Runtime's transformer optimizer ({config.model_type}) fused {fused or 'nothing'}")
     if spec.quantize != "none":
         blob = quantize(blob, spec, data, exclude)
-    return Exported(spec, blob, OnnxRuntimeModel(blob, threads))
+    return Exported(spec, blob, OnnxRuntimeModel(blob, threads), notes)
+
+
+def dynamic_axes(value: torch.Tensor, batch: Any, sequence: Any) -> dict[int, Any]:
+    """The batch dimension of every input; the sequence dimension of token ids and masks too."""
+    integer = not value.is_floating_point() and value.dim() >= 2
+    return {0: batch, 1: sequence} if integer else {0: batch}
 
 
 def to_onnx(model: nn.Module, example: Inputs) -> bytes:
     args, kwargs = as_args(example)
-    batch = torch.export.Dim("batch")
-    dims: Any = {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dims: Any = (
+        {name: dynamic_axes(value, batch, sequence) for name, value in kwargs.items()}
+        if kwargs
+        else tuple(dynamic_axes(value, batch, sequence) for value in args)
+    )
     try:
         with quiet(), torch.no_grad():
             program = torch.onnx.export(
@@ -52,6 +67,33 @@ def to_onnx(model: nn.Module, example: Inputs) -> bytes:
     return program.model_proto.SerializeToString()
 
 
+def transformer_config(model: nn.Module) -> Any:
+    """The Hugging Face config of a transformer inside `model`, if ONNX Runtime's optimizer knows its type."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "model_type", None) in MODEL_TYPES and hasattr(config, "num_attention_heads"):
+            return config
+    return None
+
+
+def optimize_transformer(blob: bytes, config: Any) -> tuple[bytes, str]:
+    """ONNX Runtime's transformer graph optimizer (fused layer norms, GELU, attention where it matches
+    the exported pattern), run before quantizing as ONNX Runtime advises; returns what it fused."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with tempfile.TemporaryDirectory(prefix="modelshrink-onnx-") as scratch:
+        source = Path(scratch) / "fp32.onnx"
+        source.write_bytes(blob)
+        with quiet(), contextlib.redirect_stdout(io.StringIO()), onnxruntime_errors("optimize"):
+            optimized = optimize_model(
+                str(source), config.model_type, config.num_attention_heads, getattr(config, "hidden_size", 0)
+            )
+        fused = ", ".join(f"{op} {n}" for op, n in optimized.get_fused_operator_statistics().items() if n)
+        return optimized.model.SerializeToString(), fused
+
+
 def quantize(blob: bytes, spec: OnnxExport, data: DataBundle, exclude: list[str]) -> bytes:
     """int8 through ONNX Runtime's quantizer, which works on files: a scratch directory holds them."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -60,9 +102,11 @@ def quantize(blob: bytes, spec: OnnxExport, data: DataBundle, exclude: list[str]
     with tempfile.TemporaryDirectory(prefix="modelshrink-onnx-") as scratch:
         source, prepared, target = (Path(scratch) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         source.write_bytes(blob)
-        # ONNX Runtime's quantizer prints its progress, which would land in `--json`'s stdout
-        with quiet(), contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(source), str(prepared))
+        # ONNX Runtime's quantizer prints its progress, which would land in `--json`'s stdout; its
+        # symbolic shape inference stops at the transformer optimizer's fused operators (plain ONNX
+        # shape inference still runs)
+        with quiet(), contextlib.redirect_stdout(io.StringIO()), onnxruntime_errors(f"quantize {spec.quantize}"):
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             excluded = excluded_nodes(prepared, exclude)
             if spec.quantize == "dynamic":
                 quantize_dynamic(
@@ -81,6 +125,16 @@ def quantize(blob: bytes, spec: OnnxExport, data: DataBundle, exclude: list[str]
                     nodes_to_exclude=excluded,
                 )
         return target.read_bytes()
+
+
+@contextlib.contextmanager
+def onnxruntime_errors(step: str) -> Iterator[None]:
+    """ONNX Runtime's tools fail on some graphs; that is a limit of the tool on this model, in one line."""
+    try:
+        yield
+    except Exception as exc:  # its tools raise whatever their graph passes trip over
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        raise UserError(f"ONNX Runtime could not {step} the exported model ({reason})") from None
 
 
 def excluded_nodes(path: Path, exclude: list[str]) -> list[str]:

@@ -225,3 +225,22 @@ def test_static_int8_of_a_transformer_quantizes_or_is_refused_in_one_line(tiny_b
         )
     else:
         assert result.final["cosine"] > 0.9
+
+
+def test_a_text_model_exports_to_onnx_with_dynamic_batch_and_sequence(tmp_path: Path, tiny_bert: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    targets = [{"format": "onnx"}, {"format": "onnx", "quantize": "dynamic"}]
+    result = runner.invoke(app, ["run", str(recipe(tmp_path, tiny_bert, export=targets)), "--json"])
+    assert result.exit_code == 0, result.output
+    fp32, dynamic = json.loads(result.stdout)["exports"]
+    assert fp32["source"] == "baseline", "the model before PyTorch's own quantization"
+    assert fp32["validation"]["cosine"] > 0.9999 and dynamic["validation"]["cosine"] > 0.9
+    assert "transformer optimizer (bert) fused" in fp32["notes"][0]
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.dynamic.onnx"))
+    [ids] = session.get_inputs()
+    assert ids.shape == ["batch", "sequence"]
+    longer = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102] + [0] * 25] * 3)  # 3 texts of 32 tokens
+    [embeddings] = session.run(None, {ids.name: longer.numpy()})
+    assert embeddings.shape == (3, 32), "another batch and sequence length than the recipe's"
