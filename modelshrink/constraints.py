@@ -64,6 +64,7 @@ class Gate:
 
 def shown(name: str, number: float) -> str:
     """A gate's limit or value as people read it: sizes in bytes units, ratios as 0.80x."""
+    name = name.rsplit(" ", 1)[-1]  # an export's gate is named after its file: `model.onnx accuracy.max_drop`
     if name.startswith("regression."):  # regression.<metric>: a difference, or a ratio (see `compare`)
         descriptor = METRICS.get(name.removeprefix("regression."))  # None: a metric of the user's, a difference
         return f"{number:.2f}x" if descriptor and descriptor.change == "ratio" else f"{number:.4f}"
@@ -124,5 +125,7 @@ def check_gated_metrics_exist(spec: Any, baseline: Metrics) -> None:
             raise UserError(f"constraints.{name}: no metric of that name (evaluate.metrics returned: {given})")
 
 
-def check_constraints(spec: Any, baseline: Metrics, final: Metrics) -> list[GateResult]:
-    return [gate.check(baseline, final) for gate in gates(spec)]
+def check_constraints(spec: Any, baseline: Metrics, final: Metrics, prefix: str = "") -> list[GateResult]:
+    """`prefix`: what the gates are about when it is not the final model (an export's file name)."""
+    results = [gate.check(baseline, final) for gate in gates(spec)]
+    return [{**r, "name": f"{prefix} {r['name']}"} for r in results] if prefix else results

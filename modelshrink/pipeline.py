@@ -115,7 +115,8 @@ def _run_stages(
         check_model_fits_data(model, data, recipe)
         baseline, reference = measure_model(model, lineage, data, recipe.evaluate) if main else (None, None)
         if baseline is not None:
-            check_gated_metrics_exist(recipe.constraints, baseline)
+            for constraints in [recipe.constraints, *(e.constraints for e in recipe.export if e.constraints)]:
+                check_gated_metrics_exist(constraints, baseline)
         progress: dict[str, Any] = {"baseline": baseline, "results": []}
         store.save_stage(0, to_bytes(model, lineage, data.input_shape), progress, data.train.generator)
         completed, original = 0, copy.deepcopy(model)
@@ -165,6 +166,7 @@ def _run_stages(
         constraints=[
             *check_constraints(recipe.constraints, baseline, final),
             *(regressions(recipe.constraints, previous, final) if previous else []),
+            *(result for e in exports for result in e.check_constraints(baseline)),
         ],
         checkpoint=recipe.output.checkpoint_name,
         compared_to=(str(recipe.constraints.compare_to), previous) if previous else None,

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from modelshrink import distributed
+from modelshrink.constraints import GateResult, check_constraints
 from modelshrink.data.bundle import DataBundle
 from modelshrink.descriptors import Metrics
 from modelshrink.errors import UserError
@@ -36,6 +37,11 @@ class ExportResult:
     source: str  # the stage whose model was exported, or "baseline"
     validation: dict[str, float]  # its outputs against that PyTorch model's, on the validation data
     metrics: Metrics
+
+    def check_constraints(self, baseline: Metrics) -> list[GateResult]:
+        """The export's own gates (its spec's `constraints`), named after its file."""
+        spec = self.exported.spec
+        return check_constraints(spec.constraints, baseline, self.metrics, spec.file_name) if spec.constraints else []
 
     def to_json(self) -> dict[str, Any]:
         spec: ExportSpec = self.exported.spec

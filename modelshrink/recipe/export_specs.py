@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
-from modelshrink.recipe.schema import Strict
+from modelshrink.recipe.schema import ConstraintsSpec, Strict
 
 
 class OnnxExport(Strict):
@@ -20,8 +20,19 @@ class OnnxExport(Strict):
     format: Literal["onnx"]
     quantize: Literal["none", "dynamic", "static"] = "none"
     calibration_batches: PositiveInt = Field(default=8, description="static: batches of calibration data")
+    constraints: ConstraintsSpec | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="gates on this export's metrics against the baseline, as the recipe's constraints, e.g. "
+        "{max_accuracy_drop: 0.01, latency_b1_ms: {max_ratio: 0.5}}",
+    )
 
     extra: ClassVar[str] = "onnx"
+
+    @model_validator(mode="after")
+    def _gates_against_the_baseline(self) -> OnnxExport:
+        if self.constraints is not None and self.constraints.compare_to is not None:
+            raise ValueError("constraints.compare_to is recipe-wide; an export's constraints gate against the baseline")
+        return self
 
     @property
     def file_name(self) -> str:

@@ -80,3 +80,22 @@ def test_a_missing_extra_or_a_target_listed_twice_is_one_line(
     assert result.exit_code == 2, result.output
     assert "needs the [onnx] extra (onnxruntime missing): pip install 'modelshrink[onnx]'" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_constraints_gate_an_export_and_a_failed_one_exits_1_with_reports(tmp_path: Path, recipe_file) -> None:
+    gated = {
+        "format": "onnx",
+        "quantize": "dynamic",
+        "constraints": {"min_cosine": 0.5, "size_bytes": {"max_ratio": 0.0001}},  # the second cannot pass
+    }
+    result = runner.invoke(app, ["run", str(recipe_file(export=[gated]))])
+    assert result.exit_code == 1, result.output
+    assert "model.dynamic.onnx size_bytes.max_ratio (limit 0.00x" in result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    verdicts = {c["name"]: c["passed"] for c in report["constraints"]}
+    assert verdicts == {"model.dynamic.onnx min_cosine": True, "model.dynamic.onnx size_bytes.max_ratio": False}
+    assert (tmp_path / "out" / "model.dynamic.onnx").exists(), "a failed gate still writes every output"
+    earlier = str(tmp_path / "out" / "report.json")
+    with_compare = {"format": "onnx", "constraints": {"compare_to": earlier, "max_regression": {"accuracy": 0.01}}}
+    result = runner.invoke(app, ["run", str(recipe_file(export=[with_compare])), "--force"])
+    assert result.exit_code == 2 and "compare_to is recipe-wide" in result.output
