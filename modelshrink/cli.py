@@ -288,6 +288,39 @@ def _write(option: str, path: Path, data: bytes) -> None:
         raise UserError(f"{option}: cannot write {path} ({exc.strerror or exc})") from None
 
 
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A modelshrink checkpoint of a float model.")],
+    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    quantize: Annotated[
+        str, typer.Option("--quantize", help="none | dynamic | static (ONNX Runtime's quantizer)")
+    ] = "none",
+    data: Annotated[
+        Path | None, typer.Option("--data", metavar="RECIPE", help="A recipe whose data calibrates and checks.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="The file to write.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
+    trust: TrustOption = None,
+) -> None:
+    """Export a checkpoint made earlier (e.g. to ONNX, int8 by ONNX Runtime), checked against PyTorch."""
+    from modelshrink.export.command import export_checkpoint
+
+    with _exit_codes():
+        written = export_checkpoint(
+            checkpoint,
+            format=format,
+            quantize=quantize,
+            data_recipe=data,
+            output=output,
+            force=force,
+            trust=trust or [],
+        )
+    print(
+        f"wrote {written['file']} ({written['size_bytes']:,} bytes); against the PyTorch model: max abs error "
+        f"{written['max_abs_error']:.3g}, cosine {written['cosine']:.4f}"
+    )
+
+
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A modelshrink checkpoint, a state_dict (.pt/.pth) or .safetensors.")],

@@ -99,3 +99,28 @@ def test_constraints_gate_an_export_and_a_failed_one_exits_1_with_reports(tmp_pa
     with_compare = {"format": "onnx", "constraints": {"compare_to": earlier, "max_regression": {"accuracy": 0.01}}}
     result = runner.invoke(app, ["run", str(recipe_file(export=[with_compare])), "--force"])
     assert result.exit_code == 2 and "compare_to is recipe-wide" in result.output
+
+
+def test_export_command_exports_a_checkpoint_made_earlier(tmp_path: Path, recipe_file) -> None:
+    recipe = recipe_file(model=CNN, stages=[{"kind": "prune", "method": "channel", "amount": 0.5}])
+    assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
+    checkpoint = tmp_path / "out" / "model.pt"
+    result = runner.invoke(app, ["export", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "max abs error" in result.output
+    assert (tmp_path / "out" / "model.onnx").exists()
+    again = runner.invoke(app, ["export", str(checkpoint)])
+    assert again.exit_code == 2 and "already exists; pass --force" in again.output
+    static = runner.invoke(app, ["export", str(checkpoint), "--quantize", "static"])
+    assert static.exit_code == 2 and "name a recipe whose data to use with --data" in static.output
+    static = runner.invoke(app, ["export", str(checkpoint), "--quantize", "static", "--data", str(recipe)])
+    assert static.exit_code == 0, static.output
+    assert (tmp_path / "out" / "model.static.onnx").stat().st_size > 0
+
+
+def test_export_command_refuses_a_model_that_is_no_longer_float(tmp_path: Path, recipe_file) -> None:
+    recipe = recipe_file(model=CNN, stages=[{"kind": "quantize", "mode": "weight_only"}])
+    assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
+    result = runner.invoke(app, ["export", str(tmp_path / "out" / "model.pt")])
+    assert result.exit_code == 2 and "no longer float (quantize_weight_only)" in result.output
+    assert not (tmp_path / "out" / "model.onnx").exists()
