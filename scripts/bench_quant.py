@@ -137,13 +137,14 @@ def quantized_variants(
 
 def compare(
     title: str,
-    variants: dict[str, tuple[nn.Module, Lineage | None]],
+    variants: dict[str, tuple[nn.Module, Lineage | bytes | None]],
     data: DataBundle,
     batch: int,
     iterations: int,
     quality: Callable[[nn.Module], float],
 ) -> dict[str, Any]:
-    """Time every variant round-robin, measure quality and checkpoint size, print a table, return rows."""
+    """Time every variant round-robin, measure quality and checkpoint size (from its lineage, or the
+    exported file's bytes), print a table, return rows."""
     models = [m for m, _ in variants.values()]
     one, many = data.example_inputs(1), data.example_inputs(batch)
     timings = measure_latencies(models, one, many, warmup=3, iterations=iterations, threads=None)
@@ -156,7 +157,7 @@ def compare(
                 "quality": quality(m),
                 "batch1_median_ms": timing["batch1_median"],
                 "batchN_median_ms": timing["batchN_median"],
-                "checkpoint_bytes": len(to_bytes(m, lineage, data.input_shape)) if lineage else None,
+                "checkpoint_bytes": _size(m, lineage, data),
                 "compile_s": timing.get("compile_s"),
             }
         )
@@ -175,6 +176,12 @@ def compare(
             + (f"{r['compile_s']:9.1f}" if r["compile_s"] is not None else "")
         )
     return {"title": title, "input": list(data.input_shape), "batch_n": batch, "threads": threads, "rows": rows}
+
+
+def _size(model: nn.Module, saved: Lineage | bytes | None, data: DataBundle) -> int | None:
+    if isinstance(saved, bytes):
+        return len(saved)
+    return len(to_bytes(model, saved, data.input_shape)) if saved else None
 
 
 def main() -> None:

