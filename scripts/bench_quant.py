@@ -168,7 +168,8 @@ def compare(
     for r in rows:
         r["speedup_batch1"] = base["batch1_median_ms"] / r["batch1_median_ms"]
         r["speedup_batchN"] = base["batchN_median_ms"] / r["batchN_median_ms"]
-        r["size_reduction"] = base["checkpoint_bytes"] / r["checkpoint_bytes"] if r["checkpoint_bytes"] else None
+        sizes = base["checkpoint_bytes"], r["checkpoint_bytes"]
+        r["size_reduction"] = sizes[0] / sizes[1] if all(sizes) else None
         size = f"{r['size_reduction']:7.2f}" if r["size_reduction"] else "      -"
         print(
             f"{r['variant']:34s} {r['quality']:7.4f} {r['batch1_median_ms']:7.2f} {r['speedup_batch1']:6.2f} "
