@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,12 +130,16 @@ def quantize(blob: bytes, spec: OnnxExport, data: DataBundle, exclude: list[str]
 
 @contextlib.contextmanager
 def onnxruntime_errors(step: str) -> Iterator[None]:
-    """ONNX Runtime's tools fail on some graphs; that is a limit of the tool on this model, in one line."""
+    """ONNX Runtime's tools fail on some graphs; that is a limit of the tool on this model, in one line.
+    They also log a warning per weight they skip (e.g. layer norms) on the root logger: muted here."""
+    logging.disable(logging.WARNING)
     try:
         yield
     except Exception as exc:  # its tools raise whatever their graph passes trip over
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         raise UserError(f"ONNX Runtime could not {step} the exported model ({reason})") from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def excluded_nodes(path: Path, exclude: list[str]) -> list[str]:
