@@ -30,6 +30,10 @@ from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import OnnxExport
 from modelshrink.stages.selection import matches_any
 
+# Dynamic int8 covers matrix products and recurrent layers, as PyTorch's dynamic mode does: ONNX Runtime's
+# dynamic integer convolutions ran ResNet-18 at 0.27x fp32 here (static int8 is the mode for convolutions).
+DYNAMIC_OPS = ["MatMul", "Gemm", "LSTM", "GRU", "Attention"]
+
 
 @register(OnnxExport)
 def export_onnx(model: nn.Module, spec: OnnxExport, data: DataBundle, exclude: list[str], threads: int) -> Exported:
@@ -111,7 +115,12 @@ def quantize(blob: bytes, spec: OnnxExport, data: DataBundle, exclude: list[str]
             excluded = excluded_nodes(prepared, exclude)
             if spec.quantize == "dynamic":
                 quantize_dynamic(
-                    str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded
+                    str(prepared),
+                    str(target),
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    nodes_to_exclude=excluded,
+                    op_types_to_quantize=DYNAMIC_OPS,
                 )
             else:
                 reader = CalibrationReader(data.calibration_inputs(spec.calibration_batches), input_names(prepared))

@@ -48,6 +48,8 @@ def test_a_pruned_cnn_exports_to_onnx_fp32_and_int8_each_validated_and_measured(
     assert static["size_bytes"] < fp32["size_bytes"] and static["validation"]["cosine"] > 0.95
     import onnx
 
+    dynamic_ops = {node.op_type for node in onnx.load(out / "model.dynamic.onnx").graph.node}
+    assert "ConvInteger" not in dynamic_ops and "Conv" in dynamic_ops, "dynamic int8 leaves convolutions float"
     graph = onnx.load(out / "model.static.onnx").graph
     weights = {t.name for t in graph.initializer if t.name.endswith("weight_quantized")}
     assert weights == {f"{conv}.weight_quantized" for conv in (0, 3, 7, 10)}, "int8 convolutions, the excluded head not"
