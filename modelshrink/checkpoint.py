@@ -65,13 +65,18 @@ def load(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = 
 def load_with_lineage(
     path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()
 ) -> tuple[nn.Module, Lineage]:
+    path = Path(path)
+    return model_from_payload(read_payload(path, allow_pickle), path, allow_pickle=allow_pickle, trust=trust)
+
+
+def read_payload(path: Path, allow_pickle: bool = False) -> dict[str, Any]:
+    """A checkpoint file's contents (architecture, transforms, tensors, input shape), not yet rebuilt."""
     from modelshrink.models.weights import read_file
 
-    path = Path(path)
     payload = read_file(path, allow_pickle=allow_pickle)
     if not is_checkpoint_payload(payload):
         raise UserError(f"{path}: not a modelshrink checkpoint (use `modelshrink inspect` for plain state_dicts)")
-    return model_from_payload(payload, path, allow_pickle=allow_pickle, trust=trust)
+    return payload
 
 
 def _check_shape(payload: dict[str, Any], path: Path) -> None:

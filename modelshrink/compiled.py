@@ -87,7 +87,7 @@ class Compiled(nn.Module):
 
 
 @dataclass(frozen=True)
-class Compile(Transform, kind="compile"):
+class Compile(Transform, kind="compile", keeps_float=False):
     """Run the model through torch.compile with inductor's freezing (see `Compiled`)."""
 
     def replay(self, model: nn.Module) -> nn.Module:

@@ -24,14 +24,16 @@ _KINDS: dict[str, type[Transform]] = {}
 
 class Transform(ABC):
     """A structural change to replay. Subclasses are dataclasses registered with
-    `class X(Transform, kind="...", version=N)`; bump the version when a field changes meaning."""
+    `class X(Transform, kind="...", version=N)`, plus `keeps_float=False` for one that makes the model
+    int8, half precision or compiled; bump the version when a field changes meaning."""
 
     kind: ClassVar[str]
     version: ClassVar[int]
+    keeps_float: ClassVar[bool]  # False: exporters that quantize on their own need a float model before it
 
-    def __init_subclass__(cls, kind: str, version: int = 1, **kwargs: Any) -> None:
+    def __init_subclass__(cls, kind: str, version: int = 1, keeps_float: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.kind, cls.version = kind, version
+        cls.kind, cls.version, cls.keeps_float = kind, version, keeps_float
         _KINDS[kind] = cls
 
     @abstractmethod

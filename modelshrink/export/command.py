@@ -16,18 +16,15 @@ from torch.utils.data import TensorDataset
 
 from modelshrink import distributed
 from modelshrink.atomic import write_file
-from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
+from modelshrink.checkpoint import model_from_payload, read_payload
 from modelshrink.data import build_data
 from modelshrink.data.bundle import DataBundle, make_bundle
 from modelshrink.errors import UserError
 from modelshrink.export import check_extras, export
 from modelshrink.metrics.accuracy import evaluate_outputs
-from modelshrink.models.weights import read_file
 from modelshrink.recipe.export_specs import OnnxExport
 
 CHECK_BATCHES = 8
-# transforms after which the model is no longer float PyTorch that torch.onnx can export as such
-_NOT_FLOAT = ("quantize", "cast", "compile")
 
 
 def export_checkpoint(
@@ -52,11 +49,9 @@ def export_checkpoint(
         raise UserError(f"--output: {target} is the checkpoint itself; choose another file")
     if target.exists() and not force:
         raise UserError(f"--output: {target} already exists; pass --force to replace it")
-    payload = read_file(checkpoint)
-    if not is_checkpoint_payload(payload):
-        raise UserError(f"{checkpoint}: not a modelshrink checkpoint")
+    payload = read_payload(checkpoint)
     model, lineage = model_from_payload(payload, checkpoint, trust=trust)
-    done = [t.kind for t in lineage.transforms if t.kind.startswith(_NOT_FLOAT)]
+    done = [t.kind for t in lineage.transforms if not t.keeps_float]
     if done:
         raise UserError(
             f"{checkpoint}: the model is no longer float ({', '.join(done)}); export a checkpoint from before "

@@ -75,7 +75,8 @@ def export_all(
     name = "baseline" if index == 0 else recipe.stage_names()[index - 1]
     exclude = sorted({glob for spec in recipe.stages if spec.quantizes for glob in getattr(spec, "exclude", [])})
     threads = recipe.evaluate.latency.threads or distributed.DEFAULT_THREADS
-    own_outputs = reference_outputs(source, data, recipe.evaluate)
+    # the original's outputs are `reference` already; a stage's model is run once for its own
+    own_outputs = reference if index == 0 else reference_outputs(source, data, recipe.evaluate)
     results = []
     for spec in recipe.export:
         log(f"export {spec.label} from {name}")

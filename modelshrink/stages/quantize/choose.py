@@ -57,6 +57,16 @@ def pick(trials: Sequence[Trial]) -> Trial:
     return min((t for t in trials if t.cosine >= best - TOLERANCE), key=lambda t: t.ms)
 
 
+def choose(
+    what: str, reference: nn.Module, candidates: dict[str, nn.Module], batches: Sequence[Inputs], findings: list[str]
+) -> str:
+    """Measure the candidates, pick one (`pick`), say so in `findings`; returns the chosen name."""
+    trials = measure(reference, candidates, batches)
+    chosen = pick(trials)
+    findings.append(finding(what, trials, chosen))
+    return chosen.name
+
+
 def finding(what: str, trials: Sequence[Trial], chosen: Trial) -> str:
     """The choice and what it was made from, for the report's findings."""
     return (

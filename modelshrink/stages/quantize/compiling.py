@@ -4,7 +4,7 @@ Whether a quantized model should run compiled is the same question for every mod
 every quantize spec), so it is answered here once: `true` always, `false` never, `auto` when the model
 only pays off compiled (`needs_compiler`: PT2E int8) or, when it holds modules that may gain from it
 (`gains_compiled`: per-token int8, half precision), when compiled measures faster than eager on the
-calibration batches with the same outputs (`choose.pick`; compile time is not in the timing).
+calibration batches with the same outputs (`choose.choose`; compile time is not in the timing).
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ class QuantizeStage(Stage[Any]):
     def _faster_of_eager_and_compiled(self, model: nn.Module, ctx: StageContext) -> tuple[nn.Module, bool]:
         compiled = Compiled(model)
         batches = list(ctx.calibration_inputs(JUDGING_BATCHES))
-        trials = choose.measure(model, {EAGER: model, COMPILED: compiled}, batches)
-        chosen = choose.pick(trials)
-        ctx.notes_for(self.name).findings.append(choose.finding("execution", trials, chosen))
-        return (compiled, True) if chosen.name == COMPILED else (model, False)
+        findings = ctx.notes_for(self.name).findings
+        chosen = choose.choose("execution", model, {EAGER: model, COMPILED: compiled}, batches, findings)
+        return (compiled, True) if chosen == COMPILED else (model, False)
 
     @abstractmethod
     def quantize(self, model: nn.Module, ctx: StageContext) -> nn.Module:

@@ -108,10 +108,9 @@ class DynamicQuantize(QuantizeStage):
         plan = plans[0]
         if len(plans) > 1:
             candidates = {p.name: self._build(copy.deepcopy(model), p, names, linears, ranges) for p in plans}
-            trials = choose.measure(model, candidates, judge)
-            chosen = choose.pick(trials)
-            plan = next(p for p in plans if p.name == chosen.name)
-            ctx.notes_for(self.name).findings.append(choose.finding("dynamic int8 variant", trials, chosen))
+            findings = ctx.notes_for(self.name).findings
+            chosen = choose.choose("dynamic int8 variant", model, candidates, judge, findings)
+            plan = next(p for p in plans if p.name == chosen)
         return self._build(model, plan, names, linears, ranges, ctx.transform)
 
     def _build(
@@ -178,7 +177,7 @@ class SmoothLinear(Transform, kind="smooth_linear"):
 
 
 @dataclass(frozen=True)
-class QuantizeDynamic(Transform, kind="quantize_dynamic"):
+class QuantizeDynamic(Transform, kind="quantize_dynamic", keeps_float=False):
     """These modules became torch.ao dynamic int8 ones (embeddings: int8 tables)."""
 
     modules: list[str]

@@ -83,10 +83,7 @@ class _FxOrPt2e(QuantizeStage):
             return fx_int8
         batches = list(ctx.calibration_inputs(self.spec.calibration_batches))
         candidates = {"FX (eager)": fx_int8, "PT2E (compiled)": pt2e_int8}
-        trials = choose.measure(untouched, candidates, batches)
-        chosen = choose.pick(trials)
-        notes.findings.append(choose.finding("int8 backend", trials, chosen))
-        if chosen.name == "FX (eager)":
+        if choose.choose("int8 backend", untouched, candidates, batches, notes.findings) == "FX (eager)":
             ctx.lineage.transforms.append(fx)
             return fx_int8
         ctx.lineage.transforms += scratch.lineage.transforms
@@ -123,7 +120,7 @@ class QatQuantize(_FxOrPt2e):
 
 
 @dataclass(frozen=True)
-class QuantizeFx(Transform, kind="quantize_fx"):
+class QuantizeFx(Transform, kind="quantize_fx", keeps_float=False):
     """The model was traced and converted to int8 by torch.ao FX with these settings; replaying
     prepare + convert needs no calibration, as the saved state holds the scales."""
 

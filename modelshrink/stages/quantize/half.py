@@ -43,7 +43,7 @@ class HalfCast(QuantizeStage):
 
 
 @dataclass(frozen=True)
-class Cast(Transform, kind="cast"):
+class Cast(Transform, kind="cast", keeps_float=False):
     """The whole model runs in this dtype behind `HalfPrecision`."""
 
     dtype: str

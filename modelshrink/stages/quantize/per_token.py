@@ -73,7 +73,7 @@ class PerTokenInt8Linear(nn.Module):
 
 
 @dataclass(frozen=True)
-class QuantizePerToken(Transform, kind="quantize_per_token"):
+class QuantizePerToken(Transform, kind="quantize_per_token", keeps_float=False):
     """These Linear layers became `PerTokenInt8Linear` (the state_dict then fills their int8 weights)."""
 
     modules: list[str]

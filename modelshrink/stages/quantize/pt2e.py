@@ -34,7 +34,7 @@ from modelshrink.quiet import quiet
 
 
 @dataclass(frozen=True)
-class QuantizePt2e(Transform, kind="quantize_pt2e"):
+class QuantizePt2e(Transform, kind="quantize_pt2e", keeps_float=False):
     """Exported (strictly or not), observed, converted; `observers` holds the calibrated observer state."""
 
     exclude: list[str]

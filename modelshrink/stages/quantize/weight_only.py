@@ -142,7 +142,7 @@ class WeightOnlyQuantize(QuantizeStage):
 
 
 @dataclass(frozen=True)
-class QuantizeWeightOnly(Transform, kind="quantize_weight_only"):
+class QuantizeWeightOnly(Transform, kind="quantize_weight_only", keeps_float=False):
     """These layers hold int8 weights with per-channel scales (`Int8WeightOnly`), or int4 ones with
     group-wise scales (`Int4WeightOnly`)."""
 
