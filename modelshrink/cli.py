@@ -290,10 +290,11 @@ def _write(option: str, path: Path, data: bytes) -> None:
 
 @app.command("export")
 def export_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A modelshrink checkpoint of a float model.")],
-    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    checkpoint: Annotated[Path, typer.Argument(help="A modelshrink checkpoint (float, except for pt2).")],
+    format: Annotated[str, typer.Option("--format", help="onnx | openvino | pt2")] = "onnx",
     quantize: Annotated[
-        str, typer.Option("--quantize", help="none | dynamic | static (ONNX Runtime's quantizer)")
+        str,
+        typer.Option("--quantize", help="onnx: none | dynamic | static (ONNX Runtime); openvino: none | int8 (NNCF)"),
     ] = "none",
     data: Annotated[
         Path | None, typer.Option("--data", metavar="RECIPE", help="A recipe whose data calibrates and checks.")
@@ -302,7 +303,7 @@ def export_command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     trust: TrustOption = None,
 ) -> None:
-    """Export a checkpoint made earlier (e.g. to ONNX, int8 by ONNX Runtime), checked against PyTorch."""
+    """Export a checkpoint made earlier (ONNX, OpenVINO IR, a .pt2 package), checked against PyTorch."""
     from modelshrink.export.command import export_checkpoint
 
     with _exit_codes():

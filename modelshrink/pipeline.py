@@ -174,7 +174,7 @@ def _run_stages(
         custom_metrics=directions(recipe.evaluate.metrics, baseline.get("custom", {})),
         exports=[e.to_json() for e in exports],
     )
-    return report, {e.exported.spec.file_name: e.exported.blob for e in exports}
+    return report, {name: content for e in exports for name, content in e.exported.files.items()}
 
 
 def _write_outputs(

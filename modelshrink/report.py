@@ -185,7 +185,7 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
         lines += ["| export | " + " | ".join(d.label.format(n=n) for d in metrics) + " | vs PyTorch: max error |"]
         lines += ["|---" * (len(metrics) + 2) + "|"]
         for e in report["exports"]:
-            label = f"`{e['file']}` ({e['format']} {e['quantize']}, from {e['source']})"
+            label = f"`{e['file']}` ({' '.join(filter(None, (e['format'], e['quantize'])))}, from {e['source']})"
             row = _row(label, e["metrics"], base, 0.0, metrics)  # its last cell, the stage time, is replaced
             lines.append(f"{row.rsplit('|', 2)[0]}| {e['validation']['max_abs_error']:.2g} |")
         lines += [""] + [f"- `{e['file']}`: {note}" for e in report["exports"] for note in e.get("notes", [])]

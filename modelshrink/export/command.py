@@ -1,8 +1,9 @@
 """`modelshrink export CHECKPOINT`: a checkpoint made earlier, exported and checked without a recipe run.
 
-The exported model must be float (pruned, distilled, fine-tuned): int8 for ONNX Runtime comes from its
-own quantizer, calibrated on the data a recipe names (`--data`), as in a recipe's `export:` section.
-The file is checked against the PyTorch model on the same inputs before it is written.
+For ONNX and OpenVINO the exported model must be float (pruned, distilled, fine-tuned): int8 for those
+runtimes comes from their own quantizers, calibrated on the data a recipe names (`--data`), as in a
+recipe's `export:` section; a `.pt2` package takes the model as it is, quantized or not. The file is
+checked against the PyTorch model on the same inputs before it is written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 from torch.utils.data import TensorDataset
 
 from modelshrink import distributed
@@ -22,7 +24,7 @@ from modelshrink.data.bundle import DataBundle, make_bundle
 from modelshrink.errors import UserError
 from modelshrink.export import check_extras, export
 from modelshrink.metrics.accuracy import evaluate_outputs
-from modelshrink.recipe.export_specs import OnnxExport
+from modelshrink.recipe.export_specs import ExportSpec
 
 CHECK_BATCHES = 8
 
@@ -38,49 +40,61 @@ def export_checkpoint(
     trust: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Export, check and write; returns what was written and how close it is to the PyTorch model."""
-    if format != "onnx":
-        raise UserError(f"--format: {format!r} is not a format this version exports (onnx)")
-    if quantize not in ("none", "dynamic", "static"):
-        raise UserError(f"--quantize: {quantize!r} is not one of none, dynamic, static")
-    spec = OnnxExport(format=format, quantize=quantize)  # type: ignore[arg-type]
+    spec = _spec(format, quantize)
     check_extras([spec])
     target = output or checkpoint.with_name(f"{checkpoint.stem}{spec.file_name.removeprefix('model')}")
-    if target.resolve() == checkpoint.resolve():
-        raise UserError(f"--output: {target} is the checkpoint itself; choose another file")
-    if target.exists() and not force:
-        raise UserError(f"--output: {target} already exists; pass --force to replace it")
+    # files beside the first share its stem (an OpenVINO .xml finds its weights in the .bin of its stem)
+    targets = [target, *(target.with_suffix(Path(name).suffix) for name in spec.file_names[1:])]
+    for path in targets:
+        if path.resolve() == checkpoint.resolve():
+            raise UserError(f"--output: {path} is the checkpoint itself; choose another file")
+        if path.exists() and not force:
+            raise UserError(f"--output: {path} already exists; pass --force to replace it")
     payload = read_payload(checkpoint)
     model, lineage = model_from_payload(payload, checkpoint, trust=trust)
     done = [t.kind for t in lineage.transforms if not t.keeps_float]
-    if done:
+    if done and not spec.exports_final:
         raise UserError(
             f"{checkpoint}: the model is no longer float ({', '.join(done)}); export a checkpoint from before "
             "quantization, or list the export in the recipe's export: section"
         )
-    data = _data(data_recipe, payload.get("input_shape"), quantize)
+    calibrates = hasattr(spec, "calibration_batches") and quantize != "none"
+    data = _data(data_recipe, payload.get("input_shape"), calibrates)
     exported = export(model, spec, data, [], distributed.DEFAULT_THREADS)
     _, expected = evaluate_outputs(model.eval(), data.val, CHECK_BATCHES, labeled=False)
     check, _ = evaluate_outputs(exported.runtime, data.val, CHECK_BATCHES, labeled=False, reference=expected)
-    write_file(target, exported.blob)
+    for path, content in zip(targets, exported.files.values(), strict=True):
+        write_file(path, content)
     return {
         "file": str(target),
-        "size_bytes": len(exported.blob),
+        "size_bytes": exported.size_bytes,
         "max_abs_error": check["max_abs_error"],
         "cosine": check["cosine"],
         "notes": exported.notes,
     }
 
 
-def _data(recipe: Path | None, input_shape: list[int] | None, quantize: str) -> DataBundle:
+def _spec(format: str, quantize: str) -> ExportSpec:
+    """The export spec the options name, validated as a recipe's `export:` entry is."""
+    fields = {"format": format} if quantize == "none" else {"format": format, "quantize": quantize}
+    try:
+        return TypeAdapter(ExportSpec).validate_python(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "--quantize" if error["loc"] and error["loc"][-1] == "quantize" else "--format"
+        raise UserError(f"{where}: {error['msg']} (format {format!r}, quantize {quantize!r})") from None
+
+
+def _data(recipe: Path | None, input_shape: list[int] | None, calibrates: bool) -> DataBundle:
     """The recipe's data (calibration for static int8, and the check); else random inputs of the shape
-    the checkpoint recorded, which is enough to export and check a float or dynamic int8 file."""
+    the checkpoint recorded, which is enough to export and check a file nothing calibrates."""
     if recipe is not None:
         from modelshrink.recipe.load import load_recipe
 
         parsed = load_recipe(recipe)
         return build_data(parsed.data, parsed.seed, parsed.model)
-    if quantize == "static":
-        raise UserError("--quantize static calibrates on real inputs: name a recipe whose data to use with --data")
+    if calibrates:
+        raise UserError("--quantize: calibration needs real inputs: name a recipe whose data to use with --data")
     if not input_shape:
         raise UserError("the checkpoint records no input shape: name a recipe whose data to use with --data")
     inputs = torch.randn(32, *input_shape, generator=torch.Generator().manual_seed(0))

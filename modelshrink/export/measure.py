@@ -47,9 +47,10 @@ class ExportResult:
         spec: ExportSpec = self.exported.spec
         return {
             "format": spec.format,
-            "quantize": spec.quantize,
+            "quantize": getattr(spec, "quantize", None),  # a pt2 package is quantized as the stages left it
             "file": spec.file_name,
-            "size_bytes": len(self.exported.blob),
+            "files": list(self.exported.files),
+            "size_bytes": self.exported.size_bytes,
             "source": self.source,
             "validation": self.validation,
             "notes": self.exported.notes,
@@ -57,9 +58,12 @@ class ExportResult:
         }
 
 
-def export_source(recipe: Recipe) -> int:
-    """How many stages the exported model has been through: those before the first quantize stage."""
-    return next((i for i, spec in enumerate(recipe.stages) if spec.quantizes), len(recipe.stages))
+def export_source(recipe: Recipe, spec: ExportSpec) -> int:
+    """How many stages the exported model has been through: all for an export of the final model,
+    else those before the first quantize stage."""
+    if spec.exports_final:
+        return len(recipe.stages)
+    return next((i for i, stage in enumerate(recipe.stages) if stage.quantizes), len(recipe.stages))
 
 
 def export_all(
@@ -70,22 +74,25 @@ def export_all(
     reference: Reference,
 ) -> list[ExportResult]:
     """`models[i]` / `stage_metrics[i]`: the model and metrics after i stages (0: the original)."""
-    index = export_source(recipe)
-    source, source_metrics = models[index], stage_metrics[index]
-    name = "baseline" if index == 0 else recipe.stage_names()[index - 1]
     exclude = sorted({glob for spec in recipe.stages if spec.quantizes for glob in getattr(spec, "exclude", [])})
     threads = recipe.evaluate.latency.threads or distributed.DEFAULT_THREADS
     # the original's outputs are `reference` already; a stage's model is run once for its own
-    own_outputs = reference if index == 0 else reference_outputs(source, data, recipe.evaluate)
+    outputs: dict[int, Reference] = {0: reference}
     results = []
     for spec in recipe.export:
+        index = export_source(recipe, spec)
+        source, source_metrics = models[index], stage_metrics[index]
+        name = "baseline" if index == 0 else recipe.stage_names()[index - 1]
+        if index not in outputs:
+            outputs[index] = reference_outputs(source, data, recipe.evaluate)
+        own_outputs = outputs[index]
         log(f"export {spec.label} from {name}")
         exported = export(source, spec, data, exclude, threads)
         try:
             validation, _ = evaluate_outputs(
                 exported.runtime, data.val, recipe.evaluate.max_val_batches, labeled=False, reference=own_outputs
             )
-            metrics, _ = measure(exported.runtime, data, recipe.evaluate, len(exported.blob), reference)
+            metrics, _ = measure(exported.runtime, data, recipe.evaluate, exported.size_bytes, reference)
         except Exception as exc:  # the runtime refuses the file: a limit of that runtime on this model
             raise UserError(f"export {spec.label}: the exported file does not run ({exc})") from None
         metrics.update({key: source_metrics[key] for key in _ARCHITECTURE_METRICS})  # type: ignore[literal-required]

@@ -25,6 +25,7 @@ from torch import nn
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
 from modelshrink.export.base import Exported, register
+from modelshrink.export.feeds import dynamic_axes, feeds
 from modelshrink.inputs import Inputs, as_args
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import OnnxExport
@@ -45,13 +46,7 @@ def export_onnx(model: nn.Module, spec: OnnxExport, data: DataBundle, exclude: l
         notes.append(f"ONNX Runtime's transformer optimizer ({config.model_type}) fused {fused or 'nothing'}")
     if spec.quantize != "none":
         blob = quantize(blob, spec, data, exclude)
-    return Exported(spec, blob, OnnxRuntimeModel(blob, threads), notes)
-
-
-def dynamic_axes(value: torch.Tensor, batch: Any, sequence: Any) -> dict[int, Any]:
-    """The batch dimension of every input; the sequence dimension of token ids and masks too."""
-    integer = not value.is_floating_point() and value.dim() >= 2
-    return {0: batch, 1: sequence} if integer else {0: batch}
+    return Exported(spec, {spec.file_name: blob}, OnnxRuntimeModel(blob, threads), notes)
 
 
 def to_onnx(model: nn.Module, example: Inputs) -> bytes:
@@ -169,14 +164,6 @@ def input_names(path: Path) -> list[str]:
     import onnx
 
     return [value.name for value in onnx.load(str(path), load_external_data=False).graph.input]
-
-
-def feeds(names: list[str], inputs: tuple[Any, ...], named: dict[str, Any]) -> dict[str, Any]:
-    """ONNX inputs from a call's arguments: in order, or by name for keyword inputs (token ids, masks)."""
-    if named and all(name in named for name in names):
-        return {name: named[name].detach().cpu().numpy() for name in names}
-    values = [*inputs, *named.values()]
-    return {name: value.detach().cpu().numpy() for name, value in zip(names, values, strict=False)}
 
 
 class CalibrationReader:

@@ -34,19 +34,25 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _trainable_after_quantize(self) -> Recipe:
-        quantized = False
+        quantized = folded = False
         for spec in self.stages:
             if spec.training is not None and quantized:
                 raise ValueError(
                     f"stage {spec.kind!r} cannot train a model that an earlier 'quantize' stage "
                     "made int8; put training stages before quantization"
                 )
+            if spec.training is not None and folded:
+                raise ValueError(
+                    f"stage {spec.kind!r} would train a model whose batch norms an earlier 'optimize' stage "
+                    "folded away; put training stages before it"
+                )
             quantized = quantized or spec.quantizes
+            folded = folded or (spec.folds_batchnorm and getattr(spec, "fold_batchnorm", False))
         return self
 
     @model_validator(mode="after")
     def _export_files_differ(self) -> Recipe:
-        names = [spec.file_name for spec in self.export]
+        names = [name for spec in self.export for name in spec.file_names]
         for name in names:
             if names.count(name) > 1 or name == self.output.checkpoint_name:
                 raise ValueError(f"export: two outputs would be written to {name}; list each target once")

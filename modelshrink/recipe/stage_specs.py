@@ -61,6 +61,7 @@ class BaseStageSpec(Strict):
 
     quantizes: ClassVar[bool] = False  # leaves weights (int8, half) that no later stage can train
     only_trains: ClassVar[bool] = False  # changes the model by training alone (so it can end worse than it began)
+    folds_batchnorm: ClassVar[bool] = False  # may remove batch norms, which later training would need
 
     @property
     def training(self) -> TrainingSettings | None:
@@ -353,9 +354,25 @@ def _tag_of(selector: str, default: str | None) -> Callable[[Any], Any]:
     return tag
 
 
-def _tagged_union(selector: str, default: str | None, variants: dict[str, type]) -> Any:
+def tagged_union(selector: str, default: str | None, variants: dict[str, type]) -> Any:
     members = tuple(Annotated[cls, Tag(tag)] for tag, cls in variants.items())
     return Annotated[Union[members], Discriminator(_tag_of(selector, default))]  # noqa: UP007 (built at run time)
+
+
+class OptimizeSpec(BaseStageSpec):
+    """Deployment rewrites that keep the model float and its outputs the same: batch norms folded into
+    the convolutions before them, and channels_last memory format for convolutions where it pays."""
+
+    kind: Literal["optimize"]
+    fold_batchnorm: bool = Field(default=True, description="fold each batch norm into the convolution feeding it")
+    channels_last: bool | Literal["auto"] = Field(
+        default="auto",
+        description="store 4-D weights channels_last (NHWC), which oneDNN convolutions prefer; auto: where it "
+        "measures faster on the calibration batches with the same outputs",
+    )
+    calibration_batches: PositiveInt = Field(default=2, description="batches that time channels_last (auto)")
+
+    folds_batchnorm: ClassVar[bool] = True  # checked by the recipe: no stage trains after it
 
 
 PRUNE_METHODS: dict[str, type[BaseStageSpec]] = {
@@ -378,12 +395,13 @@ VARIANTS: dict[str, tuple[str, str, dict[str, type[BaseStageSpec]]]] = {
     "quantize": ("mode", "dynamic", QUANTIZE_MODES),
 }
 KINDS: dict[str, Any] = {
-    "prune": _tagged_union("method", "unstructured", PRUNE_METHODS),
-    "quantize": _tagged_union("mode", "dynamic", QUANTIZE_MODES),
+    "prune": tagged_union("method", "unstructured", PRUNE_METHODS),
+    "quantize": tagged_union("mode", "dynamic", QUANTIZE_MODES),
     "finetune": FinetuneSpec,
     "distill": DistillSpec,
+    "optimize": OptimizeSpec,
 }
-StageSpec = _tagged_union("kind", None, KINDS)
+StageSpec = tagged_union("kind", None, KINDS)
 _ADAPTER: TypeAdapter[BaseStageSpec] = TypeAdapter(StageSpec)
 
 

@@ -1,6 +1,6 @@
 """Compression stages, one module per method or mode; importing this package registers them all."""
 
-from modelshrink.stages import blocks, distill, finetune, prune, quantize, reshape, structured
+from modelshrink.stages import blocks, distill, finetune, optimize, prune, quantize, reshape, structured
 from modelshrink.stages.base import HANDLERS, Stage, StageContext, apply_stage, handler_for, make_stage
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "finetune",
     "handler_for",
     "make_stage",
+    "optimize",
     "prune",
     "quantize",
     "reshape",

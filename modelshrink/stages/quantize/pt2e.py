@@ -152,7 +152,7 @@ def convert(prepared: nn.Module) -> nn.Module:
     return ExportedInt8(converted)
 
 
-class _Graph(nn.Module):
+class ExportedGraph(nn.Module):
     """Holds an exported graph, which refuses .train()/.eval() of its own (subclasses say what they do)."""
 
     def __init__(self, graph: nn.Module):
@@ -163,7 +163,7 @@ class _Graph(nn.Module):
         return self.graph(*args, **kwargs)
 
 
-class ExportedInt8(_Graph):
+class ExportedInt8(ExportedGraph):
     """The converted graph. Its mode was fixed when it was exported (eval); this wrapper lets the
     pipeline and a user's code call .train()/.eval() on it like on any module. In eager mode it runs
     float kernels between quantize and dequantize: it pays off compiled (`modelshrink.compiled`)."""
@@ -192,7 +192,7 @@ def quantize(
     return convert(prepared), transform
 
 
-class Trainable(_Graph):
+class Trainable(ExportedGraph):
     """A prepared QAT graph the training loop can switch: torchao moves exported graphs between train
     and eval (batch norm, fake quantization) with its own calls, which .train()/.eval() make here."""
 
