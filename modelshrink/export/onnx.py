@@ -5,7 +5,7 @@ calibrated on the recipe's calibration data (ONNX Runtime's `quantize_static` af
 `quant_pre_process`), the configuration issue #14 measured at 4.3x fp32 on ResNet-18; `dynamic`
 quantizes weights ahead and activations on the fly. Layers the recipe keeps in float (`exclude`
 globs) are found by the module path torch.onnx records on each node (`pkg.torch.onnx.name_scopes`);
-a convolution folded with its batch norm carries the batch norm's name.
+a convolution folded with its batch norm carries the batch norm's name, which `export.with_folded_norms` adds.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from modelshrink.compiled import Compiled
 from modelshrink.data.bundle import DataBundle
@@ -97,7 +98,7 @@ def fixed_batch(program: torch.export.ExportedProgram) -> int | None:
             value = node.meta.get("val")
             if isinstance(value, torch.Tensor) and value.dim():
                 size = value.shape[0]
-                return size if isinstance(size, int) else None
+                return int(size) if is_concrete_int(size) else None
     return None
 
 

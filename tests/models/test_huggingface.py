@@ -244,3 +244,20 @@ def test_a_text_model_exports_to_onnx_with_dynamic_batch_and_sequence(tmp_path: 
     longer = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102] + [0] * 25] * 3)  # 3 texts of 32 tokens
     [embeddings] = session.run(None, {ids.name: longer.numpy()})
     assert embeddings.shape == (3, 32), "another batch and sequence length than the recipe's"
+
+
+def test_a_text_model_exports_to_openvino_with_dynamic_batch_and_sequence(tmp_path: Path, tiny_bert: Path) -> None:
+    openvino = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    targets = [{"format": "openvino"}, {"format": "openvino", "quantize": "int8", "calibration_batches": 2}]
+    result = runner.invoke(app, ["run", str(recipe(tmp_path, tiny_bert, export=targets)), "--json"])
+    assert result.exit_code == 0, result.output
+    fp32, int8 = json.loads(result.stdout)["exports"]
+    assert fp32["validation"]["cosine"] > 0.9999 and int8["validation"]["cosine"] > 0.9
+    model = openvino.Core().read_model(str(tmp_path / "out" / "model.int8.xml"))
+    assert all(str(port.get_partial_shape()) == "[?,?]" for port in model.inputs), "batch and sequence stay dynamic"
+    compiled = openvino.Core().compile_model(model, "CPU")
+    longer = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102] + [0] * 25] * 3)  # 3 texts of 32 tokens
+    feeds = {port.get_any_name(): (longer if "ids" in port.get_any_name() else torch.ones_like(longer)).numpy()
+             for port in model.inputs}  # fmt: skip
+    assert compiled(feeds)[0].shape == (3, 32)
