@@ -1,15 +1,17 @@
-"""Where does the compressed model run fastest? PyTorch eager and compiled, PyTorch int8, and the ONNX
-exports on ONNX Runtime (fp32, dynamic and static int8), in one run, side by side (issue #14).
+"""Where does the compressed model run fastest? PyTorch eager, optimized and compiled, PyTorch int8, the
+.pt2 packages, the ONNX exports on ONNX Runtime (fp32, dynamic and static int8) and the OpenVINO IRs
+(fp32, NNCF int8), in one run, side by side (issue #14).
 
-Every variant goes through the product's own code: `quantize` stages for PyTorch int8, `export` for the
-ONNX files (ONNX Runtime's quantizer, calibrated on the training batches). Prints the CPU's features,
+Every variant goes through the product's own code: the `optimize` stage (batch norms folded,
+channels_last where measured faster), `quantize` stages for PyTorch int8, `export` for the files (each
+runtime's own quantizer, calibrated on the training batches). Prints the CPU's features,
 latency ratios against fp32 eager at batch 1 and N, quality (top-1 agreement with fp32 for the CNNs at
 random init; mean cosine of the embeddings on the 302 held-out texts for MiniLM) and file size.
 
     .venv/bin/python scripts/bench_deploy.py --arch resnet18 --size 224
     .venv/bin/python scripts/bench_deploy.py --arch timm:tf_efficientnet_lite0 --size 224
     .venv/bin/python scripts/bench_deploy.py --arch minilm
-Not yet here: OpenVINO (fp32 and NNCF int8) and an AOTInductor package.
+`--skip` leaves out variants whose name contains any of its words (e.g. `--skip pt2 dynamic`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from modelshrink.compiled import Compiled
 from modelshrink.data import DataBundle, build_data
 from modelshrink.engine import Result, compress
 from modelshrink.environment import cpu_summary, environment
+from modelshrink.errors import UserError
 from modelshrink.export import export
 from modelshrink.metrics.accuracy import evaluate_outputs
-from modelshrink.recipe.export_specs import OnnxExport
+from modelshrink.recipe.export_specs import OnnxExport, OpenVinoExport, Pt2Export
 from modelshrink.recipe.schema import DigitsData, ModelSpec, TextData
 
 
@@ -55,6 +58,34 @@ def torch_int8(model: nn.Module, data: DataBundle, text: bool) -> Result:
     return compress(copy.deepcopy(model), [{"kind": "quantize", **stage}], data=data, evaluate=QUICK)
 
 
+def exports(model: nn.Module, int8: nn.Module, data: DataBundle, text: bool) -> dict[str, tuple[nn.Module, bytes]]:
+    """Every export variant, each with as many threads as torch times with; one that a runtime refuses is
+    left out with its reason printed."""
+    specs = {
+        "ONNX Runtime fp32": OnnxExport(format="onnx"),
+        "ONNX Runtime dynamic int8": OnnxExport(format="onnx", quantize="dynamic"),
+        "ONNX Runtime static int8": OnnxExport(format="onnx", quantize="static"),
+        "OpenVINO fp32": OpenVinoExport(format="openvino"),
+        "OpenVINO int8 (NNCF)": OpenVinoExport(format="openvino", quantize="int8"),
+        "pt2 package fp32": Pt2Export(format="pt2"),
+        "pt2 package int8": Pt2Export(format="pt2"),
+    }
+    variants = {}
+    for name, spec in specs.items():
+        source = int8 if name == "pt2 package int8" else model
+        try:
+            exported = export(source, spec, data, [], torch.get_num_threads())
+        except UserError as exc:
+            print(f"{name}: left out ({exc})")
+            continue
+        variants[name] = (exported.runtime, b"".join(exported.files.values()))
+    return variants
+
+
+def optimized(model: nn.Module, data: DataBundle) -> Result:
+    return compress(copy.deepcopy(model), [{"kind": "optimize"}], data=data, evaluate=QUICK)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18", help="a torchvision name, timm:NAME, or minilm")
@@ -62,6 +93,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--json-out", default="runs/bench/deploy.json")
+    parser.add_argument("--skip", nargs="*", default=[], help="leave out variants whose name contains a word")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     env = environment()
@@ -75,13 +107,12 @@ def main() -> None:
         "torch fp32 compiled (freezing)": (Compiled(copy.deepcopy(model)), float_model.lineage),
         "torch int8" + (" per-token, compiled" if text else " static (backend auto)"): (int8.model, int8.lineage),
     }
-    for quantize in ("none", "dynamic", "static"):
-        spec = OnnxExport(format="onnx", quantize=quantize)
-        exported = export(model, spec, data, [], torch.get_num_threads())  # as many threads as torch times with
-        variants[f"ONNX Runtime {'fp32' if quantize == 'none' else quantize + ' int8'}"] = (
-            exported.runtime,
-            exported.blob,
-        )
+    if not text:
+        folded = optimized(model, data)
+        print("optimize:", "; ".join(folded.stages[0].notes.get("findings", [])))
+        variants["torch fp32 optimize (fold, layout)"] = (folded.model, folded.lineage)
+    variants.update(exports(model, int8.model, data, text))
+    variants = {name: v for name, v in variants.items() if not any(word in name for word in args.skip)}
     _, reference = evaluate_outputs(model, data.val, 8, labeled=not text)
 
     def quality(m: nn.Module) -> float:

@@ -7,22 +7,30 @@ replaying the fold on the float architecture; the state_dict then fills the fold
 
 Which convolution feeds which batch norm is read from torch.export's graph (the parameters each
 operation reads), not guessed from module order: a pair is folded only where the convolution's
-output goes to that batch norm alone and each module is called once.
+output goes to that batch norm alone and each module is called once. Only PyTorch's own batch norm
+classes fold: a subclass may do more in its forward (timm's `BatchNormAct2d` applies its activation),
+which an Identity would drop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from modelshrink.inputs import Inputs, as_args
 from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _is_norm(module: nn.Module | None) -> bool:
+    return type(module) in NORMS
 
 
 def conv_bn_pairs(model: nn.Module, example: Inputs) -> list[tuple[str, str]]:
@@ -34,20 +42,20 @@ def conv_bn_pairs(model: nn.Module, example: Inputs) -> list[tuple[str, str]]:
     owners = {**program.graph_signature.inputs_to_parameters, **program.graph_signature.inputs_to_buffers}
     modules = dict(model.named_modules())
 
-    def owner(node: object, kind: type) -> str | None:
-        """The module of `kind` whose parameter or buffer `node` is, if only one operation reads it."""
+    def owner(node: object, kind: Callable[[nn.Module | None], bool]) -> str | None:
+        """The module `kind` accepts whose parameter or buffer `node` is, if only one operation reads it."""
         name = owners.get(getattr(node, "name", ""), "").rpartition(".")[0]
-        return name if isinstance(modules.get(name), kind) and len(node.users) == 1 else None  # type: ignore[attr-defined]
+        return name if kind(modules.get(name)) and len(node.users) == 1 else None  # type: ignore[attr-defined]
 
     pairs = []
     for node in program.graph.nodes:
         if node.op != "call_function" or "conv" not in str(node.target) or len(node.args) < 2:
             continue
-        conv = owner(node.args[1], _ConvNd)
+        conv = owner(node.args[1], lambda module: isinstance(module, _ConvNd))
         [user] = node.users if len(node.users) == 1 else [None]
         if conv is None or user is None or "batch_norm" not in str(user.target):
             continue
-        norm = next((owner(arg, _BatchNorm) for arg in user.args[1:] if owner(arg, _BatchNorm)), None)
+        norm = next((owner(arg, _is_norm) for arg in user.args[1:] if owner(arg, _is_norm)), None)
         if norm is not None and not modules[conv].transposed and modules[norm].running_mean is not None:
             pairs.append((conv, norm))
     return pairs

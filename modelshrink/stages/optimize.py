@@ -17,6 +17,7 @@ from modelshrink.stages.fold import FoldBatchNorm, conv_bn_pairs
 from modelshrink.stages.quantize import choose
 
 CONTIGUOUS, CHANNELS_LAST = "contiguous", "channels_last"
+SAME_OUTPUTS = 0.9999  # mean cosine of outputs before and after a fold, above float rounding
 
 
 @dataclass(frozen=True)
@@ -54,5 +55,12 @@ class OptimizeStage(Stage[OptimizeSpec]):
         if not pairs:
             findings.append(f"no batch norm directly follows a convolution ({norms} batch norms left as they are)")
             return model
+        fold = FoldBatchNorm([list(pair) for pair in pairs])
+        # folding is exact arithmetic: outputs that moved mean a module did more than its class says
+        batch = next(ctx.calibration_inputs(1))
+        moved = choose.cosine(fold.replay(copy.deepcopy(model)), model, [batch])
+        if moved < SAME_OUTPUTS:
+            findings.append(f"batch norms not folded: folding moved the outputs (cosine {moved:.4f} to before)")
+            return model
         findings.append(f"folded {len(pairs)} of {norms} batch norms into the convolutions before them")
-        return ctx.transform(model, FoldBatchNorm([list(pair) for pair in pairs]))
+        return ctx.transform(model, fold)

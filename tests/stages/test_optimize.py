@@ -97,3 +97,30 @@ def test_training_after_folding_is_refused_in_one_line(recipe_file) -> None:
     assert "whose batch norms an earlier 'optimize' stage folded away; put training stages before it" in result.output
     allowed = [{"kind": "optimize", "fold_batchnorm": False}, {"kind": "finetune", "epochs": 1}]
     assert CliRunner().invoke(app, ["validate", str(recipe_file(model=CNN, stages=allowed))]).exit_code == 0
+
+
+class NormAct(nn.BatchNorm2d):
+    """As timm's BatchNormAct2d: a batch norm subclass whose forward also applies an activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(super().forward(x))
+
+
+def test_a_batch_norm_subclass_doing_more_is_left_alone_and_a_fold_that_moves_outputs_is_undone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = trained_norms(nn.Sequential(nn.Conv2d(1, 4, 3), NormAct(4), nn.Flatten(), nn.Linear(144, 10)))
+    assert conv_bn_pairs(model, torch.randn(2, 1, 8, 8)) == []
+    x = torch.randn(8, 1, 8, 8)
+    stage = {"kind": "optimize", "channels_last": False}
+    result = compress(model, [stage], data=tensor_data(x), evaluate=FAST_EVAL)
+    assert (
+        "no batch norm directly follows a convolution (1 batch norms left as they are)"
+        in result.stages[0].notes["findings"]
+    )
+    # a fold that changed the outputs (as dropping an activation would) is not kept
+    monkeypatch.setattr(optimize, "conv_bn_pairs", lambda model, example: [("0", "1")])
+    model = trained_norms(nn.Sequential(nn.Conv2d(1, 4, 3), NormAct(4), nn.Flatten(), nn.Linear(144, 10)))
+    result = compress(model, [stage], data=tensor_data(x), evaluate=FAST_EVAL)
+    assert result.lineage.transforms == [] and isinstance(result.model[1], NormAct)
+    assert result.stages[0].notes["findings"][0].startswith("batch norms not folded: folding moved the outputs")

@@ -34,20 +34,22 @@ class Trial:
 
 
 @torch.inference_mode()
+def cosine(model: nn.Module, reference: nn.Module, batches: Sequence[Inputs]) -> float:
+    """Mean per-sample cosine of `model`'s outputs to `reference`'s on `batches`."""
+    model.eval(), reference.eval()
+    return torch.cat([
+        F.cosine_similarity(output_matrix(call(model, batch)), output_matrix(call(reference, batch)), dim=1)
+        for batch in batches
+    ]).mean().item()  # fmt: skip
+
+
+@torch.inference_mode()
 def measure(reference: nn.Module, candidates: dict[str, nn.Module], batches: Sequence[Inputs]) -> list[Trial]:
-    expected = [output_matrix(call(reference.eval(), batch)) for batch in batches]
-    cosines = {
-        name: torch.cat([
-            F.cosine_similarity(output_matrix(call(model.eval(), batch)), want, dim=1)
-            for batch, want in zip(batches, expected, strict=True)
-        ]).mean()
-        for name, model in candidates.items()
-    }  # fmt: skip
+    cosines = {name: cosine(model, reference, batches) for name, model in candidates.items()}
     # timed round-robin, one forward of each in turn, so machine noise hits all variants alike
     times = time_round_robin(list(candidates.values()), batches[0], warmup=1, iterations=TIMED_RUNS)
     return [
-        Trial(name, float(cosines[name]), statistics.median(samples))
-        for name, samples in zip(candidates, times, strict=True)
+        Trial(name, cosines[name], statistics.median(samples)) for name, samples in zip(candidates, times, strict=True)
     ]
 
 
