@@ -95,3 +95,18 @@ def test_a_package_whose_freezing_changed_the_outputs_is_rebuilt_without_it(monk
     assert exported.notes == ["packaged without inductor's freezing: with it, outputs had cosine 0.300"]
     x = torch.randn(5, 1, 8, 8)
     assert torch.allclose(exported.runtime(x), model(x), atol=1e-5)
+
+
+def test_export_command_packages_a_checkpoint_and_refuses_a_quantize_option(tmp_path: Path, recipe_file) -> None:
+    assert runner.invoke(app, ["run", str(recipe_file())]).exit_code == 0
+    checkpoint = tmp_path / "out" / "model.pt"
+    refused = runner.invoke(app, ["export", str(checkpoint), "--format", "pt2", "--quantize", "int8"])
+    assert refused.exit_code == 2 and "--quantize: Extra inputs are not permitted" in refused.output
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "pt2"])
+    assert result.exit_code == 0, result.output
+    package = torch._inductor.aoti_load_package(str(tmp_path / "out" / "model.pt2"))
+    x = torch.randn(4, 1, 8, 8)
+    from modelshrink import load
+
+    with torch.no_grad():
+        assert torch.allclose(package(x), load(checkpoint)(x), atol=1e-4)
