@@ -288,6 +288,38 @@ def _write(option: str, path: Path, data: bytes) -> None:
         raise UserError(f"{option}: cannot write {path} ({exc.strerror or exc})") from None
 
 
+@app.command()
+def analyze(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file whose model and data to analyze.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Directory for sensitivity.* (default: <output.dir>_sensitivity)."),
+    ] = None,
+    budget_s: Annotated[float, typer.Option("--budget-s", min=0, help="Seconds after which no new layer starts.")] = 600,
+    batches: Annotated[int, typer.Option("--batches", min=1, help="Calibration batches each probe is scored on.")] = 4,
+    max_drop: Annotated[
+        float, typer.Option("--max-drop", min=0, max=1, help="Drop one layer alone may cost in the suggestions.")
+    ] = 0.01,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier analysis in that directory.")] = False,
+    overrides: SetOption = None,
+    trust: TrustOption = None,
+) -> None:
+    """Per-layer sensitivity to pruning and quantization, with suggested layer_amounts and exclude lists."""
+    from modelshrink.analyze import analyze as run_analysis
+    from modelshrink.analyze import default_output
+
+    with _exit_codes():
+        sets = overrides or []
+        out = output or default_output(recipe, sets)
+        result = run_analysis(
+            recipe, out, overrides=sets, trust=trust or [], budget_s=budget_s, batches=batches, max_drop=max_drop,
+            force=force,
+        )  # fmt: skip
+    left = f"; {len(result['not_measured'])} layers not measured (budget)" if result["not_measured"] else ""
+    measured = f"{len(result['layers'])} layers in {result['elapsed_s']} s{left}"
+    print(f"wrote {out}/ (sensitivity.json, sensitivity.md): {measured}")
+
+
 @app.command("export")
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="A modelshrink checkpoint (float, except for pt2).")],

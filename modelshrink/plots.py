@@ -74,6 +74,22 @@ def layers(rows: list[dict[str, Any]]) -> bytes:
     return _png(figure)
 
 
+def sensitivity(rows: list[Any]) -> bytes:
+    """Layers (rows) by probes (columns), colored by the drop each probe alone caused; blank: not applicable."""
+    from matplotlib.figure import Figure
+
+    labels = list(dict.fromkeys(label for row in rows for label in row.drops))
+    grid = [[row.drops.get(label, math.nan) for label in labels] for row in rows]
+    figure = Figure(figsize=(1.2 + 0.9 * len(labels), 1.2 + 0.22 * len(rows)))
+    axes = figure.add_subplot()
+    image = axes.imshow(grid, aspect="auto", cmap="viridis_r", interpolation="nearest")
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    axes.set_yticks(range(len(rows)), [row.name for row in rows], fontsize=6)
+    axes.set_title("drop when one layer alone is compressed", fontsize=9)
+    figure.colorbar(image, ax=axes, label="drop")
+    return _png(figure)
+
+
 def trend(reports: list[dict[str, Any]], labels: list[str]) -> bytes:
     """Each metric of the final models across runs (oldest first), one small panel per metric."""
     from matplotlib.figure import Figure

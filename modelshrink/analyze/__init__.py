@@ -1,0 +1,136 @@
+"""`modelshrink analyze RECIPE`: per-layer sensitivity of the recipe's model on its calibration data,
+written as sensitivity.json, sensitivity.md and (with the plots extra) sensitivity.png, with the
+`layer_amounts` and `exclude` lists it suggests (issue #15).
+
+What is analyzed is the model as the recipe's first compressing stage would get it: the recipe's
+leading training-only stages (a `finetune` that trains a bundled model from scratch) run first, in
+memory through `compress`. Every probe then runs on a copy of that model (`analyze.probe`) and is
+scored on calibration batches, never the validation split. A time budget bounds the work: layers left
+when it is spent are listed as not measured, and what was measured is still written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelshrink import plots
+from modelshrink.analyze.probe import RATIOS, LayerSensitivity, layers, sensitivities
+from modelshrink.analyze.suggest import suggestions
+from modelshrink.atomic import write_directory
+from modelshrink.data import build_data
+from modelshrink.engine import compress
+from modelshrink.errors import UserError
+from modelshrink.loading import load_model
+from modelshrink.progress import log
+from modelshrink.recipe.load import load_recipe
+from modelshrink.recipe.stage_specs import needs_tuning_split
+
+__all__ = ["analyze", "default_output"]
+
+
+def default_output(recipe_path: Path, overrides: Sequence[str] = ()) -> Path:
+    """Beside the recipe's run directory: `<output.dir>_sensitivity`."""
+    directory = load_recipe(recipe_path, list(overrides)).output.dir
+    return directory.with_name(f"{directory.name}_sensitivity")
+
+
+def analyze(
+    recipe_path: Path,
+    out_dir: Path,
+    *,
+    overrides: Sequence[str] = (),
+    trust: Sequence[str] = (),
+    budget_s: float = 600.0,
+    batches: int = 4,
+    max_drop: float = 0.01,
+    ratios: Sequence[float] = RATIOS,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Measure, suggest and write; returns what sensitivity.json holds."""
+    recipe = load_recipe(recipe_path, list(overrides))
+    if trust:  # modules whose factories the model's checkpoint may name, as `run --trust`
+        recipe = recipe.model_copy(
+            update={"model": recipe.model.model_copy(update={"trust": [*recipe.model.trust, *trust]})}
+        )
+    if out_dir.exists() and not (force and (out_dir / "sensitivity.json").exists()):
+        reason = "pass --force to replace it" if (out_dir / "sensitivity.json").exists() else "choose a new one"
+        raise UserError(f"--output: {out_dir} already exists; {reason}")
+    model, _ = load_model(recipe.model)
+    training = list(itertools.takewhile(lambda spec: spec.only_trains, recipe.stages))
+    data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=needs_tuning_split(training))
+    if training:
+        log(f"analyze: first training as the recipe's {', '.join(recipe.stage_names()[: len(training)])} does")
+        model = compress(model, training, data=data, evaluate=recipe.evaluate, seed=recipe.seed).model
+    total = len(layers(model))
+    start = time.perf_counter()
+    rows: list[LayerSensitivity] = []
+    for row, spent in sensitivities(model, data, recipe, batches=batches, ratios=ratios, budget_s=budget_s):
+        rows.append(row)
+        worst = max(row.drops.values(), default=0.0)
+        log(f"analyze {len(rows)}/{total} {row.name}: worst drop {worst:.4f} ({spent:.0f} s)")
+    result = {
+        "recipe": str(recipe_path),
+        "trained_first": recipe.stage_names()[: len(training)],
+        "metric": "drop = 1 - (top-1 agreement, or mean cosine) with the original model's outputs",
+        "batches": batches,
+        "max_drop": max_drop,
+        "budget_s": budget_s,
+        "elapsed_s": round(time.perf_counter() - start, 1),
+        "not_measured": [name for name, _ in layers(model)][len(rows) :],
+        "layers": [asdict(row) for row in rows],
+        "suggestions": suggestions(rows, max_drop),
+    }
+    files = {"sensitivity.json": (json.dumps(result, indent=2) + "\n").encode(), "sensitivity.md": b""}
+    if plots.available() and rows:
+        files["sensitivity.png"] = plots.sensitivity(rows)
+    files["sensitivity.md"] = markdown(result, picture="sensitivity.png" in files).encode()
+    write_directory(out_dir, files, replace=force)
+    return result
+
+
+def markdown(result: dict[str, Any], picture: bool) -> str:
+    rows = result["layers"]
+    labels = list(dict.fromkeys(label for row in rows for label in (*row["drops"], *row["skipped"])))
+    lines = [
+        "# Sensitivity",
+        "",
+        f"{result['metric']}, on {result['batches']} calibration batches; each layer compressed alone "
+        f"({result['elapsed_s']} s). `-`: the method cannot touch that layer.",
+        "",
+        "| layer | type | params | " + " | ".join(labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
+    ]
+    for row in rows:
+        cells = [f"{row['drops'][label]:.4f}" if label in row["drops"] else "-" for label in labels]
+        lines.append(f"| `{row['name']}` | {row['type']} | {row['params']:,} | " + " | ".join(cells) + " |")
+    if result["not_measured"]:
+        shown = ", ".join(f"`{name}`" for name in result["not_measured"][:20])
+        lines += ["", f"Not measured (time budget of {result['budget_s']:g} s spent): {shown}"]
+    if picture:
+        lines += ["", "![sensitivity](sensitivity.png)"]
+    suggested = result["suggestions"]
+    snippet = [
+        {"kind": "prune", **suggested["prune"]},
+        {"kind": "quantize", "mode": "static", "exclude": suggested["quantize"]["exclude"]},
+    ]
+    lines += [
+        "",
+        f"## Suggested (each layer's drop alone within {result['max_drop']:g})",
+        "",
+        "Drops add up when layers are combined: start from these, and let the recipe's constraints decide.",
+        "",
+        "```yaml",
+        yaml.safe_dump({"stages": snippet}, sort_keys=False).rstrip(),
+        "```",
+    ]
+    if suggested["int4_fits"]:
+        lines += ["", "int4 weights fit within the drop: " + ", ".join(f"`{n}`" for n in suggested["int4_fits"])]
+    return "\n".join(lines) + "\n"
