@@ -295,7 +295,9 @@ def analyze(
         Path | None,
         typer.Option("--output", "-o", help="Directory for sensitivity.* (default: <output.dir>_sensitivity)."),
     ] = None,
-    budget_s: Annotated[float, typer.Option("--budget-s", min=0, help="Seconds after which no new layer starts.")] = 600,
+    budget_s: Annotated[
+        float, typer.Option("--budget-s", min=0, help="Seconds after which no new layer starts.")
+    ] = 600,
     batches: Annotated[int, typer.Option("--batches", min=1, help="Calibration batches each probe is scored on.")] = 4,
     max_drop: Annotated[
         float, typer.Option("--max-drop", min=0, max=1, help="Drop one layer alone may cost in the suggestions.")

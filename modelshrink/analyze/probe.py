@@ -18,13 +18,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
-from modelshrink.inputs import Inputs, call, output_matrix
 from modelshrink.lineage import Lineage
+from modelshrink.metrics.drop import OutputDrop, is_classifier
 from modelshrink.quiet import quiet
 from modelshrink.recipe.recipe import Recipe
 from modelshrink.stages import StageContext, apply_stage
@@ -68,35 +67,6 @@ def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, LAYER_TYPES)]
 
 
-class Scorer:
-    """The original model's outputs on the probe batches, and how far another model's are from them."""
-
-    def __init__(self, model: nn.Module, batches: list[Inputs], classification: bool):
-        self.batches, self.classification = batches, classification
-        self.expected = self._outputs(model)
-
-    @torch.inference_mode()
-    def _outputs(self, model: nn.Module) -> list[torch.Tensor]:
-        return [output_matrix(call(model.eval(), batch)).float() for batch in self.batches]
-
-    def drop(self, model: nn.Module) -> float:
-        outputs = self._outputs(model)
-        pairs = zip(outputs, self.expected, strict=True)
-        if self.classification:
-            same = torch.cat([out.argmax(1) == want.argmax(1) for out, want in pairs]).float()
-        else:
-            same = torch.cat([nn.functional.cosine_similarity(out, want, dim=1) for out, want in pairs])
-        return max(0.0, 1.0 - same.mean().item())
-
-
-def is_classifier(model: nn.Module, batch: Inputs, recipe: Recipe) -> bool:
-    if recipe.evaluate.task != "auto":
-        return recipe.evaluate.task == "classification"
-    with torch.inference_mode():
-        out = output_matrix(call(model.eval(), batch))
-    return out.dim() == 2 and out.shape[1] > 1
-
-
 def sensitivities(
     model: nn.Module,
     data: DataBundle,
@@ -109,7 +79,7 @@ def sensitivities(
     """Each layer's sensitivity in turn with the seconds spent so far; stops once `budget_s` is spent
     (the layer under way is finished first, and the first layer is always measured)."""
     probe_batches = list(data.calibration_inputs(batches))
-    scorer = Scorer(model, probe_batches, is_classifier(model, probe_batches[0], recipe))
+    drop = OutputDrop(model, probe_batches, is_classifier(model, probe_batches[0], recipe.evaluate.task))
     named = layers(model)
     start = time.perf_counter()
     for index, (name, layer) in enumerate(named):
@@ -124,7 +94,7 @@ def sensitivities(
             try:
                 with quiet():
                     changed = apply_stage(copy.deepcopy(model), probe.stage, ctx, probe.label)
-                row.drops[probe.label] = scorer.drop(changed)
+                row.drops[probe.label] = drop(changed)
             except UserError as exc:  # the method cannot touch this layer (a classifier, nothing to quantize)
                 row.skipped[probe.label] = first_line(exc)
         yield row, time.perf_counter() - start

@@ -213,9 +213,24 @@ class BlockPruneSpec(_RemovingPruneCommon):
 
 
 # --------------------------------------------------------------------------------------- quantization
+class MixedSpec(Strict):
+    """Keep the layers most sensitive to this quantization in float until the measured drop fits."""
+
+    max_drop: Annotated[float, Field(ge=0, le=1)] = Field(
+        description="largest drop allowed on the calibration batches: 1 - top-1 agreement with the model before "
+        "the stage (classifiers), else 1 - mean cosine"
+    )
+    calibration_batches: PositiveInt = Field(default=4, description="batches each layer's sensitivity is scored on")
+
+
 class _QuantizeCommon(BaseStageSpec):
     kind: Literal["quantize"]
     exclude: list[str] = Field(default_factory=list, description="module name globs kept in float")
+    mixed: MixedSpec | None = Field(
+        default=None,
+        description="mixed precision by sensitivity: each layer quantized alone is scored, and the most sensitive "
+        "stay float until the whole model's drop fits max_drop",
+    )
     compile: Literal["auto"] | bool = Field(
         default="auto",
         description="run the quantized model through torch.compile (inductor, freezing) as it will be deployed; "
@@ -325,6 +340,12 @@ class AutoQuantSpec(_QuantizeCommon):
         default=0.99, description="quality bar on the calibration data, mean cosine to the float outputs"
     )
     calibration_batches: PositiveInt = Field(default=8, description="batches to calibrate and judge the candidates")
+
+    @model_validator(mode="after")
+    def _one_search_at_a_time(self) -> AutoQuantSpec:
+        if self.mixed is not None:
+            raise ValueError("mixed applies to one mode; choose it (auto already trades quality against speed)")
+        return self
 
     def candidate_specs(self) -> list[BaseStageSpec]:
         """Each candidate with its defaults, this stage's `exclude` and calibration batches."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from modelshrink.compiled import Compile, Compiled
 from modelshrink.stages.base import Stage, StageContext
-from modelshrink.stages.quantize import choose
+from modelshrink.stages.quantize import choose, mixed
 
 EAGER, COMPILED = "eager", "compiled (inductor, freezing)"
 JUDGING_BATCHES = 2
@@ -24,6 +24,10 @@ JUDGING_BATCHES = 2
 
 class QuantizeStage(Stage[Any]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        if getattr(self.spec, "mixed", None) is not None:
+            kept, findings = mixed.keep_float(self, model, ctx)
+            ctx.notes_for(self.name).findings.extend(findings)
+            self.spec = self.spec.model_copy(update={"exclude": [*self.spec.exclude, *kept]})
         model = self.quantize(model, ctx)
         wanted = self.spec.compile
         if wanted == "auto" and not getattr(model, "needs_compiler", False):

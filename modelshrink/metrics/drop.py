@@ -1,0 +1,39 @@
+"""How far a changed model's outputs are from a reference model's on a few batches, without labels:
+1 - top-1 agreement for classifiers, 1 - mean cosine otherwise. Used where a choice is made on
+calibration data (per-layer sensitivity, mixed precision), never on the split that reports quality."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modelshrink.inputs import Inputs, call, output_matrix
+
+
+def is_classifier(model: nn.Module, batch: Inputs, task: str = "auto") -> bool:
+    """`task` as `evaluate.task` says; auto: outputs are (batch, classes) logits."""
+    if task != "auto":
+        return task == "classification"
+    with torch.inference_mode():
+        out = output_matrix(call(model.eval(), batch))
+    return out.dim() == 2 and out.shape[1] > 1
+
+
+class OutputDrop:
+    """The reference model's outputs on `batches`, and how far another model's are from them."""
+
+    def __init__(self, reference: nn.Module, batches: list[Inputs], classification: bool):
+        self.batches, self.classification = batches, classification
+        self.expected = self._outputs(reference)
+
+    @torch.inference_mode()
+    def _outputs(self, model: nn.Module) -> list[torch.Tensor]:
+        return [output_matrix(call(model.eval(), batch)).float() for batch in self.batches]
+
+    def __call__(self, model: nn.Module) -> float:
+        pairs = zip(self._outputs(model), self.expected, strict=True)
+        if self.classification:
+            same = torch.cat([out.argmax(1) == want.argmax(1) for out, want in pairs]).float()
+        else:
+            same = torch.cat([nn.functional.cosine_similarity(out, want, dim=1) for out, want in pairs])
+        return max(0.0, 1.0 - same.mean().item())
