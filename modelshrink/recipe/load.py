@@ -185,9 +185,9 @@ def _locate(loc: tuple[Any, ...], root: yaml.Node | None) -> tuple[list[str | in
 
 def _union_tags() -> set[str]:
     """Tag values pydantic puts into locations of tagged unions (e.g. 'prune', 'channel', 'digits')."""
-    from modelshrink.recipe import schema, stage_specs
+    from modelshrink.recipe import export_specs, schema, stage_specs
 
-    tags: set[str] = set(stage_specs.KINDS)
+    tags: set[str] = set(stage_specs.KINDS) | set(export_specs.FORMATS)
     for _, _, variants in stage_specs.VARIANTS.values():
         tags.update(variants)
     for cls in vars(schema).values():
