@@ -128,5 +128,5 @@ def test_prune_options_are_checked_against_the_method() -> None:
 def test_export_errors_name_the_path_without_the_format_tag() -> None:
     text = VALID + "export:\n  - format: onnx\n    quantize: bogus\n  - format: openvino\n    precision: f16\n"
     message = errors_of(text)
-    assert "r.yaml:16 export[0].quantize: Input should be 'none', 'dynamic' or 'static', got 'bogus'" in message
-    assert "r.yaml:18 export[1].precision: Input should be 'f32' or 'auto', got 'f16'" in message
+    assert "r.yaml:15 export[0].quantize: Input should be 'none', 'dynamic' or 'static', got 'bogus'" in message
+    assert "r.yaml:17 export[1].precision: Input should be 'f32' or 'auto', got 'f16'" in message
