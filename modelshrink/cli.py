@@ -322,6 +322,32 @@ def analyze(
     print(f"wrote {out}/ (sensitivity.json, sensitivity.md): {measured}")
 
 
+@app.command()
+def tune(
+    recipe: Annotated[Path, typer.Argument(help="A recipe with search spaces ({search: [...]}) under stages.")],
+    objective: Annotated[
+        str, typer.Option("--objective", help="What to minimize: latency_b1 | latency_bn | size | macs.")
+    ] = "latency_b1",
+    max_trials: Annotated[int, typer.Option("--max-trials", min=1, help="Candidates to try at most.")] = 20,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Directory for the search (default: <output.dir>_tune).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search in that directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a directory of an earlier search.")] = False,
+    overrides: SetOption = None,
+) -> None:
+    """Try the recipe's search spaces; write tuned.yaml (the best candidate that passes) and run it into best/."""
+    from modelshrink.tune import tune as run_tune
+
+    with _exit_codes():
+        summary = run_tune(
+            recipe, output, objective=objective, max_trials=max_trials, resume=resume, force=force,
+            overrides=overrides or [],
+        )  # fmt: skip
+    passed = sum(t["status"] == "passed" for t in summary["trials"])
+    print(f"best: {summary['best']} ({passed} of {len(summary['trials'])} candidates passed)")
+
+
 @app.command("export")
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="A modelshrink checkpoint (float, except for pt2).")],

@@ -31,7 +31,7 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _quality(metrics: dict[str, Any]) -> tuple[str, float]:
+def quality_of(metrics: dict[str, Any]) -> tuple[str, float]:
     """Accuracy where the data has labels, else the cosine to the original model's outputs."""
     accuracy = metrics.get("accuracy")
     if accuracy is not None and not math.isnan(accuracy):
@@ -46,9 +46,9 @@ def quality_latency(report: dict[str, Any]) -> bytes:
     points = [("baseline", report["baseline"])] + [(s["name"], s["metrics"]) for s in report["stages"]]
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
-    label = _quality(report["baseline"])[0]
+    label = quality_of(report["baseline"])[0]
     xs = [m["latency_ms"]["batch1_median"] for _, m in points]
-    ys = [_quality(m)[1] for _, m in points]
+    ys = [quality_of(m)[1] for _, m in points]
     axes.plot(xs, ys, marker="o", linestyle=":")
     for (name, _), x, y in zip(points, xs, ys, strict=True):
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -87,6 +87,24 @@ def sensitivity(rows: list[Any]) -> bytes:
     axes.set_yticks(range(len(rows)), [row.name for row in rows], fontsize=6)
     axes.set_title("drop when one layer alone is compressed", fontsize=9)
     figure.colorbar(image, ax=axes, label="drop")
+    return _png(figure)
+
+
+def tune(trials: list[Any], objective: str, front: list[str]) -> bytes:
+    """Each finished trial's objective against its quality; the Pareto front joined by a line."""
+    from matplotlib.figure import Figure
+
+    done = [t for t in trials if t.metrics is not None and t.objective is not None]
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    for status, color in (("passed", "tab:green"), ("failed", "tab:red")):
+        chosen = [t for t in done if t.status == status]
+        axes.scatter([t.objective for t in chosen], [quality_of(t.metrics)[1] for t in chosen], c=color, label=status)
+    best = sorted((t for t in done if t.label in front), key=lambda t: t.objective)
+    axes.plot([t.objective for t in best], [quality_of(t.metrics)[1] for t in best], "k--", lw=0.8, label="Pareto")
+    name = quality_of(done[0].metrics)[0] if done else "quality"
+    axes.set(xlabel=objective, ylabel=name, title="tune trials")
+    axes.legend(fontsize=8)
     return _png(figure)
 
 

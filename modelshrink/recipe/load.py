@@ -27,19 +27,70 @@ MAX_EXPANDED_NODES = 100_000
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Parse and validate a recipe file; raise UserError with file:line messages on any problem."""
+    return parse_recipe(read_recipe_text(path), source=str(path), overrides=overrides)
+
+
+def read_recipe_text(path: str | Path) -> str:
     path = Path(path)
     try:
         if path.stat().st_size > MAX_RECIPE_BYTES:
             raise UserError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES:,} bytes")
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: recipe file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read recipe ({exc})") from None
-    return parse_recipe(text, source=str(path), overrides=overrides)
 
 
 def parse_recipe(text: str, source: str = "<recipe>", overrides: Sequence[str] = ()) -> Recipe:
+    parsed = parse_raw(text, source, overrides)
+    _refuse_search_spaces(parsed)
+    return validate_raw(parsed)
+
+
+class RawRecipe:
+    """A recipe's YAML data (overrides applied) with what explains errors in it by line."""
+
+    def __init__(self, data: dict[str, Any], root: yaml.Node | None, source: str, overridden: list[list[str | int]]):
+        self.data, self.root, self.source, self.overridden = data, root, source, overridden
+
+    def where(self, path: Sequence[str | int]) -> str:
+        """`file:line path` (or `--set path`) for a location in the recipe."""
+        _, node = _locate(tuple(path), self.root)
+        for over in self.overridden:
+            if list(path[: len(over)]) == over:
+                return f"--set {format_path(path)}"
+        return f"{self.source}:{node.start_mark.line + 1} {format_path(path)}" if node is not None else self.source
+
+
+def is_search_space(node: Any) -> bool:
+    """`{search: ...}`: a value `modelshrink tune` chooses (`recipe.search`)."""
+    return isinstance(node, dict) and set(node) == {"search"}
+
+
+def _refuse_search_spaces(parsed: RawRecipe) -> None:
+    def walk(node: Any, path: list[str | int]) -> None:
+        if is_search_space(node):
+            raise UserError(
+                f"{parsed.where(path)}: a search space; run `modelshrink tune` on this recipe, or choose a value"
+            )
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            walk(value, [*path, key])
+
+    walk(parsed.data, [])
+
+
+def validate_raw(parsed: RawRecipe, data: dict[str, Any] | None = None) -> Recipe:
+    """Validate `data` (default: the parsed data) as a recipe, explaining errors by the parsed file's lines."""
+    try:
+        return Recipe.model_validate(parsed.data if data is None else data)
+    except ValidationError as exc:
+        lines = [_explain(err, parsed.root, parsed.source, parsed.overridden) for err in exc.errors()]
+        raise UserError("\n".join(dict.fromkeys(lines))) from None
+
+
+def parse_raw(text: str, source: str = "<recipe>", overrides: Sequence[str] = ()) -> RawRecipe:
     if len(text) > MAX_RECIPE_BYTES:
         raise UserError(f"{source}: recipe is larger than {MAX_RECIPE_BYTES:,} bytes")
     try:
@@ -57,11 +108,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: Sequence[str] =
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping (model, data, stages, output, ...)")
     overridden = [apply_override(data, item) for item in overrides]
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        lines = [_explain(err, root, source, overridden) for err in exc.errors()]
-        raise UserError("\n".join(dict.fromkeys(lines))) from None
+    return RawRecipe(data, root, source, overridden)
 
 
 def _check_tree(root: yaml.Node, source: str) -> None:

@@ -1,0 +1,93 @@
+"""Search spaces in recipes: any value under `stages` may be `{search: [values]}` or
+`{search: {min, max, step}}`; `modelshrink tune` tries the candidates, `run` refuses them.
+
+Spaces live in stages only, so that every candidate shares the model, data and baseline that
+`tune` measures once. A space is found in the raw YAML data before validation; each candidate is
+the raw data with one value per space, validated like any recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from modelshrink.errors import UserError
+from modelshrink.recipe.load import RawRecipe, format_path, is_search_space
+
+Path = tuple[str | int, ...]
+MAX_VALUES = 1000  # per space: a range that would expand past this is a mistake
+
+
+def _values(path: str, space: Any) -> list[Any]:
+    if isinstance(space, list) and space:
+        return space
+    if isinstance(space, dict) and set(space) == {"min", "max", "step"}:
+        low, high, step = space["min"], space["max"], space["step"]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high, step))
+        if not numbers or step <= 0 or high < low:
+            raise UserError(f"{path}: search {{min, max, step}} needs numbers with step > 0 and max >= min")
+        count = int(round((high - low) / step, 9)) + 1
+        if count > MAX_VALUES:
+            raise UserError(f"{path}: the search range has {count:,} values (more than {MAX_VALUES:,})")
+        integral = all(isinstance(v, int) for v in (low, high, step))
+        return [low + i * step if integral else round(low + i * step, 10) for i in range(count)]
+    raise UserError(f"{path}: search takes a non-empty list of values or {{min, max, step}}")
+
+
+def find_spaces(parsed: RawRecipe) -> dict[Path, list[Any]]:
+    """Every search space in the raw recipe, by its path; refused outside `stages`."""
+    found: dict[Path, list[Any]] = {}
+
+    def walk(node: Any, path: Path) -> None:
+        if is_search_space(node):
+            where = parsed.where(path)
+            if not path or path[0] != "stages":
+                raise UserError(f"{where}: search spaces are allowed under stages only (the baseline is shared)")
+            found[path] = _values(where, node["search"])
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, (*path, key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, (*path, index))
+
+    walk(parsed.data, ())
+    return found
+
+
+def candidates(spaces: dict[Path, list[Any]], max_trials: int, seed: int) -> list[dict[Path, Any]]:
+    """Every combination, or `max_trials` of them drawn without repeats (seeded) when there are more."""
+    paths = list(spaces)
+    total = 1
+    for values in spaces.values():
+        total *= len(values)
+    if total <= max_trials:
+        picks: Iterator[tuple[Any, ...]] = itertools.product(*spaces.values())
+        return [dict(zip(paths, combo, strict=True)) for combo in picks]
+    chosen = sorted(random.Random(seed).sample(range(total), max_trials))
+    combos = []
+    for number in chosen:
+        combo = []
+        for values in reversed(list(spaces.values())):
+            number, index = divmod(number, len(values))
+            combo.append(values[index])
+        combos.append(dict(zip(paths, reversed(combo), strict=True)))
+    return combos
+
+
+def substitute(data: dict[str, Any], choice: dict[Path, Any]) -> dict[str, Any]:
+    """The raw recipe with each space replaced by its chosen value."""
+    out = copy.deepcopy(data)
+    for path, value in choice.items():
+        node: Any = out
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    return out
+
+
+def label(choice: dict[Path, Any]) -> str:
+    return ", ".join(f"{format_path(path)}={value}" for path, value in choice.items())

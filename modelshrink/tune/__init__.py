@@ -1,0 +1,126 @@
+"""`modelshrink tune RECIPE`: try the recipe's search spaces, keep the best candidate that passes.
+
+Every candidate shares one model, one data split and one baseline (`tune.trials`). Trials are saved
+to trials.json as they finish, so `--resume` continues an interrupted search. The winner is written
+as tuned.yaml (a plain recipe: no search spaces left) and run once more through the normal pipeline
+into `best/`, so its checkpoint and reports are exactly what `modelshrink run tuned.yaml` makes.
+When nothing passes, the trials table and the closest candidate (closest.yaml) are still written and
+the exit code is 1: a search never ends with nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelshrink import plots
+from modelshrink.atomic import write_file
+from modelshrink.data import build_data
+from modelshrink.engine import measure_model
+from modelshrink.errors import ConstraintFailed, UserError, first_line
+from modelshrink.loading import load_model
+from modelshrink.progress import log
+from modelshrink.recipe.load import format_path, parse_raw, read_recipe_text, validate_raw
+from modelshrink.recipe.search import candidates, find_spaces, label, substitute
+from modelshrink.recipe.stage_specs import needs_tuning_split
+from modelshrink.tune.report import markdown, pareto
+from modelshrink.tune.trials import OBJECTIVES, Shared, Trial, run_candidate
+
+__all__ = ["OBJECTIVES", "tune"]
+
+
+def tune(
+    recipe_path: Path,
+    out_dir: Path | None = None,
+    *,
+    objective: str = "latency_b1",
+    max_trials: int = 20,
+    resume: bool = False,
+    force: bool = False,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    parsed = parse_raw(read_recipe_text(recipe_path), str(recipe_path), overrides)
+    spaces = find_spaces(parsed)
+    if not spaces:
+        raise UserError(f"{recipe_path}: no search spaces ({{search: [...]}} under stages); use `modelshrink run`")
+    first = validate_raw(parsed, substitute(parsed.data, {path: values[0] for path, values in spaces.items()}))
+    choices = candidates(spaces, max_trials, first.seed)
+    recipes = [validate_raw(parsed, substitute(parsed.data, choice)) for choice in choices]  # all valid, or none run
+    out = out_dir or first.output.dir.with_name(f"{first.output.dir.name}_tune")
+    done = _prepare(out, resume, force)
+    log(f"tune: {len(choices)} candidates over {len(spaces)} search spaces, objective {objective}")
+    model, lineage = load_model(first.model)
+    data = build_data(
+        first.data, first.seed, first.model, tuning_split=any(needs_tuning_split(r.stages) for r in recipes),
+        evaluation=first.evaluate.data,
+    )  # fmt: skip
+    baseline, reference = measure_model(model.eval(), lineage, data, first.evaluate)
+    shared = Shared(model, lineage, data, baseline, reference)
+    trials: list[Trial] = []
+    for choice, recipe in zip(choices, recipes, strict=True):
+        name = label(choice)
+        if name in done:
+            trials.append(done[name])
+            continue
+        raw_stages = substitute(parsed.data, choice)["stages"]
+        spelled = {format_path(path): value for path, value in choice.items()}
+        try:
+            trials.append(run_candidate(shared, recipe, raw_stages, name, spelled, objective))
+        except UserError as exc:  # this candidate cannot run on this model (e.g. nothing left to prune)
+            log(f"tune {name}: cannot run ({exc})")
+            trials.append(Trial(name, spelled, "failed", note=f"cannot run: {first_line(exc)}"))
+        write_file(out / "trials.json", _json({"objective": objective, "trials": [asdict(t) for t in trials]}))
+    return _finish(out, parsed.data, choices, trials, objective, baseline)
+
+
+def _prepare(out: Path, resume: bool, force: bool) -> dict[str, Trial]:
+    """The trials an interrupted search already finished (with --resume); refuse to overwrite otherwise."""
+    progress = out / "trials.json"
+    if resume:
+        if not progress.exists():
+            raise UserError(f"--resume: {out} holds no trials.json of an earlier search")
+        saved = json.loads(progress.read_text())["trials"]
+        return {t["label"]: Trial(**t) for t in saved}
+    if out.exists() and not (force and progress.exists()):
+        hint = "pass --resume to continue it, or --force to start over" if progress.exists() else "choose a new one"
+        raise UserError(f"--output: {out} already exists; {hint}")
+    out.mkdir(parents=True, exist_ok=True)
+    progress.unlink(missing_ok=True)
+    return {}
+
+
+def _finish(out: Path, data: dict[str, Any], choices: list[dict], trials: list[Trial], objective: str,
+            baseline: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    passing = [t for t in trials if t.status == "passed"]
+    front = pareto(trials)
+    picture = plots.available() and any(t.metrics for t in trials)
+    if picture:
+        write_file(out / "tune.png", plots.tune(trials, objective, front))
+    by_label = {label(choice): choice for choice in choices}
+    best = min(passing, key=lambda t: t.objective) if passing else min(trials, key=lambda t: t.violation)
+    recipe = yaml.safe_dump(substitute(data, by_label[best.label]), sort_keys=False).encode()
+    write_file(out / ("tuned.yaml" if passing else "closest.yaml"), recipe)
+    summary = {"objective": objective, "best": best.label, "passed": bool(passing), "pareto": sorted(front),
+               "trials": [asdict(t) for t in trials]}  # fmt: skip
+    write_file(out / "trials.json", _json(summary))
+    write_file(out / "tune.md", markdown(summary, baseline, picture).encode())
+    if not passing:
+        message = f"no candidate passes every constraint; the closest ({best.label}) is in {out}/closest.yaml"
+        raise ConstraintFailed(message, summary)
+    log(f"tune: best {best.label} ({objective} {best.objective:.4g}); running it into {out}/best")
+    from modelshrink import pipeline
+    from modelshrink.recipe.load import load_recipe
+
+    pipeline.run(load_recipe(out / "tuned.yaml"), output_dir=out / "best", force=True)
+    return summary
+
+
+def _json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, default=str) + "\n").encode()

@@ -1,0 +1,102 @@
+"""Running `tune`'s candidates in memory: one model, data and baseline for all, stage prefixes cached.
+
+Candidates that share their first stages (the same fine-tuning before different pruning amounts)
+reuse the model those stages made. A candidate is dropped as soon as it cannot pass: when a quality
+gate fails after a stage and no later stage trains (pruning and quantization do not win quality
+back). Latency is timed side by side with the original model for each finished candidate, so a
+latency gate compares two numbers from the same moment.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from modelshrink.constraints import GateResult, check_constraints, gates
+from modelshrink.data.bundle import DataBundle
+from modelshrink.descriptors import Metrics
+from modelshrink.engine import run_stage
+from modelshrink.lineage import Lineage
+from modelshrink.loading import load_model
+from modelshrink.metrics import Reference, add_latencies
+from modelshrink.progress import log
+from modelshrink.recipe.recipe import Recipe
+from modelshrink.stages import StageContext
+
+# what each objective minimizes, read from a finished candidate's metrics
+OBJECTIVES = {
+    "latency_b1": lambda m: m["latency_ms"]["batch1_median"],
+    "latency_bn": lambda m: m["latency_ms"]["batchN_median"],
+    "size": lambda m: m["size_bytes"],
+    "macs": lambda m: m["macs"],
+}
+
+
+@dataclass
+class Trial:
+    label: str
+    choice: dict[str, Any]  # path -> value, as the recipe spells the path
+    status: str  # passed | failed | dropped
+    gates: list[GateResult] = field(default_factory=list)
+    metrics: Metrics | None = None
+    objective: float | None = None
+    note: str = ""
+
+    @property
+    def violation(self) -> float:
+        """How far the failed gates are from their limits, relative to the limits (0 when it passed;
+        infinite for a candidate that could not run)."""
+        if self.metrics is None:
+            return math.inf
+        return sum(abs(g["value"] - g["limit"]) / max(abs(g["limit"]), 1e-9) for g in self.gates if not g["passed"])
+
+
+@dataclass
+class Shared:
+    """What every candidate starts from."""
+
+    model: nn.Module
+    lineage: Lineage
+    data: DataBundle
+    baseline: Metrics
+    reference: Reference
+    prefixes: dict[str, tuple[nn.Module, Lineage, Metrics]] = field(default_factory=dict)
+
+
+def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: str, choice: dict[str, Any],
+                  objective: str) -> Trial:  # fmt: skip
+    model, lineage, metrics = shared.model, shared.lineage, shared.baseline
+    names = recipe.stage_names()
+    quality_gates = [gate for gate in gates(recipe.constraints) if not gate.metric.name.startswith("latency")]
+    for index, (spec, name) in enumerate(zip(recipe.stages, names, strict=True)):
+        key = json.dumps(stages_raw[: index + 1], sort_keys=True, default=str)
+        if key in shared.prefixes:
+            model, lineage, metrics = shared.prefixes[key]
+            continue
+        model, lineage = copy.deepcopy(model), copy.deepcopy(lineage)
+        ctx = StageContext(
+            data=shared.data, original_model=shared.model, lineage=lineage, evaluate=recipe.evaluate,
+            seed=recipe.seed, load_model=load_model,
+        )  # fmt: skip
+        model, result = run_stage(model, spec, name, ctx, shared.reference, metrics)
+        metrics = result.metrics
+        shared.prefixes[key] = (model, lineage, metrics)
+        failed = [gate.check(shared.baseline, metrics) for gate in quality_gates]
+        failed = [g for g in failed if not g["passed"]]
+        trains_later = any(later.training is not None for later in recipe.stages[index + 1 :])
+        if failed and not trains_later:
+            log(f"tune {label}: dropped after {name} ({failed[0]['name']} {failed[0]['value']:.4g})")
+            return Trial(label, choice, "dropped", failed, metrics, note=f"dropped after {name}")
+    final = copy.deepcopy(metrics)
+    baseline = copy.deepcopy(shared.baseline)
+    add_latencies([shared.model, model], [baseline, final], shared.data, recipe.evaluate)
+    results = check_constraints(recipe.constraints, baseline, final)
+    passed = all(r["passed"] for r in results)
+    value = OBJECTIVES[objective](final)
+    log(f"tune {label}: {'passes' if passed else 'fails'}, {objective} {value:.4g}")
+    return Trial(label, choice, "passed" if passed else "failed", results, final, value)

@@ -1,0 +1,95 @@
+"""Search spaces and `modelshrink tune` (issue #15): candidates share one baseline, the best that passes
+becomes tuned.yaml and is run into best/, nothing passing still writes the table and the closest, --resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import modelshrink.tune as tuning
+from modelshrink.cli import app
+from modelshrink.recipe.search import candidates
+
+runner = CliRunner()
+AMOUNTS = {"search": {"min": 0.1, "max": 0.5, "step": 0.1}}
+
+
+def searched(recipe_file, min_params_ratio: float, **sections):
+    """Channel pruning of the tiny MLP at 0.1 ... 0.5; a gate on the parameters kept (exact on any CPU)."""
+    stages = [{"kind": "prune", "method": "channel", "amount": AMOUNTS}]
+    return recipe_file(stages=stages, constraints={"params": {"min_ratio": min_params_ratio}}, **sections)
+
+
+def test_tune_keeps_the_fastest_candidate_that_passes_and_runs_it(tmp_path: Path, recipe_file) -> None:
+    out = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(searched(recipe_file, 0.58)), "--objective", "macs", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "best: stages[0].amount=0.3 (3 of 5 candidates passed)" in result.output
+    summary = json.loads((out / "trials.json").read_text())
+    statuses = {t["label"]: t["status"] for t in summary["trials"]}
+    kept = {0.1: "passed", 0.2: "passed", 0.3: "passed", 0.4: "dropped", 0.5: "dropped"}  # 84% ... 43% of params
+    assert statuses == {f"stages[0].amount={amount}": status for amount, status in kept.items()}
+    tuned = yaml.safe_load((out / "tuned.yaml").read_text())
+    assert tuned["stages"][0]["amount"] == 0.3, "a plain recipe: the search space replaced by its value"
+    report = json.loads((out / "best" / "report.json").read_text())
+    assert report["stages"][0]["params"]["amount"] == 0.3 and all(c["passed"] for c in report["constraints"])
+    md = (out / "tune.md").read_text()
+    assert "**stages[0].amount=0.3**" in md and "dropped (dropped after prune1)" in md
+    assert runner.invoke(app, ["run", str(out / "tuned.yaml"), "-o", str(tmp_path / "again")]).exit_code == 0
+
+
+def test_when_nothing_passes_the_table_and_the_closest_are_written_and_it_exits_1(tmp_path: Path, recipe_file) -> None:
+    out = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(searched(recipe_file, 0.99)), "-o", str(out)])
+    assert result.exit_code == 1
+    assert "no candidate passes every constraint; the closest (stages[0].amount=0.1)" in result.output
+    assert yaml.safe_load((out / "closest.yaml").read_text())["stages"][0]["amount"] == 0.1
+    assert (out / "tune.md").exists() and not (out / "tuned.yaml").exists() and not (out / "best").exists()
+
+
+def test_resume_continues_an_interrupted_search(tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe, out = searched(recipe_file, 0.58), tmp_path / "search"
+    real, ran = tuning.run_candidate, []
+
+    def interrupted(shared, recipe, stages, label, choice, objective):
+        if len(ran) == 2:
+            raise KeyboardInterrupt
+        ran.append(label)
+        return real(shared, recipe, stages, label, choice, objective)
+
+    monkeypatch.setattr(tuning, "run_candidate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune(recipe, out, objective="macs")
+    assert len(json.loads((out / "trials.json").read_text())["trials"]) == 2
+    refused = runner.invoke(app, ["tune", str(recipe), "-o", str(out)])
+    assert refused.exit_code == 2 and "pass --resume to continue it" in refused.output
+    monkeypatch.setattr(tuning, "run_candidate", lambda *args: ran.append(args[3]) or real(*args))
+    result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--objective", "macs", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert ran == [f"stages[0].amount={a}" for a in (0.1, 0.2, 0.3, 0.4, 0.5)], "each candidate ran once"
+
+
+def test_search_spaces_are_refused_by_run_and_checked_by_tune(tmp_path: Path, recipe_file) -> None:
+    recipe = searched(recipe_file, 0.58)
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and "recipe.yaml:" in result.output
+    assert "stages[0].amount: a search space; run `modelshrink tune` on this recipe" in result.output
+    bad = recipe_file(stages=[{"kind": "prune", "amount": {"search": [0.5, 1.5]}}])
+    result = runner.invoke(app, ["tune", str(bad)])
+    assert result.exit_code == 2 and "stages[0].amount: must be in (0, 1), got 1.5" in result.output
+    outside = recipe_file(seed={"search": [0, 1]})
+    result = runner.invoke(app, ["tune", str(outside)])
+    assert result.exit_code == 2 and "search spaces are allowed under stages only" in result.output
+    assert not (tmp_path / "out_tune").exists(), "nothing is written for a bad recipe"
+
+
+def test_more_combinations_than_trials_are_sampled_without_repeats() -> None:
+    spaces = {("stages", 0, "amount"): [0.1, 0.2, 0.3], ("stages", 1, "mode"): ["static", "dynamic", "bf16"]}
+    assert len(candidates(spaces, 20, seed=0)) == 9
+    drawn = candidates(spaces, 4, seed=0)
+    assert len(drawn) == 4 and len({tuple(c.values()) for c in drawn}) == 4
+    assert drawn == candidates(spaces, 4, seed=0) and drawn != candidates(spaces, 4, seed=1)
