@@ -195,10 +195,16 @@ def validate(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
     overrides: SetOption = None,
 ) -> None:
-    """Check a recipe without running it (same checks as `run`)."""
+    """Check a recipe without running it (same checks as `run`; every value of a search space for `tune`)."""
+    from modelshrink.recipe.load import parse_raw, read_recipe_text
+    from modelshrink.recipe.search import check_values, find_spaces
+
     with _exit_codes():
-        parsed = modelshrink.validate(recipe, overrides or [])
-    print(f"{recipe}: ok ({len(parsed.stages)} stages: {', '.join(parsed.stage_names()) or 'none'})")
+        raw = parse_raw(read_recipe_text(recipe), str(recipe), overrides or [])
+        spaces = find_spaces(raw)
+        parsed = check_values(raw, spaces) if spaces else modelshrink.validate(recipe, overrides or [])
+    searched = f"; {len(spaces)} search spaces for `modelshrink tune`" if spaces else ""
+    print(f"{recipe}: ok ({len(parsed.stages)} stages: {', '.join(parsed.stage_names()) or 'none'}{searched})")
 
 
 @app.command()

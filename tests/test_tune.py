@@ -78,9 +78,12 @@ def test_search_spaces_are_refused_by_run_and_checked_by_tune(tmp_path: Path, re
     result = runner.invoke(app, ["run", str(recipe)])
     assert result.exit_code == 2 and "recipe.yaml:" in result.output
     assert "stages[0].amount: a search space; run `modelshrink tune` on this recipe" in result.output
+    checked = runner.invoke(app, ["validate", str(recipe)])
+    assert checked.exit_code == 0 and "1 search spaces for `modelshrink tune`" in checked.output
     bad = recipe_file(stages=[{"kind": "prune", "amount": {"search": [0.5, 1.5]}}])
-    result = runner.invoke(app, ["tune", str(bad)])
-    assert result.exit_code == 2 and "stages[0].amount: must be in (0, 1), got 1.5" in result.output
+    for command in ("tune", "validate"):
+        result = runner.invoke(app, [command, str(bad)])
+        assert result.exit_code == 2 and "stages[0].amount: must be in (0, 1), got 1.5" in result.output
     outside = recipe_file(seed={"search": [0, 1]})
     result = runner.invoke(app, ["tune", str(outside)])
     assert result.exit_code == 2 and "search spaces are allowed under stages only" in result.output

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.load import RawRecipe, format_path, is_search_space
+from modelshrink.recipe.load import RawRecipe, format_path, is_search_space, validate_raw
+from modelshrink.recipe.recipe import Recipe
 
 Path = tuple[str | int, ...]
 MAX_VALUES = 1000  # per space: a range that would expand past this is a mistake
@@ -56,6 +57,16 @@ def find_spaces(parsed: RawRecipe) -> dict[Path, list[Any]]:
 
     walk(parsed.data, ())
     return found
+
+
+def check_values(parsed: RawRecipe, spaces: dict[Path, list[Any]]) -> Recipe:
+    """Validate every value of every space (the others at their first value); returns the first candidate."""
+    first = {path: values[0] for path, values in spaces.items()}
+    recipe = validate_raw(parsed, substitute(parsed.data, first))
+    for path, values in spaces.items():
+        for value in values[1:]:
+            validate_raw(parsed, substitute(parsed.data, {**first, path: value}))
+    return recipe
 
 
 def candidates(spaces: dict[Path, list[Any]], max_trials: int, seed: int) -> list[dict[Path, Any]]:

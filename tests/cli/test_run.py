@@ -148,6 +148,8 @@ def test_bundled_recipes_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert f"{prune20}:6 model.checkpoint: runs/digits_resnet50_baseline/model.pt does not exist\n" in result.stderr
     Path("runs/digits_resnet50_baseline").mkdir(parents=True)
     Path("runs/digits_resnet50_baseline/model.pt").touch()  # validate checks that inputs exist, not their bytes
+    Path("runs/digits_resnet18_baseline").mkdir(parents=True)
+    Path("runs/digits_resnet18_baseline/model.pt").touch()
     Path("runs/boxnet.pt").touch()  # the inputs the examples' recipes say how to make
     Path("runs/photos").mkdir()
     for recipe in sorted(prune20.parent.glob("*.yaml")):
