@@ -96,3 +96,20 @@ def test_more_combinations_than_trials_are_sampled_without_repeats() -> None:
     drawn = candidates(spaces, 4, seed=0)
     assert len(drawn) == 4 and len({tuple(c.values()) for c in drawn}) == 4
     assert drawn == candidates(spaces, 4, seed=0) and drawn != candidates(spaces, 4, seed=1)
+
+
+def test_the_winners_run_reproduces_its_trial(tmp_path: Path, recipe_file) -> None:
+    """The second candidate trains after the first one did: its trial must start from the random state a
+    run of it starts from, or best/ (a fresh run of tuned.yaml) reports another model."""
+    stages = [
+        {"kind": "prune", "method": "channel", "amount": {"search": [0.1, 0.2]}},
+        {"kind": "finetune", "epochs": 1, "lr": 0.01},
+    ]
+    recipe = recipe_file(stages=stages, constraints={"params": {"min_ratio": 0.5}})
+    out = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(recipe), "--objective", "macs", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    trials = {t["label"]: t for t in json.loads((out / "trials.json").read_text())["trials"]}
+    trial = trials["stages[0].amount=0.2"]["metrics"]
+    run = json.loads((out / "best" / "report.json").read_text())["final"]
+    assert (run["loss"], run["cosine"]) == (trial["loss"], trial["cosine"])

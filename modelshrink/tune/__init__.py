@@ -21,13 +21,13 @@ import yaml
 from modelshrink import plots
 from modelshrink.atomic import write_file
 from modelshrink.data import build_data
-from modelshrink.engine import measure_model
+from modelshrink.engine import measure_model, seed_everything
 from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.loading import load_model
 from modelshrink.progress import log
 from modelshrink.recipe.load import format_path, parse_raw, read_recipe_text, validate_raw
 from modelshrink.recipe.search import candidates, find_spaces, label, substitute
-from modelshrink.recipe.stage_specs import needs_tuning_split
+from modelshrink.resume import rng_state
 from modelshrink.tune.report import markdown, pareto
 from modelshrink.tune.trials import OBJECTIVES, Shared, Trial, run_candidate
 
@@ -53,16 +53,20 @@ def tune(
     first = validate_raw(parsed, substitute(parsed.data, {path: values[0] for path, values in spaces.items()}))
     choices = candidates(spaces, max_trials, first.seed)
     recipes = [validate_raw(parsed, substitute(parsed.data, choice)) for choice in choices]  # all valid, or none run
+    if len({r.needs_tuning_split for r in recipes}) > 1:
+        raise UserError("the search spaces change whether a tuning split is held out (keep_best, early_stopping); "
+                        "search those settings in separate recipes")  # fmt: skip
     out = out_dir or first.output.dir.with_name(f"{first.output.dir.name}_tune")
     done = _prepare(out, resume, force)
     log(f"tune: {len(choices)} candidates over {len(spaces)} search spaces, objective {objective}")
-    model, lineage = load_model(first.model)
+    # as `run` does, in its order, so that a candidate's stages see the random state a run of it would
+    seed_everything(first.seed)
     data = build_data(
-        first.data, first.seed, first.model, tuning_split=any(needs_tuning_split(r.stages) for r in recipes),
-        evaluation=first.evaluate.data,
-    )  # fmt: skip
+        first.data, first.seed, first.model, tuning_split=first.needs_tuning_split, evaluation=first.evaluate.data
+    )
+    model, lineage = load_model(first.model)
     baseline, reference = measure_model(model.eval(), lineage, data, first.evaluate)
-    shared = Shared(model, lineage, data, baseline, reference)
+    shared = Shared(model, lineage, data, baseline, reference, rng_state(data.train.generator))
     trials: list[Trial] = []
     for choice, recipe in zip(choices, recipes, strict=True):
         name = label(choice)

@@ -1,7 +1,9 @@
 """Running `tune`'s candidates in memory: one model, data and baseline for all, stage prefixes cached.
 
 Candidates that share their first stages (the same fine-tuning before different pruning amounts)
-reuse the model those stages made. A candidate is dropped as soon as it cannot pass: when a quality
+reuse the model those stages made. Each stage starts from the random state a `run` of that candidate
+would be in (the state after the baseline, or after the cached prefix), so the winner's run in best/
+reproduces its trial. A candidate is dropped as soon as it cannot pass: when a quality
 gate fails after a stage and no later stage trains (pruning and quantization do not win quality
 back). Latency is timed side by side with the original model for each finished candidate, so a
 latency gate compares two numbers from the same moment.
@@ -26,6 +28,7 @@ from modelshrink.loading import load_model
 from modelshrink.metrics import Reference, add_latencies
 from modelshrink.progress import log
 from modelshrink.recipe.recipe import Recipe
+from modelshrink.resume import restore_rng, rng_state
 from modelshrink.stages import StageContext
 
 # what each objective minimizes, read from a finished candidate's metrics
@@ -65,27 +68,29 @@ class Shared:
     data: DataBundle
     baseline: Metrics
     reference: Reference
-    prefixes: dict[str, tuple[nn.Module, Lineage, Metrics]] = field(default_factory=dict)
+    rng: dict[str, Any]  # the random state after the baseline, as `run` saves it
+    prefixes: dict[str, tuple[nn.Module, Lineage, Metrics, dict[str, Any]]] = field(default_factory=dict)
 
 
 def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: str, choice: dict[str, Any],
                   objective: str) -> Trial:  # fmt: skip
-    model, lineage, metrics = shared.model, shared.lineage, shared.baseline
+    model, lineage, metrics, rng = shared.model, shared.lineage, shared.baseline, shared.rng
     names = recipe.stage_names()
     quality_gates = [gate for gate in gates(recipe.constraints) if not gate.metric.name.startswith("latency")]
     for index, (spec, name) in enumerate(zip(recipe.stages, names, strict=True)):
         key = json.dumps(stages_raw[: index + 1], sort_keys=True, default=str)
         if key in shared.prefixes:
-            model, lineage, metrics = shared.prefixes[key]
+            model, lineage, metrics, rng = shared.prefixes[key]
             continue
         model, lineage = copy.deepcopy(model), copy.deepcopy(lineage)
+        restore_rng(rng, shared.data.train.generator)
         ctx = StageContext(
             data=shared.data, original_model=shared.model, lineage=lineage, evaluate=recipe.evaluate,
             seed=recipe.seed, load_model=load_model,
         )  # fmt: skip
         model, result = run_stage(model, spec, name, ctx, shared.reference, metrics)
-        metrics = result.metrics
-        shared.prefixes[key] = (model, lineage, metrics)
+        metrics, rng = result.metrics, rng_state(shared.data.train.generator)
+        shared.prefixes[key] = (model, lineage, metrics, rng)
         failed = [gate.check(shared.baseline, metrics) for gate in quality_gates]
         failed = [g for g in failed if not g["passed"]]
         trains_later = any(later.training is not None for later in recipe.stages[index + 1 :])

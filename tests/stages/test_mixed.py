@@ -28,10 +28,13 @@ def test_the_sensitive_layer_stays_float_and_the_rest_is_quantized() -> None:
     model = mlp_with_an_outlier_layer()
     x = torch.randn(256, 32, generator=torch.Generator().manual_seed(1))
     plain = compress(
-        mlp_with_an_outlier_layer(), [{"kind": "quantize", "mode": "dynamic"}], data=tensor_data(x), evaluate=FAST_EVAL
+        mlp_with_an_outlier_layer(),
+        [{"kind": "quantize", "mode": "weight_only"}],
+        data=tensor_data(x),
+        evaluate=FAST_EVAL,
     )
     assert plain.final["agreement"] < 0.95, "quantizing every layer costs this model"
-    stage = {"kind": "quantize", "mode": "dynamic", "mixed": {"max_drop": 0.02}}
+    stage = {"kind": "quantize", "mode": "weight_only", "mixed": {"max_drop": 0.02}}
     result = compress(model, [stage], data=tensor_data(x), evaluate=FAST_EVAL)
     assert type(result.model[2]) is nn.Linear, "the outlier layer stays float"
     assert type(result.model[0]) is not nn.Linear and type(result.model[4]) is not nn.Linear, "the others are int8"
