@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from modelshrink import plots
@@ -122,6 +123,7 @@ def _finish(out: Path, data: dict[str, Any], choices: list[dict], trials: list[T
     from modelshrink import pipeline
     from modelshrink.recipe.load import load_recipe
 
+    torch._dynamo.reset()  # as a new process would start (see run_candidate)
     pipeline.run(load_recipe(out / "tuned.yaml"), output_dir=out / "best", force=True)
     return summary
 

@@ -37,7 +37,8 @@ def markdown(summary: dict[str, Any], baseline: dict[str, Any], picture: bool) -
         "",
         f"Objective: lowest {objective}. {verdict}: **{summary['best']}**. Baseline {name} {base:.4f}.",
         "",
-        f"| trial | status | {name} | {objective} | failed gates | Pareto |",
+        f"| trial | status | {name} | {objective}{' (x original)' if objective.startswith('latency') else ''} "
+        "| failed gates | Pareto |",
         "|---|---|---|---|---|---|",
     ]
     for t in summary["trials"]:
