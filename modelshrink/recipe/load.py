@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +68,26 @@ def is_search_space(node: Any) -> bool:
     return isinstance(node, dict) and set(node) == {"search"}
 
 
+def containers(data: Any) -> Iterator[tuple[list[str | int], Any]]:
+    """Every value in the recipe's data with its path, each dict or list once (a recursive YAML alias
+    makes the data contain itself; validation then refuses it in one line)."""
+    seen: set[int] = set()
+    stack: list[tuple[list[str | int], Any]] = [([], data)]
+    while stack:
+        path, node = stack.pop()
+        yield path, node
+        if isinstance(node, dict | list) and id(node) not in seen:
+            seen.add(id(node))
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend(([*path, key], value) for key, value in reversed(list(items)))
+
+
 def _refuse_search_spaces(parsed: RawRecipe) -> None:
-    def walk(node: Any, path: list[str | int]) -> None:
+    for path, node in containers(parsed.data):
         if is_search_space(node):
             raise UserError(
                 f"{parsed.where(path)}: a search space; run `modelshrink tune` on this recipe, or choose a value"
             )
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for key, value in items:
-            walk(value, [*path, key])
-
-    walk(parsed.data, [])
 
 
 def validate_raw(parsed: RawRecipe, data: dict[str, Any] | None = None) -> Recipe:

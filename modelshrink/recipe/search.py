@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.load import RawRecipe, format_path, is_search_space, validate_raw
+from modelshrink.recipe.load import RawRecipe, containers, format_path, is_search_space, validate_raw
 from modelshrink.recipe.recipe import Recipe
 
 Path = tuple[str | int, ...]
@@ -41,21 +41,12 @@ def _values(path: str, space: Any) -> list[Any]:
 def find_spaces(parsed: RawRecipe) -> dict[Path, list[Any]]:
     """Every search space in the raw recipe, by its path; refused outside `stages`."""
     found: dict[Path, list[Any]] = {}
-
-    def walk(node: Any, path: Path) -> None:
+    for path, node in containers(parsed.data):
         if is_search_space(node):
             where = parsed.where(path)
             if not path or path[0] != "stages":
                 raise UserError(f"{where}: search spaces are allowed under stages only (the baseline is shared)")
-            found[path] = _values(where, node["search"])
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, (*path, key))
-        elif isinstance(node, list):
-            for index, value in enumerate(node):
-                walk(value, (*path, index))
-
-    walk(parsed.data, ())
+            found[tuple(path)] = _values(where, node["search"])
     return found
 
 
