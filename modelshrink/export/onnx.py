@@ -14,6 +14,7 @@ import ast
 import contextlib
 import io
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,7 +84,7 @@ def optimize_transformer(blob: bytes, config: Any) -> tuple[bytes, str]:
     the exported pattern), run before quantizing as ONNX Runtime advises; returns what it fused."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with tempfile.TemporaryDirectory(prefix="modelshrink-onnx-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="modelshrink-onnx-") as scratch, working_directory(scratch):
         source = Path(scratch) / "fp32.onnx"
         source.write_bytes(blob)
         with quiet(), contextlib.redirect_stdout(io.StringIO()), onnxruntime_errors("optimize"):
@@ -99,7 +100,7 @@ def quantize(blob: bytes, spec: OnnxExport, data: DataBundle, exclude: list[str]
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="modelshrink-onnx-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="modelshrink-onnx-") as scratch, working_directory(scratch):
         source, prepared, target = (Path(scratch) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         source.write_bytes(blob)
         # ONNX Runtime's quantizer prints its progress, which would land in `--json`'s stdout; its
@@ -130,6 +131,19 @@ def quantize(blob: bytes, spec: OnnxExport, data: DataBundle, exclude: list[str]
                     nodes_to_exclude=excluded,
                 )
         return target.read_bytes()
+
+
+@contextlib.contextmanager
+def working_directory(path: str) -> Iterator[None]:
+    """ONNX Runtime's symbolic shape inference saves `sym_shape_infer_temp.onnx` (and its weights) into the
+    current directory when it cannot infer every shape: its tools run inside the scratch directory, so
+    nothing lands in the user's directory (contextlib.chdir is Python 3.11+)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @contextlib.contextmanager

@@ -126,3 +126,26 @@ def test_export_command_refuses_a_model_that_is_no_longer_float(tmp_path: Path, 
     result = runner.invoke(app, ["export", str(tmp_path / "out" / "model.pt")])
     assert result.exit_code == 2 and "no longer float (quantize_weight_only)" in result.output
     assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_onnx_runtime_tools_leave_nothing_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime's symbolic shape inference saves sym_shape_infer_temp.onnx into the current directory when
+    it cannot infer every shape (it did for MiniLM); its tools run inside the scratch directory instead."""
+    import types
+
+    import onnxruntime.transformers.optimizer as optimizer
+
+    from modelshrink.export.onnx import optimize_transformer
+
+    def leaves_a_file(path: str, *args: object) -> object:
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"")  # relative: the current directory, as ORT does
+        model = types.SimpleNamespace(SerializeToString=lambda: b"optimized")
+        return types.SimpleNamespace(model=model, get_fused_operator_statistics=dict)
+
+    monkeypatch.setattr(optimizer, "optimize_model", leaves_a_file)
+    monkeypatch.chdir(tmp_path)
+    config = types.SimpleNamespace(model_type="bert", num_attention_heads=2, hidden_size=32)
+    assert optimize_transformer(b"model", config) == (b"optimized", "")
+    assert list(tmp_path.iterdir()) == [] and Path.cwd() == tmp_path
