@@ -196,13 +196,13 @@ def validate(
     overrides: SetOption = None,
 ) -> None:
     """Check a recipe without running it (same checks as `run`; every value of a search space for `tune`)."""
-    from modelshrink.recipe.load import parse_raw, read_recipe_text
+    from modelshrink.recipe.load import parse_raw, read_recipe_text, validate_raw
     from modelshrink.recipe.search import check_values, find_spaces
 
     with _exit_codes():
-        raw = parse_raw(read_recipe_text(recipe), str(recipe), overrides or [])
+        raw = parse_raw(read_recipe_text(recipe), str(recipe), overrides or [])  # the file is read once
         spaces = find_spaces(raw)
-        parsed = check_values(raw, spaces) if spaces else modelshrink.validate(recipe, overrides or [])
+        parsed = check_values(raw, spaces) if spaces else validate_raw(raw)
     searched = f"; {len(spaces)} search spaces for `modelshrink tune`" if spaces else ""
     print(f"{recipe}: ok ({len(parsed.stages)} stages: {', '.join(parsed.stage_names()) or 'none'}{searched})")
 

@@ -27,8 +27,8 @@ from modelshrink.metrics.drop import OutputDrop, is_classifier
 from modelshrink.quiet import quiet
 from modelshrink.recipe.recipe import Recipe
 from modelshrink.stages import StageContext, apply_stage
+from modelshrink.stages.structured import PRUNABLE
 
-LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 RATIOS = (0.25, 0.5, 0.75)
 
 
@@ -64,7 +64,7 @@ def probes(name: str, layer: nn.Module, others: list[str], ratios: Sequence[floa
 
 
 def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, LAYER_TYPES)]
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE)]
 
 
 def sensitivities(

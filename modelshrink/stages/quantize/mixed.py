@@ -20,8 +20,9 @@ from modelshrink.lineage import Lineage
 from modelshrink.metrics.drop import OutputDrop, is_classifier
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.selection import matches_any
+from modelshrink.stages.structured import PRUNABLE
 
-LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+LAYER_TYPES = (*PRUNABLE, nn.Embedding)  # what the quantize modes touch
 
 
 def keep_float(stage: Any, model: nn.Module, ctx: StageContext) -> tuple[list[str], list[str]]:
