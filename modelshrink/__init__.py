@@ -58,11 +58,12 @@ def run_recipe(
         parsed, source = recipe, None
     else:
         parsed, source = load_recipe(recipe, overrides), str(recipe)
-    if trust:
-        model = parsed.model.model_copy(update={"trust": [*parsed.model.trust, *trust]})
-        parsed = parsed.model_copy(update={"model": model})
     return pipeline.run(
-        parsed, output_dir=Path(output_dir) if output_dir else None, force=force, resume=resume, recipe_source=source
+        parsed.trusting(trust),
+        output_dir=Path(output_dir) if output_dir else None,
+        force=force,
+        resume=resume,
+        recipe_source=source,
     )
 
 

@@ -341,6 +341,7 @@ def tune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search in that directory.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in a directory of an earlier search.")] = False,
     overrides: SetOption = None,
+    trust: TrustOption = None,
 ) -> None:
     """Try the recipe's search spaces; write tuned.yaml (the best candidate that passes) and run it into best/."""
     from modelshrink.tune import tune as run_tune
@@ -348,7 +349,7 @@ def tune(
     with _exit_codes():
         summary = run_tune(
             recipe, output, objective=objective, max_trials=max_trials, resume=resume, force=force,
-            overrides=overrides or [],
+            overrides=overrides or [], trust=trust or [],
         )  # fmt: skip
     passed = sum(t["status"] == "passed" for t in summary["trials"])
     print(f"best: {summary['best']} ({passed} of {len(summary['trials'])} candidates passed)")

@@ -62,6 +62,13 @@ def tensor_data(inputs: torch.Tensor, labels: torch.Tensor | None = None, num_cl
     )  # fmt: skip
 
 
+def reload(result: Any) -> torch.nn.Module:
+    """A compress result's model rebuilt from its checkpoint bytes, as `modelshrink.load` would."""
+    from modelshrink.checkpoint import from_bytes, to_bytes
+
+    return from_bytes(to_bytes(result.model, result.lineage))[0]
+
+
 def output_files(checkpoint: str = "model.pt") -> list[str]:
     """What a run writes into its output directory (pictures where matplotlib is installed)."""
     from modelshrink import plots

@@ -134,3 +134,33 @@ def test_every_candidate_and_the_final_run_start_with_an_empty_compile_cache(
     result = runner.invoke(app, ["tune", str(searched(recipe_file, 0.58)), "--objective", "macs", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert len(resets) == 5 + 1, "five candidates and the winner's run"
+
+
+@pytest.mark.slow
+def test_the_readmes_worked_example_on_the_bundled_digits_resnet18(tmp_path: Path) -> None:
+    """baseline -> analyze the tune recipe -> tune -> tuned.yaml runs as a plain recipe (CI), all on the
+    bundled recipes with shorter training; the gate is loosened so the short training cannot fail it."""
+    recipes = Path(__file__).parents[1] / "recipes"
+    base = tmp_path / "base"
+    short = ["--set", "stages[0].epochs=1", "--set", "evaluate.latency.iterations=2"]
+    trained = runner.invoke(app, ["run", str(recipes / "digits_resnet18_baseline.yaml"), "-o", str(base), *short])
+    assert trained.exit_code == 0, trained.output
+    sets = ["--set", f"model.checkpoint={base / 'model.pt'}", "--set", "constraints.max_accuracy_drop=0.5"]
+    tune_recipe = str(recipes / "digits_resnet18_tune.yaml")
+    analysis = runner.invoke(app, ["analyze", tune_recipe, *sets, "-o", str(tmp_path / "an"), "--budget-s", "5"])
+    assert analysis.exit_code == 0, analysis.output
+    assert json.loads((tmp_path / "an" / "sensitivity.json").read_text())["layers"], "a tune recipe is analyzed"
+    smaller = ["--set", "stages[0].amount={search: [0.6, 0.9]}", "--set", "stages[2].epochs=1"]
+    out = tmp_path / "tune"
+    searched = runner.invoke(
+        app, ["tune", tune_recipe, *sets, *smaller, *short[2:], "--objective", "latency_b1", "-o", str(out)]
+    )
+    assert searched.exit_code == 0, searched.output
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(trials) == 4 and all(t["status"] == "passed" for t in trials)
+    best = json.loads((out / "best" / "report.json").read_text())
+    assert [s["name"] for s in best["stages"]] == ["blocks", "channels", "recover", "int8"]
+    again = runner.invoke(app, ["run", str(out / "tuned.yaml"), "-o", str(tmp_path / "ci"), *short[2:]])
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((tmp_path / "ci" / "report.json").read_text())
+    assert rerun["final"]["accuracy"] == best["final"]["accuracy"], "tuned.yaml reproduces the best run"

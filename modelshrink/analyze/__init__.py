@@ -5,8 +5,10 @@ written as sensitivity.json, sensitivity.md and (with the plots extra) sensitivi
 What is analyzed is the model as the recipe's first compressing stage would get it: the recipe's
 leading training-only stages (a `finetune` that trains a bundled model from scratch) run first, in
 memory through `compress`. Every probe then runs on a copy of that model (`analyze.probe`) and is
-scored on calibration batches, never the validation split. A time budget bounds the work: layers left
-when it is spent are listed as not measured, and what was measured is still written.
+scored on calibration batches, never the validation split. A recipe written for `tune` is read with
+each search space at its first value (spaces sit in the compressing stages, which analyze probes instead
+of running). A time budget bounds the work: layers left when it is spent are listed as not measured,
+and what was measured is still written.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from modelshrink.engine import compress
 from modelshrink.errors import UserError
 from modelshrink.loading import load_model
 from modelshrink.progress import log
-from modelshrink.recipe.load import load_recipe
+from modelshrink.recipe.search import load_first_candidate
 from modelshrink.recipe.stage_specs import needs_tuning_split
 
 __all__ = ["analyze", "default_output"]
@@ -38,7 +40,7 @@ __all__ = ["analyze", "default_output"]
 
 def default_output(recipe_path: Path, overrides: Sequence[str] = ()) -> Path:
     """Beside the recipe's run directory: `<output.dir>_sensitivity`."""
-    directory = load_recipe(recipe_path, list(overrides)).output.dir
+    directory = load_first_candidate(recipe_path, overrides).output.dir
     return directory.with_name(f"{directory.name}_sensitivity")
 
 
@@ -55,11 +57,7 @@ def analyze(
     force: bool = False,
 ) -> dict[str, Any]:
     """Measure, suggest and write; returns what sensitivity.json holds."""
-    recipe = load_recipe(recipe_path, list(overrides))
-    if trust:  # modules whose factories the model's checkpoint may name, as `run --trust`
-        recipe = recipe.model_copy(
-            update={"model": recipe.model.model_copy(update={"trust": [*recipe.model.trust, *trust]})}
-        )
+    recipe = load_first_candidate(recipe_path, overrides).trusting(trust)
     if out_dir.exists() and not (force and (out_dir / "sensitivity.json").exists()):
         reason = "pass --force to replace it" if (out_dir / "sensitivity.json").exists() else "choose a new one"
         raise UserError(f"--output: {out_dir} already exists; {reason}")

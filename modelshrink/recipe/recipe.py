@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -31,6 +32,13 @@ class Recipe(Strict):
 
     def stage_names(self) -> list[str]:
         return stage_names(self.stages)
+
+    def trusting(self, modules: Sequence[str]) -> Recipe:
+        """This recipe with `modules` added to `model.trust` (`--trust` on the command line): modules whose
+        factories the model's checkpoint may name."""
+        if not modules:
+            return self
+        return self.model_copy(update={"model": self.model.model_copy(update={"trust": [*self.model.trust, *modules]})})
 
     @model_validator(mode="after")
     def _trainable_after_quantize(self) -> Recipe:

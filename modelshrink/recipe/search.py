@@ -11,11 +11,20 @@ from __future__ import annotations
 import copy
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from os import PathLike
 from typing import Any
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.load import RawRecipe, containers, format_path, is_search_space, validate_raw
+from modelshrink.recipe.load import (
+    RawRecipe,
+    containers,
+    format_path,
+    is_search_space,
+    parse_raw,
+    read_recipe_text,
+    validate_raw,
+)
 from modelshrink.recipe.recipe import Recipe
 
 Path = tuple[str | int, ...]
@@ -50,9 +59,20 @@ def find_spaces(parsed: RawRecipe) -> dict[Path, list[Any]]:
     return found
 
 
+def first_values(spaces: dict[Path, list[Any]]) -> dict[Path, Any]:
+    return {path: values[0] for path, values in spaces.items()}
+
+
+def load_first_candidate(path: str | PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
+    """The recipe with every search space at its first value (a plain recipe as it is): what `analyze`
+    reads of a recipe written for `tune`, whose searched values lie in stages it does not run."""
+    parsed = parse_raw(read_recipe_text(path), str(path), overrides)
+    return validate_raw(parsed, substitute(parsed.data, first_values(find_spaces(parsed))))
+
+
 def check_values(parsed: RawRecipe, spaces: dict[Path, list[Any]]) -> Recipe:
     """Validate every value of every space (the others at their first value); returns the first candidate."""
-    first = {path: values[0] for path, values in spaces.items()}
+    first = first_values(spaces)
     recipe = validate_raw(parsed, substitute(parsed.data, first))
     for path, values in spaces.items():
         for value in values[1:]:

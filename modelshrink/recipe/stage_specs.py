@@ -12,7 +12,7 @@ and one module in `modelshrink/stages/quantize/`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Self, Union
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
 
@@ -241,6 +241,15 @@ class _QuantizeCommon(BaseStageSpec):
 
     quantizes: ClassVar[bool] = True
 
+    @property
+    def kept_precision(self) -> str:
+        """What `mixed` keeps a sensitive layer at: float here, a higher precision where a mode has one."""
+        return "float"
+
+    def keeping(self, layers: list[str]) -> Self:
+        """This spec with `layers` kept at `kept_precision`."""
+        return self.model_copy(update={"exclude": [*self.exclude, *layers]})
+
 
 class DynamicQuantSpec(_QuantizeCommon):
     """int8 weights, activations quantized on the fly (Linear/LSTM/GRU), int8 embedding tables."""
@@ -311,12 +320,25 @@ class WeightOnlySpec(_QuantizeCommon):
     group_size: Literal[32, 64, 128] = Field(
         default=128, description="int4: input channels sharing one scale (smaller: closer to float, larger file)"
     )
+    int8: list[str] = Field(
+        default_factory=list, description="bits 4: Linear layers (name globs) that get int8 weights instead"
+    )
 
     @model_validator(mode="after")
-    def _group_size_is_int4s(self) -> WeightOnlySpec:
-        if "group_size" in self.model_fields_set and self.bits != 4:
-            raise ValueError("group_size applies to bits: 4")
+    def _int4_fields(self) -> WeightOnlySpec:
+        for field in ("group_size", "int8"):
+            if field in self.model_fields_set and self.bits != 4:
+                raise ValueError(f"{field} applies to bits: 4")
         return self
+
+    @property
+    def kept_precision(self) -> str:
+        return "int8" if self.bits == 4 else "float"
+
+    def keeping(self, layers: list[str]) -> Self:
+        if self.bits == 4:
+            return self.model_copy(update={"int8": [*self.int8, *layers]})
+        return super().keeping(layers)
 
 
 class HalfSpec(_QuantizeCommon):

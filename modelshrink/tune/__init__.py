@@ -27,7 +27,7 @@ from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.loading import load_model
 from modelshrink.progress import log
 from modelshrink.recipe.load import format_path, parse_raw, read_recipe_text, validate_raw
-from modelshrink.recipe.search import candidates, find_spaces, label, substitute
+from modelshrink.recipe.search import candidates, find_spaces, first_values, label, substitute
 from modelshrink.resume import rng_state
 from modelshrink.tune.report import markdown, pareto
 from modelshrink.tune.trials import OBJECTIVES, Shared, Trial, run_candidate
@@ -44,21 +44,25 @@ def tune(
     resume: bool = False,
     force: bool = False,
     overrides: Sequence[str] = (),
+    trust: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Run the candidates, write the trials and the best (or closest) recipe; see the module docstring.
+    `trust` adds modules whose factories the model's checkpoint may name, as `run --trust` does."""
     if objective not in OBJECTIVES:
         raise UserError(f"--objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
     parsed = parse_raw(read_recipe_text(recipe_path), str(recipe_path), overrides)
     spaces = find_spaces(parsed)
     if not spaces:
         raise UserError(f"{recipe_path}: no search spaces ({{search: [...]}} under stages); use `modelshrink run`")
-    first = validate_raw(parsed, substitute(parsed.data, {path: values[0] for path, values in spaces.items()}))
+    first = validate_raw(parsed, substitute(parsed.data, first_values(spaces))).trusting(trust)
     choices = candidates(spaces, max_trials, first.seed)
-    recipes = [validate_raw(parsed, substitute(parsed.data, choice)) for choice in choices]  # all valid, or none run
+    # all valid, or none run
+    recipes = [validate_raw(parsed, substitute(parsed.data, choice)).trusting(trust) for choice in choices]
     if len({r.needs_tuning_split for r in recipes}) > 1:
         raise UserError("the search spaces change whether a tuning split is held out (keep_best, early_stopping); "
                         "search those settings in separate recipes")  # fmt: skip
     out = out_dir or first.output.dir.with_name(f"{first.output.dir.name}_tune")
-    done = _prepare(out, resume, force)
+    done = _earlier_trials(out, resume, force)
     log(f"tune: {len(choices)} candidates over {len(spaces)} search spaces, objective {objective}")
     # as `run` does, in its order, so that a candidate's stages see the random state a run of it would
     seed_everything(first.seed)
@@ -67,6 +71,9 @@ def tune(
     )
     model, lineage = load_model(first.model)
     baseline, reference = measure_model(model.eval(), lineage, data, first.evaluate)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a model or data that cannot load leaves nothing behind
+    if not resume:
+        (out / "trials.json").unlink(missing_ok=True)
     shared = Shared(model, lineage, data, baseline, reference, rng_state(data.train.generator))
     trials: list[Trial] = []
     for choice, recipe in zip(choices, recipes, strict=True):
@@ -82,10 +89,10 @@ def tune(
             log(f"tune {name}: cannot run ({exc})")
             trials.append(Trial(name, spelled, "failed", note=f"cannot run: {first_line(exc)}"))
         write_file(out / "trials.json", _json({"objective": objective, "trials": [asdict(t) for t in trials]}))
-    return _finish(out, parsed.data, choices, trials, objective, baseline)
+    return _finish(out, parsed.data, choices, trials, objective, baseline, trust)
 
 
-def _prepare(out: Path, resume: bool, force: bool) -> dict[str, Trial]:
+def _earlier_trials(out: Path, resume: bool, force: bool) -> dict[str, Trial]:
     """The trials an interrupted search already finished (with --resume); refuse to overwrite otherwise."""
     progress = out / "trials.json"
     if resume:
@@ -96,13 +103,11 @@ def _prepare(out: Path, resume: bool, force: bool) -> dict[str, Trial]:
     if out.exists() and not (force and progress.exists()):
         hint = "pass --resume to continue it, or --force to start over" if progress.exists() else "choose a new one"
         raise UserError(f"--output: {out} already exists; {hint}")
-    out.mkdir(parents=True, exist_ok=True)
-    progress.unlink(missing_ok=True)
     return {}
 
 
 def _finish(out: Path, data: dict[str, Any], choices: list[dict], trials: list[Trial], objective: str,
-            baseline: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+            baseline: dict[str, Any], trust: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     passing = [t for t in trials if t.status == "passed"]
     front = pareto(trials)
     picture = plots.available() and any(t.metrics for t in trials)
@@ -124,7 +129,7 @@ def _finish(out: Path, data: dict[str, Any], choices: list[dict], trials: list[T
     from modelshrink.recipe.load import load_recipe
 
     torch._dynamo.reset()  # as a new process would start (see run_candidate)
-    pipeline.run(load_recipe(out / "tuned.yaml"), output_dir=out / "best", force=True)
+    pipeline.run(load_recipe(out / "tuned.yaml").trusting(trust), output_dir=out / "best", force=True)
     return summary
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +82,29 @@ def test_agreement_is_the_share_of_predictions_the_original_model_also_made() ->
     moved = evaluate_outputs(Embedder(changed), loader, labeled=False, reference=embedded)[0]
     assert math.isnan(moved["agreement"]), "an embedding's argmax is no prediction: null, never a number"
     assert 0 < moved["cosine"] < 1
+
+
+class ColdAfterAnother(nn.Module):
+    """Slow on the first call after another model's call (its data left the caches), fast after its own."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        super().__init__()
+        self.name, self.calls = name, calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        if self.calls and self.calls[-1] != self.name:
+            time.sleep(0.02)
+        self.calls.append(self.name)
+        return x
+
+
+def test_latency_is_a_models_own_back_to_back_time_and_models_still_take_turns() -> None:
+    calls: list[str] = []
+    models = [ColdAfterAnother("a", calls), ColdAfterAnother("b", calls)]
+    [a, b] = measure_latencies(models, torch.zeros(1), torch.zeros(2), warmup=1, iterations=10, threads=None)
+    assert a["batch1_median"] < 10 and b["batch1_median"] < 10, "a switch-in call was timed"
+    assert a["batch1_p95"] < 10 and b["batchN_p95"] < 10
+    switches = sum(1 for one, two in itertools.pairwise(calls) if one != two)
+    assert switches >= 6, "the models must alternate within each measurement, so that drift hits both alike"

@@ -92,3 +92,30 @@ def test_a_trusted_or_recipe_named_factory_is_built(tmp_path: Path, monkeypatch:
 
     zoo.write_bytes(to_bytes(build_architecture(arch), Lineage(arch), (1, 8, 8)))
     assert isinstance(modelshrink.load(zoo), nn.Module)
+
+
+@pytest.mark.parametrize("command", ["tune", "analyze"])
+def test_tune_and_analyze_build_a_factory_only_when_trusted(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "userzoo2.py").write_text(
+        "from tests.reliability.test_checkpoint_trust import Tiny\n\ndef tiny():\n    return Tiny()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "userzoo2", raising=False)
+    path = tmp_path / "user.pt"
+    path.write_bytes(to_bytes(Tiny().eval(), Lineage({"factory": "userzoo2:tiny", "kwargs": {}}), (1, 8, 8)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model: {{checkpoint: {path}}}\ndata: {{kind: synthetic, channels: 1, image_size: 8, num_samples: 32}}\n"
+        "stages: [{kind: prune, method: unstructured, amount: {search: [0.1, 0.2]}}]\n"
+        "evaluate: {latency: {batch_size: 2, warmup: 0, iterations: 1}}\n"
+        f"output: {{dir: {tmp_path / 'out'}}}\n"
+    )
+    out = tmp_path / "result"
+    refused = runner.invoke(app, [command, str(recipe), "-o", str(out)])
+    assert refused.exit_code == 2 and "--trust userzoo2" in refused.output
+    assert not out.exists()
+    trusted = runner.invoke(app, [command, str(recipe), "-o", str(out), "--trust", "userzoo2"])
+    assert trusted.exit_code == 0, trusted.output
+    assert (out / ("best/model.pt" if command == "tune" else "sensitivity.json")).exists()

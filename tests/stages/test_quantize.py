@@ -16,7 +16,7 @@ from modelshrink.engine import Result, compress
 from modelshrink.errors import UserError
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.models.zoo import mlp
-from tests.conftest import FAST_EVAL, tensor_data
+from tests.conftest import FAST_EVAL, reload, tensor_data
 
 
 def quantize(model: nn.Module | dict, data, **spec: object) -> Result:
@@ -96,10 +96,6 @@ def trained_cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]
     path = tmp_path_factory.mktemp("cnn") / "model.pt"
     path.write_bytes(to_bytes(trained.model, trained.lineage, data.input_shape))
     return path, data
-
-
-def reload(result: Result) -> nn.Module:
-    return from_bytes(to_bytes(result.model, result.lineage))[0]
 
 
 @pytest.mark.parametrize("mode", ["static", "qat", "weight_only", "fp16", "bf16"])

@@ -25,9 +25,9 @@ JUDGING_BATCHES = 2
 class QuantizeStage(Stage[Any]):
     def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
         if getattr(self.spec, "mixed", None) is not None:
-            kept, findings = mixed.keep_float(self, model, ctx)
+            kept, findings = mixed.keep_sensitive(self, model, ctx)
             ctx.notes_for(self.name).findings.extend(findings)
-            self.spec = self.spec.model_copy(update={"exclude": [*self.spec.exclude, *kept]})
+            self.spec = self.spec.keeping(kept)
         model = self.quantize(model, ctx)
         wanted = self.spec.compile
         if wanted == "auto" and not getattr(model, "needs_compiler", False):

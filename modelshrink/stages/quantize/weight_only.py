@@ -10,7 +10,7 @@ bytes on disk; the int8 values define the weights, so accuracy is that of int8 w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import WeightOnlySpec
 from modelshrink.stages.base import StageContext, register
 from modelshrink.stages.quantize.compiling import QuantizeStage
-from modelshrink.stages.selection import replace_each, select_modules
+from modelshrink.stages.selection import matches_any, replace_each, select_modules
 
 _TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding")
 
@@ -133,25 +133,27 @@ class WeightOnlyQuantize(QuantizeStage):
         ]
         if not names:
             raise UserError(f"no {'/'.join(types)} layer left to quantize (exclude={spec.exclude})")
+        int8 = [name for name in names if matches_any(name, spec.int8)]
         if spec.bits == 4:
             ctx.notes_for(self.name).findings.append(
                 f"int4 weights (groups of {spec.group_size}) are dequantized once and computed in fp32: file "
                 "size falls, speed is fp32's (torch's CPU int4 matmul is far slower in eager mode)"
+                + (f"; int8 weights in {', '.join(int8)}" if int8 else "")
             )
-        return ctx.transform(model, QuantizeWeightOnly(names, spec.bits, spec.group_size))
+        return ctx.transform(model, QuantizeWeightOnly(names, spec.bits, spec.group_size, int8))
 
 
 @dataclass(frozen=True)
 class QuantizeWeightOnly(Transform, kind="quantize_weight_only", keeps_float=False):
     """These layers hold int8 weights with per-channel scales (`Int8WeightOnly`), or int4 ones with
-    group-wise scales (`Int4WeightOnly`)."""
+    group-wise scales (`Int4WeightOnly`) but for `int8_modules`, which mixed precision kept at int8."""
 
     modules: list[str]
     bits: int = 8  # records written before int4 existed meant int8
     group_size: int = 128
+    int8_modules: list[str] = field(default_factory=list)
 
     def replay(self, model: nn.Module) -> nn.Module:
-        def quantized(layer: nn.Module) -> nn.Module:
-            return Int4WeightOnly(layer, self.group_size) if self.bits == 4 else Int8WeightOnly(layer)
-
-        return replace_each(model, self.modules, quantized).eval()
+        int4 = [name for name in self.modules if self.bits == 4 and name not in self.int8_modules]
+        replace_each(model, int4, lambda layer: Int4WeightOnly(layer, self.group_size))
+        return replace_each(model, [name for name in self.modules if name not in int4], Int8WeightOnly).eval()
