@@ -35,6 +35,9 @@ class StageNotes:
     training: list[TrainingRun] = field(default_factory=list)
     comparison: Comparison | None = None
     findings: list[str] = field(default_factory=list)  # plain sentences for a reviewer, without the stage name
+    # recipe keys this stage had at `auto`, with the value it chose by measuring: `tune` writes them into
+    # tuned.yaml, so that the recipe CI runs is the configuration that was measured (timing is noisy)
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -44,4 +47,6 @@ class StageNotes:
             out["compare_finetune"] = {**asdict(self.comparison), "distillation_won": self.comparison.distillation_won}
         if self.findings:
             out["findings"] = list(self.findings)
+        if self.resolved:
+            out["resolved"] = dict(self.resolved)
         return out

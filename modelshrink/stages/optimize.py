@@ -40,6 +40,7 @@ class OptimizeStage(Stage[OptimizeSpec]):
             batches = list(ctx.calibration_inputs(self.spec.calibration_batches))
             candidates = {CONTIGUOUS: model, CHANNELS_LAST: ChannelsLast().replay(copy.deepcopy(model))}
             wanted = choose.choose("memory format", model, candidates, batches, findings) == CHANNELS_LAST
+            ctx.notes_for(self.name).resolved["channels_last"] = wanted
         elif wanted is True and not has_conv2d:
             findings.append("channels_last left out: the model has no 2-D convolution")
             wanted = False

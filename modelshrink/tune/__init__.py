@@ -3,7 +3,8 @@
 Every candidate shares one model, one data split and one baseline (`tune.trials`). Trials are saved
 to trials.json as they finish, so `--resume` continues an interrupted search. The winner is written
 as tuned.yaml (a plain recipe: no search spaces left) and run once more through the normal pipeline
-into `best/`, so its checkpoint and reports are exactly what `modelshrink run tuned.yaml` makes.
+into `best/`, so its checkpoint and reports are exactly what `modelshrink run tuned.yaml` makes; what its
+stages chose by timing for `auto` keys is pinned there (`pin_resolved`).
 When nothing passes, the trials table and the closest candidate (closest.yaml) are still written and
 the exit code is 1: a search never ends with nothing.
 """
@@ -115,7 +116,7 @@ def _finish(out: Path, data: dict[str, Any], choices: list[dict], trials: list[T
         write_file(out / "tune.png", plots.tune(trials, objective, front))
     by_label = {label(choice): choice for choice in choices}
     best = min(passing, key=lambda t: t.objective) if passing else min(trials, key=lambda t: t.violation)
-    recipe = yaml.safe_dump(substitute(data, by_label[best.label]), sort_keys=False).encode()
+    recipe = yaml.safe_dump(pin_resolved(substitute(data, by_label[best.label]), best), sort_keys=False).encode()
     write_file(out / ("tuned.yaml" if passing else "closest.yaml"), recipe)
     summary = {"objective": objective, "best": best.label, "passed": bool(passing), "pareto": sorted(front),
                "trials": [asdict(t) for t in trials]}  # fmt: skip
@@ -131,6 +132,14 @@ def _finish(out: Path, data: dict[str, Any], choices: list[dict], trials: list[T
     torch._dynamo.reset()  # as a new process would start (see run_candidate)
     pipeline.run(load_recipe(out / "tuned.yaml").trusting(trust), output_dir=out / "best", force=True)
     return summary
+
+
+def pin_resolved(data: dict[str, Any], trial: Trial) -> dict[str, Any]:
+    """The recipe with each `auto` its trial resolved by measuring (int8 backend, compile, memory format, ...)
+    set to what was chosen: timing decides those, and a close call may go the other way in the next run."""
+    for index, chosen in trial.resolved.items():
+        data["stages"][int(index)].update(chosen)
+    return data
 
 
 def _json(value: Any) -> bytes:

@@ -52,6 +52,7 @@ class Trial:
     objective: float | None = None
     note: str = ""
     original_latency_ms: dict[str, Any] | None = None  # the original model's, timed beside this candidate
+    resolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage index -> what its `auto`s chose
 
     @property
     def violation(self) -> float:
@@ -60,6 +61,17 @@ class Trial:
         if self.metrics is None:
             return math.inf
         return sum(abs(g["value"] - g["limit"]) / max(abs(g["limit"]), 1e-9) for g in self.gates if not g["passed"])
+
+
+@dataclass
+class StageOutcome:
+    """What one stage of a candidate made; candidates with the same stages so far reuse it."""
+
+    model: nn.Module
+    lineage: Lineage
+    metrics: Metrics
+    rng: dict[str, Any]  # the random state after the stage
+    resolved: dict[str, Any]  # the stage's `auto` keys and what it chose for them (`StageNotes.resolved`)
 
 
 @dataclass
@@ -72,7 +84,7 @@ class Shared:
     baseline: Metrics
     reference: Reference
     rng: dict[str, Any]  # the random state after the baseline, as `run` saves it
-    prefixes: dict[str, tuple[nn.Module, Lineage, Metrics, dict[str, Any]]] = field(default_factory=dict)
+    prefixes: dict[str, StageOutcome] = field(default_factory=dict)
 
 
 def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: str, choice: dict[str, Any],
@@ -82,28 +94,23 @@ def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: 
     # ms at batch 1), so each candidate starts with an empty cache as a run does
     torch._dynamo.reset()
     model, lineage, metrics, rng = shared.model, shared.lineage, shared.baseline, shared.rng
+    resolved: dict[str, dict[str, Any]] = {}
     names = recipe.stage_names()
     quality_gates = [gate for gate in gates(recipe.constraints) if not gate.metric.name.startswith("latency")]
     for index, (spec, name) in enumerate(zip(recipe.stages, names, strict=True)):
         key = json.dumps(stages_raw[: index + 1], sort_keys=True, default=str)
-        if key in shared.prefixes:
-            model, lineage, metrics, rng = shared.prefixes[key]
-            continue
-        model, lineage = copy.deepcopy(model), copy.deepcopy(lineage)
-        restore_rng(rng, shared.data.train.generator)
-        ctx = StageContext(
-            data=shared.data, original_model=shared.model, lineage=lineage, evaluate=recipe.evaluate,
-            seed=recipe.seed, load_model=load_model,
-        )  # fmt: skip
-        model, result = run_stage(model, spec, name, ctx, shared.reference, metrics)
-        metrics, rng = result.metrics, rng_state(shared.data.train.generator)
-        shared.prefixes[key] = (model, lineage, metrics, rng)
+        if key not in shared.prefixes:
+            shared.prefixes[key] = _run_stage(shared, recipe, spec, name, model, lineage, metrics, rng)
+        made = shared.prefixes[key]
+        model, lineage, metrics, rng = made.model, made.lineage, made.metrics, made.rng
+        if made.resolved:
+            resolved[str(index)] = made.resolved
         failed = [gate.check(shared.baseline, metrics) for gate in quality_gates]
         failed = [g for g in failed if not g["passed"]]
         trains_later = any(later.training is not None for later in recipe.stages[index + 1 :])
         if failed and not trains_later:
             log(f"tune {label}: dropped after {name} ({failed[0]['name']} {failed[0]['value']:.4g})")
-            return Trial(label, choice, "dropped", failed, metrics, note=f"dropped after {name}")
+            return Trial(label, choice, "dropped", failed, metrics, note=f"dropped after {name}", resolved=resolved)
     final = copy.deepcopy(metrics)
     baseline = copy.deepcopy(shared.baseline)
     add_latencies([shared.model, model], [baseline, final], shared.data, recipe.evaluate)
@@ -114,4 +121,19 @@ def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: 
         value /= OBJECTIVES[objective](baseline)
     log(f"tune {label}: {'passes' if passed else 'fails'}, {objective} {value:.4g}")
     status = "passed" if passed else "failed"
-    return Trial(label, choice, status, results, final, value, original_latency_ms=baseline["latency_ms"])
+    return Trial(label, choice, status, results, final, value, original_latency_ms=baseline["latency_ms"],
+                 resolved=resolved)  # fmt: skip
+
+
+def _run_stage(shared: Shared, recipe: Recipe, spec: Any, name: str, model: nn.Module, lineage: Lineage,
+               metrics: Metrics, rng: dict[str, Any]) -> StageOutcome:  # fmt: skip
+    """One stage on a copy of what the stages before it made, from the random state they left."""
+    model, lineage = copy.deepcopy(model), copy.deepcopy(lineage)
+    restore_rng(rng, shared.data.train.generator)
+    ctx = StageContext(
+        data=shared.data, original_model=shared.model, lineage=lineage, evaluate=recipe.evaluate,
+        seed=recipe.seed, load_model=load_model,
+    )  # fmt: skip
+    model, result = run_stage(model, spec, name, ctx, shared.reference, metrics)
+    notes = ctx.notes_for(name)
+    return StageOutcome(model, lineage, result.metrics, rng_state(shared.data.train.generator), notes.resolved)

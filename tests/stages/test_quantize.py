@@ -170,6 +170,8 @@ def test_backend_auto_measures_fx_and_compiled_pt2e_and_keeps_the_better(
     assert f"int8 backend chosen on the calibration data (not the validation split): {faster}" in " ".join(
         result.stages[0].notes["findings"]
     )
+    resolved = result.stages[0].notes["resolved"]  # what tune pins in tuned.yaml
+    assert resolved == ({"backend": "fx"} if faster.startswith("FX") else {"backend": "pt2e"})
     x = next(iter(data.val))[0]
     with torch.inference_mode():
         torch.testing.assert_close(reload(result)(x), result.model(x), rtol=1e-4, atol=1e-4)
@@ -227,6 +229,9 @@ def test_auto_activations_and_smoothing_are_chosen_on_calibration_data_and_said(
         assert variant in finding
     kinds = [t.kind for t in result.lineage.transforms]
     assert kinds[0] == "smooth_linear" and ("quantize_per_token" in kinds or "quantize_dynamic" in kinds)
+    resolved = result.stages[0].notes["resolved"]
+    assert resolved["smoothing"] in (0.5, 0.7, 0.85) and resolved["activations"] in ("per_token", "per_tensor")
+    assert ("quantize_per_token" in kinds) == (resolved["activations"] == "per_token")
 
 
 def test_int4_weight_only_with_group_wise_scales() -> None:

@@ -47,6 +47,7 @@ class QuantizeStage(Stage[Any]):
         batches = list(ctx.calibration_inputs(JUDGING_BATCHES))
         findings = ctx.notes_for(self.name).findings
         chosen = choose.choose("execution", model, {EAGER: model, COMPILED: compiled}, batches, findings)
+        ctx.notes_for(self.name).resolved["compile"] = chosen == COMPILED
         return (compiled, True) if chosen == COMPILED else (model, False)
 
     @abstractmethod

@@ -111,6 +111,11 @@ class DynamicQuantize(QuantizeStage):
             findings = ctx.notes_for(self.name).findings
             chosen = choose.choose("dynamic int8 variant", model, candidates, judge, findings)
             plan = next(p for p in plans if p.name == chosen)
+            resolved = ctx.notes_for(self.name).resolved
+            if spec.activations == "auto":
+                resolved["activations"] = plan.activations
+            if spec.smoothing == "auto":
+                resolved["smoothing"] = plan.alpha
         return self._build(model, plan, names, linears, ranges, ctx.transform)
 
     def _build(

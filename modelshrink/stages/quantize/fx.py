@@ -84,8 +84,10 @@ class _FxOrPt2e(QuantizeStage):
         batches = list(ctx.calibration_inputs(self.spec.calibration_batches))
         candidates = {"FX (eager)": fx_int8, "PT2E (compiled)": pt2e_int8}
         if choose.choose("int8 backend", untouched, candidates, batches, notes.findings) == "FX (eager)":
+            notes.resolved["backend"] = "fx"
             ctx.lineage.transforms.append(fx)
             return fx_int8
+        notes.resolved["backend"] = "pt2e"
         ctx.lineage.transforms += scratch.lineage.transforms
         return pt2e_int8
 
