@@ -79,7 +79,7 @@ def sensitivities(
     """Each layer's sensitivity in turn with the seconds spent so far; stops once `budget_s` is spent
     (the layer under way is finished first, and the first layer is always measured)."""
     probe_batches = list(data.calibration_inputs(batches))
-    drop = OutputDrop(model, probe_batches, is_classifier(model, probe_batches[0], recipe.evaluate.task))
+    drop = OutputDrop(model, probe_batches, is_classifier(model, probe_batches[0], recipe.evaluate.task, data))
     named = layers(model)
     start = time.perf_counter()
     for index, (name, layer) in enumerate(named):

@@ -4,19 +4,24 @@ calibration data (per-layer sensitivity, mixed precision), never on the split th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from modelshrink.inputs import Inputs, call, output_matrix
+from modelshrink.metrics.accuracy import classifies, label_kind
+
+if TYPE_CHECKING:
+    from modelshrink.data.bundle import DataBundle
 
 
-def is_classifier(model: nn.Module, batch: Inputs, task: str = "auto") -> bool:
-    """`task` as `evaluate.task` says; auto: outputs are (batch, classes) logits."""
-    if task != "auto":
-        return task == "classification"
+def is_classifier(model: nn.Module, batch: Inputs, task: str, data: DataBundle) -> bool:
+    """Whether the outputs are class logits, decided as the report decides it (`accuracy.classifies`):
+    a sentence encoder's (batch, dim) embeddings are no logits, and top-1 agreement on them means nothing."""
     with torch.inference_mode():
-        out = output_matrix(call(model.eval(), batch))
-    return out.dim() == 2 and out.shape[1] > 1
+        raw = call(model.eval(), batch)
+    return classifies(task, model, raw, label_kind(data.labeled, data.class_targets))
 
 
 class OutputDrop:

@@ -108,3 +108,30 @@ def test_latency_is_a_models_own_back_to_back_time_and_models_still_take_turns()
     assert a["batch1_p95"] < 10 and b["batchN_p95"] < 10
     switches = sum(1 for one, two in itertools.pairwise(calls) if one != two)
     assert switches >= 6, "the models must alternate within each measurement, so that drift hits both alike"
+
+
+def test_output_drop_scores_sentence_embeddings_by_cosine_and_logits_by_agreement() -> None:
+    """A sentence encoder's normalised (batch, dim) output is no logits: mixed precision and analyze must
+    not rank layers by whether its argmax moved (they did, on MiniLM), but as the report decides it."""
+    from modelshrink.metrics.drop import OutputDrop, is_classifier
+    from tests.conftest import tensor_data
+
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(16, 32), nn.Tanh())
+    embed = nn.Sequential(encoder, nn.Identity())
+    embed.forward = lambda x: nn.functional.normalize(encoder(x), dim=1)  # type: ignore[method-assign]
+    x = torch.randn(64, 16)
+    unlabeled = tensor_data(x, labeled=False)
+    labeled = tensor_data(x, labels=torch.randint(0, 10, (64,)))
+    assert not is_classifier(embed, x[:8], "auto", unlabeled)
+    assert is_classifier(nn.Linear(16, 10), x[:8], "auto", labeled)
+    assert is_classifier(embed, x[:8], "classification", unlabeled), "evaluate.task decides when set"
+    nudged = nn.Sequential(nn.Linear(16, 32), nn.Tanh())
+    nudged.load_state_dict(encoder.state_dict())
+    with torch.no_grad():
+        nudged[0].weight.add_(0.05 * torch.randn_like(nudged[0].weight))
+    other = nn.Sequential(nudged, nn.Identity())
+    other.forward = lambda x: nn.functional.normalize(nudged(x), dim=1)  # type: ignore[method-assign]
+    drop = OutputDrop(embed, [x], is_classifier(embed, x, "auto", unlabeled))
+    cosine = nn.functional.cosine_similarity(other(x), embed(x), dim=1).mean().item()
+    assert drop(other) == pytest.approx(1 - cosine, abs=1e-6) and 0 < drop(other) < 0.05

@@ -31,7 +31,7 @@ def keep_sensitive(stage: Any, model: nn.Module, ctx: StageContext) -> tuple[lis
     spec = stage.spec
     precision = spec.kept_precision
     batches = list(ctx.calibration_inputs(spec.mixed.calibration_batches))
-    drop = OutputDrop(model, batches, is_classifier(model, batches[0], ctx.evaluate.task))
+    drop = OutputDrop(model, batches, is_classifier(model, batches[0], ctx.evaluate.task, ctx.data))
     names = [
         name
         for name, module in model.named_modules()
