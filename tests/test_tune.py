@@ -10,8 +10,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import modelshrink
 import modelshrink.tune as tuning
 from modelshrink.cli import app
+from modelshrink.data import build_data
+from modelshrink.metrics.accuracy import evaluate_outputs
+from modelshrink.recipe.load import load_recipe
 from modelshrink.recipe.search import candidates
 
 runner = CliRunner()
@@ -117,8 +121,41 @@ def test_the_winners_run_reproduces_its_trial(tmp_path: Path, recipe_file) -> No
     assert result.exit_code == 0, result.output
     trials = {t["label"]: t for t in json.loads((out / "trials.json").read_text())["trials"]}
     trial = trials["stages[0].amount=0.2"]["metrics"]
+    tuned = load_recipe(out / "tuned.yaml")
+    data = build_data(tuned.data, tuned.seed, tuned.model, tuning_split=True)
+    best = modelshrink.load(out / "best" / "model.pt")
+    on_selection, _ = evaluate_outputs(best, data.tune, None, labeled=data.labeled, class_targets=data.class_targets)
+    assert on_selection["loss"] == pytest.approx(trial["loss"], rel=1e-6), "the trial's model, made again"
     run = json.loads((out / "best" / "report.json").read_text())["final"]
-    assert (run["loss"], run["cosine"]) == (trial["loss"], trial["cosine"])
+    assert run["loss"] != trial["loss"], "trials are judged on the selection split, best/ reports validation"
+
+
+def test_candidates_are_judged_on_data_held_out_of_training_never_on_validation(
+    tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which candidates pass is decided on the selection split (held out of training); the validation
+    split is only ever evaluated by best/'s run, after the choice."""
+    import modelshrink.metrics as metrics
+
+    evaluated: list[object] = []
+    original = metrics.evaluate_outputs
+
+    def recording(model, loader, *args, **kwargs):  # type: ignore[no-untyped-def]
+        evaluated.append(loader.dataset)
+        return original(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "evaluate_outputs", recording)
+    recipe = searched(recipe_file, 0.58)
+    out = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(recipe), "--objective", "macs", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    parsed = load_recipe(out / "tuned.yaml")
+    data = build_data(parsed.data, parsed.seed, parsed.model, tuning_split=True)
+    selection, validation = len(data.tune.dataset), len(data.val.dataset)
+    assert selection != validation and f"judged on {selection} training samples held out" in result.output
+    sizes = [len(dataset) for dataset in evaluated]  # type: ignore[arg-type]
+    first_run = sizes.index(validation)
+    assert first_run >= 1 + 5 and set(sizes[:first_run]) == {selection}, "baseline and 5 candidates: selection only"
 
 
 def test_every_candidate_and_the_final_run_start_with_an_empty_compile_cache(

@@ -1,6 +1,9 @@
 """`modelshrink tune RECIPE`: try the recipe's search spaces, keep the best candidate that passes.
 
-Every candidate shares one model, one data split and one baseline (`tune.trials`). Trials are saved
+Every candidate shares one model, one data split and one baseline (`tune.trials`). Candidates are
+judged on a selection split held out of the training data (the split training stages choose their
+epochs on), never on the validation split: best/ reports validation quality that no choice has seen,
+and its gates decide the exit code as in any run. Trials are saved
 to trials.json as they finish, so `--resume` continues an interrupted search. The winner is written
 as tuned.yaml (a plain recipe: no search spaces left) and run once more through the normal pipeline
 into `best/`, so its checkpoint and reports are exactly what `modelshrink run tuned.yaml` makes; what its
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,13 @@ import yaml
 from modelshrink import plots
 from modelshrink.atomic import write_file
 from modelshrink.data import build_data
+from modelshrink.data.bundle import DataBundle
 from modelshrink.engine import measure_model, seed_everything
 from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.loading import load_model
 from modelshrink.progress import log
 from modelshrink.recipe.load import format_path, parse_raw, read_recipe_text, validate_raw
+from modelshrink.recipe.recipe import Recipe
 from modelshrink.recipe.search import candidates, find_spaces, first_values, label, substitute
 from modelshrink.resume import rng_state
 from modelshrink.tune.report import markdown, pareto
@@ -59,23 +64,18 @@ def tune(
     choices = candidates(spaces, max_trials, first.seed)
     # all valid, or none run
     recipes = [validate_raw(parsed, substitute(parsed.data, choice)).trusting(trust) for choice in choices]
-    if len({r.needs_tuning_split for r in recipes}) > 1:
-        raise UserError("the search spaces change whether a tuning split is held out (keep_best, early_stopping); "
-                        "search those settings in separate recipes")  # fmt: skip
     out = out_dir or first.output.dir.with_name(f"{first.output.dir.name}_tune")
     done = _earlier_trials(out, resume, force)
     log(f"tune: {len(choices)} candidates over {len(spaces)} search spaces, objective {objective}")
     # as `run` does, in its order, so that a candidate's stages see the random state a run of it would
     seed_everything(first.seed)
-    data = build_data(
-        first.data, first.seed, first.model, tuning_split=first.needs_tuning_split, evaluation=first.evaluate.data
-    )
+    selection = _selection_data(first)
     model, lineage = load_model(first.model)
-    baseline, reference = measure_model(model.eval(), lineage, data, first.evaluate)
+    baseline, reference = measure_model(model.eval(), lineage, selection, first.evaluate)
     out.mkdir(parents=True, exist_ok=True)  # only now: a model or data that cannot load leaves nothing behind
     if not resume:
         (out / "trials.json").unlink(missing_ok=True)
-    shared = Shared(model, lineage, data, baseline, reference, rng_state(data.train.generator))
+    shared = Shared(model, lineage, selection, baseline, reference, rng_state(selection.train.generator))
     trials: list[Trial] = []
     for choice, recipe in zip(choices, recipes, strict=True):
         name = label(choice)
@@ -91,6 +91,20 @@ def tune(
             trials.append(Trial(name, spelled, "failed", note=f"cannot run: {first_line(exc)}"))
         write_file(out / "trials.json", _json({"objective": objective, "trials": [asdict(t) for t in trials]}))
     return _finish(out, parsed.data, choices, trials, objective, baseline, trust)
+
+
+def _selection_data(recipe: Recipe) -> DataBundle:
+    """The recipe's data with the tuning split (held out of training) in place of validation: what every
+    candidate is measured and judged on, so that the choice never sees the split best/ reports."""
+    try:
+        data = build_data(
+            recipe.data, recipe.seed, recipe.model, tuning_split=True, evaluation=recipe.evaluate.data
+        )  # fmt: skip
+    except UserError as exc:
+        raise UserError(f"tune judges candidates on data held out of training: {first_line(exc)}") from None
+    log(f"tune: candidates are judged on {len(data.tune.dataset)} training samples held out of training "
+        f"(data.tune_fraction {recipe.data.tune_fraction}); the validation split only reports best/")  # fmt: skip
+    return replace(data, val=data.tune)
 
 
 def _earlier_trials(out: Path, resume: bool, force: bool) -> dict[str, Trial]:

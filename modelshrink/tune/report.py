@@ -37,6 +37,9 @@ def markdown(summary: dict[str, Any], baseline: dict[str, Any], picture: bool) -
         "",
         f"Objective: lowest {objective}. {verdict}: **{summary['best']}**. Baseline {name} {base:.4f}.",
         "",
+        "Quality and gates here are measured on the selection split, held out of the training data; the "
+        "validation split is reported only by the chosen candidate's run (best/report.md), which no choice saw.",
+        "",
         f"| trial | status | {name} | {objective}{' (x original)' if objective.startswith('latency') else ''} "
         "| failed gates | Pareto |",
         "|---|---|---|---|---|---|",
