@@ -226,3 +226,20 @@ def test_what_auto_chose_by_timing_in_the_winners_trial_is_pinned_in_tuned_yaml(
     report = json.loads((out / "best" / "report.json").read_text())
     assert report["stages"][1]["params"]["channels_last"] is chosen
     assert "resolved" not in report["stages"][1]["notes"], "nothing left at auto: the run measured no choice"
+
+
+def test_a_winner_that_fails_on_validation_exits_1_and_says_so(
+    tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelshrink import pipeline
+    from modelshrink.errors import ConstraintFailed
+
+    def failing_run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ConstraintFailed("constraint failed: min_accuracy (limit 0.9, got 0.8)", {})
+
+    monkeypatch.setattr(pipeline, "run", failing_run)
+    out = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(searched(recipe_file, 0.58)), "--objective", "macs", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "stages[0].amount=0.3 passed on the selection split, but its run fails on validation" in result.output
+    assert (out / "tuned.yaml").exists() and (out / "tune.md").exists()

@@ -144,7 +144,11 @@ def _finish(out: Path, data: dict[str, Any], choices: list[dict], trials: list[T
     from modelshrink.recipe.load import load_recipe
 
     torch._dynamo.reset()  # as a new process would start (see run_candidate)
-    pipeline.run(load_recipe(out / "tuned.yaml").trusting(trust), output_dir=out / "best", force=True)
+    try:
+        pipeline.run(load_recipe(out / "tuned.yaml").trusting(trust), output_dir=out / "best", force=True)
+    except ConstraintFailed as exc:  # the selection split flattered it: held-out data is the judge
+        raise ConstraintFailed(f"{best.label} passed on the selection split, but its run fails on validation: "
+                               f"{exc}", exc.report) from None  # fmt: skip
     return summary
 
 
