@@ -96,10 +96,8 @@ def tune(
 def _selection_data(recipe: Recipe) -> DataBundle:
     """The recipe's data with the tuning split (held out of training) in place of validation: what every
     candidate is measured and judged on, so that the choice never sees the split best/ reports."""
-    try:
-        data = build_data(
-            recipe.data, recipe.seed, recipe.model, tuning_split=True, evaluation=recipe.evaluate.data
-        )  # fmt: skip
+    try:  # not `evaluate.data`: that held-out set is for best/'s report alone
+        data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=True)
     except UserError as exc:
         raise UserError(f"tune judges candidates on data held out of training: {first_line(exc)}") from None
     log(f"tune: candidates are judged on {len(data.tune.dataset)} training samples held out of training "
