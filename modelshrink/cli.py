@@ -314,14 +314,11 @@ def analyze(
 ) -> None:
     """Per-layer sensitivity to pruning and quantization, with suggested layer_amounts and exclude lists."""
     from modelshrink.analyze import analyze as run_analysis
-    from modelshrink.analyze import default_output
 
     with _exit_codes():
-        sets = overrides or []
-        out = output or default_output(recipe, sets)
-        result = run_analysis(
-            recipe, out, overrides=sets, trust=trust or [], budget_s=budget_s, batches=batches, max_drop=max_drop,
-            force=force,
+        out, result = run_analysis(
+            recipe, output, overrides=overrides or [], trust=trust or [], budget_s=budget_s, batches=batches,
+            max_drop=max_drop, force=force,
         )  # fmt: skip
     left = f"; {len(result['not_measured'])} layers not measured (budget)" if result["not_measured"] else ""
     measured = f"{len(result['layers'])} layers in {result['elapsed_s']} s{left}"

@@ -35,18 +35,12 @@ from modelshrink.progress import log
 from modelshrink.recipe.search import load_first_candidate
 from modelshrink.recipe.stage_specs import needs_tuning_split
 
-__all__ = ["analyze", "default_output"]
-
-
-def default_output(recipe_path: Path, overrides: Sequence[str] = ()) -> Path:
-    """Beside the recipe's run directory: `<output.dir>_sensitivity`."""
-    directory = load_first_candidate(recipe_path, overrides).output.dir
-    return directory.with_name(f"{directory.name}_sensitivity")
+__all__ = ["analyze"]
 
 
 def analyze(
     recipe_path: Path,
-    out_dir: Path,
+    out_dir: Path | None = None,
     *,
     overrides: Sequence[str] = (),
     trust: Sequence[str] = (),
@@ -55,9 +49,11 @@ def analyze(
     max_drop: float = 0.01,
     ratios: Sequence[float] = RATIOS,
     force: bool = False,
-) -> dict[str, Any]:
-    """Measure, suggest and write; returns what sensitivity.json holds."""
+) -> tuple[Path, dict[str, Any]]:
+    """Measure, suggest and write into `out_dir` (default: `<output.dir>_sensitivity`, beside the recipe's
+    run directory); returns that directory and what sensitivity.json holds."""
     recipe = load_first_candidate(recipe_path, overrides).trusting(trust)
+    out_dir = out_dir or recipe.output.dir.with_name(f"{recipe.output.dir.name}_sensitivity")
     if out_dir.exists() and not (force and (out_dir / "sensitivity.json").exists()):
         reason = "pass --force to replace it" if (out_dir / "sensitivity.json").exists() else "choose a new one"
         raise UserError(f"--output: {out_dir} already exists; {reason}")
@@ -91,7 +87,7 @@ def analyze(
         files["sensitivity.png"] = plots.sensitivity(rows)
     files["sensitivity.md"] = markdown(result, picture="sensitivity.png" in files).encode()
     write_directory(out_dir, files, replace=force)
-    return result
+    return out_dir, result
 
 
 def markdown(result: dict[str, Any], picture: bool) -> str:

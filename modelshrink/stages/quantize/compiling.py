@@ -45,9 +45,9 @@ class QuantizeStage(Stage[Any]):
     def _faster_of_eager_and_compiled(self, model: nn.Module, ctx: StageContext) -> tuple[nn.Module, bool]:
         compiled = Compiled(model)
         batches = list(ctx.calibration_inputs(JUDGING_BATCHES))
-        findings = ctx.notes_for(self.name).findings
-        chosen = choose.choose("execution", model, {EAGER: model, COMPILED: compiled}, batches, findings)
-        ctx.notes_for(self.name).resolved["compile"] = chosen == COMPILED
+        notes = ctx.notes_for(self.name)
+        chosen = choose.choose("execution", model, {EAGER: model, COMPILED: compiled}, batches, notes.findings)
+        notes.resolved["compile"] = chosen == COMPILED
         return (compiled, True) if chosen == COMPILED else (model, False)
 
     @abstractmethod

@@ -59,8 +59,10 @@ def keep_sensitive(stage: Any, model: nn.Module, ctx: StageContext) -> tuple[lis
     closest = float("inf")
     for k in range(len(ranked) + 1):
         measured = trial(spec.keeping(ranked[:k]))
-        closest = min(closest, float("inf") if measured is None else measured)
-        if measured is not None and measured <= spec.mixed.max_drop:
+        if measured is None:
+            continue
+        closest = min(closest, measured)
+        if measured <= spec.mixed.max_drop:
             kept = ranked[:k]
             findings.append(
                 f"mixed precision: {len(kept)} of {len(ranked)} layers kept {precision} "
