@@ -41,10 +41,12 @@ def run_recipe(
     resume: bool = False,
     overrides: Sequence[str] = (),
     trust: Sequence[str] = (),
+    junit: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """Run a recipe (a path or a `Recipe`) end to end; returns the report dict that report.json holds.
 
     `trust` adds modules whose factories the model checkpoint may name (as `model.trust` does).
+    `junit` also writes the gates as JUnit XML to that file (checked writable before any work).
     `resume` continues an interrupted run of the same recipe. Raises `UserError` for bad input and
     `ConstraintFailed` (after writing the reports) when a gate fails. Returns None on ranks other
     than 0 of a multi-process (torchrun) run."""
@@ -64,6 +66,7 @@ def run_recipe(
         force=force,
         resume=resume,
         recipe_source=source,
+        junit=Path(junit) if junit else None,
     )
 
 

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelshrink.errors import UserError
+from modelshrink.errors import UserError, first_line
 from modelshrink.lineage import Lineage, from_record
 from modelshrink.quiet import quiet
+from modelshrink.trust import check_architecture
 from modelshrink.version import __version__
 
 FORMAT = "modelshrink"
@@ -103,10 +104,9 @@ def _check_shape(payload: dict[str, Any], path: Path) -> None:
 def model_from_payload(
     payload: dict[str, Any], path: Path, allow_pickle: bool = False, trust: Collection[str] = ()
 ) -> tuple[nn.Module, Lineage]:
-    """Rebuild from a read payload; a factory it names must be trusted (`models.factory.check_trusted`)."""
+    """Rebuild from a read payload, once the trust policy allowed what it names (`trust.check_architecture`)."""
     from modelshrink import stages  # noqa: F401  (importing the stages registers their transforms)
     from modelshrink.models import build_architecture, describe
-    from modelshrink.models.factory import check_trusted
     from modelshrink.models.weights import load_into
 
     _check_shape(payload, path)
@@ -116,8 +116,12 @@ def model_from_payload(
         if not isinstance(payload.get("model"), nn.Module):
             raise UserError(f"{path}: damaged checkpoint (pickled model missing)")
         return payload["model"].eval(), lineage
-    if "factory" in lineage.architecture:
-        check_trusted(str(lineage.architecture["factory"]), trust, path)
-    model = lineage.replay(build_architecture(lineage.architecture))
+    check_architecture(lineage.architecture, trust, path)
+    model = build_architecture(lineage.architecture, from_recipe=False)
+    try:
+        model = lineage.replay(model)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        raise UserError(f"{path}: damaged checkpoint (its transforms do not fit the architecture: "
+                        f"{type(exc).__name__}: {first_line(exc)})") from None  # fmt: skip
     load_into(model, payload["state_dict"], path, describe(lineage.architecture))
     return model.eval(), lineage

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import typer
 
 import modelshrink
 from modelshrink.errors import ConstraintFailed, UserError, first_line
+from modelshrink.outputs import Interrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -66,6 +68,10 @@ def _exit_codes() -> Iterator[None]:
     except ConstraintFailed as exc:
         _error(str(exc))
         raise typer.Exit(ConstraintFailed.exit_code) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM while outputs are claimed (`outputs.Interrupted`)
+        code = 128 + (signal.SIGTERM if isinstance(exc, Interrupted) else signal.SIGINT)
+        _error("interrupted: nothing was written (a run keeps its progress for --resume)")
+        raise typer.Exit(code) from None
     except Exception as exc:  # a bug of ours: exit 1 must keep meaning "a gate failed"
         if _debug:
             traceback.print_exc()
@@ -75,10 +81,13 @@ def _exit_codes() -> Iterator[None]:
 
 
 def _error(message: str) -> None:
+    """`error: ` lines on stderr; messages embed paths and names from inputs, shown inert (`escape.text`)."""
+    from modelshrink import escape
+
     if os.environ.get("RANK", "0") != "0":  # every rank of a multi-process run hits the same error: say it once
         return
     for line in message.splitlines():
-        print(f"error: {line}", file=sys.stderr)
+        print(f"error: {escape.text(line)}", file=sys.stderr)
 
 
 @app.command()
@@ -132,19 +141,14 @@ def run(
             overrides.append(f"constraints.compare_to={json.dumps(str(compare_to))}")
         try:
             report = modelshrink.run_recipe(
-                recipe, output_dir=output, force=force, resume=resume, overrides=overrides, trust=trust or []
-            )
+                recipe, output_dir=output, force=force, resume=resume, overrides=overrides, trust=trust or [],
+                junit=junit,
+            )  # fmt: skip
         except ConstraintFailed as exc:
-            _finish_run(exc.report, as_json, junit)  # a failed gate still shows (and has written) its numbers
+            _print_report(exc.report, as_json)  # a failed gate still shows (and has written) its numbers
             raise
         if report is not None:  # None on the other ranks of a multi-process run
-            _finish_run(report, as_json, junit)
-
-
-def _finish_run(report: dict[str, Any], as_json: bool, junit: Path | None) -> None:
-    if junit is not None:
-        _write_junit(junit, report)
-    _print_report(report, as_json)
+            _print_report(report, as_json)
 
 
 def _stdout() -> Any:
@@ -155,6 +159,8 @@ def _stdout() -> Any:
 
 
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    """Names from the recipe, the model and an earlier report reach rich as `escape.terminal` text: never
+    parsed as markup (`[/bold]` would crash rich after the outputs were written), no terminal escapes."""
     if as_json:
         from modelshrink.report import to_json
 
@@ -164,30 +170,31 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
 
     from modelshrink.constraints import verdict
     from modelshrink.descriptors import report_metrics
+    from modelshrink.escape import terminal
 
     columns = [d for d in report_metrics(report).values() if d.in_cli]
-    table = Table(title=report["recipe"].get("name") or "modelshrink", title_justify="left")
+    table = Table(title=terminal(report["recipe"].get("name") or "modelshrink"), title_justify="left")
     table.add_column("stage", justify="left")
     for d in columns:
-        table.add_column(d.label.format(n=report["baseline"]["latency_ms"]["batch_n"]), justify="right")
+        table.add_column(terminal(d.label.format(n=report["baseline"]["latency_ms"]["batch_n"])), justify="right")
     rows = [("baseline", report["baseline"])] + [(s["name"], s["metrics"]) for s in report["stages"]]
     for name, m in rows:
-        table.add_row(name, *(d.show(d.read(m)) for d in columns))
+        table.add_row(terminal(name), *(terminal(d.show(d.read(m))) for d in columns))
     console = _stdout()
     console.print(table)
     for c in report["constraints"]:
-        console.print(verdict(c), markup=False)
+        console.print(terminal(verdict(c)))
     if "compared_to" in report:
         from modelshrink.compare import table as comparison
 
-        against = Table(title=f"against {report['compared_to']['path']}", title_justify="left")
+        against = Table(title=terminal(f"against {report['compared_to']['path']}"), title_justify="left")
         for column in ("metric", "earlier", "this run"):
             against.add_column(column, justify="left" if column == "metric" else "right")
         for row in comparison([report["compared_to"], report], ["earlier", "this run"]):
-            against.add_row(*row)
+            against.add_row(*map(terminal, row))
         console.print(against)
     for note in report["findings"]:
-        console.print(f"note: {note}", markup=False)
+        console.print(terminal(f"note: {note}"))
 
 
 @app.command()
@@ -235,15 +242,29 @@ def compare(
              "size_bytes": max_size_ratio}  # fmt: skip
     allowed = {name: limit for name, limit in flags.items() if limit is not None}
     with _exit_codes():
-        result = comparing.compare(reports, allowed)
+        from modelshrink import outputs
+
+        targets = [*([outputs.picture_file(plot)] if plot else []), *([outputs.junit_file(junit)] if junit else [])]
         if plot is not None:
-            _write_picture(plot, [comparing.read_report(r) for r in reports], result["labels"])
-        if junit is not None:
-            _write_junit(junit, {"recipe": {"name": "compare"}, "constraints": result["regressions"]})
+            _check_plots()
+        with outputs.claim(targets, [("report", path) for path in reports]) as claim:
+            result = comparing.compare(reports, allowed)
+            files = {}
+            if plot is not None:
+                from modelshrink import plots
+
+                files[plot] = plots.trend([comparing.read_report(r) for r in reports], result["labels"])
+            if junit is not None:
+                from modelshrink.junit import junit_xml
+
+                files[junit] = junit_xml({"recipe": {"name": "compare"}, "constraints": result["regressions"]})
+            claim.files(files)  # both or neither
+    from modelshrink import escape
+
     for warning in result["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {escape.text(warning)}", file=sys.stderr)
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str))  # NaN -> null: every parser reads it
     elif markdown:
         sys.stdout.write(comparing.to_markdown(result, plot.name if plot else None))
     else:
@@ -254,44 +275,29 @@ def compare(
 
 
 def _print_comparison(result: dict[str, Any]) -> None:
+    """Labels and metric names come from file names and the reports: `escape.terminal`, as `_print_report`."""
     from rich.table import Table
 
     from modelshrink.constraints import verdict
+    from modelshrink.escape import terminal
 
     table = Table(title="modelshrink compare", title_justify="left")
     table.add_column("metric", justify="left")
     for label in result["labels"]:
-        table.add_column(label, justify="right")
+        table.add_column(terminal(label), justify="right")
     for row in result["rows"]:
-        table.add_row(*row)
+        table.add_row(*map(terminal, row))
     console = _stdout()
     console.print(table)
     for gate in result["regressions"]:
-        console.print(verdict(gate), markup=False)
+        console.print(terminal(verdict(gate)))
 
 
-def _write_picture(path: Path, reports: list[dict[str, Any]], labels: list[str]) -> None:
+def _check_plots() -> None:
     from modelshrink import plots
 
     if not plots.available():
         raise UserError("--plot needs the plots extra: pip install 'modelshrink[plots]'")
-    _write("--plot", path, plots.trend(reports, labels))
-
-
-def _write_junit(path: Path, report: dict[str, Any]) -> None:
-    from modelshrink.junit import junit_xml
-
-    _write("--junit", path, junit_xml(report))
-
-
-def _write(option: str, path: Path, data: bytes) -> None:
-    """A file an option asked for, written atomically; a path that cannot be written is bad input."""
-    from modelshrink.atomic import write_file
-
-    try:
-        write_file(path, data)
-    except OSError as exc:
-        raise UserError(f"{option}: cannot write {path} ({exc.strerror or exc})") from None
 
 
 @app.command()
@@ -399,32 +405,36 @@ def inspect(
     with _exit_codes():
         info = modelshrink.inspect(path, allow_pickle=allow_pickle, trust=trust or [])
     if as_json:
-        print(json.dumps(info, indent=2))
+        from modelshrink.escape import strict_json
+
+        print(strict_json(info, indent=2))
         return
     _print_inspection(info)
 
 
 def _print_inspection(info: dict[str, Any]) -> None:
+    """State_dict keys, types and the file's path are the file's words: `escape.terminal`, as `_print_report`."""
     from rich.table import Table
 
     from modelshrink.descriptors import human_bytes, human_count
+    from modelshrink.escape import terminal
 
-    table = Table(title=f"{info['path']} ({info['kind']})", title_justify="left")
+    table = Table(title=terminal(f"{info['path']} ({info['kind']})"), title_justify="left")
     for column in ("layer", "type", "shape", "dtype", "params", "sparsity", "bytes"):
         table.add_column(column, justify="right" if column in {"params", "sparsity", "bytes"} else "left")
     for row in info["layers"]:
         table.add_row(
-            row["name"],
-            row["type"],
+            terminal(row["name"]),
+            terminal(row["type"]),
             "x".join(map(str, row["shape"])),
-            row["dtype"],
+            terminal(row["dtype"]),
             f"{row['params']:,}",
             f"{row['sparsity']:.1%}",
             human_bytes(row["bytes"]),
         )
     t = info["totals"]
     table.add_section()
-    dtypes = ", ".join(f"{k}: {human_count(v)}" for k, v in t["params_by_dtype"].items())
+    dtypes = terminal(", ".join(f"{k}: {human_count(v)}" for k, v in t["params_by_dtype"].items()))
     table.add_row("total", "", "", dtypes, f"{t['params']:,}", f"{t['sparsity']:.1%}", human_bytes(t["tensor_bytes"]))
     console = _stdout()
     console.print(table)
@@ -439,7 +449,7 @@ def _print_inspection(info: dict[str, Any]) -> None:
         extras.append(f"factory {info['untrusted_factory']} not trusted, so not imported (--trust {module} builds it)")
     if "macs" in info:
         extras.append(f"MACs {human_count(info['macs'])} at input {info['input_shape']}")
-    console.print(" · ".join(extras), markup=False)
+    console.print(terminal(" · ".join(extras)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,16 +10,18 @@ timing jitter on a busy CI machine is not a regression.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from modelshrink import escape
 from modelshrink.constraints import shown
 from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics, report_metrics
 from modelshrink.environment import cpu_summary
-from modelshrink.errors import UserError
+from modelshrink.errors import UserError, first_line
+from modelshrink.report_schema import MAX_REPORT_BYTES, parse_report
 
 # latency metric -> (median key, p95 key) in `latency_ms`
 _LATENCY = {
@@ -30,17 +32,20 @@ _LATENCY = {
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
-    """A report.json written by modelshrink, or a one-line UserError saying why not."""
+    """A report.json written by modelshrink, as far as modelshrink reads it (`report_schema`), or a one-line
+    UserError saying why not: refused before any work, never halfway through a comparison."""
     path = Path(path)
     try:
-        report = json.loads(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(MAX_REPORT_BYTES + 1)  # a huge file (or /dev/zero) is never read whole
     except FileNotFoundError:
         raise UserError(f"{path}: no such report") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable report.json ({exc})") from None
-    if not isinstance(report, dict) or report.get("schema_version") != 1 or not isinstance(report.get("final"), dict):
-        raise UserError(f"{path}: not a modelshrink report.json (schema version 1)")
-    return report
+    except OSError as exc:
+        raise UserError(f"{path}: not a readable report.json ({exc.strerror or exc})") from None
+    try:
+        return parse_report(data)
+    except ValueError as exc:
+        raise UserError(f"{path}: not a modelshrink report.json: {first_line(exc)}") from None
 
 
 def change(metric: MetricDescriptor, before: Metrics, after: Metrics) -> float:
@@ -157,15 +162,19 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def to_markdown(result: dict[str, Any], picture: str | None = None) -> str:
-    head = "| metric | " + " | ".join(result["labels"]) + " |"
-    lines = ["# modelshrink compare", "", head, "|---" * (len(result["labels"]) + 1) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in result["rows"]]
+    """For CI's job summary, which renders it as GitHub markdown: labels, metric names and warnings come
+    from file names and the reports, so each goes through `escape.markdown`; the picture's file name is
+    percent-encoded, a relative link whatever it holds."""
+    md, labels = escape.markdown, [escape.markdown(label) for label in result["labels"]]
+    head = "| metric | " + " | ".join(labels) + " |"
+    lines = ["# modelshrink compare", "", head, "|---" * (len(labels) + 1) + "|"]
+    lines += ["| " + " | ".join(map(md, row)) + " |" for row in result["rows"]]
     if result["regressions"]:
-        lines += ["", f"## {result['labels'][-1]} against {result['labels'][-2]}", "",
+        lines += ["", f"## {labels[-1]} against {labels[-2]}", "",
                   "| gate | limit | value | result |", "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {g['name']} | {shown(g['name'], g['limit'])} | {shown(g['name'], g['value'])} | "
+        lines += [f"| {md(g['name'])} | {shown(g['name'], g['limit'])} | {shown(g['name'], g['value'])} | "
                   f"{'pass' if g['passed'] else '**FAIL**'} |" for g in result["regressions"]]  # fmt: skip
-    lines += [f"\nwarning: {w}" for w in result["warnings"]]
+    lines += [f"\nwarning: {md(w)}" for w in result["warnings"]]
     if picture:
-        lines += ["", f"![each metric across runs]({picture})"]
+        lines += ["", f"![each metric across runs]({quote(picture)})"]
     return "\n".join(lines) + "\n"

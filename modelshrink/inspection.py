@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import torch
 from modelshrink.errors import UserError, first_line
 from modelshrink.metrics.size import TensorEntry, count_macs, module_tensors, nonfinite_names
 
-# State-dict entries that are buffers, not learned parameters, when there is no module to ask.
-_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "scale", "zero_point")
+# State-dict entries that are buffers, not learned parameters, when there is no module to ask: norm
+# statistics and quantization parameters (`scale`, `weight_scale`, FX's `0_input_scale_0`, PT2E's `_scale_3`).
+_BUFFER = re.compile(r"running_mean|running_var|num_batches_tracked|(.*_)?(scale|zero_point)(_\d+)?")
+_FROZEN = re.compile(r"_frozen_param\d+")  # an exported int8 graph's weights: one layer each
 
 
 def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()) -> dict[str, Any]:
@@ -24,8 +27,8 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
     then come from the state_dict alone, as for a plain state_dict, without MACs."""
     from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
     from modelshrink.models import describe
-    from modelshrink.models.factory import is_trusted
     from modelshrink.models.weights import as_state_dict, read_file
+    from modelshrink.trust import is_trusted
 
     path = Path(path)
     obj = read_file(path, allow_pickle=allow_pickle)
@@ -58,17 +61,8 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
         entries = list(module_tensors(obj))
         info["kind"] = "pickled nn.Module"
     else:
-        state_dict = as_state_dict(obj, path)
-        entries = [
-            TensorEntry(
-                name.rpartition(".")[0],
-                "",
-                name,
-                tensor,
-                not name.endswith(_BUFFER_SUFFIXES) and tensor.is_floating_point(),
-            )
-            for name, tensor in state_dict.items()
-        ]
+        state_dict = as_state_dict(dict(_tensors(obj)) if isinstance(obj, dict) else obj, path)
+        entries = [_unbuilt_entry(name, tensor) for name, tensor in state_dict.items()]
         info["kind"] = "safetensors" if path.suffix == ".safetensors" else "state_dict"
         if "untrusted_factory" in info:
             info["kind"] = "modelshrink checkpoint, not built"
@@ -76,6 +70,24 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
     info["layers"] = layer_rows(entries)
     info["totals"] = totals(entries)
     return info
+
+
+def _tensors(state_dict: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:
+    """Every tensor of a state_dict without its module, packed ones included: a quantized Linear saves
+    its int8 weight and bias as a tuple (`_packed_params._packed_params`) beside a dtype."""
+    for name, value in state_dict.items():
+        if isinstance(value, tuple | list) and value and all(isinstance(v, torch.Tensor | None) for v in value):
+            yield from ((f"{name}.{i}", v) for i, v in enumerate(value) if v is not None)
+        elif not isinstance(value, torch.dtype):
+            yield name, value
+
+
+def _unbuilt_entry(name: str, tensor: torch.Tensor) -> TensorEntry:
+    """A tensor known only by its name: a parameter unless the name says buffer, whatever its dtype."""
+    module, _, own = name.rpartition(".")
+    if _FROZEN.fullmatch(own):
+        module = name
+    return TensorEntry(module, "", name, tensor, not _BUFFER.fullmatch(own))
 
 
 def layer_rows(entries: list[TensorEntry]) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ In a multi-process run every rank trains, and rank 0 alone measures and writes.
 from __future__ import annotations
 
 import copy
-import json
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelshrink import distributed
-from modelshrink.atomic import write_directory
+from modelshrink import distributed, outputs
 from modelshrink.checkpoint import from_bytes, to_bytes
 from modelshrink.compare import read_report, regression_metrics, regressions
 from modelshrink.constraints import check_constraints, check_gated_metrics_exist, failures
@@ -29,8 +27,8 @@ from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.export import check_extras
 from modelshrink.export.measure import export_all
 from modelshrink.inputs import batch_size, call, describe, logits, output_matrix
+from modelshrink.junit import junit_xml
 from modelshrink.loading import load_model
-from modelshrink.lock import output_lock
 from modelshrink.metrics import add_latencies, reference_outputs
 from modelshrink.metrics.custom import directions
 from modelshrink.metrics.size import layer_summary
@@ -49,19 +47,27 @@ def run(
     force: bool = False,
     resume: bool = False,
     recipe_source: str | None = None,
+    junit: Path | None = None,
 ) -> dict[str, Any] | None:
-    """Returns the report (None on ranks other than 0 of a multi-process run)."""
+    """Returns the report (None on ranks other than 0 of a multi-process run). `junit`: a file for the gates
+    as JUnit XML, claimed with the output directory before any work and written after it."""
     distributed.init_from_env()
     main = distributed.is_main()
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
-    with output_lock(out_dir) if main else nullcontext():
-        if main:  # checked under the lock: another run may have written the output meanwhile
-            check_output_dir(out_dir, recipe, force, recipe_source)
-        return _run_locked(recipe, out_dir, force, resume, recipe_source, main)
+    targets = [outputs.run_directory(out_dir), *([outputs.junit_file(junit)] if junit else [])]
+    with outputs.claim(targets, recipe.inputs(recipe_source), force=force) if main else nullcontext() as claim:
+        return _run_locked(recipe, out_dir, force, resume, recipe_source, main, claim, junit)
 
 
 def _run_locked(
-    recipe: Recipe, out_dir: Path, force: bool, resume: bool, recipe_source: str | None, main: bool
+    recipe: Recipe,
+    out_dir: Path,
+    force: bool,
+    resume: bool,
+    recipe_source: str | None,
+    main: bool,
+    claim: outputs.Claim | None,
+    junit: Path | None,
 ) -> dict[str, Any] | None:
     check_extras(recipe.export)
     previous = read_report(recipe.constraints.compare_to) if recipe.constraints.compare_to else None
@@ -80,8 +86,10 @@ def _run_locked(
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
         report, exported = _run_stages(recipe, data, store, resume, main, recipe_source, previous)
-        if main:
-            _write_outputs(out_dir, recipe, report, store.model_blob(len(report["stages"])), exported, force)
+        if claim is not None:
+            _write_outputs(claim, out_dir, recipe, report, store.model_blob(len(report["stages"])), exported, force)
+            if junit is not None:
+                claim.file(junit, junit_xml(report))
     except Exception:
         # bad input or a bug of ours: nothing worth resuming, nothing left behind. An interrupt
         # (KeyboardInterrupt, a kill) is not an Exception and keeps the state for --resume.
@@ -178,58 +186,17 @@ def _run_stages(
 
 
 def _write_outputs(
-    out_dir: Path, recipe: Recipe, report: dict[str, Any], blob: bytes, exported: dict[str, bytes], force: bool
+    claim: outputs.Claim,
+    out_dir: Path,
+    recipe: Recipe,
+    report: dict[str, Any],
+    blob: bytes,
+    exported: dict[str, bytes],
+    force: bool,
 ) -> None:
     files = {recipe.output.checkpoint_name: blob, **exported, **report_files(report, html=recipe.output.html)}
-    write_directory(out_dir, files, replace=force)
+    claim.directory(out_dir, files, replace=force)
     log(f"wrote {out_dir}/ ({', '.join(files)})")
-
-
-def check_output_dir(out_dir: Path, recipe: Recipe, force: bool, recipe_source: str | None = None) -> None:
-    """Refuse before any work is done: never overwrite silently, never delete an input.
-
-    `--force` replaces only a directory that modelshrink wrote (it holds a report.json of ours), and
-    never one that is, or holds, an input: the recipe, the data, the checkpoint or a teacher."""
-    if out_dir.is_symlink() and not out_dir.exists():
-        raise UserError(f"output.dir: {out_dir} is a symbolic link to nothing; remove it or choose another dir")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output.dir: {out_dir} exists and is not a directory")
-    resolved = out_dir.resolve()
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
-        raise UserError(f"output.dir: {out_dir} is the current directory or one above it; choose a new directory")
-    for label, path in _inputs(recipe, recipe_source):
-        if path.resolve() == resolved or path.resolve().is_relative_to(resolved):
-            raise UserError(f"output.dir: {out_dir} holds the input {label} {path}; choose another output dir")
-    if out_dir.exists() and not force:
-        raise UserError(f"output.dir: {out_dir} already exists; pass --force to replace it")
-    if out_dir.exists() and not _written_by_us(out_dir):
-        raise UserError(
-            f"output.dir: {out_dir} was not written by modelshrink (no report.json of ours); --force replaces "
-            "only earlier outputs, so choose a new directory"
-        )
-
-
-def _inputs(recipe: Recipe, recipe_source: str | None) -> list[tuple[str, Path]]:
-    inputs = [("recipe", Path(recipe_source))] if recipe_source else []
-    if recipe.model.checkpoint is not None:
-        inputs.append(("checkpoint", recipe.model.checkpoint))
-    for label, data in (("data", recipe.data), ("evaluation data", recipe.evaluate.data)):
-        data_path = getattr(data, "path", None)
-        if data_path is not None:
-            inputs.append((label, data_path))
-    for spec in recipe.stages:
-        teacher = getattr(spec, "teacher", None)
-        if teacher is not None and teacher.checkpoint is not None:
-            inputs.append(("teacher checkpoint", teacher.checkpoint))
-    return inputs
-
-
-def _written_by_us(out_dir: Path) -> bool:
-    try:
-        report = json.loads((out_dir / "report.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(report, dict) and "schema_version" in report and "recipe" in report
 
 
 def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) -> None:

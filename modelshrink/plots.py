@@ -27,7 +27,8 @@ def _png(figure: Any) -> bytes:
 
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    # stamped, so that `--plot` rewrites only a picture of ours (`outputs.picture_file`)
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": "modelshrink"})
     return buffer.getvalue()
 
 

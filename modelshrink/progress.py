@@ -9,7 +9,7 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from modelshrink import distributed
+from modelshrink import distributed, escape
 
 T = TypeVar("T")
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # CI logs: one line per message
@@ -20,18 +20,20 @@ def interactive() -> bool:
 
 
 def log(message: str) -> None:
+    """A line of progress; messages embed stage and layer names, shown inert (`escape.terminal`)."""
     if distributed.is_main():  # one voice in multi-process runs
-        console.print(message, markup=False)
+        console.print(escape.terminal(message))
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a transient progress bar when a person is watching; silently otherwise."""
+    """Iterate with a transient progress bar when a person is watching; silently otherwise. The
+    description names a stage: shown as plain text (no markup), like `log`'s lines."""
     if not interactive() or not distributed.is_main():
         yield from items
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(escape.text(description, newlines=False), total=total)
         for item in items:
             yield item
             progress.advance(task)

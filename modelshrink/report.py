@@ -9,11 +9,10 @@ shows every metric in `descriptors.METRICS` and the run's own (`report_metrics`)
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Collection
 from typing import Any, NotRequired, TypedDict
 
+from modelshrink import escape
 from modelshrink.compare import environment_warnings, table
 from modelshrink.constraints import GateResult, shown
 from modelshrink.descriptors import MetricDescriptor, Metrics, report_metrics
@@ -159,53 +158,57 @@ def _training_findings(runs: list[dict[str, Any]]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- markdown
 def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
-    """`images`: the names of the pictures written beside it (`report_files`); text charts without them."""
+    """`images`: the names of the pictures written beside it (`report_files`); text charts without them.
+    Every string from the recipe, the model or an earlier report goes through `escape.markdown` (`md`):
+    a name must not break a table row or become a link, HTML or code on GitHub or in report.html."""
+    md = escape.markdown
     base = report["baseline"]
     title = report["recipe"].get("name") or report.get("recipe_source") or "modelshrink run"
     lines = [
-        f"# {title}",
+        f"# {md(title)}",
         "",
-        f"**{'PASSED' if report['passed'] else 'FAILED'}** · modelshrink {report['version']}",
+        f"**{'PASSED' if report['passed'] else 'FAILED'}** · modelshrink {md(report['version'])}",
         "",
-        f"Machine: {cpu_summary(report['environment'])}; latency with {base['latency_ms']['threads']} threads",
+        f"Machine: {md(cpu_summary(report['environment']))}; latency with {base['latency_ms']['threads']} threads",
         "",
     ]
     n = base["latency_ms"]["batch_n"]
     metrics = list(report_metrics(report).values())
     lines += [
-        "| stage | " + " | ".join(d.label.format(n=n) for d in metrics) + " | time (s) |",
+        "| stage | " + " | ".join(md(d.label.format(n=n)) for d in metrics) + " | time (s) |",
         "|---" * (len(metrics) + 2) + "|",
         _row("baseline", base, base, None, metrics),
     ]
     lines += [
-        _row(f"{s['name']} ({s['kind']})", s["metrics"], base, s["duration_s"], metrics) for s in report["stages"]
+        _row(md(f"{s['name']} ({s['kind']})"), s["metrics"], base, s["duration_s"], metrics) for s in report["stages"]
     ]
     if report.get("exports"):
         lines += ["", "## Exports (each measured on its own runtime)", ""]
-        lines += ["| export | " + " | ".join(d.label.format(n=n) for d in metrics) + " | vs PyTorch: max error |"]
+        lines += ["| export | " + " | ".join(md(d.label.format(n=n)) for d in metrics) + " | vs PyTorch: max error |"]
         lines += ["|---" * (len(metrics) + 2) + "|"]
         for e in report["exports"]:
-            label = f"`{e['file']}` ({' '.join(filter(None, (e['format'], e['quantize'])))}, from {e['source']})"
+            how = md(f"{' '.join(filter(None, (e['format'], e['quantize'])))}, from {e['source']}")
+            label = f"{escape.code(e['file'])} ({how})"
             row = _row(label, e["metrics"], base, 0.0, metrics)  # its last cell, the stage time, is replaced
             lines.append(f"{row.rsplit('|', 2)[0]}| {e['validation']['max_abs_error']:.2g} |")
-        lines += [""] + [f"- `{e['file']}`: {note}" for e in report["exports"] for note in e.get("notes", [])]
+        lines += [""] + [f"- {escape.code(e['file'])}: {md(n)}" for e in report["exports"] for n in e.get("notes", [])]
     if report["constraints"]:
         lines += ["", "## Constraints", "", "| constraint | limit | value | result |", "|---|---|---|---|"]
         lines += [
-            f"| {c['name']} | {shown(c['name'], c['limit'])} | {shown(c['name'], c['value'])} | "
+            f"| {md(c['name'])} | {shown(c['name'], c['limit'])} | {shown(c['name'], c['value'])} | "
             f"{'pass' if c['passed'] else '**FAIL**'} |"
             for c in report["constraints"]
         ]
     if "compared_to" in report:
         against = report["compared_to"]
-        lines += ["", f"## Against {against['path']}", "", "| metric | earlier | this run |", "|---|---|---|"]
-        lines += ["| " + " | ".join(row) + " |" for row in table([against, report], ["earlier", "this run"])]
+        lines += ["", f"## Against {md(against['path'])}", "", "| metric | earlier | this run |", "|---|---|---|"]
+        lines += ["| " + " | ".join(map(md, row)) + " |" for row in table([against, report], ["earlier", "this run"])]
     if report["findings"]:
-        lines += ["", "## Findings", ""] + [f"- {note}" for note in report["findings"]]
+        lines += ["", "## Findings", ""] + [f"- {md(note)}" for note in report["findings"]]
     lines += _pictures(report, images)
     lines += [
         "",
-        f"Checkpoint: `{report['checkpoint']}` · deltas are against the baseline "
+        f"Checkpoint: {escape.code(report['checkpoint'])} · deltas are against the baseline "
         "(accuracy in points, the rest as ratios) · cosine: mean cosine similarity of each output to "
         "the original model's.",
         "",
@@ -221,9 +224,11 @@ def _pictures(report: dict[str, Any], images: Collection[str]) -> list[str]:
     layers = report.get("layers") or []
     if not layers:
         return []
-    bars = text_bars([(f"{row['name']} ({row['bits']}-bit)", row["sparsity"]) for row in layers])
+    # inside a code block nothing renders, but a line break could end the block: one line per layer
+    bars = text_bars([(escape.text(f"{row['name']} ({row['bits']}-bit)", newlines=False), row["sparsity"])
+                      for row in layers])  # fmt: skip
     hint = "(`pip install modelshrink[plots]` draws pictures here)"
-    return ["", "## Sparsity per layer", "", hint, "", "```", *bars, "```"]
+    return ["", "## Sparsity per layer", "", hint, "", *escape.code_block("\n".join(bars))]
 
 
 def _row(label: str, m: Metrics, base: Metrics, duration: float | None, metrics: list[MetricDescriptor]) -> str:
@@ -239,14 +244,4 @@ def _row(label: str, m: Metrics, base: Metrics, duration: float | None, metrics:
 
 def to_json(report: dict[str, Any]) -> str:
     """Strict JSON: an undefined number (NaN, e.g. the loss of a head for other classes) becomes null."""
-    return json.dumps(_finite(report), indent=2, default=str, allow_nan=False) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    return escape.strict_json(report, indent=2, default=str) + "\n"

@@ -23,15 +23,14 @@ from typing import Any
 
 import yaml
 
-from modelshrink import plots
+from modelshrink import escape, outputs, plots
 from modelshrink.analyze.probe import RATIOS, LayerSensitivity, layers, sensitivities
 from modelshrink.analyze.suggest import suggestions
-from modelshrink.atomic import write_directory
 from modelshrink.data import build_data
 from modelshrink.engine import compress
-from modelshrink.errors import UserError
 from modelshrink.loading import load_model
 from modelshrink.progress import log
+from modelshrink.recipe.recipe import Recipe
 from modelshrink.recipe.search import load_first_candidate
 from modelshrink.recipe.stage_specs import needs_tuning_split
 
@@ -54,9 +53,16 @@ def analyze(
     run directory); returns that directory and what sensitivity.json holds."""
     recipe = load_first_candidate(recipe_path, overrides).trusting(trust)
     out_dir = out_dir or recipe.output.dir.with_name(f"{recipe.output.dir.name}_sensitivity")
-    if out_dir.exists() and not (force and (out_dir / "sensitivity.json").exists()):
-        reason = "pass --force to replace it" if (out_dir / "sensitivity.json").exists() else "choose a new one"
-        raise UserError(f"--output: {out_dir} already exists; {reason}")
+    target = outputs.analysis_directory(out_dir)
+    with outputs.claim([target], recipe.inputs(recipe_path), force=force) as claim:
+        result, files = _analyze(recipe, recipe_path, budget_s, batches, max_drop, ratios)
+        claim.directory(out_dir, files, replace=force)
+    return out_dir, result
+
+
+def _analyze(
+    recipe: Recipe, recipe_path: Path, budget_s: float, batches: int, max_drop: float, ratios: Sequence[float]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     model, _ = load_model(recipe.model)
     training = list(itertools.takewhile(lambda spec: spec.only_trains, recipe.stages))
     data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=needs_tuning_split(training))
@@ -86,11 +92,13 @@ def analyze(
     if plots.available() and rows:
         files["sensitivity.png"] = plots.sensitivity(rows)
     files["sensitivity.md"] = markdown(result, picture="sensitivity.png" in files).encode()
-    write_directory(out_dir, files, replace=force)
-    return out_dir, result
+    return result, files
 
 
 def markdown(result: dict[str, Any], picture: bool) -> str:
+    """sensitivity.md. Layer and type names come from the model: `escape` keeps each in its cell, as
+    code or text, and the suggested YAML in a fence no name can close."""
+    md = escape.markdown
     rows = result["layers"]
     labels = list(dict.fromkeys(label for row in rows for label in (*row["drops"], *row["skipped"])))
     lines = [
@@ -99,14 +107,15 @@ def markdown(result: dict[str, Any], picture: bool) -> str:
         f"{result['metric']}, on {result['batches']} calibration batches; each layer compressed alone "
         f"({result['elapsed_s']} s). `-`: the method cannot touch that layer.",
         "",
-        "| layer | type | params | " + " | ".join(labels) + " |",
+        "| layer | type | params | " + " | ".join(map(md, labels)) + " |",
         "|---|---|---|" + "---|" * len(labels),
     ]
     for row in rows:
-        cells = [f"{row['drops'][label]:.4f}" if label in row["drops"] else "-" for label in labels]
-        lines.append(f"| `{row['name']}` | {row['type']} | {row['params']:,} | " + " | ".join(cells) + " |")
+        cells = [escape.code(row["name"]), md(row["type"]), f"{row['params']:,}"]
+        cells += [f"{row['drops'][label]:.4f}" if label in row["drops"] else "-" for label in labels]
+        lines.append("| " + " | ".join(cells) + " |")
     if result["not_measured"]:
-        shown = ", ".join(f"`{name}`" for name in result["not_measured"][:20])
+        shown = ", ".join(map(escape.code, result["not_measured"][:20]))
         lines += ["", f"Not measured (time budget of {result['budget_s']:g} s spent): {shown}"]
     if picture:
         lines += ["", "![sensitivity](sensitivity.png)"]
@@ -121,10 +130,8 @@ def markdown(result: dict[str, Any], picture: bool) -> str:
         "",
         "Drops add up when layers are combined: start from these, and let the recipe's constraints decide.",
         "",
-        "```yaml",
-        yaml.safe_dump({"stages": snippet}, sort_keys=False).rstrip(),
-        "```",
+        *escape.code_block(yaml.safe_dump({"stages": snippet}, sort_keys=False).rstrip(), "yaml"),
     ]
     if suggested["int4_fits"]:
-        lines += ["", "int4 weights fit within the drop: " + ", ".join(f"`{n}`" for n in suggested["int4_fits"])]
+        lines += ["", "int4 weights fit within the drop: " + ", ".join(map(escape.code, suggested["int4_fits"]))]
     return "\n".join(lines) + "\n"

@@ -16,8 +16,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from torch.utils.data import TensorDataset
 
-from modelshrink import distributed
-from modelshrink.atomic import write_file
+from modelshrink import distributed, outputs
 from modelshrink.checkpoint import model_from_payload, read_payload
 from modelshrink.data import build_data
 from modelshrink.data.bundle import DataBundle, make_bundle
@@ -43,13 +42,26 @@ def export_checkpoint(
     spec = _spec(format, quantize)
     check_extras([spec])
     target = output or checkpoint.with_name(f"{checkpoint.stem}{spec.file_name.removeprefix('model')}")
+    suffix = Path(spec.file_name).suffix
+    if target.suffix != suffix:  # an OpenVINO .bin named as the output would be written over by its own .xml
+        raise UserError(f"--output: {target} must end in {suffix} (a {format} export"
+                        f"{' writes its weights to the .bin beside it' if format == 'openvino' else ''})")  # fmt: skip
     # files beside the first share its stem (an OpenVINO .xml finds its weights in the .bin of its stem)
     targets = [target, *(target.with_suffix(Path(name).suffix) for name in spec.file_names[1:])]
-    for path in targets:
-        if path.resolve() == checkpoint.resolve():
-            raise UserError(f"--output: {path} is the checkpoint itself; choose another file")
-        if path.exists() and not force:
-            raise UserError(f"--output: {path} already exists; pass --force to replace it")
+    inputs = [("checkpoint", checkpoint), *_recipe_inputs(data_recipe)]
+    with outputs.claim([outputs.export_file(path) for path in targets], inputs, force=force) as claim:
+        return _export(claim, checkpoint, spec, quantize, data_recipe, targets, trust)
+
+
+def _export(
+    claim: outputs.Claim,
+    checkpoint: Path,
+    spec: ExportSpec,
+    quantize: str,
+    data_recipe: Path | None,
+    targets: list[Path],
+    trust: Sequence[str],
+) -> dict[str, Any]:
     payload = read_payload(checkpoint)
     model, lineage = model_from_payload(payload, checkpoint, trust=trust)
     done = [t.kind for t in lineage.transforms if not t.keeps_float]
@@ -63,15 +75,23 @@ def export_checkpoint(
     exported = export(model, spec, data, [], distributed.DEFAULT_THREADS)
     _, expected = evaluate_outputs(model.eval(), data.val, CHECK_BATCHES, labeled=False)
     check, _ = evaluate_outputs(exported.runtime, data.val, CHECK_BATCHES, labeled=False, reference=expected)
-    for path, content in zip(targets, exported.files.values(), strict=True):
-        write_file(path, content)
+    claim.files(dict(zip(targets, exported.files.values(), strict=True)))
     return {
-        "file": str(target),
+        "file": str(targets[0]),
         "size_bytes": exported.size_bytes,
         "max_abs_error": check["max_abs_error"],
         "cosine": check["cosine"],
         "notes": exported.notes,
     }
+
+
+def _recipe_inputs(recipe: Path | None) -> list[tuple[str, Path]]:
+    """The --data recipe and what it reads: no export may be written over or into them."""
+    if recipe is None:
+        return []
+    from modelshrink.recipe.load import load_recipe
+
+    return load_recipe(recipe).inputs(recipe)
 
 
 def _spec(format: str, quantize: str) -> ExportSpec:

@@ -64,6 +64,28 @@ def _packed_weights(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, buffer
 
 
+def _graph_layers(module: nn.Module) -> dict[str, tuple[str, str]]:
+    """For an exported int8 graph: each frozen weight's layer (path and type in the model it was exported
+    from), read from the op that consumes it after its dequantize, so that `inspect` and the report show
+    one row per quantized layer instead of one row for the whole graph."""
+    graph = getattr(module, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return {}
+    layers = {}
+    for node in graph.nodes:
+        if node.op != "get_attr" or not _FROZEN_PARAM.fullmatch(str(node.target)):
+            continue
+        frontier = list(node.users)
+        for _ in range(3):  # dequantize (maybe a view), then the layer
+            reader = next((user for user in frontier if user.meta.get("nn_module_stack")), None)
+            if reader is not None:
+                path, kind = list(reader.meta["nn_module_stack"].values())[-1]
+                layers[str(node.target)] = (str(path), str(kind).rpartition(".")[2])
+                break
+            frontier = [later for user in frontier for later in user.users]
+    return layers
+
+
 def module_tensors(model: nn.Module) -> Iterator[TensorEntry]:
     for module_name, module in model.named_modules():
         kind = type(module).__name__
@@ -71,8 +93,13 @@ def module_tensors(model: nn.Module) -> Iterator[TensorEntry]:
         params = list(module.named_parameters(recurse=False))
         own = {name for name, _ in params}
         packed = [(name, tensor) for name, tensor in _packed_weights(module) if name not in own]
-        for name, tensor in params + packed:
+        for name, tensor in params:
             yield TensorEntry(module_name, kind, prefix + name, tensor.detach(), True)
+        layers = _graph_layers(module) if packed else {}
+        for name, tensor in packed:
+            layer, layer_kind = layers.get(name, ("", kind))
+            owner = f"{prefix}{layer}" if layer else module_name
+            yield TensorEntry(owner, layer_kind, prefix + name, tensor.detach(), True)
         seen = {id(tensor) for _, tensor in packed}  # a packed weight may also be a buffer: count it once
         for name, tensor in module.named_buffers(recurse=False):
             if id(tensor) not in seen:
@@ -118,7 +145,7 @@ def layer_summary(model: nn.Module) -> list[dict[str, Any]]:
     for entry in module_tensors(model):
         if entry.is_param and entry.tensor.dim() > 1:  # weight matrices and kernels, not biases or norms
             numel = entry.tensor.numel()
-            bits = getattr(modules[entry.module], "weight_bits", entry.tensor.element_size() * 8)
+            bits = getattr(modules.get(entry.module), "weight_bits", entry.tensor.element_size() * 8)
             rows.append({"name": entry.module, "type": entry.module_type, "params": numel,
                          "sparsity": 1 - entry.nonzero / numel, "bits": bits})  # fmt: skip
     return rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,28 @@ _ST_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
 }
+_TASKS = ("embedding", "classification")
+# Config keys that make transformers import code, fetch it from the hub, or load a quantization library.
+_CODE_KEYS = frozenset({"auto_map", "trust_remote_code", "custom_pipelines", "quantization_config", "code_revision"})
+# Values allowed for keys whose other values fetch kernels or name arbitrary torch attributes (`getattr(torch, dtype)`).
+_ALLOWED_VALUES = {
+    "attn_implementation": ("eager", "sdpa", None),
+    "attn_implementation_internal": ("eager", "sdpa", None),
+    "experts_implementation": ("eager", "grouped_mm", "batched_mm", None),
+    "experts_implementation_internal": ("eager", "grouped_mm", "batched_mm", None),
+    "dtype": ("float32", "float16", "bfloat16", None),
+    "torch_dtype": ("float32", "float16", "bfloat16", None),
+}
+# Integer sizes: any key ending so, or named so. No real model comes near the limits; a hostile one allocates at once.
+_SIZE_SUFFIXES = ("_size", "_layers", "_heads", "_embeddings", "_positions", "_experts", "_labels", "_dim")
+_SIZE_KEYS = frozenset({"n_embd", "n_layer", "n_head", "n_inner", "n_positions", "n_ctx", "d_model", "d_ff", "d_kv",
+                        "dim", "num_labels"})  # fmt: skip
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers", "num_decoder_layers")
+_MLP_KEYS = frozenset({"intermediate_size", "n_inner", "d_ff", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim",
+                       "moe_intermediate_size", "hidden_dim"})  # fmt: skip
+_MAX_SIZE = 2**20
+_MAX_LAYERS = 1024
+_MAX_PARAMETERS = 20e9
 
 
 class TextModel(nn.Module):
@@ -98,10 +121,46 @@ def load_pretrained(source: str, **head: Any) -> tuple[nn.Module, dict[str, Any]
     return _wrap(transformer, arch), arch
 
 
-def build(arch: dict[str, Any]) -> nn.Module:
-    """A model with the record's architecture and fresh weights (a checkpoint's state_dict follows)."""
+def build(arch: dict[str, Any], where: object = None) -> nn.Module:
+    """A model with the record's architecture and fresh weights (a checkpoint's state_dict follows).
+
+    `where` is the file the record came from: its config is data, so it is checked (`check_config`) and
+    whatever transformers raises on it is that file's fault. `None` is the recipe's own directory, trusted
+    as the recipe is.
+    """
     transformers = _transformers()
-    return _wrap(_auto_class(transformers, arch["task"]).from_config(_config(transformers, arch)), arch)
+    if where is not None:
+        check_config(arch, transformers.CONFIG_MAPPING, where)
+    try:
+        return _wrap(_auto_class(transformers, arch["task"]).from_config(_config(transformers, arch)), arch)
+    except Exception as exc:  # transformers raises many types for a config it cannot build
+        if where is None:
+            raise
+        raise UserError(
+            f"{where}: damaged checkpoint: cannot rebuild its Hugging Face model: {first_line(exc)}"
+        ) from None
+
+
+def check_config(arch: dict[str, Any], known: Collection[str], where: object) -> None:
+    """Refuse a file's record unless it rebuilds a known architecture without code from the hub and with bounded sizes.
+
+    transformers acts on several config keys: `auto_map` imports (or asks to import) code, an attention or
+    experts implementation may fetch a kernel, `quantization_config` pulls in a quantization library; and
+    sizes go straight to `torch.empty`, so one huge number would allocate terabytes before anything fails.
+    """
+    _check_head(arch, where)
+    config = arch["config"]
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in known:
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config model_type {model_type!r} is not an "
+                        "architecture transformers knows")  # fmt: skip
+    for key, value in _items(config):
+        if isinstance(key, str):  # nested maps such as id2label have integer keys
+            _check_item(key, value, where)
+    estimate = sum(_parameters(d) for d in _dicts(config))
+    if estimate > _MAX_PARAMETERS:
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config sizes (about {estimate:.3g} parameters) "
+                        f"are beyond {_MAX_PARAMETERS:.0e}")  # fmt: skip
 
 
 def tokenizer_for(source: str) -> Any:
@@ -143,6 +202,80 @@ def sentence_transformers_head(directory: Path) -> tuple[str, bool]:
     modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
     normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
     return pooling, normalize
+
+
+def _check_head(arch: dict[str, Any], where: object) -> None:
+    """The record's own fields, typed: `TextModel` and the auto class trust them."""
+    if arch.get("task") not in _TASKS:
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face task {arch.get('task')!r} is not one of "
+                        f"{', '.join(_TASKS)}")  # fmt: skip
+    if arch.get("pooling") not in _ST_POOLING_KEYS.values():
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face pooling {arch.get('pooling')!r} is not one of "
+                        f"{', '.join(_ST_POOLING_KEYS.values())}")  # fmt: skip
+    if not isinstance(arch.get("normalize"), bool):
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face normalize {arch.get('normalize')!r} is not a bool")
+    config = arch.get("config")
+    if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
+        raise UserError(f"{where}: damaged checkpoint: its Hugging Face config is not a mapping of names to values")
+
+
+def _check_item(key: str, value: Any, where: object) -> None:
+    """One config entry, at any depth (sub-configs such as `text_config` are built the same way)."""
+    if key in _CODE_KEYS or key.startswith("__"):
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} would make transformers import or "
+                        "fetch code; modelshrink rebuilds only its built-in architectures")  # fmt: skip
+    allowed = _ALLOWED_VALUES.get(key.lstrip("_"))
+    if allowed is not None and not all(v in allowed for v in (value.values() if isinstance(value, dict) else [value])):
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {value!r} is not one of "
+                        f"{', '.join(map(str, allowed))}")  # fmt: skip
+    if _is_size(key) and not isinstance(value, bool | int | type(None)):
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {value!r} is not an integer")
+    if _is_size(key) and isinstance(value, int) and not 0 <= value <= _size_limit(key):
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {value} is beyond "
+                        f"0..{_size_limit(key)}")  # fmt: skip
+
+
+def _items(config: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """Every (key, value) of a config and of the dicts nested in it."""
+    for d in _dicts(config):
+        yield from d.items()
+
+
+def _dicts(value: Any) -> Iterator[dict[Any, Any]]:
+    if isinstance(value, dict):
+        yield value
+        for inner in value.values():
+            yield from _dicts(inner)
+    elif isinstance(value, list | tuple):
+        for inner in value:
+            yield from _dicts(inner)
+
+
+def _is_size(key: Any) -> bool:
+    return isinstance(key, str) and (key in _SIZE_KEYS or key.endswith(_SIZE_SUFFIXES))
+
+
+def _size_limit(key: str) -> int:
+    return _MAX_LAYERS if "layer" in key else _MAX_SIZE
+
+
+def _parameters(config: dict[Any, Any]) -> int:
+    """A rough upper estimate of one (sub-)config's parameter count: embeddings plus per-layer attention and MLP."""
+    hidden = _first(config, "hidden_size", "n_embd", "d_model", "dim", "embed_dim")
+    tables = sum(_first(config, key) for key in ("vocab_size", "max_position_embeddings", "n_positions",
+                                                   "type_vocab_size", "num_labels"))  # fmt: skip
+    layers = sum(_first(config, key) for key in _LAYER_KEYS)
+    mlp = max((v for k, v in config.items() if isinstance(k, str) and k in _MLP_KEYS and _int(v)), default=4 * hidden)
+    experts = max(1, _first(config, "num_experts", "num_local_experts", "n_routed_experts"))
+    return hidden * tables + layers * (4 * hidden * hidden + 2 * hidden * mlp * experts)
+
+
+def _first(config: dict[Any, Any], *keys: str) -> int:
+    return next((config[key] for key in keys if _int(config.get(key))), 0)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _config(transformers: Any, arch: dict[str, Any]) -> Any:

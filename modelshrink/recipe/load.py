@@ -117,7 +117,29 @@ def parse_raw(text: str, source: str = "<recipe>", overrides: Sequence[str] = ()
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping (model, data, stages, output, ...)")
     overridden = [apply_override(data, item) for item in overrides]
-    return RawRecipe(data, root, source, overridden)
+    parsed = RawRecipe(data, root, source, overridden)
+    _refuse_surrogates(parsed)
+    return parsed
+
+
+def _refuse_surrogates(parsed: RawRecipe) -> None:
+    """A lone surrogate (non-UTF-8 bytes in `--set`, which the shell passes surrogate-escaped, or a YAML
+    "\\udcff" escape) cannot be written into report.md: refused now rather than after the whole run."""
+    for path, node in containers(parsed.data):
+        texts = (
+            [f"key {k!r}" for k in node if isinstance(k, str) and not _encodable(k)] if isinstance(node, dict) else []
+        )
+        texts += [repr(node)] if isinstance(node, str) and not _encodable(node) else []
+        if texts:  # the location names the key's parent: a key that cannot be printed cannot name itself
+            raise UserError(f"{parsed.where(path)}: {texts[0]} is not valid unicode text (a lone surrogate)")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_tree(root: yaml.Node, source: str) -> None:

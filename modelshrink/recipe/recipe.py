@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -39,6 +40,24 @@ class Recipe(Strict):
         if not modules:
             return self
         return self.model_copy(update={"model": self.model.model_copy(update={"trust": [*self.model.trust, *modules]})})
+
+    def inputs(self, source: str | Path | None = None) -> list[tuple[str, Path]]:
+        """Every file or folder this recipe reads (and `source`, the recipe file itself): what no output of
+        any command may overwrite, delete or be written into (`outputs.claim`)."""
+        found = [("recipe", Path(source))] if source else []
+        if self.model.checkpoint is not None:
+            found.append(("checkpoint", self.model.checkpoint))
+        for label, data in (("data", self.data), ("evaluation data", self.evaluate.data)):
+            path = getattr(data, "path", None)
+            if path is not None:
+                found.append((label, path))
+        for spec in self.stages:
+            teacher = getattr(spec, "teacher", None)
+            if teacher is not None and teacher.checkpoint is not None:
+                found.append(("teacher checkpoint", teacher.checkpoint))
+        if self.constraints.compare_to is not None:
+            found.append(("report compared to", self.constraints.compare_to))
+        return found
 
     @model_validator(mode="after")
     def _trainable_after_quantize(self) -> Recipe:

@@ -57,6 +57,12 @@ ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
 Fraction = Annotated[float, AfterValidator(_open_fraction)]
 Probability = Annotated[float, AfterValidator(_closed_fraction)]
 PositiveInt = Annotated[int, Field(ge=1)]
+# Sizes past what any real use needs, refused when the recipe is read instead of after minutes of work or
+# by exhausting memory (a batch size of 10^7, an image size of 10^5, 10^9 epochs).
+BatchSize = Annotated[int, Field(ge=1, le=65_536)]
+ImageSize = Annotated[int, Field(ge=8, le=4096)]
+Repeats = Annotated[int, Field(ge=1, le=1_000_000)]  # epochs, steps, batches, timed iterations
+MAX_BATCH_BYTES = 16 * 2**30  # one batch of float32 inputs
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -126,7 +132,7 @@ class _Loading(Strict):
 
     label_hint: ClassVar[str] = "use labeled data"  # how to give this kind labels, for refusals that need them
 
-    batch_size: PositiveInt = 32
+    batch_size: BatchSize = 32
     tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
     num_workers: Annotated[int, Field(ge=0)] = 0
 
@@ -140,9 +146,18 @@ class _Split(_Loading):
 class _DataCommon(_Split):
     """The image kinds."""
 
-    batch_size: PositiveInt = 64
+    batch_size: BatchSize = 64
     mean: list[float] | None = None
     std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> _DataCommon:
+        """batch_size x channels x image_size^2 float32 values: a batch that no memory holds is refused now."""
+        size = getattr(self, "image_size", 0)
+        if self.batch_size * getattr(self, "channels", 3) * size * size * 4 > MAX_BATCH_BYTES:
+            raise ValueError(f"batch_size {self.batch_size} of {size}x{size} images is more than "
+                             f"{MAX_BATCH_BYTES // 2**30} GiB per batch")  # fmt: skip
+        return self
 
     @property
     def labeled(self) -> bool:
@@ -161,7 +176,7 @@ class DigitsData(_DataCommon):
     """scikit-learn's bundled 8x8 handwritten digits (1797 real images, no download)."""
 
     kind: Literal["digits"]
-    image_size: Annotated[int, Field(ge=8)] = 32
+    image_size: ImageSize = 32
     channels: Literal[1, 3] = 3
 
 
@@ -174,7 +189,7 @@ class ImageFolderData(_DataCommon):
     kind: Literal["imagefolder"]
     label_hint: ClassVar[str] = "use class folders with data.labels: true"
     path: ExistingDir
-    image_size: Annotated[int, Field(ge=8)] = 224
+    image_size: ImageSize = 224
     channels: Literal[1, 3] = 3
     labels: bool = True
     class_index: Literal["folder_names", "indices"] = Field(
@@ -198,7 +213,7 @@ class Cifar10Data(_DataCommon):
 
     kind: Literal["cifar10"]
     path: ExistingDir
-    image_size: Annotated[int, Field(ge=8)] = 32
+    image_size: ImageSize = 32
     channels: Literal[1, 3] = 3
 
 
@@ -240,9 +255,9 @@ class SyntheticData(_DataCommon):
 
     kind: Literal["synthetic"]
     num_classes: Annotated[int, Field(ge=2)] = 10
-    num_samples: Annotated[int, Field(ge=4)] = 256
-    image_size: Annotated[int, Field(ge=1)] = 32
-    channels: PositiveInt = 3
+    num_samples: Annotated[int, Field(ge=4, le=10_000_000)] = 256
+    image_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    channels: Annotated[int, Field(ge=1, le=1024)] = 3
 
 
 class TextData(_Split):
@@ -259,7 +274,7 @@ class TextData(_Split):
     text_field: str = "text"
     label_field: str | None = None
     tokenizer: str | None = Field(default=None, description="default: the model's huggingface source")
-    max_length: Annotated[int, Field(ge=2)] = 128
+    max_length: Annotated[int, Field(ge=2, le=1_000_000)] = 128
     val_fraction: Fraction = 0.5
 
     @model_validator(mode="after")
@@ -283,9 +298,11 @@ DataSpec = Annotated[
 
 # ------------------------------------------------------------------------------- evaluation and output
 class LatencySpec(Strict):
-    batch_size: PositiveInt = Field(default=16, description="N in 'batch N'; batch 1 is always measured")
-    warmup: Annotated[int, Field(ge=0)] = 3
-    iterations: PositiveInt = 20
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=16, description="N in 'batch N'; batch 1 is always measured"
+    )
+    warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 3
+    iterations: Repeats = 20
     threads: PositiveInt | None = Field(default=None, description="torch threads; default: all cores")
 
 
@@ -304,7 +321,7 @@ class CustomMetricSpec(Strict):
 
 class EvaluateSpec(Strict):
     latency: LatencySpec = Field(default_factory=LatencySpec)
-    max_val_batches: PositiveInt | None = None
+    max_val_batches: Repeats | None = None
     data: DataSpec | None = Field(
         default=None,
         description="a separate held-out set that reports quality and gates the run (all of it); the recipe's "

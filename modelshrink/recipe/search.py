@@ -9,9 +9,9 @@ the raw data with one value per space, validated like any recipe.
 from __future__ import annotations
 
 import copy
-import itertools
+import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from os import PathLike
 from typing import Any
 
@@ -29,6 +29,7 @@ from modelshrink.recipe.recipe import Recipe
 
 Path = tuple[str | int, ...]
 MAX_VALUES = 1000  # per space: a range that would expand past this is a mistake
+MAX_TRIALS = 100_000  # each trial runs stages: more than this would run for months
 
 
 def _values(path: str, space: Any) -> list[Any]:
@@ -81,34 +82,39 @@ def check_values(parsed: RawRecipe, spaces: dict[Path, list[Any]]) -> Recipe:
 
 
 def candidates(spaces: dict[Path, list[Any]], max_trials: int, seed: int) -> list[dict[Path, Any]]:
-    """Every combination, or `max_trials` of them drawn without repeats (seeded) when there are more."""
-    paths = list(spaces)
-    total = 1
-    for values in spaces.values():
-        total *= len(values)
-    if total <= max_trials:
-        picks: Iterator[tuple[Any, ...]] = itertools.product(*spaces.values())
-        return [dict(zip(paths, combo, strict=True)) for combo in picks]
-    chosen = sorted(random.Random(seed).sample(range(total), max_trials))
-    combos = []
-    for number in chosen:
-        combo = []
-        for values in reversed(list(spaces.values())):
-            number, index = divmod(number, len(values))
-            combo.append(values[index])
-        combos.append(dict(zip(paths, reversed(combo), strict=True)))
-    return combos
+    """Every combination, or `max_trials` of them drawn without repeats (seeded) when there are more:
+    drawn by number, so 4 spaces of 1000 values (10^12 combinations) are never enumerated."""
+    if max_trials > MAX_TRIALS:
+        raise UserError(f"--max-trials: at most {MAX_TRIALS:,} (each trial runs the recipe's stages)")
+    total = math.prod(len(values) for values in spaces.values())
+    numbers = range(total) if total <= max_trials else sorted(random.Random(seed).sample(range(total), max_trials))
+    return [_combination(spaces, number) for number in numbers]
+
+
+def _combination(spaces: dict[Path, list[Any]], number: int) -> dict[Path, Any]:
+    """Combination `number`: its digits in the mixed radix of the spaces' sizes, the last space counting
+    fastest (the order of `itertools.product`)."""
+    combo = {}
+    for path in reversed(list(spaces)):
+        number, digit = divmod(number, len(spaces[path]))
+        combo[path] = spaces[path][digit]
+    return {path: combo[path] for path in spaces}
 
 
 def substitute(data: dict[str, Any], choice: dict[Path, Any]) -> dict[str, Any]:
-    """The raw recipe with each space replaced by its chosen value."""
-    out = copy.deepcopy(data)
+    """The raw recipe with each space replaced by its chosen value. The spaces themselves are not copied
+    (deepcopy's memo stands in for them): copying every space's values per candidate was quadratic."""
+    memo: dict[int, Any] = {id(_node(data, path)): None for path in choice}
+    out = copy.deepcopy(data, memo)
     for path, value in choice.items():
-        node: Any = out
-        for part in path[:-1]:
-            node = node[part]
-        node[path[-1]] = value
+        _node(out, path[:-1])[path[-1]] = copy.deepcopy(value)
     return out
+
+
+def _node(data: Any, path: Path) -> Any:
+    for part in path:
+        data = data[part]
+    return data
 
 
 def label(choice: dict[Path, Any]) -> str:

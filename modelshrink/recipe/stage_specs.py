@@ -16,13 +16,22 @@ from typing import Annotated, Any, ClassVar, Literal, Self, Union
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
 
-from modelshrink.recipe.schema import Fraction, ModelSpec, PositiveFloat, PositiveInt, Probability, Strict, Target
+from modelshrink.recipe.schema import (
+    Fraction,
+    ModelSpec,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Repeats,
+    Strict,
+    Target,
+)
 
 
 class TrainingSettings(Strict):
     """Settings of the one training loop, shared by every stage that trains."""
 
-    epochs: PositiveInt = 1
+    epochs: Repeats = 1
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: PositiveFloat = 1e-3
     layer_lrs: dict[str, PositiveFloat] = Field(
@@ -38,7 +47,7 @@ class TrainingSettings(Strict):
         default=None, description="'pkg.module:fn(outputs, targets) -> scalar'; default: cross-entropy on class indices"
     )
     keep_sparsity: bool = Field(default=True, description="weights that are exactly zero stay zero")
-    max_batches_per_epoch: PositiveInt | None = None
+    max_batches_per_epoch: Repeats | None = None
     early_stopping: PositiveInt | None = Field(
         default=None, description="stop after this many epochs without a better tuning-split accuracy"
     )
@@ -171,7 +180,7 @@ class UnstructuredPruneSpec(_PruneCommon):
 class _RemovingPruneCommon(_PruneCommon):
     """Pruning that removes structure, after which BatchNorm statistics are re-estimated."""
 
-    calibration_batches: PositiveInt = Field(
+    calibration_batches: Repeats = Field(
         default=4, description="training batches for taylor / block scores and BatchNorm recalibration"
     )
     recalibrate_bn: bool = Field(default=True, description="re-estimate BatchNorm statistics after removal")
@@ -187,7 +196,7 @@ class ChannelPruneSpec(_RemovingPruneCommon):
     include: list[str] = Field(default_factory=lambda: ["*"])
     layer_amounts: dict[str, Fraction] = Field(default_factory=dict, description="per-layer ratios by name glob")
     round_to: PositiveInt | None = Field(default=None, description="keep channel counts multiples of this")
-    steps: PositiveInt = Field(default=1, description="reach `amount` gradually over this many steps")
+    steps: Repeats = Field(default=1, description="reach `amount` gradually over this many steps")
     finetune_between: TrainingSettings | None = Field(default=None, description="training between steps")
 
     @property
@@ -220,7 +229,7 @@ class MixedSpec(Strict):
         description="largest drop allowed on the calibration batches: 1 - top-1 agreement with the model before "
         "the stage (classifiers), else 1 - mean cosine"
     )
-    calibration_batches: PositiveInt = Field(default=4, description="batches each layer's sensitivity is scored on")
+    calibration_batches: Repeats = Field(default=4, description="batches each layer's sensitivity is scored on")
 
 
 class _QuantizeCommon(BaseStageSpec):
@@ -271,7 +280,7 @@ class DynamicQuantSpec(_QuantizeCommon):
         "calibrated on calibration_batches; auto: the alpha that keeps outputs closest to float on them; "
         "costs one multiply per Linear",
     )
-    calibration_batches: PositiveInt = Field(
+    calibration_batches: Repeats = Field(
         default=8, description="batches (the data's calibration set, else training) for smoothing and auto choices"
     )
 
@@ -297,7 +306,7 @@ class StaticQuantSpec(_GraphQuantCommon):
     """int8 weights and activations, activation ranges calibrated on training batches."""
 
     mode: Literal["static"] = "static"
-    calibration_batches: PositiveInt = Field(default=8, description="training batches to calibrate ranges")
+    calibration_batches: Repeats = Field(default=8, description="training batches to calibrate ranges")
     observer: Literal["minmax", "histogram"] = "histogram"
 
 
@@ -361,7 +370,7 @@ class AutoQuantSpec(_QuantizeCommon):
     min_cosine: Annotated[float, Field(ge=-1, le=1)] = Field(
         default=0.99, description="quality bar on the calibration data, mean cosine to the float outputs"
     )
-    calibration_batches: PositiveInt = Field(default=8, description="batches to calibrate and judge the candidates")
+    calibration_batches: Repeats = Field(default=8, description="batches to calibrate and judge the candidates")
 
     @model_validator(mode="after")
     def _one_search_at_a_time(self) -> AutoQuantSpec:
@@ -413,7 +422,7 @@ class OptimizeSpec(BaseStageSpec):
         description="store 4-D weights channels_last (NHWC), which oneDNN convolutions prefer; auto: where it "
         "measures faster on the calibration batches with the same outputs",
     )
-    calibration_batches: PositiveInt = Field(default=2, description="batches that time channels_last (auto)")
+    calibration_batches: Repeats = Field(default=2, description="batches that time channels_last (auto)")
 
     folds_batchnorm: ClassVar[bool] = True  # checked by the recipe: no stage trains after it
 

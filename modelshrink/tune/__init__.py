@@ -23,22 +23,24 @@ from typing import Any
 import torch
 import yaml
 
-from modelshrink import plots
-from modelshrink.atomic import write_file
+from modelshrink import outputs, plots
 from modelshrink.data import build_data
 from modelshrink.data.bundle import DataBundle
 from modelshrink.engine import measure_model, seed_everything
 from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.loading import load_model
 from modelshrink.progress import log
-from modelshrink.recipe.load import format_path, parse_raw, read_recipe_text, validate_raw
+from modelshrink.recipe.load import RawRecipe, format_path, parse_raw, read_recipe_text, validate_raw
 from modelshrink.recipe.recipe import Recipe
+from modelshrink.recipe.search import Path as SpacePath
 from modelshrink.recipe.search import candidates, find_spaces, first_values, label, substitute
 from modelshrink.resume import rng_state
 from modelshrink.tune.report import markdown, pareto
-from modelshrink.tune.trials import OBJECTIVES, Shared, Trial, run_candidate
+from modelshrink.tune.trials import OBJECTIVES, Shared, Trial, read_trials, run_candidate
 
 __all__ = ["OBJECTIVES", "tune"]
+
+MAX_TRIALS_BYTES = 50 * 2**20  # a trials.json of the most trials `tune` runs is a few MiB
 
 
 def tune(
@@ -65,16 +67,23 @@ def tune(
     # all valid, or none run
     recipes = [validate_raw(parsed, substitute(parsed.data, choice)).trusting(trust) for choice in choices]
     out = out_dir or first.output.dir.with_name(f"{first.output.dir.name}_tune")
-    done = _earlier_trials(out, resume, force)
+    # --resume continues (so replaces) an earlier search's directory as --force does
+    with outputs.claim([outputs.search_directory(out)], first.inputs(recipe_path), force=force or resume) as claim:
+        done = _earlier_trials(out, resume, parsed, spaces)
+        if force and not resume:  # no earlier winner may stand beside a new search that finds none
+            outputs.clear(out, SEARCH_FILES)
+        return _search(claim, out, parsed, spaces, first, choices, recipes, done, objective, trust)
+
+
+def _search(claim: outputs.Claim, out: Path, parsed: RawRecipe, spaces: dict[SpacePath, list[Any]], first: Recipe,
+            choices: list[dict], recipes: list[Recipe], done: dict[str, Trial], objective: str,
+            trust: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     log(f"tune: {len(choices)} candidates over {len(spaces)} search spaces, objective {objective}")
     # as `run` does, in its order, so that a candidate's stages see the random state a run of it would
     seed_everything(first.seed)
     selection = _selection_data(first)
     model, lineage = load_model(first.model)
     baseline, reference = measure_model(model.eval(), lineage, selection, first.evaluate)
-    out.mkdir(parents=True, exist_ok=True)  # only now: a model or data that cannot load leaves nothing behind
-    if not resume:
-        (out / "trials.json").unlink(missing_ok=True)
     shared = Shared(model, lineage, selection, baseline, reference, rng_state(selection.train.generator))
     trials: list[Trial] = []
     for choice, recipe in zip(choices, recipes, strict=True):
@@ -89,8 +98,13 @@ def tune(
         except UserError as exc:  # this candidate cannot run on this model (e.g. nothing left to prune)
             log(f"tune {name}: cannot run ({exc})")
             trials.append(Trial(name, spelled, "failed", note=f"cannot run: {first_line(exc)}"))
-        write_file(out / "trials.json", _json({"objective": objective, "trials": [asdict(t) for t in trials]}))
-    return _finish(out, parsed.data, choices, trials, objective, baseline, trust)
+        # the directory appears with the first trial: a model or data that cannot load leaves nothing behind
+        claim.file(out / "trials.json", _json({"objective": objective, "trials": [asdict(t) for t in trials]}))
+    return _finish(claim, out, parsed.data, choices, trials, objective, baseline, trust)
+
+
+# what a search writes beside best/; `tune --force` clears them all before it starts
+SEARCH_FILES = ("trials.json", "tuned.yaml", "closest.yaml", "tune.md", "tune.png", "best")
 
 
 def _selection_data(recipe: Recipe) -> DataBundle:
@@ -105,35 +119,70 @@ def _selection_data(recipe: Recipe) -> DataBundle:
     return replace(data, val=data.tune)
 
 
-def _earlier_trials(out: Path, resume: bool, force: bool) -> dict[str, Trial]:
-    """The trials an interrupted search already finished (with --resume); refuse to overwrite otherwise."""
+def _earlier_trials(out: Path, resume: bool, parsed: RawRecipe, spaces: dict[SpacePath, list[Any]]
+                    ) -> dict[str, Trial]:  # fmt: skip
+    """The trials an interrupted search already finished (with --resume), each checked against this recipe."""
     progress = out / "trials.json"
-    if resume:
-        if not progress.exists():
-            raise UserError(f"--resume: {out} holds no trials.json of an earlier search")
-        saved = json.loads(progress.read_text())["trials"]
-        return {t["label"]: Trial(**t) for t in saved}
-    if out.exists() and not (force and progress.exists()):
-        hint = "pass --resume to continue it, or --force to start over" if progress.exists() else "choose a new one"
-        raise UserError(f"--output: {out} already exists; {hint}")
-    return {}
+    if not resume:
+        return {}
+    if not progress.exists():
+        raise UserError(f"--resume: {out} holds no trials.json of an earlier search")
+    trials = _read_trials(progress)
+    for trial in trials:
+        _check_trial(progress, trial, parsed, spaces)
+    return {t.label: t for t in trials}
 
 
-def _finish(out: Path, data: dict[str, Any], choices: list[dict], trials: list[Trial], objective: str,
-            baseline: dict[str, Any], trust: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+def _read_trials(progress: Path) -> list[Trial]:
+    try:
+        with progress.open("rb") as file:
+            data = file.read(MAX_TRIALS_BYTES + 1)
+        if len(data) > MAX_TRIALS_BYTES:
+            raise ValueError(f"larger than {MAX_TRIALS_BYTES // 2**20} MiB")
+        return read_trials(data)
+    except OSError as exc:
+        raise UserError(f"--resume: cannot read {progress} ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise UserError(f"{progress}: not a trials.json of modelshrink tune: {first_line(exc)}") from None
+
+
+def _check_trial(progress: Path, trial: Trial, parsed: RawRecipe, spaces: dict[SpacePath, list[Any]]) -> None:
+    """A resumed trial is someone's file: its choice must be a candidate of this recipe's spaces, and what it
+    says its stages resolved (pasted into tuned.yaml, which is then run) only `auto` keys of those stages,
+    set to values this recipe accepts there."""
+    spelled = {format_path(path): path for path in spaces}
+    choice = {spelled[name]: value for name, value in trial.choice.items() if name in spelled}
+    if (len(choice) != len(spaces) or len(trial.choice) != len(spaces) or label(choice) != trial.label
+            or any(value not in spaces[path] for path, value in choice.items())):  # fmt: skip
+        raise UserError(f"{progress}: trial {trial.label!r} is not a candidate of this recipe's search spaces")
+    data = substitute(parsed.data, choice)
+    for index, chosen in trial.resolved.items():
+        stage = data["stages"][int(index)] if int(index) < len(data["stages"]) else {}
+        if any(stage.get(key, "auto") != "auto" for key in chosen) or not stage:
+            raise UserError(f"{progress}: trial {trial.label!r} resolved keys that stage {index} of this recipe "
+                            "does not leave at auto")  # fmt: skip
+    try:
+        validate_raw(parsed, pin_resolved(data, trial))
+    except UserError as exc:
+        raise UserError(f"{progress}: trial {trial.label!r} resolved values this recipe refuses: {first_line(exc)}"
+                        ) from None  # fmt: skip
+
+
+def _finish(claim: outputs.Claim, out: Path, data: dict[str, Any], choices: list[dict], trials: list[Trial],
+            objective: str, baseline: dict[str, Any], trust: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     passing = [t for t in trials if t.status == "passed"]
     front = pareto(trials)
     picture = plots.available() and any(t.metrics for t in trials)
-    if picture:
-        write_file(out / "tune.png", plots.tune(trials, objective, front))
     by_label = {label(choice): choice for choice in choices}
     best = min(passing, key=lambda t: t.objective) if passing else min(trials, key=lambda t: t.violation)
     recipe = yaml.safe_dump(pin_resolved(substitute(data, by_label[best.label]), best), sort_keys=False).encode()
-    write_file(out / ("tuned.yaml" if passing else "closest.yaml"), recipe)
     summary = {"objective": objective, "best": best.label, "passed": bool(passing), "pareto": sorted(front),
                "trials": [asdict(t) for t in trials]}  # fmt: skip
-    write_file(out / "trials.json", _json(summary))
-    write_file(out / "tune.md", markdown(summary, baseline, picture).encode())
+    files = {out / ("tuned.yaml" if passing else "closest.yaml"): recipe, out / "trials.json": _json(summary),
+             out / "tune.md": markdown(summary, baseline, picture).encode()}  # fmt: skip
+    if picture:
+        files[out / "tune.png"] = plots.tune(trials, objective, front)
+    claim.files(files)
     if not passing:
         message = f"no candidate passes every constraint; the closest ({best.label}) is in {out}/closest.yaml"
         raise ConstraintFailed(message, summary)

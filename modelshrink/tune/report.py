@@ -1,4 +1,5 @@
-"""tune.md: every trial with its quality, objective and gates, the Pareto front marked."""
+"""tune.md: every trial with its quality, objective and gates, the Pareto front marked. Trial labels,
+notes and gate names come from the recipe: `escape.markdown` keeps each in its cell."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from modelshrink import escape
 from modelshrink.plots import quality_of
 
 
@@ -29,27 +31,28 @@ def pareto(trials: Sequence[Any]) -> list[str]:
 
 
 def markdown(summary: dict[str, Any], baseline: dict[str, Any], picture: bool) -> str:
+    md = escape.markdown
     objective, front = summary["objective"], set(summary["pareto"])
     name, base = quality_of(baseline)
     verdict = "best candidate that passes every constraint" if summary["passed"] else "closest (nothing passed)"
     lines = [
         "# Tune",
         "",
-        f"Objective: lowest {objective}. {verdict}: **{summary['best']}**. Baseline {name} {base:.4f}.",
+        f"Objective: lowest {objective}. {verdict}: **{md(summary['best'])}**. Baseline {name} {base:.4f}.",
         "",
         "Quality and gates here are measured on the selection split, held out of the training data; the "
         "validation split is reported only by the chosen candidate's run (best/report.md), which no choice saw.",
         "",
-        f"| trial | status | {name} | {objective}{' (x original)' if objective.startswith('latency') else ''} "
+        f"| trial | status | {name} | {md(objective)}{' (x original)' if objective.startswith('latency') else ''} "
         "| failed gates | Pareto |",
         "|---|---|---|---|---|---|",
     ]
     for t in summary["trials"]:
         value = f"{t['objective']:.4g}" if t["objective"] is not None else "-"
-        failed = ", ".join(g["name"] for g in t["gates"] if not g["passed"]) or "-"
-        status = t["status"] + (f" ({t['note']})" if t["note"] else "")
+        failed = ", ".join(md(g["name"]) for g in t["gates"] if not g["passed"]) or "-"
+        status = md(t["status"] + (f" ({t['note']})" if t["note"] else ""))
         mark = "yes" if t["label"] in front else ""
-        lines.append(f"| {t['label']} | {status} | {quality(t['metrics']):.4f} | {value} | {failed} | {mark} |")
+        lines.append(f"| {md(t['label'])} | {status} | {quality(t['metrics']):.4f} | {value} | {failed} | {mark} |")
     if picture:
         lines += ["", "![tune](tune.png)"]
     return "\n".join(lines) + "\n"

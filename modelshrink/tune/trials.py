@@ -15,9 +15,10 @@ import copy
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from modelshrink.constraints import GateResult, check_constraints, gates
@@ -42,6 +43,12 @@ OBJECTIVES = {
 }
 
 
+# What a stage may have chosen by timing for an `auto` key (`StageNotes.resolved`: quantize/compiling.py,
+# quantize/fx.py, quantize/dynamic.py, optimize.py): the only keys `pin_resolved` may write into tuned.yaml.
+ResolvedKey = Literal["compile", "backend", "activations", "smoothing", "channels_last"]
+Resolved = dict[Annotated[str, Field(pattern=r"^[0-9]{1,4}$")], dict[ResolvedKey, bool | float | str]]
+
+
 @dataclass
 class Trial:
     label: str
@@ -52,7 +59,7 @@ class Trial:
     objective: float | None = None
     note: str = ""
     original_latency_ms: dict[str, Any] | None = None  # the original model's, timed beside this candidate
-    resolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage index -> what its `auto`s chose
+    resolved: Resolved = field(default_factory=dict)  # stage index -> what its `auto`s chose
 
     @property
     def violation(self) -> float:
@@ -61,6 +68,49 @@ class Trial:
         if self.metrics is None:
             return math.inf
         return sum(abs(g["value"] - g["limit"]) / max(abs(g["limit"]), 1e-9) for g in self.gates if not g["passed"])
+
+
+class _Gate(BaseModel):
+    name: str
+    limit: float
+    value: float
+    passed: bool
+
+
+class _TrialRecord(BaseModel):
+    """A `Trial` as trials.json holds it (NaN allowed: a gate on an unmeasured metric)."""
+
+    label: str
+    choice: dict[str, Any]
+    status: Literal["passed", "failed", "dropped"]
+    gates: list[_Gate] = []
+    metrics: dict[str, Any] | None = None
+    objective: float | None = None
+    note: str = ""
+    original_latency_ms: dict[str, Any] | None = None
+    resolved: Resolved = {}
+
+
+class _TrialsFile(BaseModel):
+    """trials.json as `tune --resume` reads it back: the trials, each typed (the rest is rewritten)."""
+
+    model_config = ConfigDict(extra="ignore")
+    trials: list[_TrialRecord]
+
+
+def read_trials(data: bytes) -> list[Trial]:
+    """The trials of an earlier search's trials.json; ValueError naming the first problem of a damaged one."""
+    try:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    try:
+        records = _TrialsFile.model_validate(value).trials
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"{where}: {error['msg']}") from None
+    return [Trial(**record.model_dump()) for record in records]
 
 
 @dataclass
