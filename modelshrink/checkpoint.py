@@ -117,7 +117,7 @@ def model_from_payload(
             raise UserError(f"{path}: damaged checkpoint (pickled model missing)")
         return payload["model"].eval(), lineage
     check_architecture(lineage.architecture, trust, path)
-    model = build_architecture(lineage.architecture, from_recipe=False)
+    model = build_architecture(lineage.architecture, from_recipe=False, where=path)
     try:
         model = lineage.replay(model)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:

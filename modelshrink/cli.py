@@ -264,7 +264,7 @@ def compare(
     for warning in result["warnings"]:
         print(f"warning: {escape.text(warning)}", file=sys.stderr)
     if as_json:
-        print(json.dumps(result, indent=2, default=str))  # NaN -> null: every parser reads it
+        print(escape.strict_json(result, indent=2, default=str))  # NaN -> null: every parser reads it
     elif markdown:
         sys.stdout.write(comparing.to_markdown(result, plot.name if plot else None))
     else:

@@ -93,6 +93,10 @@ def claim(targets: list[Target], inputs: Inputs = (), *, force: bool = False) ->
     known = [(label, Path(path)) for label, path in inputs]
     for target in targets:
         check(target, known, force)
+        for other in targets:
+            if other is not target and other.directory and target.path.resolve().is_relative_to(other.path.resolve()):
+                raise UserError(f"{target.option}: {target.path} is inside {other.path}, which is written as a whole; "
+                                "choose a path outside it")  # fmt: skip
     with ExitStack() as stack:
         for target in targets:
             stack.enter_context(output_lock(target.path, target.option))

@@ -34,14 +34,14 @@ def huggingface_head(spec: ModelSpec) -> dict[str, Any]:
     return {"task": hf.task, "pooling": hf.pooling, "normalize": hf.normalize, "num_classes": spec.num_classes}
 
 
-def build_architecture(arch: dict[str, Any], *, from_recipe: bool = True) -> nn.Module:
-    """`from_recipe=False` for a record read from a file, which `modelshrink.trust` has allowed already."""
+def build_architecture(arch: dict[str, Any], *, from_recipe: bool = True, where: object = "checkpoint") -> nn.Module:
+    """`from_recipe=False` for a record read from a file (`where`), which `modelshrink.trust` has allowed already."""
     if "torchvision" in arch:
         return torchvision.build(arch["torchvision"], arch.get("kwargs", {}))
     if "factory" in arch:
         return factory.build(arch["factory"], arch.get("kwargs", {}), from_recipe=from_recipe)
     if "huggingface" in arch:
-        return huggingface.build(arch)
+        return huggingface.build(arch, where=None if from_recipe else where)
     raise UserError(f"unknown architecture record {arch!r}")
 
 

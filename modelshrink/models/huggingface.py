@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import reprlib
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ _SIZE_KEYS = frozenset({"n_embd", "n_layer", "n_head", "n_inner", "n_positions",
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers", "num_decoder_layers")
 _MLP_KEYS = frozenset({"intermediate_size", "n_inner", "d_ff", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim",
                        "moe_intermediate_size", "hidden_dim"})  # fmt: skip
-_MAX_SIZE = 2**20
+_CORE_SIZES = frozenset({"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "n_embd", "n_layer",
+                         "n_head", "d_model", "max_position_embeddings"})  # fmt: skip
+_MAX_SIZE = 2**24
 _MAX_LAYERS = 1024
 _MAX_PARAMETERS = 20e9
 
@@ -226,13 +229,33 @@ def _check_item(key: str, value: Any, where: object) -> None:
                         "fetch code; modelshrink rebuilds only its built-in architectures")  # fmt: skip
     allowed = _ALLOWED_VALUES.get(key.lstrip("_"))
     if allowed is not None and not all(v in allowed for v in (value.values() if isinstance(value, dict) else [value])):
-        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {value!r} is not one of "
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {reprlib.repr(value)} is not one of "
                         f"{', '.join(map(str, allowed))}")  # fmt: skip
-    if _is_size(key) and not isinstance(value, bool | int | type(None)):
-        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {value!r} is not an integer")
-    if _is_size(key) and isinstance(value, int) and not 0 <= value <= _size_limit(key):
-        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {value} is beyond "
-                        f"0..{_size_limit(key)}")  # fmt: skip
+    if _is_size(key):
+        _check_size(key, value, where)
+
+
+def _check_size(key: str, value: Any, where: object) -> None:
+    """Every number in a size (an int, or a list or map of them per layer or part) is bounded; core sizes must be
+    positive numbers. Other sizes may be 0 or -1 (a sentinel in some configs); transformers' own errors cover those."""
+    numbers = list(_leaves(value))
+    if key in _CORE_SIZES and not all(n is None or (_number(n) and n >= 1) for n in numbers):
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {reprlib.repr(value)} is not "
+                        "a positive number")  # fmt: skip
+    limit = _MAX_LAYERS if "layer" in key else _MAX_SIZE
+    for number in numbers:
+        if _number(number) and number > limit:
+            raise UserError(f"{where}: damaged checkpoint: Hugging Face config {key} = {number} is beyond {limit}")
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        for inner in value:
+            yield from _leaves(inner)
+    else:
+        yield value
 
 
 def _items(config: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
@@ -255,10 +278,6 @@ def _is_size(key: Any) -> bool:
     return isinstance(key, str) and (key in _SIZE_KEYS or key.endswith(_SIZE_SUFFIXES))
 
 
-def _size_limit(key: str) -> int:
-    return _MAX_LAYERS if "layer" in key else _MAX_SIZE
-
-
 def _parameters(config: dict[Any, Any]) -> int:
     """A rough upper estimate of one (sub-)config's parameter count: embeddings plus per-layer attention and MLP."""
     hidden = _first(config, "hidden_size", "n_embd", "d_model", "dim", "embed_dim")
@@ -267,7 +286,8 @@ def _parameters(config: dict[Any, Any]) -> int:
     layers = sum(_first(config, key) for key in _LAYER_KEYS)
     mlp = max((v for k, v in config.items() if isinstance(k, str) and k in _MLP_KEYS and _int(v)), default=4 * hidden)
     experts = max(1, _first(config, "num_experts", "num_local_experts", "n_routed_experts"))
-    return hidden * tables + layers * (4 * hidden * hidden + 2 * hidden * mlp * experts)
+    attention = max(hidden, _first(config, "num_attention_heads", "n_head") * _first(config, "head_dim"))
+    return hidden * tables + layers * (4 * hidden * attention + 2 * hidden * mlp * experts)
 
 
 def _first(config: dict[Any, Any], *keys: str) -> int:
@@ -276,6 +296,10 @@ def _first(config: dict[Any, Any], *keys: str) -> int:
 
 def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _config(transformers: Any, arch: dict[str, Any]) -> Any:

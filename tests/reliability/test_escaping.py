@@ -194,7 +194,7 @@ def test_sensitivity_md_names_layers_inertly() -> None:
     from modelshrink.analyze import markdown
 
     names = [h for h in HOSTILE if h.strip()]
-    row = {"type": "Linear<b>", "params": 10, "drops": {"prune 0.5": 0.01}, "skipped": ["int4"]}
+    row = {"type": "Linear|<script>", "params": 10, "drops": {"prune 0.5": 0.01}, "skipped": ["int4"]}
     result = {
         "metric": "accuracy", "batches": 2, "elapsed_s": 1.0, "budget_s": 1.0, "max_drop": 0.01,
         "layers": [{**row, "name": name} for name in names], "not_measured": names,
@@ -216,6 +216,42 @@ def test_tune_md_names_trials_inertly() -> None:
     page = markdown(summary, {"accuracy": 0.6}, picture=False)
     markdown_cells_are_inert(page.replace(f"**{escape.markdown(SCRIPT)}**", ""))  # our own bold, around the name
     assert not UNSAFE.search(page)
+
+
+def test_progress_bars_show_a_hostile_description_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from modelshrink import progress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    monkeypatch.setattr(progress, "console", console)
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    assert list(progress.track([1, 2], "S [/bold]\x1b]0;pwned\x07", total=2)) == [1, 2]  # no MarkupError
+    out = console.file.getvalue()
+    assert "S [/bold]\\x1b]0;pwned\\x07" in out and "\x1b]0;pwned" not in out
+
+
+def test_compare_markdown_links_its_picture_by_a_relative_name() -> None:
+    from modelshrink.compare import to_markdown
+
+    result = {"labels": ["a", "b"], "rows": [], "regressions": [], "warnings": []}
+    page = render_markdown(to_markdown(result, "x) [y](javascript:alert(1)).png"))
+    assert re.findall(r'<img alt="each metric across runs" src="([^"]*)"', page) == [
+        "x%29%20%5By%5D%28javascript%3Aalert%281%29%29.png"
+    ]
+
+
+def test_report_md_exports_and_text_charts_are_inert(plain_report: dict) -> None:
+    from modelshrink.report import to_markdown
+
+    report = json.loads(json.dumps(plain_report))
+    base = report["baseline"]
+    report["exports"] = [{"file": f"{h}.onnx", "format": "onnx", "quantize": h, "source": h, "metrics": base,
+                          "validation": {"max_abs_error": 0.0}, "notes": [h]} for h in HOSTILE]  # fmt: skip
+    report["layers"] = [{"name": f"x\n```\n{SCRIPT}{h}", "bits": 8, "sparsity": 0.5} for h in HOSTILE]
+    page = render_markdown(to_markdown(report))
+    assert "<script" not in page and "<img" not in page and "<a " not in page and page.count("<pre>") == 1
+    assert_tables_keep_their_columns(page)
 
 
 def test_junit_xml_of_hostile_gate_names_parses() -> None:
@@ -272,7 +308,7 @@ def assert_tables_keep_their_columns(page: str) -> None:
 
 def test_a_run_full_of_hostile_names_writes_inert_reports(tmp_path: Path, plain_report: dict) -> None:
     pytest.importorskip("markdown")
-    previous = save(hostile_report(plain_report), tmp_path / f"prev{SCRIPT.replace('/', '')}" / "report.json")
+    previous = save(hostile_report(plain_report), tmp_path / "prev<script>[/bold]\x1b]0;x\x07" / "report.json")
     recipe = tiny_recipe(
         tmp_path,
         name=f"R {ATTACK}",
@@ -306,6 +342,22 @@ def test_a_run_full_of_hostile_names_writes_inert_reports(tmp_path: Path, plain_
     assert not UNSAFE.search(junit.read_text()) and suite.find("testsuite").get("name").startswith("modelshrink: R")
     report = json.loads((out / "report.json").read_text())
     assert report["recipe"]["name"] == f"R {ATTACK}", "report.json keeps the data as it was"
+
+
+def test_the_run_table_of_a_hostile_report_is_inert(plain_report: dict, capsys: pytest.CaptureFixture) -> None:
+    """Every string `run` prints, from a report whose names and earlier report were all chosen to attack
+    (more than a recipe can hold: custom metric names there must be identifiers)."""
+    from modelshrink.cli import _print_report
+
+    report = hostile_report(plain_report)
+    report["recipe"]["name"] = ATTACK
+    report["stages"][0]["name"] = ATTACK
+    report["findings"] = [ATTACK]
+    report["constraints"] = [{"name": f"{h}.max", "limit": 1.0, "value": 2.0, "passed": False} for h in HOSTILE]
+    report["compared_to"] = {"path": ATTACK, "final": report["final"], "environment": report["environment"]}
+    _print_report(report, as_json=False)
+    out = capsys.readouterr().out
+    assert not UNSAFE.search(out) and out.count("[/bold]") >= 5, out
 
 
 @pytest.fixture
@@ -346,7 +398,7 @@ def test_compare_of_hostile_reports_is_inert_in_every_format(tmp_path: Path, hos
 def test_inspect_shows_hostile_keys_escaped(tmp_path: Path) -> None:
     path = tmp_path / "sd.pt"
     torch.save({"a[/bold].weight": torch.ones(2, 2), "b\x1b]0;pwned\x07.weight": torch.ones(2),
-                "<script>x.bias": torch.tensor([math.nan]), "c\udcff.weight": torch.ones(1)}, path)  # fmt: skip
+                "n[/bold]\x1b[2J.bias": torch.tensor([math.nan]), "c\udcff.weight": torch.ones(1)}, path)  # fmt: skip
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert_clean_output(result)
