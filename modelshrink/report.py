@@ -180,7 +180,7 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
         _row("baseline", base, base, None, metrics),
     ]
     lines += [
-        _row(md(f"{s['name']} ({s['kind']})"), s["metrics"], base, s["duration_s"], metrics) for s in report["stages"]
+        _row(escape.code(f"{s['name']} ({s['kind']})").replace('\\|', '|'), s["metrics"], base, s["duration_s"], metrics) for s in report["stages"]
     ]
     if report.get("exports"):
         lines += ["", "## Exports (each measured on its own runtime)", ""]
@@ -188,7 +188,7 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
         lines += ["|---" * (len(metrics) + 2) + "|"]
         for e in report["exports"]:
             how = md(f"{' '.join(filter(None, (e['format'], e['quantize'])))}, from {e['source']}")
-            label = f"`{e['file']}` ({how})"
+            label = f"{escape.code(e['file'])} ({how})"
             row = _row(label, e["metrics"], base, 0.0, metrics)  # its last cell, the stage time, is replaced
             lines.append(f"{row.rsplit('|', 2)[0]}| {e['validation']['max_abs_error']:.2g} |")
         lines += [""] + [f"- {escape.code(e['file'])}: {md(n)}" for e in report["exports"] for n in e.get("notes", [])]

@@ -251,6 +251,7 @@ def test_report_md_exports_and_text_charts_are_inert(plain_report: dict) -> None
     report["layers"] = [{"name": f"x\n```\n{SCRIPT}{h}", "bits": 8, "sparsity": 0.5} for h in HOSTILE]
     page = render_markdown(to_markdown(report))
     assert "<script" not in page and "<img" not in page and "<a " not in page and page.count("<pre>") == 1
+    assert_raw_rows_keep_their_columns(to_markdown(report))
     assert_tables_keep_their_columns(page)
 
 
@@ -299,6 +300,14 @@ def assert_clean_output(result: object) -> None:
         assert "Traceback" not in stream and "internal error" not in stream
 
 
+def assert_raw_rows_keep_their_columns(page: str) -> None:
+    """Each table row of a markdown page has as many cells as its header, counted as GitHub does: every
+    `|` not backslash-escaped splits a cell, even inside a code span."""
+    for block in re.findall(r"(?:^\|.*\n?)+", page, flags=re.M):
+        widths = {len([bar for bar in re.findall(r"\\.|(\|)", line) if bar]) for line in block.splitlines()}
+        assert len(widths) == 1, block
+
+
 def assert_tables_keep_their_columns(page: str) -> None:
     """Each table row of a rendered page has as many cells as its header."""
     for table in re.findall(r"<table>.*?</table>", page, flags=re.S):
@@ -334,6 +343,7 @@ def test_a_run_full_of_hostile_names_writes_inert_reports(tmp_path: Path, plain_
     assert_tables_keep_their_columns(page)
     if (out / "layers.png").exists():
         assert '<img alt="layers" src="data:image/png;base64,' in page, "our own markup still renders"
+    assert_raw_rows_keep_their_columns((out / "report.md").read_text())
     md_page = render_markdown((out / "report.md").read_text())
     assert "<script" not in md_page and "<img src=x" not in md_page and "<strong>bold</strong>" not in md_page
     assert_tables_keep_their_columns(md_page)
@@ -388,6 +398,7 @@ def test_compare_of_hostile_reports_is_inert_in_every_format(tmp_path: Path, hos
     markdown = runner.invoke(app, ["compare", *hostile_comparison, *gate, "--markdown", "--junit", str(junit)])
     assert markdown.exit_code == 1
     assert_clean_output(markdown)
+    assert_raw_rows_keep_their_columns(markdown.stdout)
     page = render_markdown(markdown.stdout)
     assert "<script" not in page and "<strong>" in page, "our own **FAIL** still renders"
     assert_tables_keep_their_columns(page)

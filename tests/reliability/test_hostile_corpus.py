@@ -214,6 +214,151 @@ def zip_of_junk() -> bytes:
     return buffer.getvalue()
 
 
+# ----------------------------------------------------------------- every other command (issue #24)
+REPORT = {
+    "schema_version": 1,
+    "recipe": {"name": "tiny"},
+    "environment": {"torch": "2", "torch_threads": 2, "cpu_model": "x"},
+    "final": {
+        "accuracy": 0.5, "agreement": 1.0, "cosine": 1.0, "loss": 1.0, "max_abs_error": 0.0, "params": 10,
+        "nonzero_params": 10, "sparsity": 0.0, "macs": 10, "size_bytes": 100,
+        "latency_ms": {"batch1_median": 1.0, "batch1_p95": 1.1, "batchN_median": 2.0, "batchN_p95": 2.2,
+                       "batch_n": 4, "threads": 2},
+    },
+}  # fmt: skip
+
+
+def reports(last: object, *extra: str, raw: bytes | None = None) -> Callable[[Path], list[str]]:
+    """`compare a.json b.json ...`, b.json holding `last` (or the bytes `raw`)."""
+
+    def setup(tmp: Path) -> list[str]:
+        (tmp / "a.json").write_text(json.dumps(REPORT))
+        (tmp / "b.json").write_bytes(raw if raw is not None else json.dumps(last).encode())
+        return ["compare", "a.json", "b.json", *extra]
+
+    return setup
+
+
+def with_final(**change: object) -> dict[str, object]:
+    return {**REPORT, "final": {**REPORT["final"], **change}}
+
+
+def exported(*extra: str, payload: object = None) -> Callable[[Path], list[str]]:
+    """`export ck.pt ...` of a good (or the given) checkpoint."""
+
+    def setup(tmp: Path) -> list[str]:
+        torch.save(payload if payload is not None else good_checkpoint(), tmp / "ck.pt")
+        valid_recipe(tmp)
+        return ["export", "ck.pt", *extra]
+
+    return setup
+
+
+def valid_recipe(tmp: Path) -> None:
+    (tmp / "r.yaml").write_text(VALID_TEXT)
+
+
+SEARCHED = [{"kind": "prune", "amount": {"search": [0.3, 0.5]}}]
+
+
+def searched(*extra: str, trials: object = None, command: str = "tune") -> Callable[[Path], list[str]]:
+    """`tune t.yaml ...` (or `analyze`) of a tiny recipe with a search space; `trials` an earlier trials.json."""
+
+    def setup(tmp: Path) -> list[str]:
+        (tmp / "t.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, stages=SEARCHED), sort_keys=False))
+        if trials is not None:
+            (tmp / "search").mkdir()
+            content = trials if isinstance(trials, bytes) else json.dumps(trials).encode()
+            (tmp / "search" / "trials.json").write_bytes(content)
+        return [command, "t.yaml", *extra]
+
+    return setup
+
+
+def trial(**change: object) -> dict[str, object]:
+    base = {"label": "stages[0].amount=0.3", "choice": {"stages[0].amount": 0.3}, "status": "passed"}
+    return {"objective": "latency_b1", "trials": [{**base, **change}]}
+
+
+def nested(depth: int) -> bytes:
+    return b'{"schema_version": 1, "final": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+# fmt: off
+COMMAND_CASES = [
+    # compare: reports are someone else's files
+    Case("compare one report", args("compare", "a.json"), message="at least two"),
+    Case("compare missing report", reports(REPORT, "nope.json"), message="nope.json"),
+    Case("compare a list", reports([1, 2]), message="b.json"),
+    Case("compare deep nesting", reports(None, raw=nested(100_000)), message="b.json"),
+    Case("compare huge int", reports(None, raw=json.dumps(REPORT).replace("0.5", "9" * 5000).encode())),
+    Case("compare -Infinity", reports(None, raw=json.dumps(REPORT).replace("0.5", "-Infinity").encode())),
+    Case("compare NaN", reports(None, raw=json.dumps(REPORT).replace("0.5", "NaN").encode()), message="b.json"),
+    Case("compare accuracy a string", reports(with_final(accuracy="high")), message="b.json"),
+    Case("compare no latency", reports(with_final(latency_ms=None)), message="b.json"),
+    Case("compare no final", reports({**REPORT, "final": None}), message="b.json"),
+    Case("compare newer schema", reports({**REPORT, "schema_version": 2}), message="b.json"),
+    Case("compare not UTF-8", reports(None, raw=b'{"schema_version": 1, "recipe": "\\xff\xff"}'), message="b.json"),
+    Case("compare --junit over a report", reports(REPORT, "--junit", "b.json"), message="input report"),
+    Case("compare --plot over a report", reports(REPORT, "--plot", "a.json"), message="input report"),
+    Case("compare --junit over a foreign file", then(reports(REPORT, "--junit", "r.yaml"), prepare=valid_recipe),
+         message="not written by modelshrink"),
+    Case("compare --plot under a file", reports(REPORT, "--plot", "a.json/p.png"), message="not a writable"),
+    # run's secondary outputs and --compare-to
+    Case("run --junit over the recipe", then(run_recipe(), "--junit", "r.yaml"), message="input recipe"),
+    Case("run --junit inside the output", then(run_recipe(), "--junit", "out/g.xml"), message="written as a whole"),
+    Case("run --junit under a file", then(run_recipe(), "--junit", "r.yaml/g.xml"), message="not a writable"),
+    Case("run --compare-to a damaged report", then(run_recipe(), "--compare-to", "b.json",
+         prepare=lambda tmp: (tmp / "b.json").write_text('{"schema_version": 1}')), message="b.json"),
+    Case("a directory at the lock", then(run_recipe(), prepare=mkdir(".out.lock")), message="in the way"),
+    # export
+    Case("export over the recipe", exported("-o", "r.yaml", "--force"), message="must end in .onnx"),
+    Case("export over the checkpoint", exported("-o", "ck.pt", "--force"), message="must end in .onnx"),
+    Case("export openvino to a .bin", exported("--format", "openvino", "-o", "out.bin"), message="must end in .xml"),
+    Case("export unknown format", exported("--format", "tflite"), message="--format"),
+    Case("export unknown quantize", exported("--quantize", "int3"), message="--quantize"),
+    Case("export static without data", exported("--quantize", "static"), message="--data"),
+    Case("export under a file", exported("-o", "r.yaml/m.onnx"), message="not a writable"),
+    Case("export runs no untrusted factory", then(args("export", "ck.pt"), prepare=lambda tmp: torch.save(
+        factory_runs_code(tmp), tmp / "ck.pt")), message="would import and run code"),
+    Case("export our own resolver", then(args("export", "ck.pt", "--trust", "modelshrink"), prepare=lambda tmp:
+         torch.save(good_checkpoint(architecture={"factory": "modelshrink.models.factory:build", "kwargs": {
+             "target": "os:system", "kwargs": {"command": f"touch {tmp / CANARY}"}}}), tmp / "ck.pt")),
+         message="ck.pt"),
+    Case("export a missing checkpoint", args("export", "nope.pt"), message="nope.pt"),
+    # analyze
+    Case("analyze into the current directory", searched("-o", ".", "--force", command="analyze"),
+         message="current directory"),
+    Case("analyze over a foreign directory", then(searched("-o", "imgs", "--force", command="analyze"),
+         prepare=mkdir("imgs")), message="not written by modelshrink"),
+    Case("analyze an untrusted checkpoint", then(run_recipe(model={"checkpoint": "ck.pt"}), command="analyze",
+         prepare=lambda tmp: torch.save(factory_runs_code(tmp), tmp / "ck.pt")), message="would import"),
+    Case("analyze missing recipe", args("analyze", "nope.yaml"), message="nope.yaml"),
+    # tune
+    Case("tune without search spaces", then(run_recipe(), command="tune"), message="no search spaces"),
+    Case("tune --resume without trials", searched("--resume", "-o", "search"), message="no trials.json"),
+    Case("tune over a foreign directory", then(searched("-o", "imgs", "--force"), prepare=mkdir("imgs")),
+         message="not written by modelshrink"),
+    Case("tune into the current directory", searched("-o", ".", "--force"), message="current directory"),
+    Case("tune bad objective", searched("--objective", "speed"), message="--objective"),
+    Case("tune damaged trials", searched("--resume", "-o", "search", trials=b"{not json"), message="trials.json"),
+    Case("tune trials a list", searched("--resume", "-o", "search", trials=[1]), message="trials.json"),
+    Case("tune trial of another space", searched("--resume", "-o", "search", trials=trial(
+        label="stages[0].amount=0.9", choice={"stages[0].amount": 0.9})), message="not a candidate"),
+    Case("tune trial resolving a teacher", searched("--resume", "-o", "search", trials=trial(
+        resolved={"0": {"teacher": {"factory": "os:system"}}})), message="trials.json"),
+    Case("tune trial of unknown status", searched("--resume", "-o", "search", trials=trial(status="won")),
+         message="trials.json"),
+    Case("validate 10^14 candidates at once", then(args("validate", "t.yaml"), prepare=lambda tmp: (
+        tmp / "t.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, stages=[{"kind": "prune", "amount": {"search": {
+            "min": 0.1, "max": 0.999, "step": 0.001}}}] * 5)))), exit_code=0),
+    # inspect: names from the file are shown, never obeyed
+    Case("inspect a key with rich markup", checkpoint({"a[/bold].weight": torch.zeros(2, 2)}), exit_code=0),
+    Case("inspect a key with terminal escapes", checkpoint({"a\x1b]0;pwned\x07.weight": torch.zeros(2)}),
+         exit_code=0),
+]
+# fmt: on
+
 # -------------------------------------------------------------------------------------------- corpus
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
@@ -411,6 +556,7 @@ CASES = [
     ),
     Case("output in use", then(run_recipe(), prepare=busy_output), message="in use by another run"),
     Case("--nproc 0", then(run_recipe(), "--nproc", "0"), message="Invalid value for '--nproc'"),
+    *COMMAND_CASES,
 ]
 
 
