@@ -1,4 +1,6 @@
-"""Write a whole output directory or nothing: build it beside the target, then rename into place."""
+"""Write whole outputs or nothing: each is staged beside its target (a directory built under a temporary
+name, a file written to one), then renamed into place; `outputs.Claim.write` stages every output of a
+command before it renames the first, so a failure while staging leaves none of them."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import uuid
 from pathlib import Path
 
 
-def write_directory(target: Path, files: dict[str, bytes], replace: bool) -> None:
-    """Create `target` holding exactly `files`; with `replace`, swap out an existing directory."""
+def stage_directory(target: Path, files: dict[str, bytes]) -> Path:
+    """A directory beside `target` holding exactly `files`, flushed to disk; removed again if writing fails."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -19,28 +21,46 @@ def write_directory(target: Path, files: dict[str, bytes], replace: bool) -> Non
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        if target.exists() and replace:
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            target.rename(old)
-            try:
-                staging.rename(target)
-            except OSError:
-                old.rename(target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)  # fails if target appeared meanwhile: never merge into it
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return staging
+
+
+def commit_directory(staging: Path, target: Path, replace: bool) -> None:
+    """Rename `staging` to `target`; with `replace`, swap out an existing directory (restored if that fails)."""
+    if target.exists() and replace:
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+        try:
+            staging.rename(target)
+        except OSError:
+            old.rename(target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)  # fails if target appeared meanwhile: never merge into it
+
+
+def stage_file(path: Path, data: bytes) -> Path:
+    """`data` in a temporary file beside `path`, flushed to disk; removed again if writing fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def write_file(path: Path, data: bytes) -> None:
     """Replace `path` with `data` in one step (temp file beside it, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = stage_file(path, data)
     try:
-        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

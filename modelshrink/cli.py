@@ -258,7 +258,7 @@ def compare(
                 from modelshrink.junit import junit_xml
 
                 files[junit] = junit_xml({"recipe": {"name": "compare"}, "constraints": result["regressions"]})
-            claim.files(files)  # both or neither
+            claim.write(files=files)  # both or neither
     from modelshrink import escape
 
     for warning in result["warnings"]:

@@ -26,12 +26,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from modelshrink.atomic import write_directory, write_file
+from modelshrink.atomic import commit_directory, stage_directory, stage_file
 from modelshrink.errors import UserError
 from modelshrink.lock import output_lock
 
+T = TypeVar("T")
 Inputs = Iterable[tuple[str, Path]]  # (what it is, its path): "recipe", "checkpoint", "data", "report", ...
 
 
@@ -56,31 +57,33 @@ class Claim:
     """The outputs a command holds: write them through here, and only here."""
 
     def __init__(self, targets: list[Target]):
-        self.targets = {t.path: t for t in targets}
+        self.targets = targets
 
-    def directory(self, path: Path, files: dict[str, bytes], replace: bool) -> None:
-        target = self.targets[path]
-        _writing(target, lambda: write_directory(path, files, replace=replace))
-
-    def files(self, contents: dict[Path, bytes]) -> None:
-        """Several files at once: all are staged before the first is renamed into place."""
-        staged: list[tuple[Path, Path]] = []
+    def write(self, directories: dict[Path, dict[str, bytes]] | None = None, files: dict[Path, bytes] | None = None,
+              *, replace: bool = False) -> None:  # fmt: skip
+        """Stage every directory and file, then rename each into place: a failure while staging (a full disk)
+        leaves none of them, and a `--junit` file never outlives a run directory that was not written.
+        `replace` swaps out an existing directory (checked to be an earlier output of ours)."""
+        staged_dirs: list[tuple[Path, Path]] = []
+        staged_files: list[tuple[Path, Path]] = []
         try:
-            for path, data in contents.items():
-                temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-                staged.append((temporary, path))
-                _writing(self._target_of(path), lambda t=temporary, d=data: write_file(t, d))
-            for temporary, path in staged:
-                _writing(self._target_of(path), lambda t=temporary, p=path: os.replace(t, p))
+            for path, contents in (directories or {}).items():
+                staged_dirs.append((_writing(self._target_of(path), lambda p=path, c=contents: stage_directory(p, c)),
+                                    path))  # fmt: skip
+            for path, data in (files or {}).items():
+                staged_files.append((_writing(self._target_of(path), lambda p=path, d=data: stage_file(p, d)), path))
+            for staging, path in staged_dirs:
+                _writing(self._target_of(path), lambda s=staging, p=path: commit_directory(s, p, replace))
+            for staging, path in staged_files:
+                _writing(self._target_of(path), lambda s=staging, p=path: os.replace(s, p))
         finally:
-            for temporary, _ in staged:
-                temporary.unlink(missing_ok=True)
-
-    def file(self, path: Path, data: bytes) -> None:
-        self.files({path: data})
+            for staging, _ in staged_dirs:
+                shutil.rmtree(staging, ignore_errors=True)
+            for staging, _ in staged_files:
+                staging.unlink(missing_ok=True)
 
     def _target_of(self, path: Path) -> Target:
-        for target in self.targets.values():
+        for target in self.targets:
             if path == target.path or (target.directory and path.is_relative_to(target.path)):
                 return target
         raise KeyError(f"{path} was not claimed")  # a bug of ours: every write is claimed first
@@ -132,11 +135,11 @@ def check(target: Target, inputs: list[tuple[str, Path]], force: bool) -> None:
                         "it replaces only those, so choose a new one")  # fmt: skip
 
 
-def _writing(target: Target, write: Callable[[], Any]) -> None:
+def _writing(target: Target, write: Callable[[], T]) -> T:
     """One line naming the path for a write that fails (a full disk, a read-only mount); the atomic
     helpers have already removed what they staged."""
     try:
-        write()
+        return write()
     except OSError as exc:
         raise UserError(f"{target.option}: cannot write {target.path} ({exc.strerror or exc})") from None
 

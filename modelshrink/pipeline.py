@@ -87,9 +87,8 @@ def _run_locked(
     try:
         report, exported = _run_stages(recipe, data, store, resume, main, recipe_source, previous)
         if claim is not None:
-            _write_outputs(claim, out_dir, recipe, report, store.model_blob(len(report["stages"])), exported, force)
-            if junit is not None:
-                claim.file(junit, junit_xml(report))
+            blob = store.model_blob(len(report["stages"]))
+            _write_outputs(claim, out_dir, recipe, report, blob, exported, force, junit)
     except Exception:
         # bad input or a bug of ours: nothing worth resuming, nothing left behind. An interrupt
         # (KeyboardInterrupt, a kill) is not an Exception and keeps the state for --resume.
@@ -193,9 +192,11 @@ def _write_outputs(
     blob: bytes,
     exported: dict[str, bytes],
     force: bool,
+    junit: Path | None,
 ) -> None:
+    """The directory and the --junit file together (`Claim.write`): both or neither."""
     files = {recipe.output.checkpoint_name: blob, **exported, **report_files(report, html=recipe.output.html)}
-    claim.directory(out_dir, files, replace=force)
+    claim.write({out_dir: files}, {junit: junit_xml(report)} if junit else {}, replace=force)
     log(f"wrote {out_dir}/ ({', '.join(files)})")
 
 

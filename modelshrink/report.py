@@ -180,7 +180,7 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
         _row("baseline", base, base, None, metrics),
     ]
     lines += [
-        _row(escape.code(f"{s['name']} ({s['kind']})").replace('\\|', '|'), s["metrics"], base, s["duration_s"], metrics) for s in report["stages"]
+        _row(md(f"{s['name']} ({s['kind']})"), s["metrics"], base, s["duration_s"], metrics) for s in report["stages"]
     ]
     if report.get("exports"):
         lines += ["", "## Exports (each measured on its own runtime)", ""]

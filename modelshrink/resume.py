@@ -27,6 +27,14 @@ from modelshrink.errors import UserError, first_line
 from modelshrink.progress import log
 
 
+def _save(path: Path, data: bytes) -> None:
+    """Progress for --resume, written atomically; a full disk is one line naming where, as for any output."""
+    try:
+        write_file(path, data)
+    except OSError as exc:
+        raise UserError(f"cannot write the progress kept for --resume to {path} ({exc.strerror or exc})") from None
+
+
 class ResumeStore:
     def __init__(self, out_dir: Path, recipe: dict[str, Any]):
         self.dir = out_dir.parent / f".{out_dir.name}.resume"
@@ -57,9 +65,9 @@ class ResumeStore:
         """After the baseline (0) or stage `completed`: the model and everything needed to go on."""
         if not distributed.is_main():
             return
-        write_file(self.dir / f"model_{completed}.pt", blob)
+        _save(self.dir / f"model_{completed}.pt", blob)
         state = {"recipe": self.recipe, "completed": completed, "progress": progress, "rng": rng_state(data_generator)}
-        write_file(self.dir / "state.pt", _to_bytes(state))
+        _save(self.dir / "state.pt", _to_bytes(state))
         (self.dir / "epoch.pt").unlink(missing_ok=True)
 
     def model_blob(self, completed: int) -> bytes:
@@ -67,7 +75,7 @@ class ResumeStore:
 
     def save_epoch(self, stage: str, state: dict[str, Any]) -> None:
         if distributed.is_main():
-            write_file(self.dir / "epoch.pt", _to_bytes({"stage": stage, **state}))
+            _save(self.dir / "epoch.pt", _to_bytes({"stage": stage, **state}))
 
     def epoch_state(self, stage: str) -> dict[str, Any] | None:
         path = self.dir / "epoch.pt"

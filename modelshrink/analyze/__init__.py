@@ -56,7 +56,7 @@ def analyze(
     target = outputs.analysis_directory(out_dir)
     with outputs.claim([target], recipe.inputs(recipe_path), force=force) as claim:
         result, files = _analyze(recipe, recipe_path, budget_s, batches, max_drop, ratios)
-        claim.directory(out_dir, files, replace=force)
+        claim.write({out_dir: files}, replace=force)
     return out_dir, result
 
 

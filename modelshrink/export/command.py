@@ -75,7 +75,7 @@ def _export(
     exported = export(model, spec, data, [], distributed.DEFAULT_THREADS)
     _, expected = evaluate_outputs(model.eval(), data.val, CHECK_BATCHES, labeled=False)
     check, _ = evaluate_outputs(exported.runtime, data.val, CHECK_BATCHES, labeled=False, reference=expected)
-    claim.files(dict(zip(targets, exported.files.values(), strict=True)))
+    claim.write(files=dict(zip(targets, exported.files.values(), strict=True)))
     return {
         "file": str(targets[0]),
         "size_bytes": exported.size_bytes,

@@ -155,8 +155,8 @@ def check_config(arch: dict[str, Any], known: Collection[str], where: object) ->
     config = arch["config"]
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in known:
-        raise UserError(f"{where}: damaged checkpoint: Hugging Face config model_type {model_type!r} is not an "
-                        "architecture transformers knows")  # fmt: skip
+        raise UserError(f"{where}: damaged checkpoint: Hugging Face config model_type {reprlib.repr(model_type)} is "
+                        "not an architecture transformers knows")  # fmt: skip
     for key, value in _items(config):
         if isinstance(key, str):  # nested maps such as id2label have integer keys
             _check_item(key, value, where)
@@ -209,14 +209,12 @@ def sentence_transformers_head(directory: Path) -> tuple[str, bool]:
 
 def _check_head(arch: dict[str, Any], where: object) -> None:
     """The record's own fields, typed: `TextModel` and the auto class trust them."""
-    if arch.get("task") not in _TASKS:
-        raise UserError(f"{where}: damaged checkpoint: Hugging Face task {arch.get('task')!r} is not one of "
-                        f"{', '.join(_TASKS)}")  # fmt: skip
-    if arch.get("pooling") not in _ST_POOLING_KEYS.values():
-        raise UserError(f"{where}: damaged checkpoint: Hugging Face pooling {arch.get('pooling')!r} is not one of "
-                        f"{', '.join(_ST_POOLING_KEYS.values())}")  # fmt: skip
-    if not isinstance(arch.get("normalize"), bool):
-        raise UserError(f"{where}: damaged checkpoint: Hugging Face normalize {arch.get('normalize')!r} is not a bool")
+    fields = {"task": _TASKS, "pooling": tuple(_ST_POOLING_KEYS.values()), "normalize": (False, True)}
+    for field, allowed in fields.items():
+        value = arch.get(field)
+        if not isinstance(value, str | bool) or value not in allowed:
+            raise UserError(f"{where}: damaged checkpoint: Hugging Face {field} {reprlib.repr(value)} is not one of "
+                            f"{', '.join(map(str, allowed))}")  # fmt: skip
     config = arch.get("config")
     if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
         raise UserError(f"{where}: damaged checkpoint: its Hugging Face config is not a mapping of names to values")

@@ -99,7 +99,8 @@ def _search(claim: outputs.Claim, out: Path, parsed: RawRecipe, spaces: dict[Spa
             log(f"tune {name}: cannot run ({exc})")
             trials.append(Trial(name, spelled, "failed", note=f"cannot run: {first_line(exc)}"))
         # the directory appears with the first trial: a model or data that cannot load leaves nothing behind
-        claim.file(out / "trials.json", _json({"objective": objective, "trials": [asdict(t) for t in trials]}))
+        progress = {"objective": objective, "trials": [asdict(t) for t in trials]}
+        claim.write(files={out / "trials.json": _json(progress)})
     return _finish(claim, out, parsed.data, choices, trials, objective, baseline, trust)
 
 
@@ -182,7 +183,7 @@ def _finish(claim: outputs.Claim, out: Path, data: dict[str, Any], choices: list
              out / "tune.md": markdown(summary, baseline, picture).encode()}  # fmt: skip
     if picture:
         files[out / "tune.png"] = plots.tune(trials, objective, front)
-    claim.files(files)
+    claim.write(files=files)
     if not passing:
         message = f"no candidate passes every constraint; the closest ({best.label}) is in {out}/closest.yaml"
         raise ConstraintFailed(message, summary)

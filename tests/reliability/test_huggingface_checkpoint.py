@@ -96,7 +96,7 @@ HOSTILE = {  # name: (architecture record, what the one line must say)
     "rejected by transformers": (with_config(hidden_size=9), "cannot rebuild its Hugging Face model: The hidden size"),
     "task evil": (tiny_arch(task="evil"), "task 'evil' is not one of"),
     "pooling evil": (tiny_arch(pooling="evil"), "pooling 'evil' is not one of"),
-    "normalize not a bool": (tiny_arch(normalize="yes"), "normalize 'yes' is not a bool"),
+    "normalize not a bool": (tiny_arch(normalize="yes"), "normalize 'yes' is not one of False, True"),
     "config not a dict": (tiny_arch(config=["bert"]), "config is not a mapping"),
 }
 

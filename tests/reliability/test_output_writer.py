@@ -85,18 +85,18 @@ def test_secondary_files_are_checked_first_and_written_together(tmp_path: Path, 
     refused(["compare", "a/report.json", "b/report.json", "--plot", "p.png", "--junit", "a_file/g.xml"],
             "not a writable directory")  # fmt: skip
     assert not (tmp_path / "p.png").exists(), "the picture is not left behind when the JUnit file cannot be written"
-    real_write = outputs.write_file
+    real_write = outputs.stage_file
 
-    def full_for_xml(path: Path, data: bytes) -> None:
+    def full_for_xml(path: Path, data: bytes) -> Path:
         if ".xml" in path.name:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write(path, data)
+        return real_write(path, data)
 
-    monkeypatch.setattr(outputs, "write_file", full_for_xml)
+    monkeypatch.setattr(outputs, "stage_file", full_for_xml)
     late = runner.invoke(app, ["compare", "a/report.json", "b/report.json", "--plot", "p.png", "--junit", "g.xml"])
     assert late.exit_code == 2 and "--junit: cannot write g.xml (No space left on device)" in late.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "a_file", "b"], "both files or neither"
-    monkeypatch.setattr(outputs, "write_file", real_write)
+    monkeypatch.setattr(outputs, "stage_file", real_write)
     (tmp_path / "gates.xml").write_text("my own notes")
     refused(["compare", "a/report.json", "b/report.json", "--junit", "gates.xml"], "not written by modelshrink")
     assert (tmp_path / "gates.xml").read_text() == "my own notes"
@@ -127,15 +127,30 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, stages=[]))
 
-    def full(_fd: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_fsync, writes = os.fsync, []
 
-    monkeypatch.setattr("modelshrink.atomic.os.fsync", full)
-    result = runner.invoke(app, ["run", str(recipe)])
-    assert result.exit_code == 2, result.output
-    expected = f"error: output.dir: cannot write {tmp_path / 'out'} (No space left on device)"
-    assert result.stderr.splitlines()[-1] == expected
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"], "no staging directory, lock or resume state"
+    def full_at(stop: int) -> object:
+        def fsync(fd: int) -> None:  # every staged file is flushed: the disk fills up at the `stop`th
+            writes.append(fd)
+            if len(writes) == stop:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
+        return fsync
+
+    monkeypatch.setattr("modelshrink.atomic.os.fsync", full_at(10**9))
+    assert runner.invoke(app, ["run", str(recipe), "-o", "counted"]).exit_code == 0
+    total = len(writes)  # the resume state's files, then the outputs'
+    shutil.rmtree(tmp_path / "counted")
+    # the first progress file kept for --resume, then one of the outputs
+    for stop, said in ((1, "cannot write the progress kept for --resume"), (total - 1, "output.dir: cannot write")):
+        writes.clear()
+        monkeypatch.setattr("modelshrink.atomic.os.fsync", full_at(stop))
+        result = runner.invoke(app, ["run", str(recipe)])
+        assert result.exit_code == 2, result.output
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith(f"error: {said}") and last.endswith("(No space left on device)"), last
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"], "no staging directory, lock or resume state"
 
 
 def test_a_directory_in_the_way_of_the_lock_is_one_line(tmp_path: Path, monkeypatch) -> None:
