@@ -80,6 +80,13 @@ def _exit_codes() -> Iterator[None]:
         raise typer.Exit(INTERNAL_ERROR) from None
 
 
+def _say(message: str) -> None:
+    """A command's one line of result on stdout; it names paths and stages from inputs, shown inert."""
+    from modelshrink import escape
+
+    print(escape.text(message))
+
+
 def _error(message: str) -> None:
     """`error: ` lines on stderr; messages embed paths and names from inputs, shown inert (`escape.text`)."""
     from modelshrink import escape
@@ -211,7 +218,7 @@ def validate(
         spaces = find_spaces(raw)
         parsed = check_values(raw, spaces) if spaces else validate_raw(raw)
     searched = f"; {len(spaces)} search spaces for `modelshrink tune`" if spaces else ""
-    print(f"{recipe}: ok ({len(parsed.stages)} stages: {', '.join(parsed.stage_names()) or 'none'}{searched})")
+    _say(f"{recipe}: ok ({len(parsed.stages)} stages: {', '.join(parsed.stage_names()) or 'none'}{searched})")
 
 
 @app.command()
@@ -328,7 +335,7 @@ def analyze(
         )  # fmt: skip
     left = f"; {len(result['not_measured'])} layers not measured (budget)" if result["not_measured"] else ""
     measured = f"{len(result['layers'])} layers in {result['elapsed_s']} s{left}"
-    print(f"wrote {out}/ (sensitivity.json, sensitivity.md): {measured}")
+    _say(f"wrote {out}/ (sensitivity.json, sensitivity.md): {measured}")
 
 
 @app.command()
@@ -355,7 +362,7 @@ def tune(
             overrides=overrides or [], trust=trust or [],
         )  # fmt: skip
     passed = sum(t["status"] == "passed" for t in summary["trials"])
-    print(f"best: {summary['best']} ({passed} of {len(summary['trials'])} candidates passed)")
+    _say(f"best: {summary['best']} ({passed} of {len(summary['trials'])} candidates passed)")
 
 
 @app.command("export")
@@ -386,7 +393,7 @@ def export_command(
             force=force,
             trust=trust or [],
         )
-    print(
+    _say(
         f"wrote {written['file']} ({written['size_bytes']:,} bytes); against the PyTorch model: max abs error "
         f"{written['max_abs_error']:.3g}, cosine {written['cosine']:.4f}"
     )

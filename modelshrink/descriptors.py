@@ -114,7 +114,8 @@ def _custom(name: str) -> Callable[[Metrics], float]:
 
 def custom_descriptor(name: str, better: Literal["higher", "lower"]) -> MetricDescriptor:
     """A user's metric (`evaluate.metrics`), shown and gated like the built-in ones."""
-    return MetricDescriptor(name, name, better, "", _custom(name), "points")
+    label = name.replace("{", "{{").replace("}", "}}")  # labels are format strings ("b{n} (ms)"); a name is not
+    return MetricDescriptor(name, label, better, "", _custom(name), "points")
 
 
 def report_metrics(*reports: dict) -> dict[str, MetricDescriptor]:

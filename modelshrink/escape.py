@@ -8,8 +8,9 @@ read through surrogateescape) become U+FFFD, so no encode step fails; control ch
 C1, among them ESC, so ANSI CSI and OSC sequences die), line and paragraph separators and the bidi
 controls that reorder what a reader sees ("Trojan Source", U+202E) are shown visibly as `\\xNN` or
 `\\uNNNN` rather than dropped, so a reader sees that something odd was there. Tabs stay, and newlines
-where the sink allows them. Sinks: `terminal` (rich), `html`, `markdown` (and `code_block`), `xml`, `strict_json`.
-Python's standard library only (rich is imported by `terminal` alone), so any module can use it.
+where the sink allows them. Sinks: `terminal` (rich), `html`, `markdown` (with `code` and `code_block`),
+`xml`, `strict_json`. Python's standard library only (rich is imported by `terminal` alone), so any
+module can use it.
 """
 
 from __future__ import annotations
@@ -71,11 +72,17 @@ def markdown(value: object) -> str:
     one line (a newline would end the table row), every character either dialect reads as markup
     backslash-escaped or as an entity, so a name never becomes a link, HTML, code, emphasis, a heading
     or a new table cell, yet renders as the literal characters on GitHub and in report.html. Shown
-    outside code spans: inside one neither escapes nor entities work (`code` makes those). A bare http(s) URL is still
-    linked by GitHub (its autolinks know only safe schemes)."""
+    outside code spans: inside one neither escapes nor entities work (`code` makes those). A bare
+    http(s) URL is still linked by GitHub (its autolinks know only safe schemes)."""
     escaped = _MARKDOWN_BACKSLASH.sub(r"\\\1", text(value, newlines=False))
     escaped = "".join(_MARKDOWN_ENTITY.get(c, c) for c in escaped)
     return _MARKDOWN_LEADING.sub(_leading, escaped, count=1)
+
+
+def _leading(match: re.Match[str]) -> str:
+    """`- x` -> `\\- x`; `1. x` -> `1\\. x` (a digit cannot be escaped, the dot after it can)."""
+    marker = match.group()
+    return f"{marker[:-1]}\\{marker[-1]}"
 
 
 def code(value: object) -> str:
@@ -95,10 +102,10 @@ def code_block(body: str, info: str = "") -> list[str]:
     return [fence + info, body, fence]
 
 
-def _leading(match: re.Match[str]) -> str:
-    """`- x` -> `\\- x`; `1. x` -> `1\\. x` (a digit cannot be escaped, the dot after it can)."""
-    marker = match.group()
-    return f"{marker[:-1]}\\{marker[-1]}"
+def picture(value: object) -> str:
+    """For text matplotlib draws (tick labels, titles, annotations): one line, and `$` escaped, since a pair of
+    them starts matplotlib's math parser, which fails (or draws something else) on a name like `$\\foo{$`."""
+    return text(value, newlines=False).replace("$", r"\$")
 
 
 def xml(value: object) -> str:

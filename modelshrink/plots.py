@@ -2,7 +2,7 @@
 
 matplotlib is an optional extra (`pip install modelshrink[plots]`, part of `[dev]`). Figures are
 drawn with the object API on an Agg canvas, never through pyplot, so no global figure state or GUI
-backend is touched.
+backend is touched. Names drawn come from recipes and reports: `escape.picture` keeps them one inert line.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from modelshrink.descriptors import report_metrics
+from modelshrink.escape import picture
 
 
 def available() -> bool:
@@ -52,7 +53,7 @@ def quality_latency(report: dict[str, Any]) -> bytes:
     ys = [quality_of(m)[1] for _, m in points]
     axes.plot(xs, ys, marker="o", linestyle=":")
     for (name, _), x, y in zip(points, xs, ys, strict=True):
-        axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axes.annotate(picture(name), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     axes.set(xlabel="latency at batch 1 (ms)", ylabel=label, title=f"{label} against latency, per stage")
     axes.grid(alpha=0.3)
     return _png(figure)
@@ -67,7 +68,7 @@ def layers(rows: list[dict[str, Any]]) -> bytes:
     positions = range(len(rows))
     axes.bar(positions, [r["sparsity"] for r in rows], color="tab:blue", label="sparsity")
     axes.set(ylabel="sparsity", ylim=(0, 1), title="final model, per layer")
-    axes.set_xticks(list(positions), [r["name"] for r in rows], rotation=90, fontsize=6)
+    axes.set_xticks(list(positions), [picture(r["name"]) for r in rows], rotation=90, fontsize=6)
     bits = axes.twinx()
     bits.plot(list(positions), [r["bits"] for r in rows], "o", color="tab:orange", label="bits per weight")
     bits.set(ylabel="bits per weight", ylim=(0, 34))
@@ -85,7 +86,7 @@ def sensitivity(rows: list[Any]) -> bytes:
     axes = figure.add_subplot()
     image = axes.imshow(grid, aspect="auto", cmap="viridis_r", interpolation="nearest")
     axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-    axes.set_yticks(range(len(rows)), [row.name for row in rows], fontsize=6)
+    axes.set_yticks(range(len(rows)), [picture(row.name) for row in rows], fontsize=6)
     axes.set_title("drop when one layer alone is compressed", fontsize=9)
     figure.colorbar(image, ax=axes, label="drop")
     return _png(figure)
@@ -114,13 +115,14 @@ def trend(reports: list[dict[str, Any]], labels: list[str]) -> bytes:
     from matplotlib.figure import Figure
 
     metrics = [d for d in report_metrics(*reports).values() if d.in_cli]
+    shown = [picture(label) for label in labels]
     columns = 3
     figure = Figure(figsize=(4 * columns, 2.6 * math.ceil(len(metrics) / columns)))
     for index, descriptor in enumerate(metrics, start=1):
         axes = figure.add_subplot(math.ceil(len(metrics) / columns), columns, index)
-        axes.plot(labels, [descriptor.read(r["final"]) for r in reports], marker="o")
+        axes.plot(shown, [descriptor.read(r["final"]) for r in reports], marker="o")
         n = reports[0]["final"].get("latency_ms", {}).get("batch_n", "N")
-        axes.set_title(f"{descriptor.label.format(n=n)} ({descriptor.better} is better)", fontsize=9)
+        axes.set_title(f"{picture(descriptor.label.format(n=n))} ({descriptor.better} is better)", fontsize=9)
         axes.tick_params(axis="x", labelrotation=30, labelsize=7)
         axes.grid(alpha=0.3)
     figure.tight_layout()

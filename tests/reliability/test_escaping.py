@@ -53,7 +53,8 @@ HOSTILE = [
 # line separators and the bidi controls
 UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SCRIPT = "<script>alert(1)</script>"
-ATTACK = f"{SCRIPT}[/bold]\x1b]0;pwned\x07|x`y`[l](javascript:alert(1))<img src=x onerror=alert(1)>"
+# `$\frac{$` would start matplotlib's math parser in a picture's labels
+ATTACK = f"{SCRIPT}[/bold]\x1b]0;pwned\x07|x`y`[l](javascript:alert(1))<img src=x onerror=alert(1)>$\\frac{{$"
 
 
 def strict_json(text: str) -> object:
@@ -283,8 +284,9 @@ def hostile_report(report: dict, cpu_model: str = ATTACK) -> dict:
     """`report` from another machine whose fields and custom metrics are names an attacker chose."""
     report = json.loads(json.dumps(report))
     report["environment"]["cpu_model"] = cpu_model
-    report["custom_metrics"] = {SCRIPT: "higher", "[/bold]": "lower", "x\x1b]0;x\x07": "higher"}
-    report["final"]["custom"] = {SCRIPT: 1.0, "[/bold]": None, "x\x1b]0;x\x07": 2.0}
+    # `{0}`: metric labels are format strings ("b{n} (ms)"), a name must not be one
+    report["custom_metrics"] = {SCRIPT: "higher", "[/bold]": "lower", "x\x1b]0;x\x07": "higher", "{0}$x$": "higher"}
+    report["final"]["custom"] = {SCRIPT: 1.0, "[/bold]": None, "x\x1b]0;x\x07": 2.0, "{0}$x$": 3.0}
     return report
 
 
