@@ -38,6 +38,9 @@ def _options(
 ) -> None:
     global _debug
     _debug = debug
+    from modelshrink.quiet import hide_import_notices
+
+    hide_import_notices()
 
 
 SetOption = Annotated[
@@ -84,7 +87,7 @@ def _say(message: str) -> None:
     """A command's one line of result on stdout; it names paths and stages from inputs, shown inert."""
     from modelshrink import escape
 
-    print(escape.text(message))
+    print(escape.text(message, newlines=False))
 
 
 def _error(message: str) -> None:
@@ -269,7 +272,7 @@ def compare(
     from modelshrink import escape
 
     for warning in result["warnings"]:
-        print(f"warning: {escape.text(warning)}", file=sys.stderr)
+        print(f"warning: {escape.text(warning, newlines=False)}", file=sys.stderr)
     if as_json:
         print(escape.strict_json(result, indent=2, default=str))  # NaN -> null: every parser reads it
     elif markdown:

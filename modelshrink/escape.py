@@ -56,10 +56,11 @@ def _visible(match: re.Match[str]) -> str:
 
 def terminal(value: object) -> Text:
     """For rich (tables, titles, `console.print`): a `Text`, which rich never parses as markup or
-    emoji codes, so `[/bold]` in a name is shown instead of crashing rich or restyling the output."""
+    emoji codes, so `[/bold]` in a name is shown instead of crashing rich or restyling the output; one
+    line, so that a name cannot forge a log line or a table row."""
     from rich.text import Text
 
-    return Text(text(value))
+    return Text(text(value, newlines=False))
 
 
 def html(value: object) -> str:

@@ -113,6 +113,8 @@ def check(target: Target, inputs: list[tuple[str, Path]], force: bool) -> None:
     path, option = target.path, target.option
     if path.is_symlink() and not path.exists():
         raise UserError(f"{option}: {path} is a symbolic link to nothing; remove it or choose another path")
+    if target.directory and path.is_symlink():
+        raise UserError(f"{option}: {path} is a symbolic link; name the directory it points to")
     if path.exists() and path.is_dir() != target.directory:
         kind = "directory" if target.directory else "file"
         raise UserError(f"{option}: {path} exists and is not a {kind}")
@@ -187,8 +189,9 @@ def picture_file(path: Path) -> Target:
 
 
 def export_file(path: Path) -> Target:
-    """An exported model replaces only a file of the same format (a .onnx a .onnx): never a recipe or a .pt."""
-    return Target(path, "--output", directory=False, ours=lambda p: p.is_file() and p.suffix == path.suffix)
+    """An exported model replaces (with --force) only a file of its own format, known by its first bytes: an
+    ONNX protobuf, an OpenVINO IR (.xml, and the .bin beside an IR), a .pt2 zip; never a recipe or a .pt."""
+    return Target(path, "--output", directory=False, ours=_EXPORT_FORMATS.get(path.suffix, lambda _: False))
 
 
 PICTURE_MARK = b"modelshrink"
@@ -208,6 +211,8 @@ def _holds(name: str) -> Callable[[Path], bool]:
 
 def _starts_with(prefix: bytes, containing: bytes) -> Callable[[Path], bool]:
     def recognise(path: Path) -> bool:
+        if path.is_symlink():  # replacing the link would not replace what it points to: not ours to judge
+            return False
         try:
             with open(path, "rb") as fh:
                 head = fh.read(4096)
@@ -216,6 +221,18 @@ def _starts_with(prefix: bytes, containing: bytes) -> Callable[[Path], bool]:
         return head.startswith(prefix) and containing in head
 
     return recognise
+
+
+def _openvino_weights(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink() and _starts_with(b"<?xml", b"<net ")(path.with_suffix(".xml"))
+
+
+_EXPORT_FORMATS: dict[str, Callable[[Path], bool]] = {
+    ".onnx": _starts_with(b"\x08", b""),  # a ModelProto begins with its ir_version
+    ".xml": _starts_with(b"<?xml", b"<net "),
+    ".bin": _openvino_weights,
+    ".pt2": _starts_with(b"PK\x03\x04", b""),
+}
 
 
 def clear(directory: Path, names: Iterable[str]) -> None:

@@ -1,10 +1,10 @@
 """Run a recipe: load model and data, measure the baseline, apply and measure each stage, gate, write.
 
 Its outputs (the directory, a --junit file) are claimed before any work and written all at once at the
-end through `outputs`, so a failed run leaves no output and an existing output is never half-replaced. Progress (the model after
-each stage, the training state after each epoch) goes to a resume directory beside the output, so
-that `resume=True` continues an interrupted run; it is removed when the run ends or a user error stops it.
-In a multi-process run every rank trains, and rank 0 alone measures and writes.
+end through `outputs`, so a failed run leaves no output and an existing output is never half-replaced.
+Progress (the model after each stage, the training state after each epoch) goes to a resume directory
+beside the output, so that `resume=True` continues an interrupted run; it is removed when the run ends
+or a user error stops it. In a multi-process run every rank trains, and rank 0 alone measures and writes.
 """
 
 from __future__ import annotations

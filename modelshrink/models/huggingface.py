@@ -164,6 +164,16 @@ def check_config(arch: dict[str, Any], known: Collection[str], where: object) ->
     if estimate > _MAX_PARAMETERS:
         raise UserError(f"{where}: damaged checkpoint: Hugging Face config sizes (about {estimate:.3g} parameters) "
                         f"are beyond {_MAX_PARAMETERS:.0e}")  # fmt: skip
+    needed, memory = estimate * 4, physical_memory()  # built in float32 before the state_dict is loaded
+    if needed > memory:
+        raise UserError(f"{where}: its Hugging Face model (about {estimate:.3g} parameters) needs about "
+                        f"{needed / 2**30:.0f} GiB in float32, more than this machine's "
+                        f"{memory / 2**30:.0f} GiB")  # fmt: skip
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes: a model built bigger than it would be killed, not refused."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def tokenizer_for(source: str) -> Any:

@@ -14,7 +14,6 @@ the exit code is 1: a search never ends with nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from modelshrink import outputs, plots
+from modelshrink import escape, outputs, plots
 from modelshrink.data import build_data
 from modelshrink.data.bundle import DataBundle
 from modelshrink.engine import measure_model, seed_everything
@@ -209,4 +208,5 @@ def pin_resolved(data: dict[str, Any], trial: Trial) -> dict[str, Any]:
 
 
 def _json(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, default=str) + "\n").encode()
+    """Strict JSON (an unmeasured metric's NaN as null), which `tune --resume` reads back through its schema."""
+    return (escape.strict_json(value, indent=2, default=str) + "\n").encode()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from modelshrink.constraints import GateResult, check_constraints, gates
@@ -73,19 +73,24 @@ class Trial:
 class _Gate(BaseModel):
     name: str
     limit: float
-    value: float
+    value: float  # NaN (written as null) for a gate on a metric that was not measured
     passed: bool
+
+    @field_validator("limit", "value", mode="before")
+    @classmethod
+    def _unmeasured(cls, value: Any) -> Any:
+        return math.nan if value is None else value
 
 
 class _TrialRecord(BaseModel):
-    """A `Trial` as trials.json holds it (NaN allowed: a gate on an unmeasured metric)."""
+    """A `Trial` as trials.json holds it: strict JSON (`tune._json`), an unmeasured gate's NaN as null."""
 
     label: str
     choice: dict[str, Any]
     status: Literal["passed", "failed", "dropped"]
     gates: list[_Gate] = []
     metrics: dict[str, Any] | None = None
-    objective: float | None = None
+    objective: Annotated[float, Field(allow_inf_nan=False)] | None = None
     note: str = ""
     original_latency_ms: dict[str, Any] | None = None
     resolved: Resolved = {}
@@ -98,10 +103,14 @@ class _TrialsFile(BaseModel):
     trials: list[_TrialRecord]
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON knows (trials.json is written as strict JSON)")
+
+
 def read_trials(data: bytes) -> list[Trial]:
     """The trials of an earlier search's trials.json; ValueError naming the first problem of a damaged one."""
     try:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        value = json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     try:

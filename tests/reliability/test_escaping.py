@@ -8,6 +8,7 @@ from __future__ import annotations
 import html as html_module
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -428,3 +429,23 @@ def test_an_error_naming_a_hostile_path_is_one_inert_line(tmp_path: Path) -> Non
     assert result.exit_code == 2
     assert_clean_output(result)
     assert result.stderr.count("error:") == 1 and "r\\x1b]0;pwned\\x07[/bold].yaml" in result.stderr
+
+
+def test_a_name_cannot_forge_a_line_on_the_terminal(tmp_path: Path) -> None:
+    """A newline in a name would start what looks like a line of ours (an `error:`, a table row)."""
+    assert escape.terminal("a\nerror: forged").plain == "a error: forged"
+    path = tmp_path / "sd.pt"
+    torch.save({"layer\nerror: forged.weight": torch.zeros(2, 2), "ok\n| fake | row |.weight": torch.zeros(2)}, path)
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert not any(line.lstrip("│ ").startswith(("error: forged", "| fake")) for line in result.output.splitlines())
+
+
+def test_torchs_import_notices_do_not_stand_before_the_error_line(caplog: pytest.LogCaptureFixture) -> None:
+    from modelshrink.quiet import hide_import_notices
+
+    hide_import_notices()
+    notice = "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an"
+    logging.getLogger("torch.utils._pytree").warning(notice)
+    logging.getLogger("torch.utils._pytree").warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]

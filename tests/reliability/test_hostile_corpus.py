@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -352,6 +353,14 @@ COMMAND_CASES = [
     Case("validate 10^14 candidates at once", then(args("validate", "t.yaml"), prepare=lambda tmp: (
         tmp / "t.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, stages=[{"kind": "prune", "amount": {"search": {
             "min": 0.1, "max": 0.999, "step": 0.001}}}] * 5)))), exit_code=0),
+    Case("tune trial with a NaN objective", searched("--resume", "-o", "search", trials=trial(objective=math.nan)),
+         message="trials.json"),
+    Case("export --force over a foreign .onnx", then(exported("-o", "e.onnx", "--force"),
+         prepare=lambda tmp: (tmp / "e.onnx").write_text("hello")), message="not written by modelshrink"),
+    Case("export --force over a link to the recipe", then(exported("-o", "e.onnx", "--force"),
+         prepare=lambda tmp: (tmp / "e.onnx").symlink_to(tmp / "r.yaml")), message="not written by modelshrink"),
+    Case("run --force into a linked output", then(run_recipe(), "-o", "lo", "--force", prepare=lambda tmp: (
+        earlier_output(tmp), (tmp / "lo").symlink_to(tmp / "out"))), message="symbolic link"),
     # inspect: names from the file are shown, never obeyed
     Case("inspect a key with rich markup", checkpoint({"a[/bold].weight": torch.zeros(2, 2)}), exit_code=0),
     Case("inspect a key with terminal escapes", checkpoint({"a\x1b]0;pwned\x07.weight": torch.zeros(2)}),

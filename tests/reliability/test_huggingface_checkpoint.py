@@ -114,3 +114,16 @@ def test_a_hostile_config_gets_one_line_and_exit_2(tmp_path: Path, arch: dict[st
     with pytest.raises(UserError, match="damaged checkpoint") as refused:
         modelshrink.load(path)
     assert message in str(refused.value)
+
+
+def test_a_model_bigger_than_this_machine_is_refused_before_it_is_built(tmp_path: Path, monkeypatch) -> None:
+    """Within the absolute bound, but more memory than the machine has: refused, not killed for memory."""
+    from modelshrink.models import huggingface
+
+    monkeypatch.setattr(huggingface, "physical_memory", lambda: 2**30)
+    big = with_config(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096)
+    path = write_checkpoint(tmp_path / "ck.pt", tiny_arch(config=big["config"]))
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"needs about \d+ GiB in float32, more than this machine's 1 GiB"):
+        modelshrink.load(path)
+    assert time.perf_counter() - start < 5, "refused from the config, before any allocation"
