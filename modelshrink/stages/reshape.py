@@ -47,12 +47,19 @@ class ReshapeModules(Transform, kind="reshape_modules"):
     modules: dict[str, dict[str, Any]]
 
     def replay(self, model: nn.Module) -> nn.Module:
+        """Read from a file, so checked as it goes (ValueError: a damaged record): only the module's own
+        primitive attributes change, and a tensor only shrinks, as pruning makes it, so that a record cannot
+        replace a method or make the rebuild allocate more than the architecture it starts from."""
         for name, change in self.modules.items():
             module = model.get_submodule(name)
             for attr, value in change["attrs"].items():
+                if attr.startswith("_") or not _is_primitive(getattr(module, attr, None)) or not _is_primitive(value):
+                    raise ValueError(f"{name}.{attr} is not a plain attribute a pruned module changes")
                 setattr(module, attr, tuple(value) if isinstance(getattr(module, attr, None), tuple) else value)
             for tensor_name, shape in change["tensors"].items():
                 old = getattr(module, tensor_name)
+                if not isinstance(old, torch.Tensor) or not _shrinks(shape, old):
+                    raise ValueError(f"{name}.{tensor_name}: {shape!r} is not a pruned shape of {tuple(old.shape)}")
                 new = torch.empty(shape, dtype=old.dtype)
                 if isinstance(old, nn.Parameter):
                     setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
@@ -73,6 +80,11 @@ def _describe(module: nn.Module) -> dict[str, Any]:
         if tensor is not None
     }
     return {"attrs": attrs, "tensors": tensors}
+
+
+def _shrinks(shape: Any, old: torch.Tensor) -> bool:
+    return (isinstance(shape, list) and len(shape) == old.dim()
+            and all(isinstance(n, int) and 0 <= n <= was for n, was in zip(shape, old.shape, strict=True)))  # fmt: skip
 
 
 def _is_primitive(value: Any) -> bool:

@@ -104,6 +104,11 @@ def good_checkpoint(**change: object) -> dict[str, object]:
     return {k: v for k, v in payload.items() if v is not None}
 
 
+def reshape(tensors: dict[str, list[int]], **attrs: object) -> dict[str, object]:
+    """A structured-pruning record for the MLP's first Linear layer."""
+    return {"kind": "reshape_modules", "version": 1, "modules": {"1": {"attrs": attrs, "tensors": tensors}}}
+
+
 class Evil:
     def __init__(self, path: str):
         self.path = path
@@ -469,6 +474,10 @@ CASES = [
     Case("format_version newer", checkpoint(good_checkpoint(format_version=99)), message="newer"),
     Case("architecture a string", checkpoint(good_checkpoint(architecture="mlp"))),
     Case("state_dict a list", checkpoint(good_checkpoint(state_dict=[1, 2]))),
+    Case("reshape to a huge tensor", checkpoint(good_checkpoint(transforms=[reshape({"weight": [2**31, 2**31]})])),
+         message="not a pruned shape"),
+    Case("reshape replacing a method", checkpoint(good_checkpoint(transforms=[reshape({}, forward=1)])),
+         message="not a plain attribute"),
     Case("input_shape text", checkpoint(good_checkpoint(input_shape="big")), message="input_shape"),
     Case("input_shape negative", checkpoint(good_checkpoint(input_shape=[1, -8, 8])), message="input_shape"),
     Case("input_shape that does not fit", checkpoint(good_checkpoint(input_shape=[3, 32, 32]))),
