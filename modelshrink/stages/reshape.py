@@ -10,6 +10,7 @@ that follows fills in the values.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 from modelshrink.lineage import Transform
 
 _PRIMITIVES = (bool, int, float, str, type(None))
+MAX_GROWN = 2**24  # values a recorded tensor may grow to (a new head of 16k classes x 1024 features)
 
 
 def snapshot(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -48,8 +50,9 @@ class ReshapeModules(Transform, kind="reshape_modules"):
 
     def replay(self, model: nn.Module) -> nn.Module:
         """Read from a file, so checked as it goes (ValueError: a damaged record): only the module's own
-        primitive attributes change, and a tensor only shrinks, as pruning makes it, so that a record cannot
-        replace a method or make the rebuild allocate more than the architecture it starts from."""
+        primitive attributes change, and a tensor keeps its rank and grows at most to `MAX_GROWN` values (a
+        classifier replaced for more classes grows; pruning shrinks), so that a record cannot replace a
+        method or make the rebuild allocate without bound."""
         for name, change in self.modules.items():
             module = model.get_submodule(name)
             for attr, value in change["attrs"].items():
@@ -58,8 +61,9 @@ class ReshapeModules(Transform, kind="reshape_modules"):
                 setattr(module, attr, tuple(value) if isinstance(getattr(module, attr, None), tuple) else value)
             for tensor_name, shape in change["tensors"].items():
                 old = getattr(module, tensor_name)
-                if not isinstance(old, torch.Tensor) or not _shrinks(shape, old):
-                    raise ValueError(f"{name}.{tensor_name}: {shape!r} is not a pruned shape of {tuple(old.shape)}")
+                if not isinstance(old, torch.Tensor) or not _fits(shape, old):
+                    raise ValueError(f"{name}.{tensor_name}: {shape!r} is not a pruned or new-head shape of "
+                                     f"{tuple(old.shape)}")  # fmt: skip
                 new = torch.empty(shape, dtype=old.dtype)
                 if isinstance(old, nn.Parameter):
                     setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
@@ -82,9 +86,10 @@ def _describe(module: nn.Module) -> dict[str, Any]:
     return {"attrs": attrs, "tensors": tensors}
 
 
-def _shrinks(shape: Any, old: torch.Tensor) -> bool:
-    return (isinstance(shape, list) and len(shape) == old.dim()
-            and all(isinstance(n, int) and 0 <= n <= was for n, was in zip(shape, old.shape, strict=True)))  # fmt: skip
+def _fits(shape: Any, old: torch.Tensor) -> bool:
+    if not (isinstance(shape, list) and len(shape) == old.dim() and all(type(n) is int and n >= 0 for n in shape)):
+        return False
+    return math.prod(shape) <= max(old.numel(), MAX_GROWN)
 
 
 def _is_primitive(value: Any) -> bool:

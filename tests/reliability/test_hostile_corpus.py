@@ -475,7 +475,7 @@ CASES = [
     Case("architecture a string", checkpoint(good_checkpoint(architecture="mlp"))),
     Case("state_dict a list", checkpoint(good_checkpoint(state_dict=[1, 2]))),
     Case("reshape to a huge tensor", checkpoint(good_checkpoint(transforms=[reshape({"weight": [2**31, 2**31]})])),
-         message="not a pruned shape"),
+         message="not a pruned or new-head shape"),
     Case("reshape replacing a method", checkpoint(good_checkpoint(transforms=[reshape({}, forward=1)])),
          message="not a plain attribute"),
     Case("input_shape text", checkpoint(good_checkpoint(input_shape="big")), message="input_shape"),
