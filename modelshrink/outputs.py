@@ -64,23 +64,25 @@ class Claim:
         """Stage every directory and file, then rename each into place: a failure while staging (a full disk)
         leaves none of them, and a `--junit` file never outlives a run directory that was not written.
         `replace` swaps out an existing directory (checked to be an earlier output of ours)."""
-        staged_dirs: list[tuple[Path, Path]] = []
-        staged_files: list[tuple[Path, Path]] = []
+        staged: list[tuple[Path, Path, Callable[[Path, Path], None]]] = []  # (staging, target, commit(target, it))
         try:
             for path, contents in (directories or {}).items():
-                staged_dirs.append((_writing(self._target_of(path), lambda p=path, c=contents: stage_directory(p, c)),
-                                    path))  # fmt: skip
+                staging = self._guarded(path, stage_directory, contents)
+                staged.append((staging, path, lambda target, it: commit_directory(it, target, replace)))
             for path, data in (files or {}).items():
-                staged_files.append((_writing(self._target_of(path), lambda p=path, d=data: stage_file(p, d)), path))
-            for staging, path in staged_dirs:
-                _writing(self._target_of(path), lambda s=staging, p=path: commit_directory(s, p, replace))
-            for staging, path in staged_files:
-                _writing(self._target_of(path), lambda s=staging, p=path: os.replace(s, p))
+                staged.append((self._guarded(path, stage_file, data), path, lambda target, it: os.replace(it, target)))
+            for staging, path, commit in staged:
+                self._guarded(path, commit, staging)
         finally:
-            for staging, _ in staged_dirs:
-                shutil.rmtree(staging, ignore_errors=True)
-            for staging, _ in staged_files:
-                staging.unlink(missing_ok=True)
+            for staging, _, _ in staged:  # whatever was not renamed into place
+                if staging.is_dir():
+                    shutil.rmtree(staging, ignore_errors=True)
+                else:
+                    staging.unlink(missing_ok=True)
+
+    def _guarded(self, path: Path, write: Callable[..., T], *args: Any) -> T:
+        """`write(path, *args)`, a failure of which is one line naming the output (`_writing`)."""
+        return _writing(self._target_of(path), lambda: write(path, *args))
 
     def _target_of(self, path: Path) -> Target:
         for target in self.targets:
@@ -223,13 +225,17 @@ def _starts_with(prefix: bytes, containing: bytes) -> Callable[[Path], bool]:
     return recognise
 
 
+_OPENVINO_IR = _starts_with(b"<?xml", b"<net ")
+
+
 def _openvino_weights(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink() and _starts_with(b"<?xml", b"<net ")(path.with_suffix(".xml"))
+    """An IR's .bin is known by the .xml beside it (weights carry no header of their own)."""
+    return path.is_file() and not path.is_symlink() and _OPENVINO_IR(path.with_suffix(".xml"))
 
 
 _EXPORT_FORMATS: dict[str, Callable[[Path], bool]] = {
     ".onnx": _starts_with(b"\x08", b""),  # a ModelProto begins with its ir_version
-    ".xml": _starts_with(b"<?xml", b"<net "),
+    ".xml": _OPENVINO_IR,
     ".bin": _openvino_weights,
     ".pt2": _starts_with(b"PK\x03\x04", b""),
 }

@@ -24,6 +24,7 @@ from modelshrink.errors import UserError
 from modelshrink.export import check_extras, export
 from modelshrink.metrics.accuracy import evaluate_outputs
 from modelshrink.recipe.export_specs import ExportSpec
+from modelshrink.recipe.recipe import Recipe
 
 CHECK_BATCHES = 8
 
@@ -48,9 +49,10 @@ def export_checkpoint(
                         f"{' writes its weights to the .bin beside it' if format == 'openvino' else ''})")  # fmt: skip
     # files beside the first share its stem (an OpenVINO .xml finds its weights in the .bin of its stem)
     targets = [target, *(target.with_suffix(Path(name).suffix) for name in spec.file_names[1:])]
-    inputs = [("checkpoint", checkpoint), *_recipe_inputs(data_recipe)]
+    recipe = _load(data_recipe)  # read once: its inputs are protected, its data calibrates and checks
+    inputs = [("checkpoint", checkpoint), *(recipe.inputs(data_recipe) if recipe else [])]
     with outputs.claim([outputs.export_file(path) for path in targets], inputs, force=force) as claim:
-        return _export(claim, checkpoint, spec, quantize, data_recipe, targets, trust)
+        return _export(claim, checkpoint, spec, quantize, recipe, targets, trust)
 
 
 def _export(
@@ -58,7 +60,7 @@ def _export(
     checkpoint: Path,
     spec: ExportSpec,
     quantize: str,
-    data_recipe: Path | None,
+    recipe: Recipe | None,
     targets: list[Path],
     trust: Sequence[str],
 ) -> dict[str, Any]:
@@ -71,7 +73,7 @@ def _export(
             "quantization, or list the export in the recipe's export: section"
         )
     calibrates = hasattr(spec, "calibration_batches") and quantize != "none"
-    data = _data(data_recipe, payload.get("input_shape"), calibrates)
+    data = _data(recipe, payload.get("input_shape"), calibrates)
     exported = export(model, spec, data, [], distributed.DEFAULT_THREADS)
     _, expected = evaluate_outputs(model.eval(), data.val, CHECK_BATCHES, labeled=False)
     check, _ = evaluate_outputs(exported.runtime, data.val, CHECK_BATCHES, labeled=False, reference=expected)
@@ -85,13 +87,13 @@ def _export(
     }
 
 
-def _recipe_inputs(recipe: Path | None) -> list[tuple[str, Path]]:
-    """The --data recipe and what it reads: no export may be written over or into them."""
+def _load(recipe: Path | None) -> Recipe | None:
+    """The --data recipe, if one is named."""
     if recipe is None:
-        return []
+        return None
     from modelshrink.recipe.load import load_recipe
 
-    return load_recipe(recipe).inputs(recipe)
+    return load_recipe(recipe)
 
 
 def _spec(format: str, quantize: str) -> ExportSpec:
@@ -105,14 +107,11 @@ def _spec(format: str, quantize: str) -> ExportSpec:
         raise UserError(f"{where}: {error['msg']} (format {format!r}, quantize {quantize!r})") from None
 
 
-def _data(recipe: Path | None, input_shape: list[int] | None, calibrates: bool) -> DataBundle:
+def _data(recipe: Recipe | None, input_shape: list[int] | None, calibrates: bool) -> DataBundle:
     """The recipe's data (calibration for static int8, and the check); else random inputs of the shape
     the checkpoint recorded, which is enough to export and check a file nothing calibrates."""
     if recipe is not None:
-        from modelshrink.recipe.load import load_recipe
-
-        parsed = load_recipe(recipe)
-        return build_data(parsed.data, parsed.seed, parsed.model)
+        return build_data(recipe.data, recipe.seed, recipe.model)
     if calibrates:
         raise UserError("--quantize: calibration needs real inputs: name a recipe whose data to use with --data")
     if not input_shape:
