@@ -42,8 +42,11 @@ def run_recipe(
     overrides: Sequence[str] = (),
     trust: Sequence[str] = (),
     junit: str | Path | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any] | None:
     """Run a recipe (a path or a `Recipe`) end to end; returns the report dict that report.json holds.
+
+    Libraries' warnings are counted into the report's findings; `verbose` prints them as they come too.
 
     `trust` adds modules whose factories the model checkpoint may name (as `model.trust` does).
     `junit` also writes the gates as JUnit XML to that file (checked writable before any work).
@@ -67,6 +70,7 @@ def run_recipe(
         resume=resume,
         recipe_source=source,
         junit=Path(junit) if junit else None,
+        verbose=verbose,
     )
 
 

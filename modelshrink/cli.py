@@ -61,8 +61,30 @@ TrustOption = Annotated[
 ]
 
 
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show libraries' warnings as they come (else counted in findings).")
+]
+
+
 @contextmanager
-def _exit_codes() -> Iterator[None]:
+def _exit_codes(verbose: bool = False) -> Iterator[None]:
+    """Exit codes from exceptions (one place for every command), and libraries' warnings counted rather
+    than printed (`quiet.collected`): what no report took is summarized in `note:` lines on stderr."""
+    from modelshrink.quiet import collected
+
+    with collected(show=verbose) as notices:
+        try:
+            with _errors_to_exit_codes():
+                yield
+        except typer.Exit as exc:
+            if exc.exit_code == ConstraintFailed.exit_code:  # an error is one line: no notes after it
+                _notes(notices.take())
+            raise
+        _notes(notices.take())
+
+
+@contextmanager
+def _errors_to_exit_codes() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
@@ -88,6 +110,14 @@ def _say(message: str) -> None:
     from modelshrink import escape
 
     print(escape.text(message, newlines=False))
+
+
+def _notes(messages: list[str]) -> None:
+    from modelshrink import escape
+
+    if os.environ.get("RANK", "0") == "0":
+        for message in messages:
+            print(f"note: {escape.text(message, newlines=False)}", file=sys.stderr)
 
 
 def _error(message: str) -> None:
@@ -124,6 +154,7 @@ def run(
     junit: Annotated[
         Path | None, typer.Option("--junit", metavar="FILE", help="Also write the gates as JUnit XML to FILE.")
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Compress a model as the recipe says; write the checkpoint, report.json and report.md."""
     if nproc > 1:
@@ -140,9 +171,10 @@ def run(
             *(arg for module in trust or [] for arg in ("--trust", module)),
             *(["--compare-to", str(compare_to)] if compare_to else []),
             *(["--junit", str(junit)] if junit else []),
+            *(["--verbose"] if verbose else []),
         ]
         raise typer.Exit(launch_local(nproc, argv))
-    with _exit_codes():
+    with _exit_codes(verbose):
         overrides = list(overrides or [])
         if compare_to is not None:
             from modelshrink.compare import read_report
@@ -152,7 +184,7 @@ def run(
         try:
             report = modelshrink.run_recipe(
                 recipe, output_dir=output, force=force, resume=resume, overrides=overrides, trust=trust or [],
-                junit=junit,
+                junit=junit, verbose=verbose,
             )  # fmt: skip
         except ConstraintFailed as exc:
             _print_report(exc.report, as_json)  # a failed gate still shows (and has written) its numbers
@@ -187,9 +219,15 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     table.add_column("stage", justify="left")
     for d in columns:
         table.add_column(terminal(d.label.format(n=report["baseline"]["latency_ms"]["batch_n"])), justify="right")
-    rows = [("baseline", report["baseline"])] + [(s["name"], s["metrics"]) for s in report["stages"]]
-    for name, m in rows:
-        table.add_row(terminal(name), *(terminal(d.show(d.read(m))) for d in columns))
+    base = report["baseline"]
+    rows = [(s["name"], s["metrics"]) for s in report["stages"]] + [
+        (e["file"], e["metrics"]) for e in report.get("exports") or []
+    ]
+    table.add_row("baseline", *(terminal(d.show(d.read(base))) for d in columns))
+    for name, m in rows:  # latencies with their speed-up over the original (above 1 is faster)
+        cells = [f"{d.show(d.read(m))} ({d.compared(d.read(m), d.read(base))})" if d.change == "speedup"
+                 else d.show(d.read(m)) for d in columns]  # fmt: skip
+        table.add_row(terminal(name), *map(terminal, cells))
     console = _stdout()
     console.print(table)
     for c in report["constraints"]:
@@ -327,11 +365,12 @@ def analyze(
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier analysis in that directory.")] = False,
     overrides: SetOption = None,
     trust: TrustOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Per-layer sensitivity to pruning and quantization, with suggested layer_amounts and exclude lists."""
     from modelshrink.analyze import analyze as run_analysis
 
-    with _exit_codes():
+    with _exit_codes(verbose):
         out, result = run_analysis(
             recipe, output, overrides=overrides or [], trust=trust or [], budget_s=budget_s, batches=batches,
             max_drop=max_drop, force=force,
@@ -355,11 +394,12 @@ def tune(
     force: Annotated[bool, typer.Option("--force", help="Start over in a directory of an earlier search.")] = False,
     overrides: SetOption = None,
     trust: TrustOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Try the recipe's search spaces; write tuned.yaml (the best candidate that passes) and run it into best/."""
     from modelshrink.tune import tune as run_tune
 
-    with _exit_codes():
+    with _exit_codes(verbose):
         summary = run_tune(
             recipe, output, objective=objective, max_trials=max_trials, resume=resume, force=force,
             overrides=overrides or [], trust=trust or [],
@@ -382,11 +422,12 @@ def export_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="The file to write.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     trust: TrustOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Export a checkpoint made earlier (ONNX, OpenVINO IR, a .pt2 package), checked against PyTorch."""
     from modelshrink.export.command import export_checkpoint
 
-    with _exit_codes():
+    with _exit_codes(verbose):
         written = export_checkpoint(
             checkpoint,
             format=format,

@@ -53,7 +53,7 @@ def change(metric: MetricDescriptor, before: Metrics, after: Metrics) -> float:
     if metric.name in _LATENCY and within_noise(metric.name, before, after):
         return 1.0
     old, new = _number(metric.read(before)), _number(metric.read(after))
-    if metric.change == "ratio":
+    if metric.change in ("ratio", "speedup"):  # a regression is the factor it got worse by
         if not old:
             return math.nan
         return new / old if metric.better == "lower" else old / new if new else math.inf

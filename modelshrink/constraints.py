@@ -1,7 +1,7 @@
 """CI gates: the final model against the recipe's limits, each a bound on one reported metric.
 
 The named gates (`max_accuracy_drop`, `min_accuracy`, `min_cosine`) and the generic form
-(`accuracy: {max_drop: 0.01}`, `latency_b1_ms: {max_ratio: 0.8}`) become the same `Gate`s, read
+(`accuracy: {max_drop: 0.01}`, `latency_b1_ms: {min_speedup: 1.25}`) become the same `Gate`s, read
 through the metric descriptors, so a new metric can be gated without touching this module.
 """
 
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics, custom_descriptor
+from modelshrink.descriptors import METRICS, MetricDescriptor, Metrics, custom_descriptor, speedup
 from modelshrink.errors import UserError
 
 # the named gates: recipe key -> (metric, bound)
@@ -27,6 +27,7 @@ _PASSES = {
     "max_rise": lambda value, limit: value <= limit,
     "min_ratio": lambda value, limit: value >= limit,
     "max_ratio": lambda value, limit: value <= limit,
+    "min_speedup": lambda value, limit: value >= limit,
 }
 
 
@@ -53,6 +54,8 @@ class Gate:
             return now - before
         if self.bound in ("min_ratio", "max_ratio"):
             return now / before if before else math.nan
+        if self.bound == "min_speedup":
+            return speedup(before, now)
         return now
 
     def check(self, baseline: Metrics, final: Metrics) -> GateResult:
@@ -67,9 +70,9 @@ def shown(name: str, number: float) -> str:
     name = name.rsplit(" ", 1)[-1]  # an export's gate is named after its file: `model.onnx accuracy.max_drop`
     if name.startswith("regression."):  # regression.<metric>: a difference, or a ratio (see `compare`)
         descriptor = METRICS.get(name.removeprefix("regression."))  # None: a metric of the user's, a difference
-        return f"{number:.2f}x" if descriptor and descriptor.change == "ratio" else f"{number:.4f}"
+        return f"{number:.2f}x" if descriptor and descriptor.change in ("ratio", "speedup") else f"{number:.4f}"
     metric, bound = NAMED.get(name) or name.rsplit(".", 1)
-    if bound in ("min_ratio", "max_ratio"):
+    if bound in ("min_ratio", "max_ratio", "min_speedup"):
         return f"{number:.2f}x"
     descriptor = METRICS.get(metric)  # None: a custom metric, a plain number
     return f"{number:.4f}" if descriptor is None or descriptor.unit in ("", "fraction") else descriptor.show(number)
@@ -98,14 +101,19 @@ def gates(spec: Any) -> list[Gate]:
         for key, (metric, bound) in NAMED.items()
         if getattr(spec, key) is not None
     ]
+    for output, bounds in (getattr(spec, "outputs", None) or {}).items():
+        for bound, metric, better in (("min_cosine", "cosine", "min"), ("max_rel_error", "rel_error", "max")):
+            if getattr(bounds, bound) is not None:
+                descriptor = output_descriptor(output, metric)
+                found.append(Gate(f"outputs.{output}.{bound}", descriptor, better, getattr(bounds, bound)))
     custom = {name: custom_descriptor(name, "higher") for name in custom_gate_names(spec)}
     for name, descriptor in {**METRICS, **custom}.items():
         bounds = getattr(spec, name, None)  # None also for a metric registered after the schema was built
         if bounds is not None:
             found += [
-                Gate(f"{name}.{b}", descriptor, b, getattr(bounds, b))
+                Gate(f"{name}.{b}", descriptor, b, getattr(bounds, b, None))
                 for b in _PASSES
-                if getattr(bounds, b) is not None
+                if getattr(bounds, b, None) is not None
             ]
     return found
 
@@ -115,9 +123,25 @@ def custom_gate_names(spec: Any) -> list[str]:
     return list(getattr(spec, "model_extra", None) or {})
 
 
+def output_descriptor(output: str, metric: str) -> MetricDescriptor:
+    """One output's cosine or relative error (`Metrics.outputs`), read like any metric."""
+
+    def read(m: Metrics) -> float:
+        return (m.get("outputs") or {}).get(output, {}).get(metric, math.nan)
+
+    better = "higher" if metric == "cosine" else "lower"
+    return MetricDescriptor(f"outputs.{output}.{metric}", f"{output} {metric}", better, "", read, None)
+
+
 def check_gated_metrics_exist(spec: Any, baseline: Metrics) -> None:
-    """A gate on a metric of the user's that their functions did not return is a typo or a mistake:
-    refused once the baseline is measured (the first moment the names are known), before any stage."""
+    """A gate on a metric of the user's that their functions did not return, or on an output the model
+    does not have, is a typo or a mistake: refused once the baseline is measured (the first moment the
+    names are known), before any stage."""
+    outputs = baseline.get("outputs") or {}
+    for name in getattr(spec, "outputs", None) or {}:
+        if name not in outputs:
+            have = f"its outputs: {', '.join(outputs)}" if outputs else "it has one output: gate min_cosine instead"
+            raise UserError(f"constraints.outputs.{name}: the model has no output of that name ({have})")
     produced = baseline.get("custom", {})
     for name in custom_gate_names(spec):
         if name not in produced:

@@ -24,6 +24,8 @@ class Latency(TypedDict):
     threads: int
     compile_s: NotRequired[float]  # compiled models: seconds their compiling calls took (not in the medians)
     compiles: NotRequired[int]
+    attempts: NotRequired[int]  # measurements taken: more than one when an earlier one was implausible
+    warnings: NotRequired[list[str]]  # what is still implausible about these numbers (`metrics.latency`)
 
 
 class Metrics(TypedDict):
@@ -36,6 +38,9 @@ class Metrics(TypedDict):
     agreement: float  # share of inputs whose top-1 class is the original model's; NaN for non-classifiers
     max_abs_error: float  # largest |output - original output|
     rel_error: float  # ||outputs - original outputs|| / ||original outputs|| over the validation split
+    # a model with several outputs: cosine, rel_error and max_abs_error of each, by name (`inputs.output_names`);
+    # its `cosine` is then the lowest of them and `rel_error` the highest
+    outputs: NotRequired[dict[str, dict[str, float]]]
     custom: dict[str, float]  # the user's own metrics (evaluate.metrics), by name
     latency_ms: Latency | None  # None until the models are timed side by side
     params: int
@@ -45,7 +50,8 @@ class Metrics(TypedDict):
     size_bytes: int
 
 
-METRIC_KEYS = tuple(Metrics.__annotations__)
+OPTIONAL_METRIC_KEYS = ("outputs",)  # NotRequired above (not visible at run time under postponed annotations)
+METRIC_KEYS = tuple(key for key in Metrics.__annotations__ if key not in OPTIONAL_METRIC_KEYS)
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,10 @@ class MetricDescriptor:
     better: Literal["higher", "lower"]
     unit: Literal["fraction", "ms", "count", "bytes", ""]
     read: Callable[[Metrics], float]
-    change: Literal["points", "ratio", None]  # how a stage's value is compared with the baseline's
+    # how a stage's value is compared with the baseline's: a difference in points, a ratio stage/baseline
+    # (size, MACs: 0.25x), or a speed-up baseline/stage (latency: 3.00x, above 1 is faster), the one
+    # convention for speed everywhere (tables, report.md, compare, report.json's `speedup`)
+    change: Literal["points", "ratio", "speedup", None]
     in_cli: bool = True  # a column of the terminal table (report.md shows every metric)
     needs_labels: bool = False
 
@@ -69,7 +78,14 @@ class MetricDescriptor:
             return "n/a" if math.isnan(value - baseline) else f"{(value - baseline) * 100:+.2f} pt"
         if self.change == "ratio":
             return f"{value / baseline:.2f}x" if baseline else "n/a"
+        if self.change == "speedup":
+            return f"{speedup(baseline, value):.2f}x speed-up" if value and not math.isnan(baseline) else "n/a"
         return ""
+
+
+def speedup(original: float, stage: float) -> float:
+    """How many times faster `stage` runs than `original` (times in ms): above 1 is faster."""
+    return original / stage if stage else math.nan
 
 
 def human_count(value: float) -> str:
@@ -141,9 +157,11 @@ for _descriptor in (
     MetricDescriptor("agreement", "agreement", "higher", "", _read("agreement"), "points"),
     MetricDescriptor("max_abs_error", "max error", "lower", "", _read("max_abs_error"), None, in_cli=False),
     MetricDescriptor("rel_error", "rel. error", "lower", "", _read("rel_error"), None, in_cli=False),
-    MetricDescriptor("latency_b1_ms", "latency b1 (ms)", "lower", "ms", _latency("batch1_median"), "ratio"),
-    MetricDescriptor("latency_b1_p95_ms", "b1 p95 (ms)", "lower", "ms", _latency("batch1_p95"), "ratio", in_cli=False),
-    MetricDescriptor("latency_bn_ms", "b{n} (ms)", "lower", "ms", _latency("batchN_median"), "ratio"),
+    MetricDescriptor("latency_b1_ms", "latency b1 (ms)", "lower", "ms", _latency("batch1_median"), "speedup"),
+    MetricDescriptor(
+        "latency_b1_p95_ms", "b1 p95 (ms)", "lower", "ms", _latency("batch1_p95"), "speedup", in_cli=False
+    ),
+    MetricDescriptor("latency_bn_ms", "b{n} (ms)", "lower", "ms", _latency("batchN_median"), "speedup"),
     MetricDescriptor("params", "params", "lower", "count", lambda m: m["params"], "ratio"),
     MetricDescriptor(
         "nonzero_params", "non-zero", "lower", "count", lambda m: m["nonzero_params"], "ratio", in_cli=False

@@ -86,6 +86,34 @@ def output_matrix(outputs: Any) -> torch.Tensor:
     return torch.cat([x.float().reshape(rows, -1) for x in leaves if x.shape[0] == rows], dim=1)
 
 
+def output_names(outputs: Any) -> list[str]:
+    """The name of each tensor `output_matrix` joins, in its order: the key path into the outputs
+    (`boxes`, `0`, `0.scores`), or `output` for a model with one output tensor."""
+    from torch.utils._pytree import keystr, tree_flatten_with_path
+
+    leaves = [(path, x) for path, x in tree_flatten_with_path(outputs)[0] if isinstance(x, torch.Tensor) and x.dim()]
+    if not leaves:
+        return []
+    rows = leaves[0][1].shape[0]
+    names = [_plain_key(keystr(path)) for path, x in leaves if x.shape[0] == rows]
+    return ["output"] if names == [""] else names
+
+
+def _plain_key(path: str) -> str:
+    """`['boxes']` -> `boxes`, `[0]['scores']` -> `0.scores`, `.logits` -> `logits`."""
+    parts = [part.strip("'\"") for part in path.replace("]", "[").replace(".", "[").split("[") if part]
+    return ".".join(parts)
+
+
+def output_widths(outputs: Any) -> list[int]:
+    """How many columns of `output_matrix` each named output (`output_names`) takes."""
+    leaves = [x for x in tree_flatten(outputs)[0] if isinstance(x, torch.Tensor) and x.dim() > 0]
+    if not leaves:
+        return []
+    rows = leaves[0].shape[0]
+    return [x[0].numel() for x in leaves if x.shape[0] == rows]
+
+
 def logits(outputs: Any) -> torch.Tensor | None:
     """The output as (batch, classes) logits, or None when it is not one 2-D tensor."""
     if isinstance(outputs, torch.Tensor) and outputs.dim() == 2:

@@ -33,6 +33,7 @@ from modelshrink.metrics import add_latencies, reference_outputs
 from modelshrink.metrics.custom import directions
 from modelshrink.metrics.size import layer_summary
 from modelshrink.progress import log
+from modelshrink.quiet import Notices, collected
 from modelshrink.recipe.recipe import Recipe
 from modelshrink.report import build_report
 from modelshrink.report_files import check_html_available, report_files
@@ -48,15 +49,17 @@ def run(
     resume: bool = False,
     recipe_source: str | None = None,
     junit: Path | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any] | None:
     """Returns the report (None on ranks other than 0 of a multi-process run). `junit`: a file for the gates
-    as JUnit XML, claimed with the output directory before any work and written after it."""
+    as JUnit XML, claimed with the output directory before any work and written after it. Libraries'
+    warnings become findings, one per distinct warning (`quiet.collected`); `verbose` shows them too."""
     distributed.init_from_env()
     main = distributed.is_main()
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
     targets = [outputs.run_directory(out_dir), *([outputs.junit_file(junit)] if junit else [])]
     with outputs.claim(targets, recipe.inputs(recipe_source), force=force) if main else nullcontext() as claim:
-        return _run_locked(recipe, out_dir, force, resume, recipe_source, main, claim, junit)
+        return _run_locked(recipe, out_dir, force, resume, recipe_source, main, claim, junit, verbose)
 
 
 def _run_locked(
@@ -68,6 +71,7 @@ def _run_locked(
     main: bool,
     claim: outputs.Claim | None,
     junit: Path | None,
+    verbose: bool,
 ) -> dict[str, Any] | None:
     check_extras(recipe.export)
     previous = read_report(recipe.constraints.compare_to) if recipe.constraints.compare_to else None
@@ -85,7 +89,8 @@ def _run_locked(
     )
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
-        report, exported = _run_stages(recipe, data, store, resume, main, recipe_source, previous)
+        with collected(show=verbose) as notices:
+            report, exported = _run_stages(recipe, data, store, resume, main, recipe_source, previous, notices)
         if claim is not None:
             blob = store.model_blob(len(report["stages"]))
             _write_outputs(claim, out_dir, recipe, report, blob, exported, force, junit)
@@ -111,6 +116,7 @@ def _run_stages(
     main: bool,
     recipe_source: str | None,
     previous: dict[str, Any] | None,
+    notices: Notices,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The engine's two steps (measure the baseline, run each stage), saved after each for --resume, then
     the exports; returns the report and the exported files."""
@@ -180,6 +186,7 @@ def _run_stages(
         layers=layer_summary(model),
         custom_metrics=directions(recipe.evaluate.metrics, baseline.get("custom", {})),
         exports=[e.to_json() for e in exports],
+        library_warnings=notices.take(),
     )
     return report, {name: content for e in exports for name, content in e.exported.files.items()}
 

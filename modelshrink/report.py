@@ -15,7 +15,7 @@ from typing import Any, NotRequired, TypedDict
 from modelshrink import escape
 from modelshrink.compare import environment_warnings, table
 from modelshrink.constraints import GateResult, shown
-from modelshrink.descriptors import MetricDescriptor, Metrics, report_metrics
+from modelshrink.descriptors import Latency, MetricDescriptor, Metrics, report_metrics, speedup
 from modelshrink.environment import HALF_PRECISION_ISA, cpu_summary, environment
 from modelshrink.plots import text_bars
 from modelshrink.version import __version__
@@ -46,9 +46,9 @@ class Report(TypedDict):
     exports: NotRequired[list[dict[str, Any]]]
 
 
-# A stage slower than the baseline beyond noise gets called out: compressed models that run slower
-# than fp32 are a common, silent failure in compression tools. Beyond noise = above both 1.1x the
-# baseline's median and the baseline's own p95.
+# A stage or export slower than the original beyond noise gets called out: compressed models that run
+# slower than fp32 are a common, silent failure in compression tools. Beyond noise = a speed-up below
+# 1/1.1 and a median above the original's own p95.
 SLOWDOWN_TOLERANCE = 1.10
 
 
@@ -64,8 +64,10 @@ def build_report(
     layers: list[dict[str, Any]] | None = None,
     custom_metrics: dict[str, str] | None = None,
     exports: list[dict[str, Any]] | None = None,
+    library_warnings: list[str] | None = None,
 ) -> Report:
-    """`compared_to`: the path and contents of an earlier report this run's final model was gated against."""
+    """`compared_to`: the path and contents of an earlier report this run's final model was gated against;
+    `library_warnings`: what libraries warned during the run, a line per distinct warning (`quiet.Notices`)."""
     final = stages[-1]["metrics"] if stages else baseline
     env = environment()
     report: Report = {
@@ -78,7 +80,7 @@ def build_report(
         "stages": stages,
         "final": final,
         "constraints": constraints,
-        "findings": findings(baseline, stages, env.get("cpu_features")),
+        "findings": findings(baseline, stages, env.get("cpu_features"), exports or []),
         "checkpoint": checkpoint,
         "passed": all(c["passed"] for c in constraints),
     }
@@ -86,6 +88,8 @@ def build_report(
         report["layers"] = layers
     if custom_metrics:
         report["custom_metrics"] = custom_metrics
+    for entry in [*stages, *(exports or [])]:
+        entry["speedup"] = speedups(baseline["latency_ms"], entry["metrics"]["latency_ms"])
     if exports:
         report["exports"] = exports
     if compared_to is not None:
@@ -97,6 +101,7 @@ def build_report(
         }
         here = {"final": final, "environment": report["environment"]}
         report["findings"] += environment_warnings([previous, here], [path, "this run"])
+    report["findings"] += library_warnings or []
     return report
 
 
@@ -109,22 +114,29 @@ def _half_precision_hint(stage: dict[str, Any], cpu_features: list[str] | None) 
     return f"; {mode} pays off only with {' or '.join(native)}, which this CPU lacks ({' '.join(cpu_features)})"
 
 
+def speedups(original: Latency | None, latency: Latency | None) -> dict[str, float | None]:
+    """report.json's derived `speedup` of a stage or export: original / its median, per batch size (above 1
+    is faster), the convention of every table; null where either was not timed."""
+    if not original or not latency:
+        return {"batch1": None, "batchN": None}
+    return {size: speedup(original[f"{size}_median"], latency[f"{size}_median"]) for size in ("batch1", "batchN")}
+
+
 def findings(
-    baseline: dict[str, Any], stages: list[dict[str, Any]], cpu_features: list[str] | None = None
+    baseline: dict[str, Any],
+    stages: list[dict[str, Any]],
+    cpu_features: list[str] | None = None,
+    exports: list[dict[str, Any]] = (),  # type: ignore[assignment]
 ) -> list[str]:
-    """Plain-language flags a reviewer should not miss: what the stages noted (training that did not
-    help or made the model worse, zeros that do not pay), stages slower than the baseline, comparisons."""
-    notes = []
+    """Plain-language flags a reviewer should not miss: timings that stayed implausible, what the stages
+    noted (training that did not help or made the model worse, zeros that do not pay), stages and exports
+    slower than the original, comparisons."""
+    notes = _timing_findings(baseline, stages, exports)
     for stage in stages:
         stage_notes = stage.get("notes", {})
         notes += _training_findings(stage_notes.get("training", []))
         notes += [f"{stage['name']}: {text}" for text in stage_notes.get("findings", [])]
-        for size, label in (("batch1", "batch 1"), ("batchN", "batch N")):
-            median, base = stage["metrics"]["latency_ms"][f"{size}_median"], baseline["latency_ms"]
-            ratio = median / base[f"{size}_median"]
-            if ratio > SLOWDOWN_TOLERANCE and median > base[f"{size}_p95"]:
-                why = _half_precision_hint(stage, cpu_features)
-                notes.append(f"{stage['name']}: {label} latency is {ratio:.2f}x the baseline's (slower){why}")
+        notes += _slowdowns(stage["name"], stage["metrics"]["latency_ms"], baseline["latency_ms"], stage, cpu_features)
         notes += _compile_findings(stage)
         compared = stage_notes.get("compare_finetune")
         if compared:
@@ -133,6 +145,48 @@ def findings(
                 f"{stage['name']}: distillation ({compared['distill_accuracy']:.4f}) {verdict} plain "
                 f"fine-tuning with the same settings ({compared['finetune_accuracy']:.4f})"
             )
+    for export in exports:
+        notes += _slowdowns(export["file"], export["metrics"]["latency_ms"], baseline["latency_ms"], {}, cpu_features)
+    return notes
+
+
+def _slowdowns(
+    name: str, latency: Latency, original: Latency, stage: dict[str, Any], cpu_features: list[str] | None
+) -> list[str]:
+    notes = []
+    for size, label in (("batch1", "batch 1"), ("batchN", f"batch {original.get('batch_n', 'N')}")):
+        median = latency[f"{size}_median"]  # type: ignore[literal-required]
+        faster = speedup(original[f"{size}_median"], median)  # type: ignore[literal-required]
+        if faster * SLOWDOWN_TOLERANCE < 1 and median > original[f"{size}_p95"]:  # type: ignore[literal-required]
+            why = _half_precision_hint(stage, cpu_features)
+            notes.append(f"{name}: {label} speed-up {faster:.2f}x: slower than the original model{why}")
+    return notes
+
+
+def _timing_findings(
+    baseline: dict[str, Any], stages: list[dict[str, Any]], exports: list[dict[str, Any]]
+) -> list[str]:
+    """Latencies still implausible after re-measuring (`metrics.latency`), and re-measurements that helped."""
+    timed = [
+        ("baseline", baseline),
+        *((s["name"], s["metrics"]) for s in stages),
+        *((e["file"], e["metrics"]) for e in exports),
+    ]
+    notes = []
+    for name, metrics in timed:
+        latency = metrics.get("latency_ms") or {}
+        if latency.get("warnings"):
+            notes.append(
+                f"{name}: latency implausible after {latency.get('attempts', 1)} measurement(s) "
+                f"({'; '.join(latency['warnings'])}): treat its times as noise; another process may be using the "
+                "CPU (evaluate.latency.threads below the idle cores steadies them)"
+            )
+    attempts = (baseline.get("latency_ms") or {}).get("attempts", 1)
+    if attempts > 1 and not notes:
+        notes.append(
+            f"latency measured {attempts} times: an earlier measurement failed a plausibility check (p95 against "
+            "the median, batch N against batch 1, the original timed twice)"
+        )
     return notes
 
 
@@ -192,6 +246,7 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
             row = _row(label, e["metrics"], base, 0.0, metrics)  # its last cell, the stage time, is replaced
             lines.append(f"{row.rsplit('|', 2)[0]}| {e['validation']['max_abs_error']:.2g} |")
         lines += [""] + [f"- {escape.code(e['file'])}: {md(n)}" for e in report["exports"] for n in e.get("notes", [])]
+    lines += _outputs_table(report)
     if report["constraints"]:
         lines += ["", "## Constraints", "", "| constraint | limit | value | result |", "|---|---|---|---|"]
         lines += [
@@ -214,6 +269,26 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _outputs_table(report: dict[str, Any]) -> list[str]:
+    """A model with several outputs: each output's cosine to the original's, per stage and export."""
+    names = list(report["baseline"].get("outputs") or {})
+    if not names:
+        return []
+    md = escape.markdown
+    rows = [(md(s["name"]), s["metrics"]) for s in report["stages"]]
+    rows += [(escape.code(e["file"]), e["metrics"]) for e in report.get("exports") or []]
+    lines = ["", "## Outputs (cosine to the original model's, per output)", ""]
+    lines += ["| model | " + " | ".join(md(name) for name in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, metrics in rows:
+        each = metrics.get("outputs") or {}
+        lines.append(f"| {label} | " + " | ".join(_number(each.get(n, {}).get("cosine")) for n in names) + " |")
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 def _pictures(report: dict[str, Any], images: Collection[str]) -> list[str]:

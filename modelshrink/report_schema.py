@@ -66,6 +66,7 @@ class Metrics(_Part):
     agreement: Number | None = None
     max_abs_error: Number | None = None
     rel_error: Number | None = None
+    outputs: dict[Text, dict[Text, Number | None]] | None = None
     custom: dict[Text, Number | None] = Field(default_factory=dict)
     latency_ms: Latency
     params: Count

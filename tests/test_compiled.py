@@ -122,13 +122,14 @@ def test_compile_auto_measures_a_model_that_may_gain_and_keeps_the_faster(
         trials = measured(*args)
         assert [t.name for t in trials] == ["eager", "compiled (inductor, freezing)"]
         assert min(t.cosine for t in trials) > 0.999, "compiling keeps the outputs"
-        return [replace(t, ms=1.0 if t.name == faster else 2.0) for t in trials]
+        return [replace(t, slowness=1.0 if t.name == faster else 2.0) for t in trials]
 
     monkeypatch.setattr(choose, "measure", measure_with_a_winner)
     data = {"kind": "synthetic", "channels": 3, "image_size": 8, "num_samples": 32, "batch_size": 16}
     stage = {"kind": "quantize", "mode": "dynamic", "activations": "per_token"}  # gains_compiled
     result = compress({"factory": "tests.test_compiled:flat_classifier"}, [stage], data=data, evaluate=FAST_EVAL)
     assert isinstance(result.model, Compiled) is (faster != "eager")
-    assert f"execution chosen on the calibration data (not the validation split): {faster}" in " ".join(
-        result.stages[0].notes["findings"]
+    assert (
+        f"execution chosen on the calibration data (not the validation split), timed at batch 1 and 2: {faster} ("
+        in " ".join(result.stages[0].notes["findings"])
     )

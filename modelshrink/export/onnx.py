@@ -30,6 +30,7 @@ from modelshrink.export.feeds import dynamic_axes, feeds
 from modelshrink.inputs import Inputs, as_args
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import OnnxExport
+from modelshrink.runtimes.sessions import onnxruntime_session
 from modelshrink.stages.selection import matches_any
 
 # Dynamic int8 covers matrix products and recurrent layers, as PyTorch's dynamic mode does: ONNX Runtime's
@@ -193,20 +194,23 @@ class CalibrationReader:
 
 class OnnxRuntimeModel(nn.Module):
     """Runs an ONNX file in ONNX Runtime on the CPU, called like the PyTorch model it came from, so the
-    metrics and latency code measure it unchanged. The session is kept out of the module tree."""
+    metrics code measures it unchanged; timed in a process of its own (`isolated`). The session is
+    kept out of the module tree."""
 
     def __init__(self, blob: bytes, threads: int):
         super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        # idle ONNX Runtime threads spin for work by default, taking the cores from the models timed after
-        # it in a round-robin (PyTorch eager ResNet-18 at batch 1 ran 2.7x slower beside a spinning session)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = onnxruntime.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(blob, threads)
         self.__dict__["session"] = session
+        self.__dict__["blob"] = blob
+        self.threads = threads
         self.names = [value.name for value in session.get_inputs()]
+
+    def isolated(self) -> tuple[str, dict[str, Any]]:
+        """What a timing worker opens to run this file as here (`modelshrink.runtimes`)."""
+        return "onnxruntime", {"blob": self.blob, "threads": self.threads}
+
+    def feeds(self, inputs: Inputs) -> dict[str, Any]:
+        return feeds(self.names, *as_args(inputs))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         outputs = [torch.from_numpy(out) for out in self.session.run(None, feeds(self.names, args, kwargs))]

@@ -31,9 +31,10 @@ from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
 from modelshrink.export.base import Exported, register
 from modelshrink.export.feeds import dynamic_axes, feeds, is_transformer
-from modelshrink.inputs import as_args
+from modelshrink.inputs import Inputs, as_args
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import OpenVinoExport
+from modelshrink.runtimes.sessions import openvino_compiled
 from modelshrink.stages.fold import conv_bn_pairs
 from modelshrink.stages.selection import matches_any
 
@@ -52,7 +53,7 @@ def export_openvino(
         if kept:
             notes.append(f"NNCF kept {len(kept)} operations float as the recipe's exclude asks")
     files = serialize(converted, spec)
-    runtime = OpenVinoModel(converted, threads, spec.precision)
+    runtime = OpenVinoModel(converted, threads, spec.precision, (files[spec.file_names[0]], files[spec.file_names[1]]))
     notes.append(f"OpenVINO computes float parts in {runtime.precision}")
     return Exported(spec, files, runtime, notes)
 
@@ -165,19 +166,30 @@ def serialize(converted: Any, spec: OpenVinoExport) -> dict[str, bytes]:
 
 class OpenVinoModel(nn.Module):
     """Runs an OpenVINO model on its CPU plugin, called like the PyTorch model it came from, so the
-    metrics and latency code measure it unchanged. The compiled model is kept out of the module tree."""
+    metrics code measures it unchanged; timed in a process of its own (`isolated`), from `files`
+    (the `.xml` and `.bin` written). The compiled model is kept out of the module tree."""
 
-    def __init__(self, converted: Any, threads: int, precision: str):
+    def __init__(self, converted: Any, threads: int, precision: str, files: tuple[bytes, bytes]):
         super().__init__()
-        import openvino
-
-        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        if precision == "f32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        compiled = openvino.Core().compile_model(converted, "CPU", config)
+        compiled = openvino_compiled(converted, threads, precision)
         self.__dict__["compiled"] = compiled
+        self.__dict__["files"] = files
+        self.threads, self.precision_hint = threads, precision
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").rstrip("'>")
         self.names = [port.get_any_name() for port in compiled.inputs]
+
+    def isolated(self) -> tuple[str, dict[str, Any]]:
+        """What a timing worker opens to run this model as here (`modelshrink.runtimes`)."""
+        xml, weights = self.files
+        return "openvino", {
+            "xml": xml,
+            "weights": weights,
+            "threads": self.threads,
+            "precision": self.precision_hint,
+        }
+
+    def feeds(self, inputs: Inputs) -> dict[str, Any]:
+        return feeds(self.names, *as_args(inputs))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         results = self.compiled(feeds(self.names, args, kwargs))

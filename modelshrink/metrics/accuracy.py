@@ -9,7 +9,11 @@
   predictions, and it needs no labels).
 
 A metric that does not apply is NaN (null in report.json), never 0. Outputs may be any nesting of
-tensors (`inputs.output_matrix`). The loss is NaN when the model's head has fewer classes than the
+tensors (`inputs.output_matrix`). A model with several outputs (a detector's boxes, scores and
+landmarks) gets cosine and errors per output too (`outputs`, named as `inputs.output_names` does), and
+its `cosine` is the lowest of them, its `rel_error` the highest: one cosine over all outputs joined let
+box regressions hide a collapse of the scores (cosine rose while top-box IoU fell to 0.005).
+The loss is NaN when the model's head has fewer classes than the
 labels, as before a transfer-learning stage replaces it.
 """
 
@@ -19,24 +23,27 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modelshrink.errors import UserError
-from modelshrink.inputs import batch_size, call, logits, output_matrix
+from modelshrink.inputs import batch_size, call, logits, output_matrix, output_names, output_widths
 
 NAN = math.nan
 
 
 @dataclass
 class Reference:
-    """The original model's validation outputs, batch by batch, and whether it is a classifier."""
+    """The original model's validation outputs, batch by batch, and whether it is a classifier; the
+    name and width (columns of each batch) of each of its outputs."""
 
     outputs: list[torch.Tensor]
     classifier: bool
+    names: tuple[str, ...] = ("output",)
+    widths: tuple[int, ...] = ()
 
 
 def declares_embedding(model: nn.Module) -> bool:
@@ -65,13 +72,38 @@ def label_kind(labeled: bool, class_targets: bool) -> Literal["classes", "other"
     return ("classes" if class_targets else "other") if labeled else "none"
 
 
+class _Closeness:
+    """Running sums of how close outputs are to the reference's, for all outputs or one of them."""
+
+    def __init__(self) -> None:
+        self.cosine = self.squared_error = self.squared_reference = self.max_error = 0.0
+
+    def add(self, out: torch.Tensor, ref: torch.Tensor) -> None:
+        self.cosine += F.cosine_similarity(out, ref, dim=1).sum().item()
+        difference = out - ref
+        self.max_error = max(self.max_error, difference.abs().max().item()) if difference.numel() else self.max_error
+        self.squared_error += difference.square().sum().item()
+        self.squared_reference += ref.square().sum().item()
+
+    def incomparable(self) -> None:
+        self.cosine = self.max_error = self.squared_error = NAN
+
+    def metrics(self, samples: int) -> dict[str, float]:
+        return {
+            "cosine": self.cosine / samples if samples else NAN,
+            "max_abs_error": self.max_error if samples else NAN,
+            "rel_error": math.sqrt(self.squared_error / self.squared_reference) if self.squared_reference else NAN,
+        }
+
+
 class _Tally:
     """Running sums over the batches of one pass."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: tuple[str, ...]) -> None:
         self.samples = self.correct = self.top5 = self.agreed = 0
-        self.loss = self.cosine = 0.0
-        self.squared_error = self.squared_reference = self.max_error = 0.0
+        self.loss = 0.0
+        self.all = _Closeness()
+        self.each = {name: _Closeness() for name in names} if len(names) > 1 else {}
 
     def against_labels(self, out: torch.Tensor, targets: torch.Tensor) -> None:
         if targets.numel() and int(targets.max()) < out.shape[1]:
@@ -84,17 +116,41 @@ class _Tally:
         else:  # five guesses out of five or fewer classes are always right
             self.top5 = NAN
 
-    def against_reference(self, out: torch.Tensor, ref: torch.Tensor, classifier: bool) -> None:
+    def against_reference(
+        self, out: torch.Tensor, ref: torch.Tensor, classifier: bool, widths: tuple[int, ...]
+    ) -> None:
         if out.shape != ref.shape:  # a new head (transfer learning): no longer comparable with the original
-            self.cosine = self.agreed = self.max_error = self.squared_error = NAN
+            self.agreed = NAN
+            for closeness in [self.all, *self.each.values()]:
+                closeness.incomparable()
             return
-        self.cosine += F.cosine_similarity(out, ref, dim=1).sum().item()
+        self.all.add(out, ref)
+        if self.each:
+            for closeness, part, reference in zip(
+                self.each.values(), out.split(widths, dim=1), ref.split(widths, dim=1), strict=True
+            ):
+                closeness.add(part, reference)
         if classifier:
             self.agreed += (out.argmax(dim=1) == ref.argmax(dim=1)).sum().item()
-        difference = out - ref
-        self.max_error = max(self.max_error, difference.abs().max().item()) if difference.numel() else self.max_error
-        self.squared_error += difference.square().sum().item()
-        self.squared_reference += ref.square().sum().item()
+
+    def closeness(self) -> dict[str, Any]:
+        """cosine, max_abs_error and rel_error; per output too, with the worst output's as the whole's."""
+        n = self.samples
+        whole = self.all.metrics(n)
+        if not self.each:
+            return whole
+        each = {name: closeness.metrics(n) for name, closeness in self.each.items()}
+        whole["cosine"] = min((m["cosine"] for m in each.values()), key=_nan_first)
+        whole["rel_error"] = max((m["rel_error"] for m in each.values()), key=_nan_last)
+        return {**whole, "outputs": each}
+
+
+def _nan_first(value: float) -> float:
+    return -math.inf if math.isnan(value) else value
+
+
+def _nan_last(value: float) -> float:
+    return math.inf if math.isnan(value) else value
 
 
 @torch.inference_mode()
@@ -111,7 +167,8 @@ def evaluate_outputs(
     """Metrics, and the outputs themselves (the reference for later models; without `reference`
     the model is compared with itself). `task`: see `classifies`; a reference's choice stands."""
     model.eval()
-    tally, outputs = _Tally(), []
+    tally: _Tally | None = None
+    outputs: list[torch.Tensor] = []
     classifier = reference.classifier if reference is not None else None
     for index, (inputs, targets) in enumerate(itertools.islice(loader, max_batches)):
         raw = call(model, inputs)
@@ -120,23 +177,28 @@ def evaluate_outputs(
             raise UserError(f"the model's outputs hold NaN or Inf (validation batch {index + 1})")
         if classifier is None:
             classifier = classifies(task, model, raw, label_kind(labeled, class_targets))
+        if reference is None:
+            reference = Reference(outputs, classifier, tuple(output_names(raw)), tuple(output_widths(raw)))
+        tally = tally or _Tally(reference.names)
         outputs.append(out)
-        tally.against_reference(out, reference.outputs[index] if reference else out, classifier)
+        tally.against_reference(out, reference.outputs[index], classifier, reference.widths)
         tally.samples += batch_size(inputs)
         if labeled and class_targets and classifier:
             tally.against_labels(out, targets)
+    tally = tally or _Tally(())
     n = tally.samples
     with_labels = labeled and class_targets and bool(classifier) and n > 0
+    closeness = tally.closeness()
     metrics = {
         "accuracy": tally.correct / n if with_labels else NAN,
         "top5": tally.top5 / n if with_labels else NAN,
         "loss": tally.loss / n if with_labels else NAN,
-        "cosine": tally.cosine / n if n else NAN,
+        "cosine": closeness.pop("cosine"),
         "agreement": tally.agreed / n if classifier and n else NAN,
-        "max_abs_error": tally.max_error if n else NAN,
-        "rel_error": math.sqrt(tally.squared_error / tally.squared_reference) if tally.squared_reference else NAN,
+        **closeness,
     }
-    return metrics, Reference(outputs, bool(classifier))
+    names, widths = (reference.names, reference.widths) if reference else (("output",), ())
+    return metrics, Reference(outputs, bool(classifier), names, widths)
 
 
 def evaluate_classifier(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> dict[str, float]:

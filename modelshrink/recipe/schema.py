@@ -363,7 +363,32 @@ class Bounds(Strict):
     @model_validator(mode="after")
     def _some_limit(self) -> Bounds:
         if not self.model_fields_set:
-            raise ValueError("give at least one of min, max, max_drop, max_rise, min_ratio, max_ratio")
+            raise ValueError(f"give at least one of {', '.join(type(self).model_fields)}")
+        return self
+
+
+class SpeedBounds(Bounds):
+    """Limits on a latency: also as a speed-up over the baseline, the convention reports use."""
+
+    min_speedup: PositiveFloat | None = Field(
+        default=None, description="baseline / final at least: 2.0 = at least twice as fast as the original"
+    )
+
+
+class OutputBounds(Strict):
+    """Limits on one output of a model with several (a detector's boxes, scores), against the original's."""
+
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        default=None, description="mean cosine of this output to the original model's, at least"
+    )
+    max_rel_error: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="||output - original|| / ||original|| over the validation split, at most"
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> OutputBounds:
+        if not self.model_fields_set:
+            raise ValueError("give min_cosine, max_rel_error or both")
         return self
 
 
@@ -376,6 +401,11 @@ class _NamedGates(Strict):
     min_accuracy: Probability | None = None
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
         default=None, description="mean cosine similarity of the final model's outputs to the original's"
+    )
+    outputs: dict[Annotated[str, Field(min_length=1, max_length=200)], OutputBounds] = Field(
+        default_factory=dict,
+        description="per output of a model with several, by the name report.json's `outputs` gives it "
+        "(a key such as `scores`, or a position such as `0`), e.g. {scores: {min_cosine: 0.99}}",
     )
     compare_to: ExistingFile | None = Field(
         default=None, description="an earlier report.json (e.g. last night's) to gate regressions against"
@@ -416,13 +446,16 @@ class _CustomGates(_NamedGates):
 
 
 # One optional `Bounds` per metric the report knows (descriptors.METRICS), e.g.
-# `constraints: {accuracy: {max_drop: 0.01}, latency_b1_ms: {max_ratio: 0.8}, size_bytes: {max: 5.0e6}}`.
+# `constraints: {accuracy: {max_drop: 0.01}, latency_b1_ms: {min_speedup: 1.25}, size_bytes: {max: 5.0e6}}`.
 ConstraintsSpec = create_model(
     "ConstraintsSpec",
     __base__=_CustomGates,
     __module__=__name__,
     **{
-        name: (Bounds | None, Field(default=None, description=f"{d.label}: {d.better} is better"))
+        name: (
+            (SpeedBounds if d.change == "speedup" else Bounds) | None,
+            Field(default=None, description=f"{d.label}: {d.better} is better"),
+        )
         for name, d in METRICS.items()
     },
 )

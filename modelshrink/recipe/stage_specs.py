@@ -130,9 +130,20 @@ class HintSpec(Strict):
     teacher: str
 
 
+class OutputLoss(Strict):
+    """How one output of a model with several is matched to the teacher's in distillation."""
+
+    weight: Annotated[float, Field(ge=0)] = Field(default=1.0, description="this output's share of the teacher term")
+    loss: Literal["mse", "smooth_l1", "cosine", "kl"] = Field(
+        default="mse", description="kl: softmax over this output's values at the stage's temperature (class scores)"
+    )
+
+
 class DistillSpec(TrainingSettings, BaseStageSpec):
     """Knowledge distillation: loss = alpha * KL(teacher/T || student/T) * T^2 + (1 - alpha) * CE
-    (+ hint_weight * MSE of projected hint features)."""
+    (+ hint_weight * MSE of projected hint features). A model with several outputs gets a teacher term
+    per output: `outputs` weighs each and picks its loss, and each output's mse / smooth_l1 is divided
+    by its teacher's mean square (`normalize_outputs`) so that no output's scale swamps the others."""
 
     kind: Literal["distill"]
     teacher: ModelSpec | None = Field(default=None, description="default: the model before any stage ran")
@@ -140,6 +151,14 @@ class DistillSpec(TrainingSettings, BaseStageSpec):
     alpha: Probability = 0.7
     hints: list[HintSpec] = Field(default_factory=list)
     hint_weight: Annotated[float, Field(ge=0)] = 1.0
+    outputs: dict[Annotated[str, Field(min_length=1, max_length=200)], OutputLoss] = Field(
+        default_factory=dict,
+        description="per output of a model with several, by the name report.json's `outputs` gives it "
+        "(`boxes`, `0`): {weight, loss}; outputs not named get weight 1 and mse",
+    )
+    normalize_outputs: bool = Field(
+        default=True, description="divide each output's mse / smooth_l1 by its teacher's mean square"
+    )
     compare_finetune: bool = Field(
         default=False, description="also fine-tune a copy with the same settings and report which won"
     )

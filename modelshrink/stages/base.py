@@ -56,6 +56,11 @@ class StageContext:
     def calibration_inputs(self, batches: int) -> Iterator[Inputs]:
         return self.data.calibration_inputs(batches)
 
+    def deployed_inputs(self) -> list[Inputs]:
+        """One batch of each size the recipe times (`evaluate.latency`): what timed choices are made at."""
+        sizes = dict.fromkeys((1, self.evaluate.latency.batch_size))
+        return [self.data.example_inputs(n) for n in sizes]
+
     def transform(self, model: nn.Module, transform: Transform) -> nn.Module:
         """Make a structural change by replaying its record, and keep the record for the checkpoint:
         the change a stage makes and the one a reload makes are then the same code."""

@@ -7,6 +7,12 @@ Outputs that are not class logits (embeddings, boxes, any nesting of tensors) ar
 to the teacher's instead of the KL term, and the label term is the recipe's `loss` when the targets
 are not classes. Without labels the student learns from the teacher alone.
 
+A model with several outputs (a detector's boxes, scores, landmarks) gets one teacher term per output
+(`OutputTerms`): one MSE over all of them joined let the box and landmark regressions swamp the face
+scores, whose detection collapsed while the joined cosine rose. Each output's term is weighted
+(`outputs`) and, by default, divided by its teacher's mean square; an output whose term still takes
+most of the teacher loss is named in a finding.
+
 The teacher is the model as it was before any stage ran (default) or any model source. Hint
 layers of a pruned student are narrower than the teacher's, so each hint gets a learned 1x1
 projection (trained with the student, then discarded). `compare_finetune` also trains a copy
@@ -25,7 +31,7 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.hooks import forward_hooks
-from modelshrink.inputs import Inputs, call, output_matrix
+from modelshrink.inputs import Inputs, call, output_matrix, output_names, output_widths
 from modelshrink.metrics.accuracy import classifies, evaluate_classifier, label_kind
 from modelshrink.recipe.stage_specs import DistillSpec
 from modelshrink.stages.base import Stage, StageContext, register
@@ -47,16 +53,18 @@ class DistillStage(Stage[DistillSpec]):
         classes = classifies(ctx.evaluate.task, teacher, t_raw, labels)
         plain = copy.deepcopy(model) if self.spec.compare_finetune else None
         hints = Hints(self.spec, teacher, model, example)
+        terms = OutputTerms(self.spec, teacher, t_raw, ctx.data.example_inputs(SCALE_SAMPLES))
         try:
             ctx.train(
                 model,
                 self.spec,
                 self.name,
-                loss_fn=self._loss(teacher, hints, classes, ctx),
+                loss_fn=self._loss(teacher, hints, classes and not terms.several, terms, ctx),
                 extra_params=list(hints.projections.parameters()),
             )
         finally:
             hints.remove()
+        ctx.notes_for(self.name).findings += terms.findings()
         if plain is not None:
             ctx.train(
                 plain, self.spec, self.name, label=f"{self.name} (plain fine-tune, for comparison)", resumable=False
@@ -75,7 +83,7 @@ class DistillStage(Stage[DistillSpec]):
             param.requires_grad_(False)
         return teacher.eval()
 
-    def _loss(self, teacher: nn.Module, hints: Hints, classes: bool, ctx: StageContext) -> LossFn:
+    def _loss(self, teacher: nn.Module, hints: Hints, classes: bool, terms: OutputTerms, ctx: StageContext) -> LossFn:
         """The teacher term (KL on class logits, MSE on any other output), the label term where there
         are labels (cross-entropy on classes, else the recipe's `loss`), and the hints."""
         temperature, alpha = self.spec.temperature, self.spec.alpha
@@ -97,12 +105,78 @@ class DistillStage(Stage[DistillSpec]):
                     )
                     * temperature**2
                 )
+            elif terms.several:
+                soft = terms.loss(student_out, teacher_out, temperature)
             else:
                 soft = F.mse_loss(student_out, teacher_out)
             total = soft if hard_loss is None else alpha * soft + (1 - alpha) * hard_loss(student_raw, targets)
             return total + self.spec.hint_weight * hints.loss()
 
         return loss
+
+
+SCALE_SAMPLES = 64  # inputs the teacher's output scales are measured on
+DOMINANT = 0.9  # an output whose term is this share of the teacher loss leaves the others untrained
+
+
+class OutputTerms:
+    """The teacher term of a model with several outputs: a weighted sum of one loss per output, each
+    mse / smooth_l1 divided by the teacher's mean square of that output (its scale) unless the recipe
+    says otherwise; how much each contributed is summed over training for `findings`."""
+
+    def __init__(self, spec: DistillSpec, teacher: nn.Module, example_outputs: Any, scale_inputs: Inputs):
+        self.names, self.widths = output_names(example_outputs), output_widths(example_outputs)
+        self.several = len(self.names) > 1
+        unknown = sorted(set(spec.outputs) - set(self.names))
+        if unknown:
+            have = f"its outputs: {', '.join(self.names)}" if self.several else "it has one output"
+            raise UserError(f"distill outputs: the model has no output named {', '.join(unknown)} ({have})")
+        chosen = [spec.outputs.get(name) for name in self.names]
+        self.weights = [c.weight if c else 1.0 for c in chosen]
+        self.losses = [c.loss if c else "mse" for c in chosen]
+        self.scales = [1.0] * len(self.names)
+        if self.several and spec.normalize_outputs:
+            with torch.inference_mode():
+                parts = output_matrix(call(teacher, scale_inputs)).split(self.widths, dim=1)
+            self.scales = [max(part.square().mean().item(), 1e-12) for part in parts]
+        self.totals = [0.0] * len(self.names)
+
+    def loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        total = torch.zeros(())
+        pairs = zip(student.split(self.widths, dim=1), teacher.split(self.widths, dim=1), strict=True)
+        for index, (s_part, t_part) in enumerate(pairs):
+            term = self.weights[index] * self._term(self.losses[index], s_part, t_part, temperature, self.scales[index])
+            self.totals[index] += term.item()
+            total = total + term
+        return total
+
+    @staticmethod
+    def _term(
+        kind: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float, scale: float
+    ) -> torch.Tensor:
+        if kind == "kl":
+            log_student = F.log_softmax(student / temperature, dim=1)
+            return (
+                F.kl_div(log_student, F.softmax(teacher / temperature, dim=1), reduction="batchmean") * temperature**2
+            )
+        if kind == "cosine":
+            return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+        distance = F.mse_loss if kind == "mse" else F.smooth_l1_loss
+        return distance(student, teacher) / scale
+
+    def findings(self) -> list[str]:
+        total = sum(self.totals)
+        if not self.several or not total:
+            return []
+        shares = {name: part / total for name, part in zip(self.names, self.totals, strict=True)}
+        notes = [f"teacher loss per output: {', '.join(f'{n} {share:.0%}' for n, share in shares.items())}"]
+        for name, share in shares.items():
+            if share >= DOMINANT:
+                notes.append(
+                    f"output {name} took {share:.0%} of the teacher loss: the other outputs barely learned from the "
+                    f"teacher; weigh them up with `outputs: {{{name}: {{weight: ...}}}}` (or keep normalize_outputs on)"
+                )
+        return notes
 
 
 class Hints:

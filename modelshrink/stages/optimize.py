@@ -39,7 +39,10 @@ class OptimizeStage(Stage[OptimizeSpec]):
         if wanted == "auto" and has_conv2d:
             batches = list(ctx.calibration_inputs(self.spec.calibration_batches))
             candidates = {CONTIGUOUS: model, CHANNELS_LAST: ChannelsLast().replay(copy.deepcopy(model))}
-            wanted = choose.choose("memory format", model, candidates, batches, findings) == CHANNELS_LAST
+            wanted = (
+                choose.choose("memory format", model, candidates, batches, findings, ctx.deployed_inputs())
+                == CHANNELS_LAST
+            )
             ctx.notes_for(self.name).resolved["channels_last"] = wanted
         elif wanted is True and not has_conv2d:
             findings.append("channels_last left out: the model has no 2-D convolution")

@@ -16,7 +16,7 @@ from modelshrink.environment import ISA_FEATURES
 from tests.conftest import output_files, tiny_recipe, write_recipe
 
 runner = CliRunner()
-LATENCY_KEYS = {"batch1_median", "batch1_p95", "batchN_median", "batchN_p95", "batch_n", "threads"}
+LATENCY_KEYS = {"batch1_median", "batch1_p95", "batchN_median", "batchN_p95", "batch_n", "threads", "attempts"}
 
 
 def test_run_writes_checkpoint_and_reports_with_the_stable_schema(tmp_path: Path, recipe_file) -> None:
@@ -33,11 +33,14 @@ def test_run_writes_checkpoint_and_reports_with_the_stable_schema(tmp_path: Path
         assert key in report
     assert [s["name"] for s in report["stages"]] == ["finetune1", "prune2", "quantize3"]
     for metrics in [report["baseline"], report["final"]] + [s["metrics"] for s in report["stages"]]:
-        assert tuple(metrics) == METRIC_KEYS and set(metrics["latency_ms"]) == LATENCY_KEYS
+        assert tuple(metrics) == METRIC_KEYS and set(metrics["latency_ms"]) - {"warnings"} == LATENCY_KEYS
     stage = report["stages"][1]
-    assert (
-        set(stage) == {"name", "kind", "params", "metrics", "duration_s", "notes"} and stage["params"]["amount"] == 0.4
-    )
+    assert set(stage) == {"name", "kind", "params", "metrics", "duration_s", "notes", "speedup"}
+    assert stage["params"]["amount"] == 0.4
+    timed = stage["metrics"]["latency_ms"], report["baseline"]["latency_ms"]
+    assert stage["speedup"] == {  # original / stage: above 1 is faster
+        size: timed[1][f"{size}_median"] / timed[0][f"{size}_median"] for size in ("batch1", "batchN")
+    }
     assert report["stages"][0]["metrics"]["accuracy"] > report["baseline"]["accuracy"]
     assert report["final"]["size_bytes"] == (out / "model.pt").stat().st_size
     assert report["final"]["size_bytes"] < report["baseline"]["size_bytes"]  # int8 weights

@@ -58,7 +58,7 @@ def test_folding_removes_every_batch_norm_keeps_the_outputs_and_reloads(channels
 def test_auto_keeps_channels_last_only_when_it_measures_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(8, 1, 8, 8)
     for winner in (optimize.CHANNELS_LAST, optimize.CONTIGUOUS):
-        monkeypatch.setattr(optimize.choose, "choose", lambda what, ref, candidates, batches, findings, w=winner: w)
+        monkeypatch.setattr(optimize.choose, "choose", lambda *args, w=winner: w)
         model = trained_norms(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10)))
         result = compress(model, [{"kind": "optimize"}], data=tensor_data(x), evaluate=FAST_EVAL)
         kinds = [t.kind for t in result.lineage.transforms]

@@ -36,14 +36,16 @@ class AutoQuantize(Stage[AutoQuantSpec]):
             except UserError as exc:  # e.g. static int8 on a model neither torch.fx nor torch.export takes
                 failed.append(f"{name} failed: {first_line(exc)}")
         batches = list(ctx.calibration_inputs(self.spec.calibration_batches))
-        trials = choose.measure(model, {FLOAT: model, **{n: m for n, (m, _) in built.items()}}, batches)
+        candidates = {FLOAT: model, **{n: m for n, (m, _) in built.items()}}
+        trials = choose.measure(model, candidates, batches, ctx.deployed_inputs())
         # the float model always qualifies, even where its outputs make cosine undefined (all zeros)
         good = [t for t in trials if t.name == FLOAT or t.cosine >= self.spec.min_cosine]
-        chosen = min(good, key=lambda t: t.ms)
+        chosen = min(good, key=lambda t: t.slowness)
         notes = ctx.notes_for(self.name)
         notes.findings.append(
             f"mode auto on {cpu_summary()}: kept {chosen.name}, the fastest with cosine >= {self.spec.min_cosine} "
-            f"on the calibration data ({'; '.join([*map(str, trials), *failed])})"
+            f"on the calibration data, timed at batch {' and '.join(map(str, chosen.ms))} "
+            f"({'; '.join([*map(str, trials), *failed])})"
         )
         if chosen.name == FLOAT:
             return model

@@ -46,7 +46,9 @@ class QuantizeStage(Stage[Any]):
         compiled = Compiled(model)
         batches = list(ctx.calibration_inputs(JUDGING_BATCHES))
         notes = ctx.notes_for(self.name)
-        chosen = choose.choose("execution", model, {EAGER: model, COMPILED: compiled}, batches, notes.findings)
+        chosen = choose.choose(
+            "execution", model, {EAGER: model, COMPILED: compiled}, batches, notes.findings, ctx.deployed_inputs()
+        )
         notes.resolved["compile"] = chosen == COMPILED
         return (compiled, True) if chosen == COMPILED else (model, False)
 

@@ -109,7 +109,7 @@ class DynamicQuantize(QuantizeStage):
         if len(plans) > 1:
             candidates = {p.name: self._build(copy.deepcopy(model), p, names, linears, ranges) for p in plans}
             findings = ctx.notes_for(self.name).findings
-            chosen = choose.choose("dynamic int8 variant", model, candidates, judge, findings)
+            chosen = choose.choose("dynamic int8 variant", model, candidates, judge, findings, ctx.deployed_inputs())
             plan = next(p for p in plans if p.name == chosen)
             resolved = ctx.notes_for(self.name).resolved
             if spec.activations == "auto":

@@ -83,7 +83,10 @@ class _FxOrPt2e(QuantizeStage):
             return fx_int8
         batches = list(ctx.calibration_inputs(self.spec.calibration_batches))
         candidates = {"FX (eager)": fx_int8, "PT2E (compiled)": pt2e_int8}
-        if choose.choose("int8 backend", untouched, candidates, batches, notes.findings) == "FX (eager)":
+        if (
+            choose.choose("int8 backend", untouched, candidates, batches, notes.findings, ctx.deployed_inputs())
+            == "FX (eager)"
+        ):
             notes.resolved["backend"] = "fx"
             ctx.lineage.transforms.append(fx)
             return fx_int8

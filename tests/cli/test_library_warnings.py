@@ -1,0 +1,40 @@
+"""Libraries' warnings are counted into one finding each instead of burying the progress on stderr;
+`--verbose` shows them as they come."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+from typer.testing import CliRunner
+
+from modelshrink.cli import app
+
+NOISE = "a library's notice that repeats on every call"
+
+
+def noisy_metric(model, loader) -> dict[str, float]:
+    """A user's metric whose libraries warn on every call, as torch.ao and NNCF do."""
+    for _ in range(40):
+        warnings.warn(NOISE, UserWarning, stacklevel=1)
+        logging.getLogger("somelibrary.module").warning("a logged notice")
+    return {"noisy": 1.0}
+
+
+def test_library_warnings_become_one_finding_each_and_verbose_shows_them(recipe_file, caplog) -> None:
+    recipe = recipe_file(evaluate={"metrics": ["tests.cli.test_library_warnings:noisy_metric"],
+                                   "latency": {"batch_size": 2, "warmup": 0, "iterations": 2}})  # fmt: skip
+    result = CliRunner().invoke(app, ["run", str(recipe), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert NOISE not in result.stderr and "a logged notice" not in result.stderr
+    findings = json.loads(result.stdout)["findings"]
+    assert f"UserWarning warned 80 times (--verbose shows them): {NOISE}" in findings  # baseline and the stage
+    assert "somelibrary (warning) warned 80 times (--verbose shows them): a logged notice" in findings
+    assert len(result.stderr.splitlines()) <= 30
+    assert not [r for r in caplog.records if r.name.startswith("somelibrary")], "nothing reached the log handlers"
+
+    shown = CliRunner().invoke(app, ["run", str(recipe), "--force", "--verbose"])
+    assert shown.exit_code == 0, shown.stderr
+    assert shown.stderr.count(f"UserWarning: {NOISE}") == 80
+    assert len([r for r in caplog.records if r.name.startswith("somelibrary")]) == 80  # the log handlers there were
