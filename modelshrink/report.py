@@ -263,9 +263,10 @@ def to_markdown(report: dict[str, Any], images: Collection[str] = ()) -> str:
     lines += _pictures(report, images)
     lines += [
         "",
-        f"Checkpoint: {escape.code(report['checkpoint'])} · deltas are against the baseline "
-        "(accuracy in points, the rest as ratios) · cosine: mean cosine similarity of each output to "
-        "the original model's.",
+        f"Checkpoint: {escape.code(report['checkpoint'])} · deltas are against the baseline: accuracy in "
+        "points, latency as a speed-up (original / stage, above 1 is faster), the rest as stage / original "
+        "· cosine: mean cosine similarity of the outputs to the original model's (the worst output's, for a "
+        "model with several).",
         "",
     ]
     return "\n".join(lines)

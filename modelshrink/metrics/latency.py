@@ -135,6 +135,8 @@ class InWorker:
         except (OSError, subprocess.TimeoutExpired):
             self.process.kill()
             self.process.wait()
+        finally:
+            self.process.stdout.close()  # type: ignore[union-attr]
 
 
 @contextmanager
