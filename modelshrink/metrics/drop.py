@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from modelshrink.inputs import Inputs, call, output_matrix
+from modelshrink.inputs import Inputs, call, output_matrix, output_widths
 from modelshrink.metrics.accuracy import classifies, label_kind
 
 if TYPE_CHECKING:
@@ -25,10 +25,13 @@ def is_classifier(model: nn.Module, batch: Inputs, task: str, data: DataBundle) 
 
 
 class OutputDrop:
-    """The reference model's outputs on `batches`, and how far another model's are from them."""
+    """The reference model's outputs on `batches`, and how far another model's are from them; for a
+    model with several outputs, the cosine is the worst output's, as the report's is."""
 
     def __init__(self, reference: nn.Module, batches: list[Inputs], classification: bool):
         self.batches, self.classification = batches, classification
+        with torch.inference_mode():
+            self.widths = output_widths(call(reference.eval(), batches[0]))
         self.expected = self._outputs(reference)
 
     @torch.inference_mode()
@@ -36,9 +39,19 @@ class OutputDrop:
         return [output_matrix(call(model.eval(), batch)).float() for batch in self.batches]
 
     def __call__(self, model: nn.Module) -> float:
-        pairs = zip(self._outputs(model), self.expected, strict=True)
+        pairs = list(zip(self._outputs(model), self.expected, strict=True))
         if self.classification:
             same = torch.cat([out.argmax(1) == want.argmax(1) for out, want in pairs]).float()
-        else:
-            same = torch.cat([nn.functional.cosine_similarity(out, want, dim=1) for out, want in pairs])
-        return max(0.0, 1.0 - same.mean().item())
+            return max(0.0, 1.0 - same.mean().item())
+        return max(0.0, 1.0 - self.cosine(pairs))
+
+    def cosine(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Mean cosine over the batches, per output; the lowest of them."""
+        per_output = [
+            torch.cat([
+                nn.functional.cosine_similarity(out, want, dim=1)
+                for out, want in ((o.split(self.widths, 1)[i], w.split(self.widths, 1)[i]) for o, w in pairs)
+            ]).mean().item()
+            for i in range(len(self.widths))
+        ]  # fmt: skip
+        return min(per_output)

@@ -143,7 +143,7 @@ class DistillSpec(TrainingSettings, BaseStageSpec):
     """Knowledge distillation: loss = alpha * KL(teacher/T || student/T) * T^2 + (1 - alpha) * CE
     (+ hint_weight * MSE of projected hint features). A model with several outputs gets a teacher term
     per output: `outputs` weighs each and picks its loss, and each output's mse / smooth_l1 is divided
-    by its teacher's mean square (`normalize_outputs`) so that no output's scale swamps the others."""
+    by its teacher's variance (`normalize_outputs`) so that no output's scale swamps the others."""
 
     kind: Literal["distill"]
     teacher: ModelSpec | None = Field(default=None, description="default: the model before any stage ran")
@@ -157,7 +157,7 @@ class DistillSpec(TrainingSettings, BaseStageSpec):
         "(`boxes`, `0`): {weight, loss}; outputs not named get weight 1 and mse",
     )
     normalize_outputs: bool = Field(
-        default=True, description="divide each output's mse / smooth_l1 by its teacher's mean square"
+        default=True, description="divide each output's mse / smooth_l1 by its teacher's variance across inputs"
     )
     compare_finetune: bool = Field(
         default=False, description="also fine-tune a copy with the same settings and report which won"
@@ -327,6 +327,17 @@ class StaticQuantSpec(_GraphQuantCommon):
     mode: Literal["static"] = "static"
     calibration_batches: Repeats = Field(default=8, description="training batches to calibrate ranges")
     observer: Literal["minmax", "histogram"] = "histogram"
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        default=None,
+        description="the int8 model's mean cosine to the float model (the worst output's) on calibration batches, "
+        "at least: below it the most sensitive layers stay float, as mixed does, until it is met (none can: exit 2)",
+    )
+
+    @model_validator(mode="after")
+    def _one_quality_rule(self) -> StaticQuantSpec:
+        if self.min_cosine is not None and self.mixed is not None:
+            raise ValueError("min_cosine and mixed both choose which layers stay float: give one")
+        return self
 
 
 class QatSpec(_GraphQuantCommon):

@@ -10,8 +10,8 @@ are not classes. Without labels the student learns from the teacher alone.
 A model with several outputs (a detector's boxes, scores, landmarks) gets one teacher term per output
 (`OutputTerms`): one MSE over all of them joined let the box and landmark regressions swamp the face
 scores, whose detection collapsed while the joined cosine rose. Each output's term is weighted
-(`outputs`) and, by default, divided by its teacher's mean square; an output whose term still takes
-most of the teacher loss is named in a finding.
+(`outputs`) and, by default, divided by its teacher's variance across inputs (`scale`); an output whose
+term still takes most of the teacher loss is named in a finding.
 
 The teacher is the model as it was before any stage ran (default) or any model source. Hint
 layers of a pruned student are narrower than the teacher's, so each hint gets a learned 1x1
@@ -121,8 +121,8 @@ DOMINANT = 0.9  # an output whose term is this share of the teacher loss leaves 
 
 class OutputTerms:
     """The teacher term of a model with several outputs: a weighted sum of one loss per output, each
-    mse / smooth_l1 divided by the teacher's mean square of that output (its scale) unless the recipe
-    says otherwise; how much each contributed is summed over training for `findings`."""
+    mse / smooth_l1 divided by the teacher's variance of that output (`scale`) unless the recipe says
+    otherwise; how much each contributed is summed over training for `findings`."""
 
     def __init__(self, spec: DistillSpec, teacher: nn.Module, example_outputs: Any, scale_inputs: Inputs):
         self.names, self.widths = output_names(example_outputs), output_widths(example_outputs)
@@ -138,17 +138,22 @@ class OutputTerms:
         if self.several and spec.normalize_outputs:
             with torch.inference_mode():
                 parts = output_matrix(call(teacher, scale_inputs)).split(self.widths, dim=1)
-            self.scales = [max(part.square().mean().item(), 1e-12) for part in parts]
+            self.scales = [scale(part) for part in parts]
         self.totals = [0.0] * len(self.names)
 
     def loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The mean of the outputs' weighted terms; each mse / smooth_l1 measured against its own scale and
+        brought back to the outputs' mean scale, so that the term keeps the size one MSE over all outputs
+        had (and `alpha` its meaning) while no output's scale outweighs another's."""
         total = torch.zeros(())
+        common = sum(self.scales) / len(self.scales)
         pairs = zip(student.split(self.widths, dim=1), teacher.split(self.widths, dim=1), strict=True)
         for index, (s_part, t_part) in enumerate(pairs):
-            term = self.weights[index] * self._term(self.losses[index], s_part, t_part, temperature, self.scales[index])
+            scale = self.scales[index] / common
+            term = self.weights[index] * self._term(self.losses[index], s_part, t_part, temperature, scale)
             self.totals[index] += term.item()
             total = total + term
-        return total
+        return total / len(self.names)
 
     @staticmethod
     def _term(
@@ -177,6 +182,15 @@ class OutputTerms:
                     f"teacher; weigh them up with `outputs: {{{name}: {{weight: ...}}}}` (or keep normalize_outputs on)"
                 )
         return notes
+
+
+def scale(teacher: torch.Tensor) -> float:
+    """How much an output of the teacher varies across inputs (its per-feature variance, averaged): what
+    its errors are measured against. Not its mean square: sigmoid boxes sit near 0.5 whatever the input,
+    so their mean square hides how small the differences that matter are. An output that does not vary
+    falls back to its mean square."""
+    spread = teacher.var(dim=0).mean().item() if len(teacher) > 1 else 0.0
+    return max(spread if spread > 1e-12 else teacher.square().mean().item(), 1e-12)
 
 
 class Hints:

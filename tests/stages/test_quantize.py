@@ -270,7 +270,7 @@ def test_mode_auto_measures_each_candidate_and_keeps_the_fastest_good_one(traine
     for candidate in ("fp32 (unchanged)", "dynamic:", "static:", "weight_only:", "bf16:", "fp16:"):
         assert candidate in finding
     kept = finding.split("kept ")[1].split(",")[0]
-    rows = dict(part.split(": cosine ") for part in finding.split("(", 2)[2].rstrip(")").split("; "))
+    rows = dict(part.split(": cosine ") for part in finding.split("timed at batch 1 and 2 (", 1)[1][:-1].split("; "))
     cosines = {name: float(row.split(",")[0]) for name, row in rows.items()}
     # timed at the recipe's deployed batch sizes: "b1 0.12 ms, b4 0.30 ms" per candidate
     times = {name: [float(t.split(" ")[1]) for t in row.split(", ")[1:]] for name, row in rows.items()}

@@ -9,12 +9,14 @@ calibration batches with the same outputs (`choose.choose`; compile time is not 
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from typing import Any
 
 from torch import nn
 
 from modelshrink.compiled import Compile, Compiled
+from modelshrink.metrics.drop import OutputDrop
 from modelshrink.stages.base import Stage, StageContext
 from modelshrink.stages.quantize import choose, mixed
 
@@ -28,7 +30,10 @@ class QuantizeStage(Stage[Any]):
             kept, findings = mixed.keep_sensitive(self, model, ctx)
             ctx.notes_for(self.name).findings.extend(findings)
             self.spec = self.spec.keeping(kept)
-        model = self.quantize(model, ctx)
+        if getattr(self.spec, "min_cosine", None) is not None:
+            model = self._quantize_within_floor(model, ctx)
+        else:
+            model = self.quantize(model, ctx)
         wanted = self.spec.compile
         if wanted == "auto" and not getattr(model, "needs_compiler", False):
             if not any(getattr(module, "gains_compiled", False) for module in model.modules()):
@@ -41,6 +46,25 @@ class QuantizeStage(Stage[Any]):
                 "model's, and loading the checkpoint compiles it again on the first call"
             )
         return model
+
+    def _quantize_within_floor(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+        """`min_cosine`: quantize the whole model; where its cosine to the float model (the worst output's) on
+        calibration batches falls below the floor, quantize again keeping the most sensitive layers float
+        (`mixed.keep_sensitive`), or fail in one line when no set of them can."""
+        floor = self.spec.min_cosine
+        untouched, transforms = copy.deepcopy(model), list(ctx.lineage.transforms)
+        batches = list(ctx.calibration_inputs(mixed.JUDGING_BATCHES))
+        quantized = self.quantize(model, ctx)
+        cosine = 1 - OutputDrop(untouched, batches, classification=False)(quantized)
+        notes = ctx.notes_for(self.name)
+        if cosine >= floor:
+            notes.findings.append(f"cosine to float on the calibration data {cosine:.4f} >= min_cosine {floor:g}")
+            return quantized
+        ctx.lineage.transforms[:] = transforms
+        kept, findings = mixed.keep_sensitive(self, untouched, ctx, floor=floor)
+        notes.findings += [f"cosine to float on the calibration data {cosine:.4f} < min_cosine {floor:g}", *findings]
+        self.spec = self.spec.keeping(kept)
+        return self.quantize(untouched, ctx)
 
     def _faster_of_eager_and_compiled(self, model: nn.Module, ctx: StageContext) -> tuple[nn.Module, bool]:
         compiled = Compiled(model)

@@ -24,14 +24,22 @@ from modelshrink.stages.selection import matches_any
 from modelshrink.stages.structured import PRUNABLE
 
 LAYER_TYPES = (*PRUNABLE, nn.Embedding)  # what the quantize modes touch
+JUDGING_BATCHES = 4  # calibration batches a static stage's min_cosine is judged on
 
 
-def keep_sensitive(stage: Any, model: nn.Module, ctx: StageContext) -> tuple[list[str], list[str]]:
-    """The layers to keep at the spec's `kept_precision` so that the drop fits, and findings that say how."""
+def keep_sensitive(
+    stage: Any, model: nn.Module, ctx: StageContext, floor: float | None = None
+) -> tuple[list[str], list[str]]:
+    """The layers to keep at the spec's `kept_precision` so that the drop fits `mixed.max_drop`, and
+    findings that say how; with `floor` (a static stage's `min_cosine`), until the cosine to the float
+    model (the worst output's) is at least `floor`."""
     spec = stage.spec
     precision = spec.kept_precision
-    batches = list(ctx.calibration_inputs(spec.mixed.calibration_batches))
-    drop = OutputDrop(model, batches, is_classifier(model, batches[0], ctx.evaluate.task, ctx.data))
+    batches = list(ctx.calibration_inputs(spec.mixed.calibration_batches if floor is None else JUDGING_BATCHES))
+    by_cosine = floor is not None or not is_classifier(model, batches[0], ctx.evaluate.task, ctx.data)
+    drop = OutputDrop(model, batches, classification=not by_cosine)
+    max_drop, limit = (spec.mixed.max_drop, f"max_drop {spec.mixed.max_drop:g}") if floor is None else (
+        1 - floor, f"min_cosine {floor:g} (a drop of {1 - floor:.4g})")  # fmt: skip
     names = [
         name
         for name, module in model.named_modules()
@@ -40,7 +48,8 @@ def keep_sensitive(stage: Any, model: nn.Module, ctx: StageContext) -> tuple[lis
 
     def trial(trial_spec: Any) -> float | None:
         """The drop with this spec; None when the mode finds nothing left to quantize."""
-        trial_spec = trial_spec.model_copy(update={"compile": False, "mixed": None})
+        off = {"compile": False, "mixed": None, "min_cosine": None}
+        trial_spec = trial_spec.model_copy(update={k: v for k, v in off.items() if k in type(trial_spec).model_fields})
         scratch = dataclasses.replace(
             ctx, lineage=Lineage(ctx.lineage.architecture, list(ctx.lineage.transforms)), notes={}
         )
@@ -57,19 +66,21 @@ def keep_sensitive(stage: Any, model: nn.Module, ctx: StageContext) -> tuple[lis
     worst = ", ".join(f"{name} {alone[name]:.4f}" for name in ranked[:5])
     findings = [f"mixed precision: drop of each layer quantized alone, most sensitive first: {worst}"]
     closest = float("inf")
-    for k in range(len(ranked) + 1):
+    # min_cosine quantizes: a floor met only with every layer float is not met
+    for k in range(len(ranked) + (floor is None)):
         measured = trial(spec.keeping(ranked[:k]))
         if measured is None:
             continue
         closest = min(closest, measured)
-        if measured <= spec.mixed.max_drop:
+        if measured <= max_drop:
             kept = ranked[:k]
             findings.append(
                 f"mixed precision: {len(kept)} of {len(ranked)} layers kept {precision} "
-                f"({', '.join(kept) or 'none'}) for a drop of {measured:.4f} <= max_drop {spec.mixed.max_drop:g}"
+                f"({', '.join(kept) or 'none'}) for a drop of {measured:.4f}, within {limit}"
             )
             return kept, findings
+    what = "mixed" if floor is None else "min_cosine"
     raise UserError(
-        f"mixed: no set of {precision} layers brings the drop within max_drop {spec.mixed.max_drop:g} "
-        f"(the smallest measured: {closest:.4f}); raise max_drop or leave this stage out"
+        f"{what}: no set of {precision} layers brings the drop within {limit} "
+        f"(the smallest measured: {closest:.4f}); relax it or leave this stage out"
     )
