@@ -26,6 +26,7 @@ class Latency(TypedDict):
     compiles: NotRequired[int]
     attempts: NotRequired[int]  # measurements taken: more than one when an earlier one was implausible
     warnings: NotRequired[list[str]]  # what is still implausible about these numbers (`metrics.latency`)
+    remeasured: NotRequired[list[str]]  # what was implausible in the first measurement, when there were more
 
 
 class Metrics(TypedDict):

@@ -183,10 +183,9 @@ def _timing_findings(
             )
     attempts = (baseline.get("latency_ms") or {}).get("attempts", 1)
     if attempts > 1 and not notes:
-        notes.append(
-            f"latency measured {attempts} times: an earlier measurement failed a plausibility check (p95 against "
-            "the median, batch N against batch 1, the original timed twice)"
-        )
+        why = [f"{name}: {'; '.join(m['latency_ms']['remeasured'])}" for name, m in timed
+               if (m.get("latency_ms") or {}).get("remeasured")]  # fmt: skip
+        notes.append(f"latency measured {attempts} times: the first measurement was implausible ({'; '.join(why)})")
     return notes
 
 

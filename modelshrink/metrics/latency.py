@@ -240,7 +240,8 @@ def measure_latencies(
     threads: int | None,
 ) -> list[dict[str, Any]]:
     """Batch-1 and batch-N latency of each model, measured side by side and checked (see the module's
-    doc): `attempts` says how many measurements were taken, `warnings` what is still implausible. A
+    doc): `attempts` says how many measurements were taken (`remeasured`: why, where the first was
+    implausible for this model), `warnings` what is still implausible. A
     compiled model (see `modelshrink.compiled`) compiles during the warm-up; the time its compiling calls
     took so far comes apart, as `compile_s` (and `compiles`, how many there were)."""
     n = batch_size(batch_n)
@@ -259,8 +260,11 @@ def measure_latencies(
             if not any(problems):
                 break
     problems, timings = min(tries, key=lambda attempt: sum(map(len, attempt[0])))
-    for model, timing, warnings, timer in zip(models, timings, problems, timed, strict=False):
+    first = tries[0][0]
+    for index, (model, timing, warnings, timer) in enumerate(zip(models, timings, problems, timed, strict=False)):
         timing["attempts"] = len(tries)
+        if len(tries) > 1 and first[index]:
+            timing["remeasured"] = first[index]  # why: what the first measurement got wrong
         warnings += [timer.warning] if getattr(timer, "warning", None) else []
         if warnings:
             timing["warnings"] = warnings
