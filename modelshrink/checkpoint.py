@@ -58,8 +58,16 @@ def is_checkpoint_payload(obj: Any) -> bool:
 
 
 def load(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()) -> nn.Module:
-    """Rebuild a modelshrink checkpoint in eval mode, with no recipe needed."""
+    """Rebuild a modelshrink checkpoint in eval mode, with no recipe needed. A compiled model runs the
+    package its run wrote beside it where that is this user's own, for this torch and CPU
+    (`compiled_artifact`), instead of compiling on its first call; why not is logged."""
+    from modelshrink.compiled_artifact import attach
+    from modelshrink.progress import log
+
     model, _ = load_with_lineage(path, allow_pickle=allow_pickle, trust=trust)
+    why_not = attach(model, Path(path))
+    if why_not:
+        log(why_not)
     return model
 
 

@@ -48,6 +48,11 @@ class Compiled(nn.Module):
         self.__dict__["_compiled"] = None
         self.__dict__["compile_seconds"] = []  # how long each call that compiled took
 
+    def use_package(self, package: Any) -> None:
+        """Run an AOTInductor package of this model at inference instead of compiling it
+        (`compiled_artifact`: a reloaded checkpoint's package); training or a new state drops it."""
+        self.__dict__["_compiled"] = package
+
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_compiled", "compile_seconds")}
 

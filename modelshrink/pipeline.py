@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelshrink import distributed, outputs
+from modelshrink import compiled_artifact, distributed, outputs
 from modelshrink.checkpoint import from_bytes, to_bytes
 from modelshrink.compare import read_report, regression_metrics, regressions
+from modelshrink.compiled import Compiled
+from modelshrink.compiled_artifact import artifact_name
 from modelshrink.constraints import check_constraints, check_gated_metrics_exist, failures
 from modelshrink.data import DataBundle, build_data
 from modelshrink.engine import measure_model, run_stage, seed_everything
@@ -170,6 +172,7 @@ def _run_stages(
     timed = [*snapshots, *(e.exported.runtime for e in exports)]
     log(f"timing {len(timed)} models side by side")
     add_latencies(timed, [*measured, *(e.metrics for e in exports)], data, recipe.evaluate)
+    reusable, packaging = compiled_package(model, data, recipe.output.checkpoint_name)
     final = results[-1]["metrics"] if results else baseline
     report = build_report(
         recipe=recipe.model_dump(mode="json"),
@@ -188,7 +191,26 @@ def _run_stages(
         exports=[e.to_json() for e in exports],
         library_warnings=notices.take(),
     )
-    return report, {name: content for e in exports for name, content in e.exported.files.items()}
+    report["findings"] += packaging
+    return report, {**{name: content for e in exports for name, content in e.exported.files.items()}, **reusable}
+
+
+def compiled_package(model: nn.Module, data: DataBundle, checkpoint_name: str) -> tuple[dict[str, bytes], list[str]]:
+    """A compiled final model's AOTInductor package, written beside the checkpoint so that reloads on this
+    machine run it instead of compiling (`compiled_artifact`); the findings say what it took, or why not."""
+    if not isinstance(model, Compiled):
+        return {}, []
+    name = artifact_name(checkpoint_name)
+    log(f"packaging the compiled model for reloads ({name})")
+    try:
+        blob, seconds = compiled_artifact.package(model, data.example_inputs(2))
+    except UserError as exc:
+        return {}, [f"{name} not written, reloads compile on their first call: {first_line(exc)}"]
+    compiled_artifact.record(blob)
+    return {name: blob}, [
+        f"{name}: the compiled model packaged with AOTInductor in {seconds:.1f} s (apart from every latency); "
+        "modelshrink.load runs it on this machine, with this torch, instead of compiling again"
+    ]
 
 
 def _write_outputs(

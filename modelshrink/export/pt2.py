@@ -26,7 +26,7 @@ from modelshrink.compiled import Compiled
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
 from modelshrink.export.base import Exported, register
-from modelshrink.inputs import as_args
+from modelshrink.inputs import Inputs, as_args
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import Pt2Export
 from modelshrink.stages.quantize.pt2e import ExportedGraph
@@ -38,12 +38,28 @@ SAME_OUTPUTS = 0.999
 
 @register(Pt2Export)
 def export_pt2(model: nn.Module, spec: Pt2Export, data: DataBundle, exclude: list[str], threads: int) -> Exported:
+    with tempfile.TemporaryDirectory(prefix="modelshrink-pt2-") as scratch:
+        path = str(Path(scratch) / spec.file_name)
+        runtime, notes = package_model(model, data.example_inputs(2), path)
+        blob = Path(path).read_bytes()
+    return Exported(spec, {spec.file_name: blob}, runtime, notes)
+
+
+def packaged(model: nn.Module, example: Inputs) -> bytes:
+    """The package's bytes alone (a compiled checkpoint's reusable artifact, `compiled_artifact`)."""
+    with tempfile.TemporaryDirectory(prefix="modelshrink-pt2-") as scratch:
+        path = str(Path(scratch) / "model.pt2")
+        package_model(model, example, path)
+        return Path(path).read_bytes()
+
+
+def package_model(model: nn.Module, example: Inputs, path: str) -> tuple[Pt2Model, list[str]]:
+    """Package `model` (unwrapped from `Compiled`) at `path`, checked against the model's own outputs."""
     inner = (model.inner if isinstance(model, Compiled) else model).eval()
     inner = inner.graph if isinstance(inner, ExportedGraph) else inner  # its forward takes *args
-    args, kwargs = as_args(data.example_inputs(2))
+    args, kwargs = as_args(example)
     notes = []
-    with tempfile.TemporaryDirectory(prefix="modelshrink-pt2-") as scratch, torch.no_grad(), aoti_errors():
-        path = str(Path(scratch) / spec.file_name)
+    with torch.no_grad(), aoti_errors():
         program = export_program(inner, args, kwargs)
         expected = inner(*args, **kwargs)
         runtime = package(program, path, freezing=True)
@@ -53,8 +69,7 @@ def export_pt2(model: nn.Module, spec: Pt2Export, data: DataBundle, exclude: lis
             # torch.compile's did not; the package without them is right but slower
             runtime = package(program, path, freezing=False)
             notes.append(f"packaged without inductor's freezing: with it, outputs had cosine {agreement:.3f}")
-        blob = Path(path).read_bytes()
-    return Exported(spec, {spec.file_name: blob}, runtime, notes)
+    return runtime, notes
 
 
 @contextlib.contextmanager

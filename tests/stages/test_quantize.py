@@ -106,7 +106,8 @@ def test_quantization_modes_keep_accuracy_and_reload(mode: str, trained_cnn) -> 
     before = evaluate_classifier(original, data.val)["accuracy"]
     assert before > 0.9
     spec = {"qat": {"epochs": 1, "lr": 0.0005}} if mode == "qat" else {}
-    exclude = {"exclude": ["15"]} if mode == "static" else {}
+    # FX named: `backend: auto` picks FX or compiled PT2E by measured speed, which differs between CPUs and loads
+    exclude = {"exclude": ["15"], "backend": "fx"} if mode == "static" else {}
     result = quantize({"checkpoint": str(path)}, data, mode=mode, **spec, **exclude)
     quantized = result.model
     after = evaluate_classifier(quantized, data.val)["accuracy"]
