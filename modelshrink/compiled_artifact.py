@@ -31,6 +31,7 @@ from modelshrink.environment import environment
 from modelshrink.inputs import Inputs
 
 SUFFIX = ".compiled.pt2"  # model.pt -> model.compiled.pt2
+MAX_PACKAGE_BYTES = 4 * 2**30  # a package beside a checkpoint is read whole to be hashed: bounded
 
 
 def artifact_name(checkpoint_name: str) -> str:
@@ -89,6 +90,8 @@ def attach(model: nn.Module, checkpoint: Path) -> str | None:
     path = checkpoint.with_name(artifact_name(checkpoint.name))
     if not isinstance(model, Compiled) or not path.is_file():
         return None
+    if path.stat().st_size > MAX_PACKAGE_BYTES:
+        return f"{path.name} not used (larger than {MAX_PACKAGE_BYTES // 2**30} GiB): the model compiles instead"
     blob = path.read_bytes()
     why = usable(blob)
     if why is not None:

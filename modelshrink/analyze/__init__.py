@@ -7,8 +7,9 @@ leading training-only stages (a `finetune` that trains a bundled model from scra
 memory through `compress`. Every probe then runs on a copy of that model (`analyze.probe`) and is
 scored on calibration batches, never the validation split. A recipe written for `tune` is read with
 each search space at its first value (spaces sit in the compressing stages, which analyze probes instead
-of running). A time budget bounds the work: layers left when it is spent are listed as not measured,
-and what was measured is still written.
+of running). A time budget bounds the work, spent on every layer coarsely before refining
+(`analyze.probe`): layers it did not reach are listed as not measured (or not refined), and what was
+measured is still written.
 """
 
 from __future__ import annotations
@@ -69,13 +70,19 @@ def _analyze(
     if training:
         log(f"analyze: first training as the recipe's {', '.join(recipe.stage_names()[: len(training)])} does")
         model = compress(model, training, data=data, evaluate=recipe.evaluate, seed=recipe.seed).model
-    total = len(layers(model))
+    names = [name for name, _ in layers(model)]
     start = time.perf_counter()
-    rows: list[LayerSensitivity] = []
-    for row, spent in sensitivities(model, data, recipe, batches=batches, ratios=ratios, budget_s=budget_s):
-        rows.append(row)
+    rows: dict[str, LayerSensitivity] = {}
+    refined: list[str] = []
+    measured = sensitivities(model, data, recipe, batches=batches, ratios=ratios, budget_s=budget_s)
+    for row, stage, spent in measured:
+        rows[row.name] = row
+        done = refined if stage == "refined" else list(rows)
+        if stage == "refined":
+            refined.append(row.name)
         worst = max(row.drops.values(), default=0.0)
-        log(f"analyze {len(rows)}/{total} {row.name}: worst drop {worst:.4f} ({spent:.0f} s)")
+        log(f"analyze ({stage}) {len(done)}/{len(names)} {row.name}: worst drop {worst:.4f} ({spent:.0f} s)")
+    single_ratio = len(set(ratios)) == 1
     result = {
         "recipe": str(recipe_path),
         "trained_first": recipe.stage_names()[: len(training)],
@@ -84,15 +91,26 @@ def _analyze(
         "max_drop": max_drop,
         "budget_s": budget_s,
         "elapsed_s": round(time.perf_counter() - start, 1),
-        "not_measured": [name for name, _ in layers(model)][len(rows) :],
-        "layers": [asdict(row) for row in rows],
-        "suggestions": suggestions(rows, max_drop),
+        "not_measured": [name for name in names if name not in rows],
+        # measured at the middle ratio only: the budget ran out before the other ratios reached them
+        "not_refined": [] if single_ratio else [name for name in rows if name not in refined],
+        "layers": [asdict(row) for row in rows.values()],
+        "suggestions": suggestions(list(rows.values()), max_drop),
     }
     files = {"sensitivity.json": (json.dumps(result, indent=2) + "\n").encode(), "sensitivity.md": b""}
     if plots.available() and rows:
-        files["sensitivity.png"] = plots.sensitivity(rows)
+        files["sensitivity.png"] = plots.sensitivity(list(rows.values()))
     files["sensitivity.md"] = markdown(result, picture="sensitivity.png" in files).encode()
     return result, files
+
+
+SHOWN = 20  # names a list in sensitivity.md shows before saying how many more sensitivity.json has
+
+
+def listed(names: list[str]) -> str:
+    """Names as code, the first `SHOWN`, then how many were left out (sensitivity.json has them all)."""
+    more = f" and {len(names) - SHOWN} more (sensitivity.json lists them all)" if len(names) > SHOWN else ""
+    return ", ".join(map(escape.code, names[:SHOWN])) + more
 
 
 def markdown(result: dict[str, Any], picture: bool) -> str:
@@ -114,21 +132,20 @@ def markdown(result: dict[str, Any], picture: bool) -> str:
         cells = [escape.code(row["name"]), md(row["type"]), f"{row['params']:,}"]
         cells += [f"{row['drops'][label]:.4f}" if label in row["drops"] else "-" for label in labels]
         lines.append("| " + " | ".join(cells) + " |")
-    if result["not_measured"]:
-        shown = ", ".join(map(escape.code, result["not_measured"][:20]))
-        lines += ["", f"Not measured (time budget of {result['budget_s']:g} s spent): {shown}"]
+    for key, what in (("not_measured", "Not measured"), ("not_refined", "Measured at the middle ratio only")):
+        if result.get(key):
+            lines += ["", f"{what} (time budget of {result['budget_s']:g} s spent): {listed(result[key])}"]
     if picture:
         lines += ["", "![sensitivity](sensitivity.png)"]
     suggested = result["suggestions"]
-    snippet = [
-        {"kind": "prune", **suggested["prune"]},
-        {"kind": "quantize", "mode": "static", "exclude": suggested["quantize"]["exclude"]},
-    ]
+    pruning = [{"kind": "prune", **suggested["prune"]}] if suggested["prune"]["amount"] is not None else []
+    snippet = [*pruning, {"kind": "quantize", "mode": "static", "exclude": suggested["quantize"]["exclude"]}]
     lines += [
         "",
         f"## Suggested (each layer's drop alone within {result['max_drop']:g})",
         "",
         "Drops add up when layers are combined: start from these, and let the recipe's constraints decide.",
+        *([] if pruning else ["", "No channel ratio kept any measured layer within the drop: no prune stage."]),
         "",
         *escape.code_block(yaml.safe_dump({"stages": snippet}, sort_keys=False).rstrip(), "yaml"),
     ]

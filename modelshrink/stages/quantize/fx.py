@@ -134,6 +134,7 @@ class QuantizeFx(Transform, kind="quantize_fx", keeps_float=False):
     per_channel: bool
     exclude: list[str]
     input_shape: list[int]
+    only: list[str] | None = None  # just these modules (and none of the model's functional ops): analyze's probe
 
     @classmethod
     def of(
@@ -195,6 +196,11 @@ def qconfig_mapping(transform: QuantizeFx) -> Any:
         qconfig = QConfig(activation=observer.with_args(reduce_range=True), weight=weight)
     # Embedding lookups take integer ids: an activation observer cannot watch them (histc on Long)
     # and static int8 has no kernel for them; they stay float, as the model's other float islands.
+    if transform.only is not None:
+        mapping = QConfigMapping()  # nothing quantized but the named modules
+        for name in transform.only:
+            mapping.set_module_name(name, qconfig)
+        return mapping
     mapping = QConfigMapping().set_global(qconfig).set_object_type(nn.Embedding, None)
     for name in transform.exclude:
         mapping.set_module_name(name, None)

@@ -64,6 +64,7 @@ def keep_sensitive(
     }
     ranked = sorted((name for name in names if alone[name] is not None), key=lambda n: -alone[n])  # type: ignore[operator]
     worst = ", ".join(f"{name} {alone[name]:.4f}" for name in ranked[:5])
+    worst += f" (and {len(ranked) - 5} less sensitive layers)" if len(ranked) > 5 else ""
     findings = [f"mixed precision: drop of each layer quantized alone, most sensitive first: {worst}"]
     closest = float("inf")
     # min_cosine quantizes: a floor met only with every layer float is not met
