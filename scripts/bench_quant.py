@@ -159,6 +159,7 @@ def compare(
                 "batchN_median_ms": timing["batchN_median"],
                 "checkpoint_bytes": _size(m, lineage, data),
                 "compile_s": timing.get("compile_s"),
+                "latency_warnings": timing.get("warnings", []),
             }
         )
     base = rows[0]
@@ -176,6 +177,11 @@ def compare(
             f"{r['batchN_median_ms']:8.2f} {r['speedup_batchN']:6.2f} {size} "
             + (f"{r['compile_s']:9.1f}" if r["compile_s"] is not None else "")
         )
+    # a number is only as good as its isolation: say what the plausibility checks found (metrics.latency)
+    print(f"(measured {timings[0]['attempts']} time(s); exports timed in worker processes of their own runtime)")
+    for r in rows:
+        for warning in r["latency_warnings"]:
+            print(f"  implausible: {r['variant']}: {warning}")
     return {"title": title, "input": list(data.input_shape), "batch_n": batch, "threads": threads, "rows": rows}
 
 

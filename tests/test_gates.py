@@ -83,3 +83,20 @@ def test_a_registered_metric_becomes_a_report_column(tmp_path: Path, recipe_file
     markdown = to_markdown(json.loads(result.stdout))
     assert "| zeros | time (s) |" in markdown.splitlines()[6]
     assert "zeros" in CliRunner().invoke(app, ["run", str(recipe_file()), "-o", str(tmp_path / "o2")]).stdout
+
+
+def test_speed_is_one_convention_original_over_stage_in_gates_tables_and_compare() -> None:
+    """A speed-up is original / stage (above 1 is faster) wherever speed is shown or gated."""
+    from modelshrink.compare import table
+
+    base, final = metrics(0.95, 4000, 2.0), metrics(0.95, 1000, 0.5)
+    [gate] = check_constraints(constraints("  latency_b1_ms: {min_speedup: 3.0}\n"), base, final)
+    assert gate["name"] == "latency_b1_ms.min_speedup" and gate["value"] == pytest.approx(4.0) and gate["passed"]
+    [slow] = check_constraints(constraints("  latency_b1_ms: {min_speedup: 1.0}\n"), base, metrics(0.95, 1000, 4.0))
+    assert slow["value"] == pytest.approx(0.5) and not slow["passed"]
+    assert "min_speedup" in errors_of(VALID + "constraints:\n  size_bytes: {min_speedup: 2}\n"), "latencies only"
+    b1 = descriptors.METRICS["latency_b1_ms"]
+    assert b1.compared(0.5, 2.0) == "4.00x speed-up" and b1.compared(4.0, 2.0) == "0.50x speed-up"
+    assert descriptors.METRICS["size_bytes"].compared(1000, 4000) == "0.25x", "sizes stay stage / original"
+    rows = table([{"final": base}, {"final": final}], ["earlier", "later"])
+    assert next(r for r in rows if r[0] == "latency b1 (ms)")[2] == "0.50 (4.00x speed-up)"
