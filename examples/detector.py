@@ -16,9 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from examples.boxes import images_with_boxes
 
+IMAGE_SIZE = 64
+
 
 class Detector(nn.Module):
-    def __init__(self, width: float = 0.5, image_size: int = 64):
+    def __init__(self, width: float = 0.5, image_size: int = IMAGE_SIZE):
         super().__init__()
         from torchvision.models import mobilenet_v2
 
@@ -36,14 +38,14 @@ class Detector(nn.Module):
         }
 
 
-def model(width: float = 0.5, image_size: int = 64, checkpoint: str | None = None) -> nn.Module:
+def model(width: float = 0.5, image_size: int = IMAGE_SIZE, checkpoint: str | None = None) -> nn.Module:
     net = Detector(width, image_size)
     if checkpoint:
         net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     return net
 
 
-def data(train: int = 512, val: int = 256, image_size: int = 64) -> dict[str, TensorDataset]:
+def data(train: int = 512, val: int = 256, image_size: int = IMAGE_SIZE) -> dict[str, TensorDataset]:
     """The `data.kind: python` factory: train, val and a calibration set, disjoint by seed."""
     return {
         "train": images_with_boxes(train, image_size, seed=1),
@@ -62,20 +64,18 @@ def targets(boxes: torch.Tensor, image_size: int) -> dict[str, torch.Tensor]:
 
 def detector_loss(outputs: dict[str, torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
     """Each head against its own target, each term of a similar size."""
-    wanted = targets(boxes, outputs["landmarks"].shape[1] and 64)
+    wanted = targets(boxes, IMAGE_SIZE)
     return (
         F.smooth_l1_loss(outputs["boxes"], boxes, beta=0.05) * 10
         + F.cross_entropy(outputs["scores"], wanted["quadrant"])
-        + F.smooth_l1_loss(outputs["landmarks"] / 64, wanted["corners"] / 64, beta=0.05) * 10
+        + F.smooth_l1_loss(outputs["landmarks"] / IMAGE_SIZE, wanted["corners"] / IMAGE_SIZE, beta=0.05) * 10
     )
 
 
-def train_baseline(path: str, epochs: int = 40, seed: int = 0, image_size: int = 64) -> None:
+def train_baseline(path: str, epochs: int = 40, seed: int = 0) -> None:
+    """Train the detector the bench quantizes (each head against its own target, `detector_loss`)."""
     torch.manual_seed(seed)
-    net, loader = (
-        model(image_size=image_size),
-        DataLoader(data(image_size=image_size)["train"], batch_size=32, shuffle=True),
-    )
+    net, loader = model(), DataLoader(data()["train"], batch_size=32, shuffle=True)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
     for _ in range(epochs):
