@@ -326,7 +326,11 @@ class StaticQuantSpec(_GraphQuantCommon):
 
     mode: Literal["static"] = "static"
     calibration_batches: Repeats = Field(default=8, description="training batches to calibrate ranges")
-    observer: Literal["minmax", "histogram"] = "histogram"
+    observer: Literal["minmax", "histogram", "auto"] = Field(
+        default="histogram",
+        description="activation ranges: histogram (minimizes the quantization error), minmax, or auto: both built "
+        "(backend fx) and the one whose outputs are closer to float on calibration batches kept",
+    )
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
         default=None,
         description="the int8 model's mean cosine to the float model (the worst output's) on calibration batches, "

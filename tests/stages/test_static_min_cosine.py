@@ -60,3 +60,16 @@ def test_min_cosine_and_mixed_are_one_choice() -> None:
     with pytest.raises(ValueError, match="min_cosine and mixed both choose which layers stay float"):
         StaticQuantSpec.model_validate({"kind": "quantize", "mode": "static", "min_cosine": 0.9,
                                         "mixed": {"max_drop": 0.01}})  # fmt: skip
+
+
+def test_observer_auto_keeps_the_activation_ranges_closer_to_float() -> None:
+    model, x = outlier_inputs_model()
+    data = tensor_data(x, labeled=False, class_targets=False, batch_size=16)
+    result = compress(model, [{**static(None), "observer": "auto"}], data=data, evaluate=FAST_EVAL)
+    [finding] = [f for f in result.stages[0].notes["findings"] if f.startswith("activation observer chosen")]
+    assert "held-out calibration batches" in finding
+    cosines = dict(part.split(": cosine ") for part in finding.split(" (", 1)[1].rstrip(")").split("; "))
+    chosen = result.stages[0].notes["resolved"]["observer"]
+    assert set(cosines) == {"histogram", "minmax"} and float(cosines[chosen]) == max(map(float, cosines.values()))
+    assert finding.split(": ", 1)[1].startswith(chosen)
+    assert [t.observer for t in result.lineage.transforms] == [chosen], "the checkpoint replays the kept ranges"

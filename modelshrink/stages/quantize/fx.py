@@ -21,12 +21,15 @@ from modelshrink.compiled import Compiled
 from modelshrink.errors import UserError, first_line
 from modelshrink.inputs import call, has_integer_inputs
 from modelshrink.lineage import Lineage, Transform
+from modelshrink.metrics.drop import OutputDrop
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
 from modelshrink.stages.base import StageContext, register
 from modelshrink.stages.quantize import choose, pt2e
 from modelshrink.stages.quantize.compiling import QuantizeStage
 from modelshrink.stages.selection import matches_any
+
+JUDGED_BATCHES = 2  # calibration batches `observer: auto` judges on
 
 
 class _FxOrPt2e(QuantizeStage):
@@ -48,21 +51,47 @@ class _FxOrPt2e(QuantizeStage):
             ctx.notes_for(self.name).findings.append("integer inputs: quantized through torch.export and PT2E")
             return self._pt2e(model, ctx)
         untouched = copy.deepcopy(model) if self._measures_both else None
-        transform = QuantizeFx.of(model, self.spec, ctx, observer=getattr(self.spec, "observer", None))
+        observer = getattr(self.spec, "observer", None)
         try:
-            prepared = prepare(model, transform)
+            if observer == "auto":
+                quantized, transform = self._closest_observer(model, ctx)
+            else:
+                transform = QuantizeFx.of(model, self.spec, ctx, observer=observer)
+                quantized = convert(self._observe(prepare(model, transform), ctx))
         except UserError as exc:  # torch.fx could not trace the model
-            if self.spec.backend == "fx":
+            if self.spec.backend == "fx" or "cannot trace" not in str(exc):
                 raise
             ctx.notes_for(self.name).findings.append(
                 f"{exc}; quantized through torch.export and PT2E instead (torchao's x86 defaults)"
             )
             return self._pt2e(untouched or model, ctx)
-        quantized = convert(self._observe(prepared, ctx))
         if untouched is None:
             ctx.lineage.transforms.append(transform)
             return quantized
         return self._measured(untouched, quantized, transform, ctx)
+
+    def _closest_observer(self, model: nn.Module, ctx: StageContext) -> tuple[nn.Module, QuantizeFx]:
+        """`observer: auto`: FX int8 with histogram and with min/max activation ranges, judged by the worst
+        output's cosine to float on calibration batches after those that set the ranges (on those same
+        batches where the calibration data has no more); the closer one is kept and said."""
+        judged = list(ctx.calibration_inputs(self.spec.calibration_batches + JUDGED_BATCHES))
+        judge = judged[self.spec.calibration_batches :] or judged
+        drop = OutputDrop(model, judge, classification=False)
+        built = {}
+        for observer in ("histogram", "minmax"):
+            transform = QuantizeFx.of(model, self.spec, ctx, observer=observer)
+            quantized = convert(self._observe(prepare(copy.deepcopy(model), transform), ctx))
+            built[observer] = (1 - drop(quantized), quantized, transform)
+        chosen = max(built, key=lambda name: built[name][0])
+        held_out = (
+            "held-out calibration batches" if len(judged) > self.spec.calibration_batches else "calibration batches"
+        )
+        ctx.notes_for(self.name).findings.append(
+            f"activation observer chosen on {held_out}: {chosen} "
+            f"({'; '.join(f'{name}: cosine {cosine:.4f}' for name, (cosine, _, _) in built.items())})"
+        )
+        ctx.notes_for(self.name).resolved["observer"] = chosen
+        return built[chosen][1], built[chosen][2]
 
     @property
     def _measures_both(self) -> bool:
