@@ -42,11 +42,12 @@ def run_recipe(
     overrides: Sequence[str] = (),
     trust: Sequence[str] = (),
     junit: str | Path | None = None,
-    verbose: bool = False,
+    verbose: bool | None = None,
 ) -> dict[str, Any] | None:
     """Run a recipe (a path or a `Recipe`) end to end; returns the report dict that report.json holds.
 
-    Libraries' warnings are counted into the report's findings; `verbose` prints them as they come too.
+    Libraries' warnings are counted into the report's findings; `verbose` prints them as they come too
+    (None: as an enclosing `quiet.collected` says, else not).
 
     `trust` adds modules whose factories the model checkpoint may name (as `model.trust` does).
     `junit` also writes the gates as JUnit XML to that file (checked writable before any work).

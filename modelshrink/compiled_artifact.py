@@ -8,9 +8,11 @@ model with AOTInductor (torch.export, dynamic batch; the `.pt2` export's code), 
 package: a shared library loaded in a fraction of a second.
 
 A package is native code. It is used only where it is known to be the user's own: the run records its
-SHA-256 in the user's cache directory (`trusted_dir`), with the torch version and CPU features it was
-built for; `load` runs a package whose bytes hash to such a record made for this torch and this CPU, and
-compiles as before otherwise (a checkpoint from elsewhere, or another machine), saying why.
+SHA-256 in the user's cache directory (`trusted_dir`, owned by the user and writable by no one else),
+with the checkpoint it was built from and the torch version and CPU features it was built for; `load`
+runs a package whose bytes hash to such a record made for this very checkpoint, this torch and this CPU,
+and compiles as before otherwise (a checkpoint from elsewhere, another machine, a package beside another
+checkpoint), saying why.
 """
 
 from __future__ import annotations
@@ -44,10 +46,21 @@ def trusted_dir() -> Path:
     return Path(base) / "modelshrink" / "compiled"
 
 
-def built_for() -> dict[str, Any]:
-    """What a package is native code for: this torch and this CPU's instruction sets."""
+def built_for(checkpoint: bytes) -> dict[str, Any]:
+    """What a package is native code for: this checkpoint's weights, this torch and this CPU's instruction sets."""
     here = environment()
-    return {"torch": torch.__version__, "cpu_features": here["cpu_features"], "kernels": here["torch_cpu_capability"]}
+    return {
+        "checkpoint": hashlib.sha256(checkpoint).hexdigest(),
+        "torch": torch.__version__,
+        "cpu_features": here["cpu_features"],
+        "kernels": here["torch_cpu_capability"],
+    }
+
+
+def _private(path: Path) -> bool:
+    """Owned by this user and writable by no one else (a shared cache directory must not vouch for code)."""
+    info = path.lstat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def package(model: Compiled, example: Inputs) -> tuple[bytes, float]:
@@ -60,26 +73,35 @@ def package(model: Compiled, example: Inputs) -> tuple[bytes, float]:
     return blob, time.perf_counter() - start
 
 
-def record(blob: bytes) -> None:
-    """Note that this user's run wrote `blob`, for this torch and CPU (written atomically, readable by the
-    user alone)."""
-    folder = trusted_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = folder / hashlib.sha256(blob).hexdigest()
-    fd, scratch = tempfile.mkstemp(dir=folder, prefix=".record-")
-    with os.fdopen(fd, "w") as file:
-        json.dump(built_for(), file)
-    os.replace(scratch, target)
-
-
-def usable(blob: bytes) -> str | None:
-    """None where `blob` is a package this user's run wrote for this torch and CPU, else why not."""
-    entry = trusted_dir() / hashlib.sha256(blob).hexdigest()
+def record(blob: bytes, checkpoint: bytes) -> str | None:
+    """Note that this user's run wrote `blob` for `checkpoint`, this torch and CPU (written atomically,
+    readable by the user alone); returns why it could not be noted (no writable cache directory)."""
     try:
+        folder = trusted_dir()
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.chmod(0o700)
+        fd, scratch = tempfile.mkstemp(dir=folder, prefix=".record-")
+        with os.fdopen(fd, "w") as file:
+            json.dump(built_for(checkpoint), file)
+        os.replace(scratch, folder / hashlib.sha256(blob).hexdigest())
+    except (OSError, RuntimeError) as exc:  # RuntimeError: no home directory to find a cache in
+        return str(exc)
+    return None
+
+
+def usable(blob: bytes, checkpoint: bytes) -> str | None:
+    """None where `blob` is a package this user's run wrote for `checkpoint`, this torch and CPU, else why not."""
+    try:
+        folder = trusted_dir()
+        entry = folder / hashlib.sha256(blob).hexdigest()
+        if not (_private(folder) and _private(entry)):
+            return "its record is not yours alone"
         made_for = json.loads(entry.read_text())
-    except (OSError, ValueError):
+    except (OSError, RuntimeError, ValueError):
         return "no run of yours on this machine wrote it"
-    if made_for != built_for():
+    if made_for.get("checkpoint") != hashlib.sha256(checkpoint).hexdigest():
+        return "it was built for another checkpoint"
+    if made_for != built_for(checkpoint):
         return f"it was built for torch {made_for.get('torch')} on another CPU's instruction sets"
     return None
 
@@ -90,14 +112,17 @@ def attach(model: nn.Module, checkpoint: Path) -> str | None:
     path = checkpoint.with_name(artifact_name(checkpoint.name))
     if not isinstance(model, Compiled) or not path.is_file():
         return None
-    if path.stat().st_size > MAX_PACKAGE_BYTES:
-        return f"{path.name} not used (larger than {MAX_PACKAGE_BYTES // 2**30} GiB): the model compiles instead"
-    blob = path.read_bytes()
-    why = usable(blob)
-    if why is not None:
-        return f"{path.name} not used ({why}): the model compiles on its first call instead"
-    # the bytes just checked are the bytes loaded: a private copy, not the path, which could change
-    scratch = Path(tempfile.mkdtemp(prefix="modelshrink-compiled-")) / path.name
-    scratch.write_bytes(blob)
-    model.use_package(torch._inductor.aoti_load_package(str(scratch)))
-    return None
+    try:
+        with path.open("rb") as file:
+            blob = file.read(MAX_PACKAGE_BYTES + 1)
+        why = "larger than 4 GiB" if len(blob) > MAX_PACKAGE_BYTES else usable(blob, checkpoint.read_bytes())
+        if why is None:
+            # the bytes just checked are the bytes loaded: a private copy, not the path, which could change;
+            # the loader unpacks it into a directory of its own, so the copy goes once loaded
+            with tempfile.TemporaryDirectory(prefix="modelshrink-compiled-") as scratch:
+                copy = Path(scratch) / path.name
+                copy.write_bytes(blob)
+                model.use_package(torch._inductor.aoti_load_package(str(copy)))
+    except Exception as exc:  # unreadable, or the loader refuses it: compiling still works
+        why = f"{type(exc).__name__}: {exc}"
+    return None if why is None else f"{path.name} not used ({why}): the model compiles on its first call instead"

@@ -27,6 +27,7 @@ class Latency(TypedDict):
     attempts: NotRequired[int]  # measurements taken: more than one when an earlier one was implausible
     warnings: NotRequired[list[str]]  # what is still implausible about these numbers (`metrics.latency`)
     remeasured: NotRequired[list[str]]  # what was implausible in the first measurement, when there were more
+    isolation: NotRequired[str]  # an export timed beside PyTorch after all, and why (its worker did not start)
 
 
 class Metrics(TypedDict):

@@ -51,11 +51,12 @@ def run(
     resume: bool = False,
     recipe_source: str | None = None,
     junit: Path | None = None,
-    verbose: bool = False,
+    verbose: bool | None = None,
 ) -> dict[str, Any] | None:
     """Returns the report (None on ranks other than 0 of a multi-process run). `junit`: a file for the gates
     as JUnit XML, claimed with the output directory before any work and written after it. Libraries'
-    warnings become findings, one per distinct warning (`quiet.collected`); `verbose` shows them too."""
+    warnings become findings, one per distinct warning (`quiet.collected`); `verbose` shows them too (None:
+    as the enclosing command says)."""
     distributed.init_from_env()
     main = distributed.is_main()
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
@@ -73,7 +74,7 @@ def _run_locked(
     main: bool,
     claim: outputs.Claim | None,
     junit: Path | None,
-    verbose: bool,
+    verbose: bool | None,
 ) -> dict[str, Any] | None:
     check_extras(recipe.export)
     previous = read_report(recipe.constraints.compare_to) if recipe.constraints.compare_to else None
@@ -172,7 +173,8 @@ def _run_stages(
     timed = [*snapshots, *(e.exported.runtime for e in exports)]
     log(f"timing {len(timed)} models side by side")
     add_latencies(timed, [*measured, *(e.metrics for e in exports)], data, recipe.evaluate)
-    reusable, packaging = compiled_package(model, data, recipe.output.checkpoint_name)
+    final_blob = store.model_blob(len(results))
+    reusable, packaging = compiled_package(model, data, recipe.output.checkpoint_name, final_blob)
     final = results[-1]["metrics"] if results else baseline
     report = build_report(
         recipe=recipe.model_dump(mode="json"),
@@ -195,7 +197,9 @@ def _run_stages(
     return report, {**{name: content for e in exports for name, content in e.exported.files.items()}, **reusable}
 
 
-def compiled_package(model: nn.Module, data: DataBundle, checkpoint_name: str) -> tuple[dict[str, bytes], list[str]]:
+def compiled_package(
+    model: nn.Module, data: DataBundle, checkpoint_name: str, checkpoint: bytes
+) -> tuple[dict[str, bytes], list[str]]:
     """A compiled final model's AOTInductor package, written beside the checkpoint so that reloads on this
     machine run it instead of compiling (`compiled_artifact`); the findings say what it took, or why not."""
     if not isinstance(model, Compiled):
@@ -206,7 +210,9 @@ def compiled_package(model: nn.Module, data: DataBundle, checkpoint_name: str) -
         blob, seconds = compiled_artifact.package(model, data.example_inputs(2))
     except UserError as exc:
         return {}, [f"{name} not written, reloads compile on their first call: {first_line(exc)}"]
-    compiled_artifact.record(blob)
+    unrecorded = compiled_artifact.record(blob, checkpoint)
+    if unrecorded is not None:
+        return {}, [f"{name} not written, reloads compile on their first call: it could not be recorded ({unrecorded})"]
     return {name: blob}, [
         f"{name}: the compiled model packaged with AOTInductor in {seconds:.1f} s (apart from every latency); "
         "modelshrink.load runs it on this machine, with this torch, instead of compiling again"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -69,6 +70,7 @@ class _Counting(logging.Handler):
 
     def __init__(self, notices: Notices, original: list[logging.Handler], show: bool):
         super().__init__(logging.NOTSET)
+        self.thread = threading.get_ident()  # another thread's records (an API caller's server) pass untouched
         # an enclosing collector's handler stands for the handlers it replaced: a record is counted once
         self.original = [
             h for handler in original for h in (handler.original if isinstance(handler, _Counting) else [handler])
@@ -78,7 +80,7 @@ class _Counting(logging.Handler):
         self.passing = (self.original or [logging.lastResort]) if show else []
 
     def emit(self, record: logging.LogRecord) -> None:
-        ours = record.name.split(".")[0] == "modelshrink"
+        ours = record.name.split(".")[0] == "modelshrink" or record.thread != self.thread
         if not ours and record.levelno >= logging.WARNING:
             self.notices.add(f"{record.name.split('.')[0]} ({record.levelname.lower()})", record.getMessage())
         for handler in self.original if ours else self.passing:
@@ -86,11 +88,17 @@ class _Counting(logging.Handler):
                 handler.handle(record)
 
 
+_SHOWING: list[bool] = []  # the enclosing collectors' `show`, innermost last
+
+
 @contextmanager
-def collected(show: bool = False) -> Iterator[Notices]:
+def collected(show: bool | None = None) -> Iterator[Notices]:
     """Count every warning (`warnings.warn`) and every library log record at WARNING and above raised in
-    the block, instead of printing them; `show`: print them too, as Python would have. Loggers with
-    handlers of their own (NNCF's) are counted the same way for the block's duration."""
+    the block by this thread, instead of printing them; `show`: print them too, as Python would have
+    (None: as the enclosing collector does, e.g. `tune --verbose` around its best/ run). Loggers with
+    handlers of their own are counted the same way for the block's duration (NNCF's is made to
+    propagate where it quantizes: `export.openvino`)."""
+    show = show if show is not None else bool(_SHOWING and _SHOWING[-1])
     notices = Notices()
 
     def record(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None):
@@ -105,10 +113,12 @@ def collected(show: bool = False) -> Iterator[Notices]:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = record
+        _SHOWING.append(show)
         try:
             for logger in loggers:
                 logger.handlers = [_Counting(notices, saved[logger], show)]
             yield notices
         finally:
+            _SHOWING.pop()
             for logger, handlers in saved.items():
                 logger.handlers = handlers

@@ -175,6 +175,8 @@ def _timing_findings(
     notes = []
     for name, metrics in timed:
         latency = metrics.get("latency_ms") or {}
+        if latency.get("isolation"):
+            notes.append(f"{name}: {latency['isolation']}; its latency may be disturbed by PyTorch's threads")
         if latency.get("warnings"):
             notes.append(
                 f"{name}: latency implausible after {latency.get('attempts', 1)} measurement(s) "

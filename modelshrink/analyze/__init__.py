@@ -83,6 +83,7 @@ def _analyze(
         worst = max(row.drops.values(), default=0.0)
         log(f"analyze ({stage}) {len(done)}/{len(names)} {row.name}: worst drop {worst:.4f} ({spent:.0f} s)")
     single_ratio = len(set(ratios)) == 1
+    unrefined = [] if single_ratio else [name for name in rows if name not in refined]
     result = {
         "recipe": str(recipe_path),
         "trained_first": recipe.stage_names()[: len(training)],
@@ -93,9 +94,9 @@ def _analyze(
         "elapsed_s": round(time.perf_counter() - start, 1),
         "not_measured": [name for name in names if name not in rows],
         # measured at the middle ratio only: the budget ran out before the other ratios reached them
-        "not_refined": [] if single_ratio else [name for name in rows if name not in refined],
+        "not_refined": unrefined,
         "layers": [asdict(row) for row in rows.values()],
-        "suggestions": suggestions(list(rows.values()), max_drop),
+        "suggestions": suggestions(list(rows.values()), max_drop, unrefined),
     }
     files = {"sensitivity.json": (json.dumps(result, indent=2) + "\n").encode(), "sensitivity.md": b""}
     if plots.available() and rows:

@@ -129,7 +129,13 @@ def pruning_groups(model: nn.Module, example: Any) -> dict[str, list[str]]:
             group = graph.get_pruning_group(module, prune, idxs=[0])
         except Exception:  # a layer outside the traced graph
             continue
-        coupled = {names[dep.target.module] for dep, _ in group if dep.target.module in names}
+        # the layers whose *output* channels go with it (a depthwise convolution's); not the layers after it,
+        # whose input channels follow: naming those would prune their outputs too
+        coupled = {
+            names[dep.target.module]
+            for dep, _ in group
+            if dep.target.module in names and graph.is_out_channel_pruning_fn(dep.handler)
+        }
         groups[name] = sorted(coupled - {name})
     return groups
 

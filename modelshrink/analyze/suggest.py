@@ -15,7 +15,9 @@ from typing import Any
 from modelshrink.analyze.probe import LayerSensitivity
 
 
-def suggestions(rows: Sequence[LayerSensitivity], max_drop: float) -> dict[str, Any]:
+def suggestions(rows: Sequence[LayerSensitivity], max_drop: float, unrefined: Sequence[str] = ()) -> dict[str, Any]:
+    """`unrefined`: layers measured at the middle ratio only; one that did not fit there is left to the
+    recipe (neither given an amount nor excluded): the smaller ratios were never tried."""
     layer_amounts: dict[str, float] = {}
     prune_exclude, quantize_exclude, int4 = [], [], []
     for row in rows:
@@ -23,7 +25,7 @@ def suggestions(rows: Sequence[LayerSensitivity], max_drop: float) -> dict[str, 
         fitting = [ratio for ratio, drop in ratios if drop <= max_drop]
         if fitting:
             layer_amounts[row.name] = max(fitting)
-        elif ratios:
+        elif ratios and row.name not in unrefined:
             prune_exclude.append(row.name)
         if max(row.drops.get("int8", 0.0), row.drops.get("static int8", 0.0)) > max_drop:
             quantize_exclude.append(row.name)

@@ -89,13 +89,27 @@ def to_openvino(model: nn.Module, data: DataBundle) -> Any:
     return converted
 
 
+@contextlib.contextmanager
+def propagating(name: str) -> Iterator[None]:
+    """A library logger that prints through a handler of its own (NNCF's, to stdout, set up when it is first
+    imported) sends its records up to the root instead, where `quiet.collected` counts them: on stdout they
+    would break `run --json`."""
+    logger = logging.getLogger(name)
+    handlers, propagate = logger.handlers, logger.propagate
+    logger.handlers, logger.propagate = [], True
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+
+
 def quantize(converted: Any, spec: OpenVinoExport, data: DataBundle, kept: list[str], transformer: bool) -> Any:
     """int8 by NNCF on the calibration batches; `kept`: operations that stay float."""
     import nncf
 
     names = [port.get_any_name() for port in converted.inputs]
     samples = [feeds(names, *as_args(batch)) for batch in data.calibration_inputs(spec.calibration_batches)]
-    with openvino_errors("quantize"):
+    with openvino_errors("quantize"), propagating("nncf"):
         quantized = nncf.quantize(
             converted,
             nncf.Dataset(samples),

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any, Protocol
 
 import torch
@@ -91,6 +91,11 @@ class WorkerFailed(RuntimeError):
     pass
 
 
+# the worker's command: not `-m`, which puts the current directory first on sys.path (a stray numpy.py of
+# the user's would be imported); `-c` puts it there too, so it is taken out before anything is imported
+WORKER = "import sys; del sys.path[0]; from modelshrink.runtimes.worker import main; main()"
+
+
 class InWorker:
     """A model on another runtime, timed in a worker process that runs only that runtime
     (`modelshrink.runtimes.worker`); the model's `isolated()` says what the worker opens."""
@@ -98,7 +103,7 @@ class InWorker:
     def __init__(self, runtime: str, arguments: dict[str, Any], feeds: dict[str, Any]):
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "modelshrink.runtimes.worker"],
+                [sys.executable, "-c", WORKER],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -107,7 +112,7 @@ class InWorker:
             raise WorkerFailed(f"the timing worker did not start ({exc})") from None
         try:
             self._ask(("open", runtime, arguments, feeds))
-        except WorkerFailed:
+        except BaseException:  # WorkerFailed, or an interrupt while it opens: no process left behind
             self.close()
             raise
 
@@ -115,8 +120,8 @@ class InWorker:
         try:
             send(self.process.stdin, request)  # type: ignore[arg-type]
             status, answer = receive(self.process.stdout)  # type: ignore[arg-type]
-        except (EOFError, OSError) as exc:
-            raise WorkerFailed(f"the timing worker stopped ({exc})") from None
+        except Exception as exc:  # a dead worker, a broken pipe, a corrupt answer: all mean it stopped
+            raise WorkerFailed(f"the timing worker stopped ({type(exc).__name__}: {exc})") from None
         if status != "ok":
             raise WorkerFailed(answer)
         return answer
@@ -136,7 +141,9 @@ class InWorker:
             self.process.kill()
             self.process.wait()
         finally:
-            self.process.stdout.close()  # type: ignore[union-attr]
+            for pipe in (self.process.stdin, self.process.stdout):
+                with suppress(OSError):  # a dead worker's pipe: nothing left to flush
+                    pipe.close()  # type: ignore[union-attr]
 
 
 @contextmanager
@@ -264,10 +271,11 @@ def measure_latencies(
     for index, (model, timing, warnings, timer) in enumerate(zip(models, timings, problems, timed, strict=False)):
         timing["attempts"] = len(tries)
         if len(tries) > 1 and first[index]:
-            timing["remeasured"] = first[index]  # why: what the first measurement got wrong
-        warnings += [timer.warning] if getattr(timer, "warning", None) else []
+            timing["remeasured"] = list(first[index])  # why: what the first measurement got wrong
         if warnings:
-            timing["warnings"] = warnings
+            timing["warnings"] = list(warnings)
+        if getattr(timer, "warning", None):
+            timing["isolation"] = timer.warning  # not a plausibility problem: where it was timed
         compile_time = getattr(model, "compile_time", None)
         if compile_time is not None:
             timing["compile_s"], timing["compiles"] = compile_time

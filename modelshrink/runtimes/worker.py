@@ -1,4 +1,4 @@
-"""The timing worker: `python -m modelshrink.runtimes.worker`, started and fed by `metrics.latency`.
+"""The timing worker, started (`main`) and fed by `metrics.latency`.
 
 It reads pickled requests from stdin and answers on stdout, one at a time: ("open", runtime, kwargs,
 feeds by batch name), ("warm", batch, calls), ("burst", batch, calls) -> milliseconds of each timed
@@ -8,6 +8,7 @@ parent made (the exported file's bytes and the recipe's inputs as arrays), so un
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import sys
@@ -17,6 +18,7 @@ from typing import Any, BinaryIO
 from modelshrink.runtimes.sessions import RUNNERS
 
 _LENGTH = struct.Struct("<Q")
+MAX_MESSAGE = 2**34  # an exported file and the recipe's inputs fit; a larger length is a corrupt stream
 
 
 def send(stream: BinaryIO, message: Any) -> None:
@@ -30,6 +32,8 @@ def receive(stream: BinaryIO) -> Any:
     if len(header) < _LENGTH.size:
         raise EOFError("the other end closed")
     (length,) = _LENGTH.unpack(header)
+    if length > MAX_MESSAGE:
+        raise EOFError(f"a message of {length} bytes: the stream is corrupt")
     return pickle.loads(stream.read(length))
 
 
@@ -58,8 +62,11 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
 
 
 def main() -> None:
-    answers = sys.stdout.buffer
-    sys.stdout = sys.stderr  # a runtime that prints must not corrupt the answers
+    # the answers get a private copy of the pipe, and file descriptor 1 becomes stderr: a runtime that
+    # prints, from Python or natively (ONNX Runtime, OpenVINO, TBB), must not corrupt the answers
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     try:
         serve(sys.stdin.buffer, answers)
     except Exception as exc:  # reported to the parent, which says what failed in one line

@@ -53,7 +53,7 @@ class DistillStage(Stage[DistillSpec]):
         classes = classifies(ctx.evaluate.task, teacher, t_raw, labels)
         plain = copy.deepcopy(model) if self.spec.compare_finetune else None
         hints = Hints(self.spec, teacher, model, example)
-        terms = OutputTerms(self.spec, teacher, t_raw, ctx.data.example_inputs(SCALE_SAMPLES))
+        terms = OutputTerms(self.spec, teacher, t_raw, list(ctx.calibration_inputs(SCALE_BATCHES)))
         try:
             ctx.train(
                 model,
@@ -115,7 +115,7 @@ class DistillStage(Stage[DistillSpec]):
         return loss
 
 
-SCALE_SAMPLES = 64  # inputs the teacher's output scales are measured on
+SCALE_BATCHES = 2  # calibration batches (training data, not noise) the teacher's output scales are measured on
 DOMINANT = 0.9  # an output whose term is this share of the teacher loss leaves the others untrained
 
 
@@ -124,7 +124,7 @@ class OutputTerms:
     mse / smooth_l1 divided by the teacher's variance of that output (`scale`) unless the recipe says
     otherwise; how much each contributed is summed over training for `findings`."""
 
-    def __init__(self, spec: DistillSpec, teacher: nn.Module, example_outputs: Any, scale_inputs: Inputs):
+    def __init__(self, spec: DistillSpec, teacher: nn.Module, example_outputs: Any, scale_inputs: list[Inputs]):
         self.names, self.widths = output_names(example_outputs), output_widths(example_outputs)
         self.several = len(self.names) > 1
         unknown = sorted(set(spec.outputs) - set(self.names))
@@ -137,7 +137,8 @@ class OutputTerms:
         self.scales = [1.0] * len(self.names)
         if self.several and spec.normalize_outputs:
             with torch.inference_mode():
-                parts = output_matrix(call(teacher, scale_inputs)).split(self.widths, dim=1)
+                outputs = torch.cat([output_matrix(call(teacher, inputs)) for inputs in scale_inputs])
+            parts = outputs.split(self.widths, dim=1)
             self.scales = [scale(part) for part in parts]
         self.totals = [0.0] * len(self.names)
 

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from modelshrink.compiled import Compile, Compiled
+from modelshrink.errors import UserError
 from modelshrink.metrics.drop import OutputDrop
 from modelshrink.stages.base import Stage, StageContext
 from modelshrink.stages.quantize import choose, mixed
@@ -53,18 +54,25 @@ class QuantizeStage(Stage[Any]):
         (`mixed.keep_sensitive`), or fail in one line when no set of them can."""
         floor = self.spec.min_cosine
         untouched, transforms = copy.deepcopy(model), list(ctx.lineage.transforms)
-        batches = list(ctx.calibration_inputs(mixed.JUDGING_BATCHES))
-        quantized = self.quantize(model, ctx)
-        cosine = 1 - OutputDrop(untouched, batches, classification=False)(quantized)
         notes = ctx.notes_for(self.name)
+        findings, resolved = list(notes.findings), dict(notes.resolved)
+        drop = OutputDrop(untouched, list(ctx.calibration_inputs(mixed.JUDGING_BATCHES)), classification=False)
+        quantized = self.quantize(model, ctx)
+        cosine = 1 - drop(quantized)
         if cosine >= floor:
             notes.findings.append(f"cosine to float on the calibration data {cosine:.4f} >= min_cosine {floor:g}")
             return quantized
+        # the first attempt is discarded whole: its transforms and what it noted
         ctx.lineage.transforms[:] = transforms
-        kept, findings = mixed.keep_sensitive(self, untouched, ctx, floor=floor)
-        notes.findings += [f"cosine to float on the calibration data {cosine:.4f} < min_cosine {floor:g}", *findings]
+        notes.findings[:], notes.resolved = findings, resolved
+        kept, ranking = mixed.keep_sensitive(self, untouched, ctx, floor=floor)
+        notes.findings += [f"cosine to float on the calibration data {cosine:.4f} < min_cosine {floor:g}", *ranking]
         self.spec = self.spec.keeping(kept)
-        return self.quantize(untouched, ctx)
+        quantized = self.quantize(untouched, ctx)
+        final = 1 - drop(quantized)
+        if final < floor:  # the trials ran eager; the kept build (another backend, compiled) must meet it too
+            raise UserError(f"min_cosine: with {', '.join(kept)} float the model reaches {final:.4f} < {floor:g}")
+        return quantized
 
     def _faster_of_eager_and_compiled(self, model: nn.Module, ctx: StageContext) -> tuple[nn.Module, bool]:
         compiled = Compiled(model)

@@ -74,13 +74,18 @@ class _FxOrPt2e(QuantizeStage):
         """`observer: auto`: FX int8 with histogram and with min/max activation ranges, judged by the worst
         output's cosine to float on calibration batches after those that set the ranges (on those same
         batches where the calibration data has no more); the closer one is kept and said."""
+        # read once: the training loader reshuffles on every pass, and both builds must see the same batches
         judged = list(ctx.calibration_inputs(self.spec.calibration_batches + JUDGED_BATCHES))
-        judge = judged[self.spec.calibration_batches :] or judged
+        fit, judge = judged[: self.spec.calibration_batches], judged[self.spec.calibration_batches :] or judged
         drop = OutputDrop(model, judge, classification=False)
         built = {}
         for observer in ("histogram", "minmax"):
             transform = QuantizeFx.of(model, self.spec, ctx, observer=observer)
-            quantized = convert(self._observe(prepare(copy.deepcopy(model), transform), ctx))
+            prepared = prepare(copy.deepcopy(model), transform)
+            with torch.no_grad():
+                for inputs in fit:
+                    call(prepared, inputs)
+            quantized = convert(prepared)
             built[observer] = (1 - drop(quantized), quantized, transform)
         chosen = max(built, key=lambda name: built[name][0])
         held_out = (
