@@ -83,11 +83,9 @@ def coarse_ratio(ratios: Sequence[float]) -> float:
     return sorted(ratios)[len(ratios) // 2]
 
 
-def probes(
-    name: str, layer: nn.Module, others: list[str], ratios: Sequence[float], coupled: Sequence[str] = ()
-) -> list[Probe]:
-    """What is tried on `layer` at `ratios`; `others`: every other layer's name (excluded from quantization);
-    `coupled`: the layers Torch-Pruning prunes together with it (`pruning_groups`)."""
+def probes(name: str, ratios: Sequence[float], coupled: Sequence[str] = ()) -> list[Probe]:
+    """The pruning tried on layer `name` at `ratios`; `coupled`: the layers Torch-Pruning prunes together
+    with it (`pruning_groups`)."""
     group = [name, *coupled]
     found = [Probe(f"channel {r:g}", {"kind": "prune", "method": "channel", "amount": r, "include": group})
              for r in ratios]  # fmt: skip
@@ -99,6 +97,7 @@ def probes(
 
 
 def quantization_probes(name: str, layer: nn.Module, others: list[str]) -> list[Probe]:
+    """The quantization tried on layer `name`; `others`: every other layer's name (excluded)."""
     found = [
         Probe("int8", {"kind": "quantize", "mode": "weight_only", "bits": 8, "exclude": others}),
         Probe("static int8", run=static_int8_of(name)),
@@ -175,7 +174,7 @@ def sensitivities(
             row = rows.setdefault(
                 name, LayerSensitivity(name, type(layer).__name__, sum(p.numel() for p in layer.parameters()))
             )
-            found = probes(name, layer, others, pass_ratios, groups.get(name, ()))
+            found = probes(name, pass_ratios, groups.get(name, ()))
             if label == "coarse":
                 found += quantization_probes(name, layer, others)
             for probe in found:
