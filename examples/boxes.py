@@ -9,6 +9,8 @@ metric (mean IoU, and the share of boxes found with IoU >= 0.5), and training us
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,13 +101,20 @@ def box_metrics(model: nn.Module, loader: DataLoader) -> dict[str, float]:
 def train_baseline(path: str, epochs: int = 30, seed: int = 0) -> None:
     """Train the model the recipe compresses (a user brings theirs; the test and demo make this one)."""
     torch.manual_seed(seed)
-    net, loader = model(), DataLoader(data()["train"], batch_size=32, shuffle=True)
+    net = fit(model(), data()["train"], box_loss, epochs)
+    torch.save(net.state_dict(), path)
+
+
+def fit(net: nn.Module, dataset: TensorDataset, loss: Callable[..., torch.Tensor], epochs: int) -> nn.Module:
+    """A plain training loop (AdamW, cosine schedule), as a user would have trained their model."""
+    loader = DataLoader(dataset, batch_size=32, shuffle=True)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
+    net.train()
     for _ in range(epochs):
-        for images, boxes in loader:
+        for inputs, targets in loader:
             optimizer.zero_grad()
-            box_loss(net(images), boxes).backward()
+            loss(net(inputs), targets).backward()
             optimizer.step()
             schedule.step()
-    torch.save(net.state_dict(), path)
+    return net.eval()

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from examples.boxes import images_with_boxes
+from examples.boxes import fit, images_with_boxes
 
 IMAGE_SIZE = 64
 
@@ -75,14 +75,4 @@ def detector_loss(outputs: dict[str, torch.Tensor], boxes: torch.Tensor) -> torc
 def train_baseline(path: str, epochs: int = 40, seed: int = 0) -> None:
     """Train the detector the bench quantizes (each head against its own target, `detector_loss`)."""
     torch.manual_seed(seed)
-    net, loader = model(), DataLoader(data()["train"], batch_size=32, shuffle=True)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
-    for _ in range(epochs):
-        net.train()
-        for images, boxes in loader:
-            optimizer.zero_grad()
-            detector_loss(net(images), boxes).backward()
-            optimizer.step()
-            schedule.step()
-    torch.save(net.eval().state_dict(), path)
+    torch.save(fit(model(), data()["train"], detector_loss, epochs).state_dict(), path)
