@@ -139,7 +139,7 @@ def markdown(result: dict[str, Any], picture: bool) -> str:
     if picture:
         lines += ["", "![sensitivity](sensitivity.png)"]
     suggested = result["suggestions"]
-    pruning = [{"kind": "prune", **suggested["prune"]}] if suggested["prune"]["amount"] is not None else []
+    pruning = [{"kind": "prune", **suggested["prune"]}] if suggested["prune"].get("amount") is not None else []
     snippet = [*pruning, {"kind": "quantize", "mode": "static", "exclude": suggested["quantize"]["exclude"]}]
     lines += [
         "",
