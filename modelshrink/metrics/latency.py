@@ -149,7 +149,7 @@ class InWorker:
 @contextmanager
 def timers(models: Sequence[nn.Module], batches: dict[str, Inputs]) -> Iterator[list[Timer]]:
     """A timer per model: in a worker process for a model on another runtime, here for the rest. A
-    worker that cannot start leaves the model timed here, with a warning (`notes`)."""
+    worker that cannot start leaves the model timed here, with a warning (its `isolation` key)."""
     with ExitStack() as stack:
         made: list[Timer] = []
         for model in models:
