@@ -331,6 +331,11 @@ class StaticQuantSpec(_GraphQuantCommon):
         description="activation ranges: histogram (minimizes the quantization error), minmax, or auto: both built "
         "(backend fx) and the one whose outputs are closer to float on calibration batches kept",
     )
+    bias_correction: bool = Field(
+        default=True,
+        description="backend fx: subtract from each int8 layer's bias the mean shift its rounded weights cause on "
+        "the calibration batches (depthwise convolutions and per-tensor scales shift most)",
+    )
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
         default=None,
         description="the int8 model's mean cosine to the float model (the worst output's) on calibration batches, "

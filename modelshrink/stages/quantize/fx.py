@@ -19,13 +19,13 @@ from torch import nn
 
 from modelshrink.compiled import Compiled
 from modelshrink.errors import UserError, first_line
-from modelshrink.inputs import call, has_integer_inputs
+from modelshrink.inputs import Inputs, call, has_integer_inputs
 from modelshrink.lineage import Lineage, Transform
 from modelshrink.metrics.drop import OutputDrop
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
 from modelshrink.stages.base import StageContext, register
-from modelshrink.stages.quantize import choose, pt2e
+from modelshrink.stages.quantize import bias_correction, choose, pt2e
 from modelshrink.stages.quantize.compiling import QuantizeStage
 from modelshrink.stages.selection import matches_any
 
@@ -57,7 +57,8 @@ class _FxOrPt2e(QuantizeStage):
                 quantized, transform = self._closest_observer(model, ctx)
             else:
                 transform = QuantizeFx.of(model, self.spec, ctx, observer=observer)
-                quantized = convert(self._observe(prepare(model, transform), ctx))
+                quantized, corrected = self._fx_int8(model, transform, ctx)
+                self._note_corrected(corrected, ctx)
         except UserError as exc:  # torch.fx could not trace the model
             if self.spec.backend == "fx" or "cannot trace" not in str(exc):
                 raise
@@ -81,22 +82,39 @@ class _FxOrPt2e(QuantizeStage):
         built = {}
         for observer in ("histogram", "minmax"):
             transform = QuantizeFx.of(model, self.spec, ctx, observer=observer)
-            prepared = prepare(copy.deepcopy(model), transform)
-            with torch.no_grad():
-                for inputs in fit:
-                    call(prepared, inputs)
-            quantized = convert(prepared)
-            built[observer] = (1 - drop(quantized), quantized, transform)
+            quantized, corrected = self._fx_int8(copy.deepcopy(model), transform, ctx, fit)
+            built[observer] = (1 - drop(quantized), quantized, transform, corrected)
         chosen = max(built, key=lambda name: built[name][0])
         held_out = (
             "held-out calibration batches" if len(judged) > self.spec.calibration_batches else "calibration batches"
         )
         ctx.notes_for(self.name).findings.append(
             f"activation observer chosen on {held_out}: {chosen} "
-            f"({'; '.join(f'{name}: cosine {cosine:.4f}' for name, (cosine, _, _) in built.items())})"
+            f"({'; '.join(f'{name}: cosine {built[name][0]:.4f}' for name in built)})"
         )
         ctx.notes_for(self.name).resolved["observer"] = chosen
+        self._note_corrected(built[chosen][3], ctx)
         return built[chosen][1], built[chosen][2]
+
+    def _fx_int8(
+        self, model: nn.Module, transform: QuantizeFx, ctx: StageContext, batches: list[Inputs] | None = None
+    ) -> tuple[nn.Module, list[str]]:
+        """Prepare, let the observers see data (these batches, or the stage's own), convert; static int8
+        with `bias_correction` then cancels each layer's rounding shift: the names of the layers corrected."""
+        prepared = prepare(model, transform)
+        if not getattr(self.spec, "bias_correction", False):
+            return convert(self._observe(prepared, ctx, batches)), []
+        with bias_correction.watching(prepared) as means:
+            self._observe(prepared, ctx, batches)
+        quantized = convert(prepared)
+        return quantized, bias_correction.correct(quantized, means)
+
+    def _note_corrected(self, corrected: list[str], ctx: StageContext) -> None:
+        if corrected:
+            ctx.notes_for(self.name).findings.append(
+                f"bias correction: {len(corrected)} int8 layers' biases shifted back by their weights' mean "
+                "rounding error on the calibration batches"
+            )
 
     @property
     def _measures_both(self) -> bool:
@@ -137,23 +155,23 @@ class _FxOrPt2e(QuantizeStage):
         return quantized
 
     @abstractmethod
-    def _observe(self, prepared: nn.Module, ctx: StageContext) -> nn.Module:
+    def _observe(self, prepared: nn.Module, ctx: StageContext, batches: list[Inputs] | None = None) -> nn.Module:
         """Let the prepared model's observers (or fake quantization) see data."""
 
 
 @register(StaticQuantSpec)
 class StaticQuantize(_FxOrPt2e):
-    def _observe(self, prepared: nn.Module, ctx: StageContext) -> nn.Module:
-        """Calibrate: the observers record activation ranges on training batches."""
+    def _observe(self, prepared: nn.Module, ctx: StageContext, batches: list[Inputs] | None = None) -> nn.Module:
+        """Calibrate: the observers record activation ranges on training batches (or these)."""
         with torch.no_grad():
-            for inputs in ctx.calibration_inputs(self.spec.calibration_batches):
+            for inputs in batches if batches is not None else ctx.calibration_inputs(self.spec.calibration_batches):
                 call(prepared, inputs)
         return prepared
 
 
 @register(QatSpec)
 class QatQuantize(_FxOrPt2e):
-    def _observe(self, prepared: nn.Module, ctx: StageContext) -> nn.Module:
+    def _observe(self, prepared: nn.Module, ctx: StageContext, batches: list[Inputs] | None = None) -> nn.Module:
         """Train with fake quantization, through the one training loop."""
         return ctx.train(prepared, self.spec.qat, self.name, label=f"{self.name} (quantization-aware training)")
 
