@@ -46,6 +46,11 @@ def environment() -> dict[str, Any]:
     }
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or `taskset`'s share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_summary(env: dict[str, Any] | None = None) -> str:
     """One line: CPU model, ISA features, the kernels torch chose, torch version and threads."""
     env = env or environment()

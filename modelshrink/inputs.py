@@ -87,22 +87,31 @@ def output_matrix(outputs: Any) -> torch.Tensor:
 
 
 def output_names(outputs: Any) -> list[str]:
-    """The name of each tensor `output_matrix` joins, in its order: the key path into the outputs
-    (`boxes`, `0`, `0.scores`), or `output` for a model with one output tensor."""
+    """The name of each tensor `output_matrix` joins, in its order: the keys on the path into the outputs
+    joined by dots (`boxes`, `0`, `0.scores`), or `output` for a model with one output tensor. Keys that
+    join to the same name (`{"a.b": x, "a": {"b": y}}`) are named by their exact paths (`['a.b']`)
+    instead, so that every output has a name of its own to be reported and gated by."""
     from torch.utils._pytree import keystr, tree_flatten_with_path
 
     leaves = [(path, x) for path, x in tree_flatten_with_path(outputs)[0] if isinstance(x, torch.Tensor) and x.dim()]
     if not leaves:
         return []
     rows = leaves[0][1].shape[0]
-    names = [_plain_key(keystr(path)) for path, x in leaves if x.shape[0] == rows]
-    return ["output"] if names == [""] else names
+    paths = [path for path, x in leaves if x.shape[0] == rows]
+    names = [_plain_key(path) for path in paths]
+    if names == [""]:
+        return ["output"]
+    if len(set(names)) < len(names) or "" in names:
+        names = [keystr(path) for path in paths]
+    if len(set(names)) < len(names):  # keys whose reprs collide too: their positions tell them apart
+        names = [f"{name}#{index}" for index, name in enumerate(names)]
+    return names
 
 
-def _plain_key(path: str) -> str:
-    """`['boxes']` -> `boxes`, `[0]['scores']` -> `0.scores`, `.logits` -> `logits`."""
-    parts = [part.strip("'\"") for part in path.replace("]", "[").replace(".", "[").split("[") if part]
-    return ".".join(parts)
+def _plain_key(path: tuple[Any, ...]) -> str:
+    """The keys on a pytree path, joined by dots: `['boxes']` -> `boxes`, `[0]['scores']` -> `0.scores`,
+    `.logits` -> `logits`; a key's own dots and brackets are kept as they are."""
+    return ".".join(str(getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", entry)))) for entry in path)
 
 
 def output_widths(outputs: Any) -> list[int]:

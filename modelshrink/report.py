@@ -16,7 +16,7 @@ from modelshrink import escape
 from modelshrink.compare import environment_warnings, table
 from modelshrink.constraints import GateResult, shown
 from modelshrink.descriptors import Latency, MetricDescriptor, Metrics, report_metrics, speedup
-from modelshrink.environment import HALF_PRECISION_ISA, cpu_summary, environment
+from modelshrink.environment import HALF_PRECISION_ISA, cpu_summary, environment, usable_cores
 from modelshrink.plots import text_bars
 from modelshrink.version import __version__
 
@@ -183,6 +183,12 @@ def _timing_findings(
                 f"({'; '.join(latency['warnings'])}): treat its times as noise; another process may be using the "
                 "CPU (evaluate.latency.threads below the idle cores steadies them)"
             )
+    threads, cores = (baseline.get("latency_ms") or {}).get("threads"), usable_cores()
+    if threads and threads > cores:
+        notes.append(
+            f"latency measured with {threads} threads on {cores} usable cores: the threads take turns, so times "
+            f"rise and vary; set evaluate.latency.threads to at most {cores}"
+        )
     attempts = (baseline.get("latency_ms") or {}).get("attempts", 1)
     if attempts > 1 and not notes:
         why = [f"{name}: {'; '.join(m['latency_ms']['remeasured'])}" for name, m in timed

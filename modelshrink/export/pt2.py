@@ -26,7 +26,8 @@ from modelshrink.compiled import Compiled
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
 from modelshrink.export.base import Exported, register
-from modelshrink.inputs import Inputs, as_args
+from modelshrink.inputs import Inputs, as_args, output_matrix, output_widths
+from modelshrink.metrics.similarity import worst_output_cosine
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import Pt2Export
 from modelshrink.stages.quantize.pt2e import ExportedGraph
@@ -100,9 +101,9 @@ def package(program: torch.export.ExportedProgram, path: str, freezing: bool) ->
 
 
 def cosine(outputs: Any, expected: Any) -> float:
-    """Mean cosine of the first outputs' samples."""
-    out, ref = (o[0] if isinstance(o, tuple | list) else o for o in (outputs, expected))
-    return torch.nn.functional.cosine_similarity(out.flatten(1).float(), ref.flatten(1).float(), dim=1).mean().item()
+    """Mean cosine of the samples, the worst output's for a model with several."""
+    pair = [(output_matrix(outputs), output_matrix(expected))]
+    return worst_output_cosine(pair, output_widths(expected))
 
 
 def fixed_batch(program: torch.export.ExportedProgram) -> int | None:

@@ -31,6 +31,7 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.inputs import batch_size, call, logits, output_matrix, output_names, output_widths
+from modelshrink.metrics.similarity import sample_cosines
 
 NAN = math.nan
 
@@ -79,7 +80,7 @@ class _Closeness:
         self.cosine = self.squared_error = self.squared_reference = self.max_error = 0.0
 
     def add(self, out: torch.Tensor, ref: torch.Tensor) -> None:
-        self.cosine += F.cosine_similarity(out, ref, dim=1).sum().item()
+        self.cosine += sample_cosines(out, ref).sum().item()
         difference = out - ref
         self.max_error = max(self.max_error, difference.abs().max().item()) if difference.numel() else self.max_error
         self.squared_error += difference.square().sum().item()

@@ -11,6 +11,7 @@ from torch import nn
 
 from modelshrink.inputs import Inputs, call, output_matrix, output_widths
 from modelshrink.metrics.accuracy import classifies, label_kind
+from modelshrink.metrics.similarity import worst_output_cosine
 
 if TYPE_CHECKING:
     from modelshrink.data.bundle import DataBundle
@@ -47,11 +48,4 @@ class OutputDrop:
 
     def cosine(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """Mean cosine over the batches, per output; the lowest of them."""
-        per_output = [
-            torch.cat([
-                nn.functional.cosine_similarity(out, want, dim=1)
-                for out, want in ((o.split(self.widths, 1)[i], w.split(self.widths, 1)[i]) for o, w in pairs)
-            ]).mean().item()
-            for i in range(len(self.widths))
-        ]  # fmt: skip
-        return min(per_output)
+        return worst_output_cosine(pairs, self.widths)

@@ -217,9 +217,12 @@ def parse_path(key: str) -> list[str | int]:
 
 
 def format_path(path: Iterable[str | int]) -> str:
+    """`stages[0].amount`; a key that is not one line of printable text is shown as its repr, so that an
+    error about it stays one line and shows what is odd about the key."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        key = part if isinstance(part, int) or part.isprintable() else repr(part)
+        out += f"[{key}]" if isinstance(part, int) else (f".{key}" if out else key)
     return out or "recipe"
 
 

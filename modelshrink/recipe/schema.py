@@ -9,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from modelshrink.descriptors import METRICS
 from modelshrink.plugins import TARGET_RE
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A recipe section: unknown keys refused, immutable, and no NaN or infinite number (a NaN bound
+    would pass every comparison; `.inf` is no limit a recipe needs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _open_fraction(value: float) -> float:
@@ -64,6 +67,25 @@ ImageSize = Annotated[int, Field(ge=8, le=4096)]
 Repeats = Annotated[int, Field(ge=1, le=1_000_000)]  # epochs, steps, batches, timed iterations
 MAX_BATCH_BYTES = 16 * 2**30  # one batch of float32 inputs
 PositiveFloat = Annotated[float, Field(gt=0)]
+MAX_THREADS = 1024
+
+
+def _position_as_name(value: Any) -> Any:
+    """YAML reads `outputs: {0: ...}` with an integer key; report.json names that output "0"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be one line of printable text")
+    return value
+
+
+# one output of a model with several, as report.json's `outputs` names it: a key (`scores`) or a position
+# (`0`); one line of printable text, as it is echoed in gate messages
+OutputName = Annotated[
+    str, BeforeValidator(_position_as_name), Field(min_length=1, max_length=200), AfterValidator(_printable)
+]
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -303,7 +325,9 @@ class LatencySpec(Strict):
     )
     warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 3
     iterations: Repeats = 20
-    threads: PositiveInt | None = Field(default=None, description="torch threads; default: all cores")
+    threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = Field(
+        default=None, description="threads of torch, ONNX Runtime and OpenVINO; default: all cores"
+    )
 
 
 class CustomMetricSpec(Strict):
@@ -402,7 +426,7 @@ class _NamedGates(Strict):
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
         default=None, description="mean cosine similarity of the final model's outputs to the original's"
     )
-    outputs: dict[Annotated[str, Field(min_length=1, max_length=200)], OutputBounds] = Field(
+    outputs: dict[OutputName, OutputBounds] = Field(
         default_factory=dict,
         description="per output of a model with several, by the name report.json's `outputs` gives it "
         "(a key such as `scores`, or a position such as `0`), e.g. {scores: {min_cosine: 0.99}}",

@@ -19,6 +19,7 @@ from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
 from modelshrink.recipe.schema import (
     Fraction,
     ModelSpec,
+    OutputName,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -151,7 +152,7 @@ class DistillSpec(TrainingSettings, BaseStageSpec):
     alpha: Probability = 0.7
     hints: list[HintSpec] = Field(default_factory=list)
     hint_weight: Annotated[float, Field(ge=0)] = 1.0
-    outputs: dict[Annotated[str, Field(min_length=1, max_length=200)], OutputLoss] = Field(
+    outputs: dict[OutputName, OutputLoss] = Field(
         default_factory=dict,
         description="per output of a model with several, by the name report.json's `outputs` gives it "
         "(`boxes`, `0`): {weight, loss}; outputs not named get weight 1 and mse",

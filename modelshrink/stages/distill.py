@@ -131,8 +131,17 @@ class OutputTerms:
         if unknown:
             have = f"its outputs: {', '.join(self.names)}" if self.several else "it has one output"
             raise UserError(f"distill outputs: the model has no output named {', '.join(unknown)} ({have})")
+        if spec.outputs and not self.several:
+            raise UserError(
+                "distill outputs: the model has one output, so there is nothing to weigh; remove `outputs` "
+                "(it weighs the outputs of a model with several)"
+            )
         chosen = [spec.outputs.get(name) for name in self.names]
         self.weights = [c.weight if c else 1.0 for c in chosen]
+        if self.several and not any(self.weights):
+            raise UserError("distill outputs: every output has weight 0, so the student would learn nothing from "
+                            "the teacher; give at least one output a weight above 0")  # fmt: skip
+        self.normalized = spec.normalize_outputs
         self.losses = [c.loss if c else "mse" for c in chosen]
         self.scales = [1.0] * len(self.names)
         if self.several and spec.normalize_outputs:
@@ -178,9 +187,13 @@ class OutputTerms:
         notes = [f"teacher loss per output: {', '.join(f'{n} {share:.0%}' for n, share in shares.items())}"]
         for name, share in shares.items():
             if share >= DOMINANT:
+                weight = self.weights[self.names.index(name)]
+                advice = f"weigh it down with `outputs: {{{name}: {{weight: {weight / 10:g}}}}}`"
+                if not self.normalized:
+                    advice += " or turn normalize_outputs on"
                 notes.append(
-                    f"output {name} took {share:.0%} of the teacher loss: the other outputs barely learned from the "
-                    f"teacher; weigh them up with `outputs: {{{name}: {{weight: ...}}}}` (or keep normalize_outputs on)"
+                    f"output {name} took {share:.0%} of the teacher loss: the other outputs barely learned from "
+                    f"the teacher; {advice}"
                 )
         return notes
 

@@ -135,3 +135,16 @@ def test_output_drop_scores_sentence_embeddings_by_cosine_and_logits_by_agreemen
     drop = OutputDrop(embed, [x], is_classifier(embed, x, "auto", unlabeled))
     cosine = nn.functional.cosine_similarity(other(x), embed(x), dim=1).mean().item()
     assert drop(other) == pytest.approx(1 - cosine, abs=1e-6) and 0 < drop(other) < 0.05
+
+
+def test_more_latency_threads_than_usable_cores_is_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelshrink import report
+
+    monkeypatch.setattr(report, "usable_cores", lambda: 2)
+    baseline = {"latency_ms": {"threads": 8, "attempts": 1}}
+    notes = report._timing_findings(baseline, [], [])
+    assert notes == [
+        "latency measured with 8 threads on 2 usable cores: the threads take turns, so times rise and vary; "
+        "set evaluate.latency.threads to at most 2"
+    ]
+    assert report._timing_findings({"latency_ms": {"threads": 2, "attempts": 1}}, [], []) == []

@@ -104,7 +104,10 @@ def test_distillation_weighs_outputs_by_their_scale_and_says_when_one_dominates(
     plain, normalized = distilled(normalize=False), distilled(normalize=True)
     scores = [s.metrics["outputs"]["scores"]["cosine"] for s in (plain, normalized)]
     assert scores[1] > scores[0], "scaled to its teacher, the small output learns too"
-    assert any("output boxes took" in f and "of the teacher loss" in f for f in plain.notes["findings"])
+    dominant = [f for f in plain.notes["findings"] if f.startswith("output boxes took")]
+    assert (
+        dominant and "weigh it down with `outputs: {boxes: {weight: 0.1}}` or turn normalize_outputs on" in dominant[0]
+    )
     assert not any("took" in f for f in normalized.notes["findings"])
     assert any(f.startswith("teacher loss per output: boxes ") for f in normalized.notes["findings"])
 
@@ -115,3 +118,60 @@ def test_distillation_outputs_must_name_outputs_of_the_model() -> None:
         UserError, match=r"distill outputs: the model has no output named landmarks \(its outputs: boxes, scores\)"
     ):
         compress(two_heads(), stages, data=unlabeled(), evaluate=FAST_EVAL)
+
+
+def test_a_sample_whose_outputs_equal_the_references_has_cosine_one_even_where_they_are_zeros() -> None:
+    from modelshrink.metrics.similarity import sample_cosines
+
+    zeros, ones = torch.zeros(2, 3), torch.ones(2, 3)
+    assert sample_cosines(zeros, zeros).tolist() == [1.0, 1.0], "torch's cosine of two zero rows is 0"
+    assert sample_cosines(ones, zeros).tolist() == [0.0, 0.0], "a zero reference is not matched by ones"
+    relu = nn.Sequential(nn.Flatten(), nn.Linear(48, 4), nn.ReLU()).eval()
+    with torch.no_grad():
+        relu[1].bias.fill_(-100.0)  # every output a zero
+    data = unlabeled(64)
+    _, reference = evaluate_outputs(relu, data.val, labeled=False)
+    metrics, _ = evaluate_outputs(relu, data.val, labeled=False, reference=reference)
+    assert metrics["cosine"] == 1.0, "the model itself is as close to itself as can be"
+
+
+def test_outputs_whose_keys_join_alike_keep_names_of_their_own() -> None:
+    from modelshrink.inputs import output_names
+
+    x = torch.zeros(2, 3)
+    assert output_names({"boxes": x, "scores": [x, x]}) == ["boxes", "scores.0", "scores.1"]
+    assert output_names({"a.b": x, "c": x}) == ["a.b", "c"], "a key's own dot is kept"
+    names = output_names({"a.b": x, "a": {"b": x}})
+    assert len(set(names)) == 2 and names == ["['a.b']", "['a']['b']"]
+
+
+def test_timed_choices_judge_a_model_by_its_worst_output() -> None:
+    from modelshrink.stages.quantize import choose
+
+    model = two_heads().eval()
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.scores.weight.mul_(-1)
+    batches = [(torch.randn(16, 3, 4, 4),)]
+    assert choose.cosine(broken, model, batches) < 0, "joined, the boxes would have hidden the reversed scores"
+    assert choose.cosine(model, model, batches) == 1.0
+
+
+def test_distillation_outputs_that_cannot_teach_are_refused_and_positions_may_be_yaml_integers() -> None:
+    from modelshrink.recipe.load import parse_recipe
+
+    zero = [{"kind": "distill", "epochs": 1, "outputs": {"boxes": {"weight": 0}, "scores": {"weight": 0}}}]
+    with pytest.raises(UserError, match="every output has weight 0"):
+        compress(two_heads(), zero, data=unlabeled(), evaluate=FAST_EVAL)
+    single = [{"kind": "distill", "epochs": 1, "outputs": {"output": {"weight": 2}}}]
+    with pytest.raises(UserError, match="the model has one output, so there is nothing to weigh"):
+        compress(nn.Sequential(nn.Flatten(), nn.Linear(48, 4)), single, data=unlabeled(), evaluate=FAST_EVAL)
+    text = """
+model: {factory: "modelshrink.models.zoo:mlp"}
+data: {kind: synthetic}
+stages: [{kind: distill, outputs: {0: {weight: 2.0}, 1: {loss: kl}}}]
+constraints: {outputs: {1: {min_cosine: 0.9}}}
+output: {dir: out}
+"""
+    recipe = parse_recipe(text)
+    assert set(recipe.stages[0].outputs) == {"0", "1"} and set(recipe.constraints.outputs) == {"1"}

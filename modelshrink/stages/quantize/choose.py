@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from modelshrink.inputs import Inputs, batch_size, call, output_matrix
+from modelshrink.inputs import Inputs, batch_size, call, output_matrix, output_widths
 from modelshrink.metrics.latency import time_round_robin
+from modelshrink.metrics.similarity import worst_output_cosine
 
 TOLERANCE = 0.001  # cosine to float within which variants count as equally good
 TIMED_RUNS = 5
@@ -42,12 +42,12 @@ class Trial:
 
 @torch.inference_mode()
 def cosine(model: nn.Module, reference: nn.Module, batches: Sequence[Inputs]) -> float:
-    """Mean per-sample cosine of `model`'s outputs to `reference`'s on `batches`."""
+    """Mean per-sample cosine of `model`'s outputs to `reference`'s on `batches`: the worst output's, for a
+    model with several (as `min_cosine` and the report judge it)."""
     model.eval(), reference.eval()
-    return torch.cat([
-        F.cosine_similarity(output_matrix(call(model, batch)), output_matrix(call(reference, batch)), dim=1)
-        for batch in batches
-    ]).mean().item()  # fmt: skip
+    expected = [call(reference, batch) for batch in batches]
+    pairs = [(output_matrix(call(model, b)), output_matrix(want)) for b, want in zip(batches, expected, strict=True)]
+    return worst_output_cosine(pairs, output_widths(expected[0]))
 
 
 @torch.inference_mode()
