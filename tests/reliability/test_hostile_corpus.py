@@ -422,7 +422,7 @@ CASES = [
     Case("epochs zero", run_recipe(stages=[{"kind": "finetune", "epochs": 0}]), message="epochs"),
     Case("gate bound NaN", run_recipe(constraints={"accuracy": {"min": float("nan")}}), message="constraints"),
     Case("gate bound infinite", run_recipe(constraints={"latency_b1": {"max": float("inf")}}), message="constraints"),
-    Case("distill weight infinite", run_recipe(stages=[{"kind": "distill", "outputs": {"0": {"weight": float("inf")}}}]),
+    Case("distill weight infinite", run_recipe(stages=[{"kind": "distill", "outputs": {"0": {"weight": math.inf}}}]),
          message="weight"),
     Case("output name with a newline", run_recipe(constraints={"outputs": {"a\nb": {"min_cosine": 0.9}}}),
          message="outputs"),
