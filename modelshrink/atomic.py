@@ -16,6 +16,7 @@ def stage_directory(target: Path, files: dict[str, bytes]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the output the user's alone
         for name, data in files.items():
             with open(staging / name, "wb") as fh:
                 fh.write(data)
@@ -25,6 +26,19 @@ def stage_directory(target: Path, files: dict[str, bytes]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return staging
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def commit_directory(staging: Path, target: Path, replace: bool) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -40,10 +41,14 @@ def artifact_name(checkpoint_name: str) -> str:
     return f"{checkpoint_name.rsplit('.', 1)[0]}{SUFFIX}"
 
 
+MAX_RECORD_BYTES = 4096  # a record is a few lines of JSON; anything larger is not one of ours
+
+
 def trusted_dir() -> Path:
-    """Where this user's runs record the packages they wrote (`$XDG_CACHE_HOME/modelshrink/compiled`)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "modelshrink" / "compiled"
+    """Where this user's runs record the packages they wrote (`$XDG_CACHE_HOME/modelshrink/compiled`; a
+    relative XDG_CACHE_HOME is ignored, as the XDG spec says, so the working directory never decides)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "modelshrink" / "compiled"
 
 
 def built_for(checkpoint: bytes) -> dict[str, Any]:
@@ -57,10 +62,11 @@ def built_for(checkpoint: bytes) -> dict[str, Any]:
     }
 
 
-def _private(path: Path) -> bool:
-    """Owned by this user and writable by no one else (a shared cache directory must not vouch for code)."""
+def _private(path: Path, kind: int) -> bool:
+    """A real directory or file (`kind`: stat.S_IFDIR, S_IFREG; no link, no FIFO that would block a read),
+    owned by this user and writable by no one else (a shared cache directory must not vouch for code)."""
     info = path.lstat()
-    return info.st_uid == os.getuid() and not info.st_mode & 0o022
+    return stat.S_IFMT(info.st_mode) == kind and info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def package(model: Compiled, example: Inputs) -> tuple[bytes, float]:
@@ -79,6 +85,8 @@ def record(blob: bytes, checkpoint: bytes) -> str | None:
     try:
         folder = trusted_dir()
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if folder.is_symlink() or not folder.is_dir():
+            return f"{folder} is a link or not a directory: no record is written through it"
         folder.chmod(0o700)
         fd, scratch = tempfile.mkstemp(dir=folder, prefix=".record-")
         with os.fdopen(fd, "w") as file:
@@ -94,11 +102,16 @@ def usable(blob: bytes, checkpoint: bytes) -> str | None:
     try:
         folder = trusted_dir()
         entry = folder / hashlib.sha256(blob).hexdigest()
-        if not (_private(folder) and _private(entry)):
-            return "its record is not yours alone"
-        made_for = json.loads(entry.read_text())
-    except (OSError, RuntimeError, ValueError):
+        if not (_private(folder, stat.S_IFDIR) and _private(entry, stat.S_IFREG)):
+            return "its record is not a file yours alone"
+        with entry.open("rb") as file:
+            made_for = json.loads(file.read(MAX_RECORD_BYTES + 1))
+    except (OSError, RuntimeError):
         return "no run of yours on this machine wrote it"
+    except ValueError:
+        made_for = None
+    if not isinstance(made_for, dict):
+        return "its record is damaged (not one of ours)"
     if made_for.get("checkpoint") != hashlib.sha256(checkpoint).hexdigest():
         return "it was built for another checkpoint"
     if made_for != built_for(checkpoint):

@@ -9,6 +9,7 @@ each export within 0.01 of PyTorch int8.
 
     .venv/bin/python scripts/bench_static_int8.py                  # trains runs/detector.pt once (~4 min)
     .venv/bin/python scripts/bench_static_int8.py --min-cosine 0.995
+    .venv/bin/python scripts/bench_static_int8.py --no-per-channel --no-bias-correction   # what each adds
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from modelshrink.environment import cpu_summary, environment
 TARGET, EXPORT_GAP = 0.99, 0.01
 
 
-def recipe(checkpoint: Path, out: Path, min_cosine: float | None) -> dict:
-    stage = {"kind": "quantize", "mode": "static", "calibration_batches": 2}
+def recipe(checkpoint: Path, out: Path, args: argparse.Namespace) -> dict:
+    stage = {"kind": "quantize", "mode": "static", "calibration_batches": 2, "per_channel": args.per_channel,
+             "bias_correction": args.bias_correction}  # fmt: skip
+    min_cosine = args.min_cosine
     if min_cosine is not None:
         stage["min_cosine"] = min_cosine
     return {
@@ -51,13 +54,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/detector.pt"))
     parser.add_argument("--min-cosine", type=float, default=None)
+    parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     if not args.checkpoint.exists():
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         train_baseline(str(args.checkpoint))
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "recipe.yaml"
-        path.write_text(yaml.safe_dump(recipe(args.checkpoint.resolve(), Path(scratch) / "out", args.min_cosine)))
+        path.write_text(yaml.safe_dump(recipe(args.checkpoint.resolve(), Path(scratch) / "out", args)))
         result = CliRunner().invoke(app, ["run", str(path), "--json"])
         if result.exit_code not in (0, 1):
             sys.exit(f"the run failed: {result.stderr.strip()}")

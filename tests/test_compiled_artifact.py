@@ -73,3 +73,33 @@ def test_a_reloaded_compiled_checkpoint_runs_its_runs_package_and_a_foreign_one_
     assert "model.compiled.pt2 not used (no run of yours on this machine wrote it)" in stderr
     assert foreign["frames"] > 0, "compiled on its first call, as without a package"
     torch.testing.assert_close(torch.tensor(foreign["out"]), expected, rtol=0, atol=1e-2)  # within an int8 step
+
+
+def test_records_that_are_not_plain_files_of_ours_vouch_for_nothing_and_block_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from modelshrink import compiled_artifact
+
+    blob, checkpoint = b"native code", b"weights"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert compiled_artifact.record(blob, checkpoint) is None
+    assert compiled_artifact.usable(blob, checkpoint) is None, "a record of ours vouches"
+    entry = compiled_artifact.trusted_dir() / hashlib.sha256(blob).hexdigest()
+    entry.write_text("[1, 2]")
+    assert compiled_artifact.usable(blob, checkpoint) == "its record is damaged (not one of ours)"
+    entry.unlink()
+    os.mkfifo(entry, 0o600)  # a read would block forever
+    assert compiled_artifact.usable(blob, checkpoint) == "its record is not a file yours alone"
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (tmp_path / "linked" / "modelshrink").mkdir(parents=True)
+    (tmp_path / "linked" / "modelshrink" / "compiled").symlink_to(elsewhere)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "linked"))
+    assert "is a link" in compiled_artifact.record(blob, checkpoint)
+    assert list(elsewhere.iterdir()) == [] and elsewhere.stat().st_mode & 0o777 == 0o755, "not written or chmod-ed"
+
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert compiled_artifact.trusted_dir() == Path.home() / ".cache" / "modelshrink" / "compiled"

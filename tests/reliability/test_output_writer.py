@@ -182,3 +182,15 @@ def test_sigterm_while_writing_leaves_no_temporary_files(tmp_path: Path) -> None
     assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted"), done.stderr
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left in (["r.yaml"], [".out.resume", "r.yaml"]), left  # progress for --resume may stay, nothing else
+
+
+def test_an_output_directory_gets_the_users_umask_not_a_temporary_directorys_0700(tmp_path: Path) -> None:
+    from modelshrink.atomic import commit_directory, stage_directory
+
+    previous = os.umask(0o027)
+    try:
+        target = tmp_path / "out"
+        commit_directory(stage_directory(target, {"a.txt": b"x"}), target, replace=False)
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o750, "a teammate in the group can read the run's outputs"
