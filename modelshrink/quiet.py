@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelshrink import escape
+
 # torch logs this (not a warning, so `quiet` cannot catch it) whenever torchao is imported, e.g. by transformers
 # while a Hugging Face model is built: it would stand before the one line a refused input gets.
 _IMPORT_NOTICES = ("is an Enum subclass and is now natively supported by torch.compile",)
@@ -81,6 +83,8 @@ class _Counting(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         ours = record.name.split(".")[0] == "modelshrink" or record.thread != self.thread
+        if not ours:  # a library's message may hold a model's or a file's strings: shown inert
+            record.msg, record.args = escape.text(record.getMessage()), None
         if not ours and record.levelno >= logging.WARNING:
             self.notices.add(f"{record.name.split('.')[0]} ({record.levelname.lower()})", record.getMessage())
         for handler in self.original if ours else self.passing:
@@ -103,8 +107,8 @@ def collected(show: bool | None = None) -> Iterator[Notices]:
 
     def record(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None):
         notices.add(category.__name__, str(message))
-        if show:  # as Python shows it (not through an enclosing collector, which would count it again)
-            (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+        if show:  # as Python shows it (not through an enclosing collector, which would count it again), inert
+            (file or sys.stderr).write(escape.text(warnings.formatwarning(message, category, filename, lineno, line)))
 
     root = logging.getLogger()
     loggers = [root, *(logger for logger in logging.Logger.manager.loggerDict.values()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from modelshrink.cli import app
 
 NOISE = "a library's notice that repeats on every call"
+FORGED = "a notice naming a layer \x1b[2J\x1b]0;pwned\x07 from the model"
 
 
 def noisy_metric(model, loader) -> dict[str, float]:
@@ -19,6 +20,8 @@ def noisy_metric(model, loader) -> dict[str, float]:
     for _ in range(40):
         warnings.warn(NOISE, UserWarning, stacklevel=1)
         logging.getLogger("somelibrary.module").warning("a logged notice")
+    warnings.warn(FORGED, UserWarning, stacklevel=1)
+    logging.getLogger("somelibrary.module").warning("logged: %s", FORGED)
     return {"noisy": 1.0}
 
 
@@ -37,4 +40,15 @@ def test_library_warnings_become_one_finding_each_and_verbose_shows_them(recipe_
     shown = CliRunner().invoke(app, ["run", str(recipe), "--force", "--verbose"])
     assert shown.exit_code == 0, shown.stderr
     assert shown.stderr.count(f"UserWarning: {NOISE}") == 80
-    assert len([r for r in caplog.records if r.name.startswith("somelibrary")]) == 80  # the log handlers there were
+    assert len([r for r in caplog.records if r.name.startswith("somelibrary")]) == 82  # the log handlers there were
+
+
+def test_verbose_shows_a_librarys_warnings_inert(recipe_file, capsys) -> None:
+    recipe = recipe_file(evaluate={"metrics": ["tests.cli.test_library_warnings:noisy_metric"],
+                                   "latency": {"batch_size": 2, "warmup": 0, "iterations": 2}})  # fmt: skip
+    shown = CliRunner().invoke(app, ["run", str(recipe), "--verbose"])
+    assert shown.exit_code == 0, shown.stderr
+    everything = shown.stderr + shown.stdout + capsys.readouterr().err
+    assert "\x1b" not in everything and "\x07" not in everything, "no escape sequence reaches the terminal"
+    assert "a notice naming a layer \\x1b[2J" in shown.stderr, "shown visibly instead"
+    assert "logged: a notice naming a layer \\x1b[2J" in everything
