@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -182,15 +182,27 @@ def run(
             read_report(compare_to)  # a missing or foreign file: one line naming it, before any work
             overrides.append(f"constraints.compare_to={json.dumps(str(compare_to))}")
         try:
-            report = modelshrink.run_recipe(
-                recipe, output_dir=output, force=force, resume=resume, overrides=overrides, trust=trust or [],
-                junit=junit, verbose=verbose,
-            )  # fmt: skip
+            with _prints_to_stderr(as_json):
+                report = modelshrink.run_recipe(
+                    recipe, output_dir=output, force=force, resume=resume, overrides=overrides, trust=trust or [],
+                    junit=junit, verbose=verbose,
+                )  # fmt: skip
         except ConstraintFailed as exc:
             _print_report(exc.report, as_json)  # a failed gate still shows (and has written) its numbers
             raise
         if report is not None:  # None on the other ranks of a multi-process run
             _print_report(report, as_json)
+
+
+@contextmanager
+def _prints_to_stderr(as_json: bool) -> Iterator[None]:
+    """With --json, stdout carries the JSON alone: what the user's code (a factory, a metric) or a library
+    prints meanwhile goes to stderr, where it cannot break a `| jq` downstream."""
+    if not as_json:
+        yield
+        return
+    with redirect_stdout(sys.stderr):
+        yield
 
 
 def _stdout() -> Any:
@@ -453,7 +465,7 @@ def inspect(
     trust: TrustOption = None,
 ) -> None:
     """Per-layer name, type, shape, dtype, params and sparsity; totals and size on disk."""
-    with _exit_codes():
+    with _exit_codes(), _prints_to_stderr(as_json):
         info = modelshrink.inspect(path, allow_pickle=allow_pickle, trust=trust or [])
     if as_json:
         from modelshrink.escape import strict_json

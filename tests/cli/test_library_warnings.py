@@ -52,3 +52,17 @@ def test_verbose_shows_a_librarys_warnings_inert(recipe_file, capsys) -> None:
     assert "\x1b" not in everything and "\x07" not in everything, "no escape sequence reaches the terminal"
     assert "a notice naming a layer \\x1b[2J" in shown.stderr, "shown visibly instead"
     assert "logged: a notice naming a layer \\x1b[2J" in everything
+
+
+def chatty_metric(model, loader) -> dict[str, float]:
+    print("epoch 1/1 done, loss 0.25")  # a user's code that prints, as research code does
+    return {"chatty": 1.0}
+
+
+def test_json_output_is_the_report_alone_while_the_users_code_prints(recipe_file) -> None:
+    recipe = recipe_file(evaluate={"metrics": ["tests.cli.test_library_warnings:chatty_metric"],
+                                   "latency": {"batch_size": 2, "warmup": 0, "iterations": 2}})  # fmt: skip
+    result = CliRunner().invoke(app, ["run", str(recipe), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["final"]["custom"]["chatty"] == 1.0, "stdout parses as report.json"
+    assert "epoch 1/1 done" in result.stderr, "what the user printed is still shown"
