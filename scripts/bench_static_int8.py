@@ -9,7 +9,7 @@ each export within 0.01 of PyTorch int8.
 
     .venv/bin/python scripts/bench_static_int8.py                  # trains runs/detector.pt once (~4 min)
     .venv/bin/python scripts/bench_static_int8.py --min-cosine 0.995
-    .venv/bin/python scripts/bench_static_int8.py --no-per-channel --no-bias-correction   # what each adds
+    .venv/bin/python scripts/bench_static_int8.py --no-per-channel [--bias-correction]   # what each adds
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/detector.pt"))
     parser.add_argument("--min-cosine", type=float, default=None)
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args()
     if not args.checkpoint.exists():
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
