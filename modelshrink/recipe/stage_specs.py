@@ -317,9 +317,22 @@ class _GraphQuantCommon(_QuantizeCommon):
 
     @model_validator(mode="after")
     def _pt2e_defaults(self) -> _GraphQuantCommon:
-        if self.backend == "pt2e" and (getattr(self, "observer", "histogram") != "histogram" or not self.per_channel):
-            raise ValueError("backend pt2e uses torchao's x86 defaults: histogram observers, per-channel weights")
+        if self.backend == "pt2e" and self.fx_only_settings():
+            raise ValueError(
+                f"backend pt2e uses torchao's x86 defaults (histogram observers, per-channel weights, no bias "
+                f"correction): {', '.join(self.fx_only_settings())} needs backend fx or auto"
+            )
         return self
+
+    def fx_only_settings(self) -> list[str]:
+        """The settings given that only the fx backend applies (PT2E runs torchao's x86 defaults)."""
+        observer = getattr(self, "observer", "histogram")
+        given = {
+            f"observer: {observer}": observer != "histogram",
+            "per_channel: false": not self.per_channel,
+            "bias_correction: true": getattr(self, "bias_correction", False),
+        }
+        return [setting for setting, differs in given.items() if differs]
 
 
 class StaticQuantSpec(_GraphQuantCommon):

@@ -104,6 +104,17 @@ def test_backend_pt2e_on_torchvision_resnet18_keeps_outputs_and_rebuilds() -> No
     assert torch.equal(rebuilt(x), result.model(x))
 
 
+def test_settings_only_fx_applies_are_said_not_applied_when_pt2e_runs_instead() -> None:
+    stage = {"kind": "quantize", "mode": "static", "observer": "minmax", "per_channel": False, "compile": False,
+             "calibration_batches": 1}  # fmt: skip
+    result = compress(Picky(), [stage], data=DATA, evaluate=FAST_EVAL)
+    [finding] = [f for f in result.stages[0].notes["findings"] if "instead (torchao's x86 defaults)" in f]
+    assert finding.endswith("; observer: minmax, per_channel: false not applied (the fx backend's alone)")
+    with pytest.raises(ValueError, match="bias_correction: true needs backend fx or auto"):
+        compress(Picky(), [{"kind": "quantize", "mode": "static", "backend": "pt2e", "bias_correction": True}],
+                 data=DATA, evaluate=FAST_EVAL)  # fmt: skip
+
+
 def test_a_model_no_tracer_can_capture_gets_one_line() -> None:
     with pytest.raises(UserError, match=r"cannot export the model with torch\.export \(strict: .*; non-strict: "):
         compress(ValueDependent(), [{"kind": "quantize", "mode": "static"}], data=DATA, evaluate=FAST_EVAL)

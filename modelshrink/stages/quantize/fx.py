@@ -48,7 +48,9 @@ class _FxOrPt2e(QuantizeStage):
             # which its histogram observers cannot take; PT2E's quantizer annotates float ops only.
             if self.spec.backend == "fx":
                 raise UserError("backend fx cannot observe integer inputs (token ids, masks); use backend: pt2e")
-            ctx.notes_for(self.name).findings.append("integer inputs: quantized through torch.export and PT2E")
+            ctx.notes_for(self.name).findings.append(
+                f"integer inputs: quantized through torch.export and PT2E{self._not_applied()}"
+            )
             return self._pt2e(model, ctx)
         untouched = copy.deepcopy(model) if self._measures_both else None
         observer = getattr(self.spec, "observer", None)
@@ -63,7 +65,7 @@ class _FxOrPt2e(QuantizeStage):
             if self.spec.backend == "fx" or "cannot trace" not in str(exc):
                 raise
             ctx.notes_for(self.name).findings.append(
-                f"{exc}; quantized through torch.export and PT2E instead (torchao's x86 defaults)"
+                f"{exc}; quantized through torch.export and PT2E instead (torchao's x86 defaults){self._not_applied()}"
             )
             return self._pt2e(untouched or model, ctx)
         if untouched is None:
@@ -115,6 +117,11 @@ class _FxOrPt2e(QuantizeStage):
                 f"bias correction: {len(corrected)} int8 layers' biases shifted back by their weights' mean "
                 "rounding error on the calibration batches"
             )
+
+    def _not_applied(self) -> str:
+        """For a finding where PT2E runs: the recipe's settings it does not apply, so none is lost unsaid."""
+        ignored = self.spec.fx_only_settings()
+        return f"; {', '.join(ignored)} not applied (the fx backend's alone)" if ignored else ""
 
     @property
     def _measures_both(self) -> bool:
