@@ -323,9 +323,10 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
 def _did_you_mean(field: Any, here: list[str] | None) -> str:
     """A close key of the same section; else that section's keys; else a close key anywhere."""
     close = difflib.get_close_matches(str(field), here if here is not None else _known_keys(), n=1)
-    if close:
+    if close and close[0] != str(field):
         return f" (did you mean {close[0]!r}?)"
-    return f" (keys here: {', '.join(here)})" if here else ""
+    elsewhere = " here: it belongs to other sections" if close else ""  # a real key in the wrong place
+    return f"{elsewhere} (keys here: {', '.join(here)})" if here else elsewhere
 
 
 def _section_fields(path: list[str | int]) -> list[str] | None:
@@ -334,9 +335,11 @@ def _section_fields(path: list[str | int]) -> list[str] | None:
     for part in path:
         field = cls.model_fields.get(part) if isinstance(part, str) else None
         annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        models = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and
+                  issubclass(a, BaseModel)]  # fmt: skip
+        if len(models) != 1:  # no section, or a union of several (stages, data)
             return None
-        cls = annotation
+        cls = models[0]
     return sorted(cls.model_fields)
 
 

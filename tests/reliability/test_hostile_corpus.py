@@ -427,6 +427,8 @@ CASES = [
     Case("output name with a newline", run_recipe(constraints={"outputs": {"a\nb": {"min_cosine": 0.9}}}),
          message="outputs"),
     Case("latency threads 10^9", run_recipe(evaluate={"latency": {"threads": 10**9}}), message="threads"),
+    Case("min_speedup on accuracy", run_recipe(constraints={"accuracy": {"min_speedup": 2}}),
+         message="unknown key 'min_speedup' (keys here: max, max_drop"),
     Case("unknown optimizer", run_recipe(stages=[{"kind": "finetune", "optimizer": "lion"}]), message="optimizer"),
     Case("unknown quantize mode", run_recipe(stages=[{"kind": "quantize", "mode": "int3"}]), message="mode"),
     Case("batch size zero", run_recipe(data={"kind": "synthetic", "batch_size": 0}), message="batch_size"),
