@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from modelshrink.analyze.probe import LayerSensitivity
@@ -83,7 +84,6 @@ def test_suggestions_take_the_largest_fitting_ratio_and_exclude_what_fits_none()
 
 def mobile_block() -> torch.nn.Module:
     """A stem and one inverted residual block (expand 1x1, depthwise 3x3, project 1x1), as MobileNets are."""
-    from torch import nn
 
     def cbr(cin: int, cout: int, kernel: int, groups: int = 1) -> list[nn.Module]:
         return [
@@ -143,3 +143,24 @@ def test_the_budget_covers_every_layer_coarsely_before_refining(tmp_path: Path, 
     assert "Measured at the middle ratio only (time budget of 0 s spent): `0`" in (out / "sensitivity.md").read_text()
     names = [f"layer{i}" for i in range(25)]
     assert listed(names).endswith("`layer19` and 5 more (sensitivity.json lists them all)")
+
+
+def pooling_only() -> nn.Module:
+    """No convolution or linear layer: nothing for pruning or quantization to change."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d((1, 10)), nn.Flatten())
+
+
+def test_a_model_without_layers_to_probe_is_one_line_and_the_batches_reported_are_those_used(
+    tmp_path: Path, recipe_file
+) -> None:
+    out = tmp_path / "sens"
+    empty = recipe_file(model={"factory": "tests.test_analyze:pooling_only"}, stages=[])
+    result = runner.invoke(app, ["analyze", str(empty), "-o", str(out)])
+    assert result.exit_code == 2 and "no convolution or linear layer" in result.stderr, result.output
+    assert not out.exists(), "nothing written"
+
+    small = recipe_file(data={"kind": "synthetic", "channels": 1, "image_size": 8, "num_samples": 40, "batch_size": 32})
+    result = runner.invoke(app, ["analyze", str(small), "-o", str(out), "--batches", "50", "--budget-s", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "sensitivity.json").read_text())
+    assert 1 <= report["batches"] < 50, "the batches the data held, not those asked for"

@@ -29,6 +29,7 @@ from modelshrink.analyze.probe import RATIOS, LayerSensitivity, layers, sensitiv
 from modelshrink.analyze.suggest import suggestions
 from modelshrink.data import build_data
 from modelshrink.engine import compress
+from modelshrink.errors import UserError
 from modelshrink.loading import load_model
 from modelshrink.progress import log
 from modelshrink.recipe.recipe import Recipe
@@ -71,10 +72,16 @@ def _analyze(
         log(f"analyze: first training as the recipe's {', '.join(recipe.stage_names()[: len(training)])} does")
         model = compress(model, training, data=data, evaluate=recipe.evaluate, seed=recipe.seed).model
     names = [name for name, _ in layers(model)]
+    if not names:
+        raise UserError(
+            "analyze: the model has no convolution or linear layer, the layers pruning and quantization change: "
+            "nothing to measure"
+        )
+    probe_batches = list(data.calibration_inputs(batches))  # the data may hold fewer than asked for
     start = time.perf_counter()
     rows: dict[str, LayerSensitivity] = {}
     refined: list[str] = []
-    measured = sensitivities(model, data, recipe, batches=batches, ratios=ratios, budget_s=budget_s)
+    measured = sensitivities(model, data, recipe, probe_batches=probe_batches, ratios=ratios, budget_s=budget_s)
     for row, stage, spent in measured:
         rows[row.name] = row
         done = refined if stage == "refined" else list(rows)
@@ -88,7 +95,7 @@ def _analyze(
         "recipe": str(recipe_path),
         "trained_first": recipe.stage_names()[: len(training)],
         "metric": "drop = 1 - (top-1 agreement, or mean cosine) with the original model's outputs",
-        "batches": batches,
+        "batches": len(probe_batches),
         "max_drop": max_drop,
         "budget_s": budget_s,
         "elapsed_s": round(time.perf_counter() - start, 1),

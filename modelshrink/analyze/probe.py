@@ -30,7 +30,7 @@ from torch import nn
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
-from modelshrink.inputs import call
+from modelshrink.inputs import Inputs, call
 from modelshrink.lineage import Lineage
 from modelshrink.metrics.drop import OutputDrop, is_classifier
 from modelshrink.quiet import quiet
@@ -148,7 +148,7 @@ def sensitivities(
     data: DataBundle,
     recipe: Recipe,
     *,
-    batches: int,
+    probe_batches: list[Inputs],
     ratios: Sequence[float],
     budget_s: float,
 ) -> Iterator[tuple[LayerSensitivity, str, float]]:
@@ -156,7 +156,6 @@ def sensitivities(
     spent so far. The coarse pass probes every layer at the middle ratio and with each quantization; the
     refining pass adds the other ratios. A new layer starts only while `budget_s` is not spent (the first
     layer is always measured); the same row object comes back refined."""
-    probe_batches = list(data.calibration_inputs(batches))
     drop = OutputDrop(model, probe_batches, is_classifier(model, probe_batches[0], recipe.evaluate.task, data))
     named = layers(model)
     groups = pruning_groups(model, data.example_inputs(2))
