@@ -60,15 +60,40 @@ def is_checkpoint_payload(obj: Any) -> bool:
 def load(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()) -> nn.Module:
     """Rebuild a modelshrink checkpoint in eval mode, with no recipe needed. A compiled model runs the
     package its run wrote beside it where that is this user's own, for this torch and CPU
-    (`compiled_artifact`), instead of compiling on its first call; why not is logged."""
-    from modelshrink.compiled_artifact import attach
+    (`compiled_artifact`), instead of compiling on its first call; why not is logged. With the package,
+    the eager model behind it is rebuilt only when something needs it (`Compiled.deferred`): the checkpoint
+    is checked and trusted as any other first, and its bytes are those the package was built from."""
+    from modelshrink.compiled import Compiled
+    from modelshrink.compiled_artifact import attach, load_package
     from modelshrink.progress import log
 
-    model, _ = load_with_lineage(path, allow_pickle=allow_pickle, trust=trust)
-    why_not = attach(model, Path(path))
+    path = Path(path)
+    payload = read_payload(path, allow_pickle)
+    lineage = _checked_lineage(payload, path, trust)
+    if not lineage.pickled and lineage.transforms and lineage.transforms[-1].kind == "compile":
+        package, why_not = load_package(path)
+        if package is not None:
+
+            def rebuild() -> nn.Module:
+                return model_from_payload(payload, path, allow_pickle=allow_pickle, trust=trust)[0].inner
+
+            return Compiled.deferred(rebuild, package)
+    model, _ = model_from_payload(payload, path, allow_pickle=allow_pickle, trust=trust)
+    why_not = attach(model, path)
     if why_not:
         log(why_not)
     return model
+
+
+def _checked_lineage(payload: dict[str, Any], path: Path, trust: Collection[str]) -> Lineage:
+    """The payload's lineage once its shape and (unless it holds a pickled model) the trust policy are checked."""
+    from modelshrink import stages  # noqa: F401  (importing the stages registers their transforms)
+
+    _check_shape(payload, path)
+    lineage = Lineage(payload["architecture"], [from_record(r, str(path)) for r in payload.get("transforms", [])])
+    if not lineage.pickled:
+        check_architecture(lineage.architecture, trust, path)
+    return lineage
 
 
 def load_with_lineage(
@@ -113,18 +138,14 @@ def model_from_payload(
     payload: dict[str, Any], path: Path, allow_pickle: bool = False, trust: Collection[str] = ()
 ) -> tuple[nn.Module, Lineage]:
     """Rebuild from a read payload, once the trust policy allowed what it names (`trust.check_architecture`)."""
-    from modelshrink import stages  # noqa: F401  (importing the stages registers their transforms)
     from modelshrink.models import build_architecture, describe
     from modelshrink.models.weights import load_into
 
-    _check_shape(payload, path)
-    transforms = [from_record(record, str(path)) for record in payload.get("transforms", [])]
-    lineage = Lineage(payload["architecture"], transforms)
+    lineage = _checked_lineage(payload, path, trust)
     if lineage.pickled:
         if not isinstance(payload.get("model"), nn.Module):
             raise UserError(f"{path}: damaged checkpoint (pickled model missing)")
         return payload["model"].eval(), lineage
-    check_architecture(lineage.architecture, trust, path)
     model = build_architecture(lineage.architecture, from_recipe=False, where=path)
     try:
         model = lineage.replay(model)

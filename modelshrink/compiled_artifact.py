@@ -119,12 +119,35 @@ def usable(blob: bytes, checkpoint: bytes) -> str | None:
     return None
 
 
-def attach(model: nn.Module, checkpoint: Path) -> str | None:
-    """Let a reloaded `Compiled` model run the package beside its checkpoint instead of compiling; returns
-    why the package was not used (None: used, or there is none, or the model does not compile)."""
+class Package:
+    """A loaded AOTInductor package, called as the model it was built from. Written by hand over torch's C
+    loader rather than through `torch._inductor.aoti_load_package`: its Python wrapper lives in modules that
+    import inductor and dynamo, 2.5 s of a reload that runs no compiler; the C loader needs neither. The
+    call is the wrapper's: inputs flattened as `(args, kwargs)` in the order the package was built with."""
+
+    def __init__(self, path: str):
+        from torch.utils import _pytree as pytree
+
+        self.loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
+        in_spec, out_spec = (pytree.treespec_loads(spec) for spec in self.loader.get_call_spec())
+        self.keywords, self.out_spec = list(in_spec.child(1).context), out_spec
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.utils import _pytree as pytree
+
+        if set(kwargs) != set(self.keywords):
+            raise TypeError(f"the compiled package takes keyword inputs {self.keywords}, got {sorted(kwargs)}")
+        ordered = {name: kwargs[name] for name in self.keywords}
+        inputs = [x for x in pytree.tree_leaves((args, ordered)) if isinstance(x, torch.Tensor)]
+        return pytree.tree_unflatten(self.loader.boxed_run(inputs), self.out_spec)
+
+
+def load_package(checkpoint: Path) -> tuple[Any, str | None]:
+    """The package beside `checkpoint`, loaded, where this user's run wrote it for this checkpoint, torch
+    and CPU (`usable`); else None and why not (None too where there is no package)."""
     path = checkpoint.with_name(artifact_name(checkpoint.name))
-    if not isinstance(model, Compiled) or not path.is_file():
-        return None
+    if not path.is_file():
+        return None, None
     try:
         with path.open("rb") as file:
             blob = file.read(MAX_PACKAGE_BYTES + 1)
@@ -135,7 +158,18 @@ def attach(model: nn.Module, checkpoint: Path) -> str | None:
             with tempfile.TemporaryDirectory(prefix="modelshrink-compiled-") as scratch:
                 copy = Path(scratch) / path.name
                 copy.write_bytes(blob)
-                model.use_package(torch._inductor.aoti_load_package(str(copy)))
+                return Package(str(copy)), None
     except Exception as exc:  # unreadable, or the loader refuses it: compiling still works
         why = f"{type(exc).__name__}: {exc}"
-    return None if why is None else f"{path.name} not used ({why}): the model compiles on its first call instead"
+    return None, f"{path.name} not used ({why}): the model compiles on its first call instead"
+
+
+def attach(model: nn.Module, checkpoint: Path) -> str | None:
+    """Let a reloaded `Compiled` model run the package beside its checkpoint instead of compiling; returns
+    why the package was not used (None: used, or there is none, or the model does not compile)."""
+    if not isinstance(model, Compiled):
+        return None
+    package, why = load_package(checkpoint)
+    if package is not None:
+        model.use_package(package)
+    return why

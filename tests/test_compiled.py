@@ -47,6 +47,29 @@ def test_a_copy_compiles_on_its_own_and_the_state_dict_is_the_inner_models() -> 
     assert set(model.state_dict()) == {f"inner.{k}" for k in small().state_dict()}
 
 
+def test_a_deferred_model_serves_inference_from_its_package_and_rebuilds_only_when_needed() -> None:
+    torch.manual_seed(0)
+    eager = nn.Linear(4, 2).eval()
+    builds: list[int] = []
+
+    def build() -> nn.Module:
+        builds.append(1)
+        return copy.deepcopy(eager)
+
+    package = lambda x: eager(x) + 100.0  # noqa: E731  (stands for the AOTInductor package: told apart by +100)
+    model = Compiled.deferred(build, package)
+    x = torch.randn(3, 4)
+    with torch.inference_mode():
+        assert torch.equal(model.eval()(x), eager(x) + 100.0), "inference runs the package"
+    model.training = False  # setting an attribute reads no module tree
+    assert builds == [] and model.pending, "nothing needed the eager model yet"
+    assert [name for name, _ in model.named_parameters()] == ["inner.weight", "inner.bias"]
+    assert builds == [1] and not model.pending, "rebuilt once, when its parameters were asked for"
+    assert torch.equal(model(x), eager(x)), "with gradients on, the eager model runs"
+    twin = copy.deepcopy(Compiled.deferred(build, package))
+    assert builds == [1, 1] and torch.equal(twin.inner.weight, eager.weight), "a copy holds the rebuilt model"
+
+
 def test_a_checkpoint_with_a_compile_record_reloads_compiled() -> None:
     architecture = {"factory": "tests.test_compiled:small"}
     model = Compile().replay(small())

@@ -22,7 +22,9 @@ import modelshrink
 model = modelshrink.load(sys.argv[1])
 with torch.inference_mode():
     out = model(torch.load(sys.argv[2]))
-print(json.dumps({"frames": counters["frames"]["total"], "out": out.tolist()}))
+pending = model.pending  # the eager model behind the package not rebuilt for inference
+weights = len(model.state_dict())  # rebuilt when asked for
+print(json.dumps({"frames": counters["frames"]["total"], "out": out.tolist(), "pending": pending, "weights": weights}))
 """
 
 
@@ -67,11 +69,13 @@ def test_a_reloaded_compiled_checkpoint_runs_its_runs_package_and_a_foreign_one_
 
     reused, _ = reload(out / "model.pt", inputs, cache)
     assert reused["frames"] == 0, "the package ran: nothing was compiled"
+    assert reused["pending"] and reused["weights"] > 0, "rebuilt only when its state_dict was asked for"
     torch.testing.assert_close(torch.tensor(reused["out"]), expected, rtol=0, atol=1e-2)  # within an int8 step
 
     foreign, stderr = reload(out / "model.pt", inputs, tmp_path / "another-users-cache")
     assert "model.compiled.pt2 not used (no run of yours on this machine wrote it)" in stderr
     assert foreign["frames"] > 0, "compiled on its first call, as without a package"
+    assert not foreign["pending"]
     torch.testing.assert_close(torch.tensor(foreign["out"]), expected, rtol=0, atol=1e-2)  # within an int8 step
 
 

@@ -44,7 +44,8 @@ class QuantizeStage(Stage[Any]):
             model = ctx.transform(model, Compile())
             ctx.notes_for(self.name).findings.append(
                 "runs through torch.compile (inductor, freezing) as deployed: its latency is the compiled "
-                "model's, and loading the checkpoint compiles it again on the first call"
+                "model's; a reload runs the compiled package the run writes beside the checkpoint where it may, "
+                "else compiles again on its first call"
             )
         return model
 
