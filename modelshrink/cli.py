@@ -275,6 +275,17 @@ def validate(
 
 
 @app.command()
+def schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="The recipes reference page instead.")] = False,
+    tune: Annotated[bool, typer.Option("--tune", help="Allow search spaces in stages, as `tune` reads.")] = False,
+) -> None:
+    """Print the recipe's JSON Schema (for editors: `# yaml-language-server: $schema=...`), or its reference."""
+    from modelshrink.recipe import reference
+
+    sys.stdout.write(reference.markdown() if markdown else reference.to_json(searchable=tune))
+
+
+@app.command()
 def compare(
     reports: Annotated[list[Path], typer.Argument(help="Two or more report.json files, oldest first.")],
     max_accuracy_drop: Annotated[

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check modelshrink tests scripts examples
+.venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"  # a broken link in docs/ fails here
 .venv/bin/python -m pytest -q "$@"

@@ -174,9 +174,10 @@ def test_every_candidate_and_the_final_run_start_with_an_empty_compile_cache(
 
 
 @pytest.mark.slow
-def test_the_readmes_worked_example_on_the_bundled_digits_resnet18(tmp_path: Path) -> None:
-    """baseline -> analyze the tune recipe -> tune -> tuned.yaml runs as a plain recipe (CI), all on the
-    bundled recipes with shorter training; the gate is loosened so the short training cannot fail it."""
+def test_the_recipe_guides_worked_example_on_the_bundled_digits_resnet18(tmp_path: Path) -> None:
+    """docs/recipes.md's worked example: baseline -> analyze the tune recipe -> tune -> tuned.yaml runs as a
+    plain recipe (CI), all on the bundled recipes with shorter training; the gate is loosened so the short
+    training cannot fail it."""
     recipes = Path(__file__).parents[1] / "recipes"
     base = tmp_path / "base"
     short = ["--set", "stages[0].epochs=1", "--set", "evaluate.latency.iterations=2"]

@@ -50,8 +50,11 @@ class OnnxExport(_Export):
     """An ONNX file run by ONNX Runtime: fp32, or int8 by ONNX Runtime's quantizer (dynamic; or static,
     QDQ with per-channel weights, calibrated on the recipe's calibration data)."""
 
-    format: Literal["onnx"]
-    quantize: Literal["none", "dynamic", "static"] = "none"
+    format: Literal["onnx"] = Field(description="the target: an ONNX file (model.onnx) run by ONNX Runtime")
+    quantize: Literal["none", "dynamic", "static"] = Field(
+        default="none",
+        description="none: fp32; dynamic: int8 weights, activations on the fly; static: QDQ int8 on calibration data",
+    )
     calibration_batches: PositiveInt = Field(default=8, description="static: batches of calibration data")
 
     extra: ClassVar[str] = "onnx"
@@ -65,8 +68,13 @@ class OpenVinoExport(_Export):
     """An OpenVINO IR (`.xml` graph, `.bin` weights) run by OpenVINO's CPU plugin: fp32, or int8 by
     NNCF's post-training quantization calibrated on the recipe's calibration data."""
 
-    format: Literal["openvino"]
-    quantize: Literal["none", "int8"] = "none"
+    format: Literal["openvino"] = Field(
+        description="the target: an OpenVINO IR (model.xml + model.bin) run by OpenVINO's CPU plugin"
+    )
+    quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="none: fp32; int8: NNCF post-training int8, calibrated on the recipe's calibration data",
+    )
     calibration_batches: PositiveInt = Field(default=8, description="int8: batches of calibration data")
     precision: Literal["f32", "auto"] = Field(
         default="f32",
@@ -90,7 +98,9 @@ class Pt2Export(_Export):
     `torch._inductor.aoti_load_package` runs without a compiler. It packages the final model, quantized
     or not, as the stages left it."""
 
-    format: Literal["pt2"]
+    format: Literal["pt2"] = Field(
+        description="the target: the final model, compiled ahead of time by AOTInductor into model.pt2"
+    )
 
     exports_final: ClassVar[bool] = True
 

@@ -17,14 +17,31 @@ from modelshrink.recipe.stage_specs import StageSpec, needs_tuning_split, stage_
 
 
 class Recipe(Strict):
-    name: str | None = None
-    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] = 0  # what torch.manual_seed accepts
-    model: ModelSpec
-    data: DataSpec
-    stages: list[StageSpec] = Field(default_factory=list)
-    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
-    output: OutputSpec
-    constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
+    name: str | None = Field(default=None, description="the run's title in report.md, report.html and the CLI's table")
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] = Field(  # what torch.manual_seed accepts
+        default=0, description="seeds Python, NumPy, torch and the data splits, e.g. 0"
+    )
+    model: ModelSpec = Field(
+        description="where the model comes from: torchvision, factory or huggingface, and/or a checkpoint"
+    )
+    data: DataSpec = Field(
+        description="the data that trains, calibrates and (without evaluate.data) reports quality; "
+        "`kind` picks the source"
+    )
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description="the compression stages, run in order on the model; none: the model is only measured",
+    )
+    evaluate: EvaluateSpec = Field(
+        default_factory=EvaluateSpec,
+        description="how models are measured: latency, validation batches, held-out data, your own metrics, the task",
+    )
+    output: OutputSpec = Field(description="where the checkpoint and the reports are written")
+    constraints: ConstraintsSpec = Field(
+        default_factory=ConstraintsSpec,
+        description="gates on the final model (absolute, against the baseline or an earlier report); "
+        "a failed one exits 1 after the reports",
+    )
     export: list[ExportSpec] = Field(default_factory=list, description="files for other runtimes, each measured")
 
     @property

@@ -22,6 +22,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class Shorthand(Strict):
+    """A section a plain string may stand for, as `{<shorthand>: the string}` (its `_shorthand` validator);
+    its JSON Schema says so too, so an editor accepts `huggingface: pkg.module:fn`."""
+
+    shorthand: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {cls.shorthand: data} if isinstance(data, str) else data
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        full = handler.resolve_ref_schema(handler(core_schema))
+        return {"anyOf": [{"type": "string", "description": f"shorthand for {{{cls.shorthand}: ...}}"}, full]}
+
+
 def _open_fraction(value: float) -> float:
     if not 0.0 < value < 1.0:
         raise ValueError("must be in (0, 1)")
@@ -89,20 +106,19 @@ OutputName = Annotated[
 
 
 # ----------------------------------------------------------------------------------------------- model
-class HuggingFaceSpec(Strict):
+class HuggingFaceSpec(Shorthand):
     """A Hugging Face text model; a plain string is shorthand for `source`."""
 
+    shorthand: ClassVar[str] = "source"
     source: str = Field(description="a model directory, 'pkg.module:function' returning one, or a hub id")
-    task: Literal["embedding", "classification"] = "embedding"
+    task: Literal["embedding", "classification"] = Field(
+        default="embedding",
+        description="embedding: one pooled vector per text; classification: a sequence-classification head's logits",
+    )
     pooling: Literal["mean", "cls", "max"] | None = Field(
         default=None, description="embedding pooling; default: the sentence-transformers config, else mean"
     )
     normalize: bool | None = Field(default=None, description="L2-normalize embeddings; default: as the model says")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"source": data} if isinstance(data, str) else data
 
 
 class ModelSpec(Strict):
@@ -112,13 +128,34 @@ class ModelSpec(Strict):
     needs `torchvision`, `factory` or `huggingface` beside it to say which module to load it into.
     """
 
-    torchvision: str | None = None
+    torchvision: str | None = Field(
+        default=None,
+        description="a torchvision classification model name, e.g. resnet50, built without downloaded weights",
+    )
     factory: Target | None = Field(default=None, description="'pkg.module:function' returning an nn.Module")
-    huggingface: HuggingFaceSpec | None = None
-    num_classes: PositiveInt | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: ExistingFile | None = None
-    allow_pickle: bool = False
+    huggingface: HuggingFaceSpec | None = Field(
+        default=None,
+        description="a Hugging Face text model: its source as a string, or {source, task, pooling, "
+        "normalize} (the hf extra)",
+    )
+    num_classes: PositiveInt | None = Field(
+        default=None,
+        description="passed to the torchvision builder or the factory; also sizes a Hugging Face classifier head",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments for the torchvision builder or the factory (not for huggingface)",
+    )
+    checkpoint: ExistingFile | None = Field(
+        default=None,
+        description="a modelshrink checkpoint, or a state_dict (.pt/.pth) or .safetensors file "
+        "with an architecture beside it",
+    )
+    allow_pickle: bool = Field(
+        default=False,
+        description="read a whole pickled nn.Module (runs code from the file: only files you trust); "
+        "default: weights only",
+    )
     trust: list[str] = Field(
         default_factory=list,
         description="modules whose factories a checkpoint may name and have run (this recipe's factory always may)",
@@ -154,23 +191,37 @@ class _Loading(Strict):
 
     label_hint: ClassVar[str] = "use labeled data"  # how to give this kind labels, for refusals that need them
 
-    batch_size: BatchSize = 32
+    batch_size: BatchSize = Field(default=32, description="samples per batch, for training, evaluation and calibration")
     tune_fraction: Fraction = Field(default=0.1, description=_TUNE_FRACTION_HELP)
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="DataLoader worker processes; 0: loaded in the main process"
+    )
 
 
 class _Split(_Loading):
     """Data kinds that split one set into training and validation."""
 
-    val_fraction: Fraction = 0.2
+    val_fraction: Fraction = Field(
+        default=0.2,
+        description="share of the data held out as the validation split (reports quality, "
+        "gates the run) where the data has none of its own",
+    )
 
 
 class _DataCommon(_Split):
     """The image kinds."""
 
-    batch_size: BatchSize = 64
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    batch_size: BatchSize = Field(default=64, description="samples per batch, for training, evaluation and calibration")
+    mean: list[float] | None = Field(
+        default=None,
+        description="normalization mean: one value or one per channel (with std); "
+        "default: ImageNet's for 3-channel imagefolder and cifar10, else 0.5",
+    )
+    std: list[float] | None = Field(
+        default=None,
+        description="normalization std: one value or one per channel (with mean), each > 0; "
+        "default: ImageNet's for 3-channel imagefolder and cifar10, else 0.5",
+    )
 
     @model_validator(mode="after")
     def _batch_fits(self) -> _DataCommon:
@@ -197,9 +248,11 @@ class _DataCommon(_Split):
 class DigitsData(_DataCommon):
     """scikit-learn's bundled 8x8 handwritten digits (1797 real images, no download)."""
 
-    kind: Literal["digits"]
-    image_size: ImageSize = 32
-    channels: Literal[1, 3] = 3
+    kind: Literal["digits"] = Field(
+        description="the source: scikit-learn's 1797 bundled 8x8 handwritten digits, 10 classes, no download"
+    )
+    image_size: ImageSize = Field(default=32, description="side in pixels the 8x8 images are upsampled to")
+    channels: Literal[1, 3] = Field(default=3, description="1 (grayscale), or 3 (the gray repeated for RGB models)")
 
 
 class ImageFolderData(_DataCommon):
@@ -208,12 +261,20 @@ class ImageFolderData(_DataCommon):
     original model (agreement, cosine). `class_index: indices` reads class folder names as the
     model's class indices (`0/`, `207/`), so a 1000-class model can be scored on a few classes."""
 
-    kind: Literal["imagefolder"]
+    kind: Literal["imagefolder"] = Field(
+        description="the source: a folder of image files, one subfolder per class (or any tree with labels: false)"
+    )
     label_hint: ClassVar[str] = "use class folders with data.labels: true"
-    path: ExistingDir
-    image_size: ImageSize = 224
-    channels: Literal[1, 3] = 3
-    labels: bool = True
+    path: ExistingDir = Field(description="the folder: path/train and path/val, or one folder split by val_fraction")
+    image_size: ImageSize = Field(
+        default=224, description="side in pixels: each image is resized (shorter side) and center-cropped to it"
+    )
+    channels: Literal[1, 3] = Field(default=3, description="3 (RGB) or 1 (grayscale); images are converted to it")
+    labels: bool = Field(
+        default=True,
+        description="class folders give the labels; false: every image under path, "
+        "unlabeled (judged against the original)",
+    )
     class_index: Literal["folder_names", "indices"] = Field(
         default="folder_names",
         description="folder_names: sorted folders are classes 0..N-1; indices: a folder's name is its class index",
@@ -233,10 +294,14 @@ class ImageFolderData(_DataCommon):
 class Cifar10Data(_DataCommon):
     """CIFAR-10 in its python format (`cifar-10-batches-py`) from a local folder."""
 
-    kind: Literal["cifar10"]
-    path: ExistingDir
-    image_size: ImageSize = 32
-    channels: Literal[1, 3] = 3
+    kind: Literal["cifar10"] = Field(
+        description="the source: CIFAR-10 from a local folder; its test batch is the validation split"
+    )
+    path: ExistingDir = Field(
+        description="a folder holding cifar-10-batches-bin or cifar-10-batches-py, or the batch files themselves"
+    )
+    image_size: ImageSize = Field(default=32, description="side in pixels the 32x32 images are resized to")
+    channels: Literal[1, 3] = Field(default=3, description="3 (RGB), or 1 (converted to grayscale)")
 
 
 class PythonData(_Loading):
@@ -244,10 +309,14 @@ class PythonData(_Loading):
     dict with `train`, `val` and optional `calibration`. An item is `(input, target)`, or the input
     alone with `labeled: false`; an input is a tensor, a tuple or a dict of tensors."""
 
-    kind: Literal["python"]
+    kind: Literal["python"] = Field(description="the source: Datasets from your own code (factory)")
     label_hint: ClassVar[str] = "yield (input, target) items with data.labeled: true"
-    factory: Target
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    factory: Target = Field(
+        description="'pkg.module:function' returning (train, val) Datasets or {train, val, calibration}"
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments the factory is called with, e.g. {root: /data/val}"
+    )
     labeled: bool = Field(default=True, description="items are (input, target); false: the input alone")
 
 
@@ -255,9 +324,13 @@ class TensorFileData(_Split):
     """Tensors in one file: `.pt` (read with weights_only), `.npz` or `.safetensors`, holding an
     `inputs` tensor (first dimension: samples) and optionally `targets`."""
 
-    kind: Literal["tensors"]
+    kind: Literal["tensors"] = Field(
+        description="the source: named tensors in one .pt, .pth, .npz or .safetensors file"
+    )
     label_hint: ClassVar[str] = "name the targets with data.targets"
-    path: ExistingFile
+    path: ExistingFile = Field(
+        description="the file: .pt/.pth (read with weights_only), .npz (no pickles) or .safetensors"
+    )
     inputs: str = Field(default="inputs", description="the key of the input tensor")
     targets: str | None = Field(default=None, description="the key of the targets; none: unlabeled")
 
@@ -275,11 +348,19 @@ class TensorFileData(_Split):
 class SyntheticData(_DataCommon):
     """Random images with learnable labels, for smoke tests and benchmarks."""
 
-    kind: Literal["synthetic"]
-    num_classes: Annotated[int, Field(ge=2)] = 10
-    num_samples: Annotated[int, Field(ge=4, le=10_000_000)] = 256
-    image_size: Annotated[int, Field(ge=1, le=4096)] = 32
-    channels: Annotated[int, Field(ge=1, le=1024)] = 3
+    kind: Literal["synthetic"] = Field(
+        description="the source: random images with learnable labels (a noisy prototype per class), for smoke tests"
+    )
+    num_classes: Annotated[int, Field(ge=2)] = Field(
+        default=10, description="how many classes (one prototype image each)"
+    )
+    num_samples: Annotated[int, Field(ge=4, le=10_000_000)] = Field(
+        default=256, description="images generated in all, before the train/validation split"
+    )
+    image_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=32, description="side of the square images in pixels"
+    )
+    channels: Annotated[int, Field(ge=1, le=1024)] = Field(default=3, description="channels per image")
 
 
 class TextData(_Split):
@@ -289,15 +370,28 @@ class TextData(_Split):
     for `evaluate.data`. Without labels the quality metric is the cosine similarity of each model's
     outputs to the original model's."""
 
-    kind: Literal["text"]
+    kind: Literal["text"] = Field(
+        description="the source: texts for Hugging Face models, tokenized to max_length token ids"
+    )
     label_hint: ClassVar[str] = "set data.label_field"
-    path: ExistingFile | None = None
+    path: ExistingFile | None = Field(
+        default=None, description="a .txt (one text per line), .jsonl or .csv file; none: the bundled `sample`"
+    )
     sample: Literal["sentences", "held_out"] = Field(default="sentences", description="bundled texts, without path")
-    text_field: str = "text"
-    label_field: str | None = None
+    text_field: str = Field(default="text", description="the .jsonl/.csv field holding each text")
+    label_field: str | None = Field(
+        default=None,
+        description="the .jsonl/.csv field holding each text's class; "
+        "none: unlabeled (quality: cosine to the original)",
+    )
     tokenizer: str | None = Field(default=None, description="default: the model's huggingface source")
-    max_length: Annotated[int, Field(ge=2, le=1_000_000)] = 128
-    val_fraction: Fraction = 0.5
+    max_length: Annotated[int, Field(ge=2, le=1_000_000)] = Field(
+        default=128, description="tokens per text: longer texts are truncated, shorter ones padded"
+    )
+    val_fraction: Fraction = Field(
+        default=0.5,
+        description="share of the texts held out as the validation split, which reports quality and gates the run",
+    )
 
     @model_validator(mode="after")
     def _label_needs_table(self) -> TextData:
@@ -323,29 +417,37 @@ class LatencySpec(Strict):
     batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
         default=16, description="N in 'batch N'; batch 1 is always measured"
     )
-    warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 3
-    iterations: Repeats = 20
+    warmup: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        default=3, description="untimed calls of each model at batch 1 and at batch N before timing"
+    )
+    iterations: Repeats = Field(
+        default=20, description="timed forward passes of each model at each batch size (round-robin, in bursts of 5)"
+    )
     threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = Field(
         default=None, description="threads of torch, ONNX Runtime and OpenVINO; default: all cores"
     )
 
 
-class CustomMetricSpec(Strict):
+class CustomMetricSpec(Shorthand):
     """Your own metric: `function(model, val_loader) -> {name: float}`, higher is better unless the
     name is in `lower_is_better`. A plain string is shorthand for `function`."""
 
-    function: Target
-    lower_is_better: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"function": data} if isinstance(data, str) else data
+    shorthand: ClassVar[str] = "function"
+    function: Target = Field(description="'pkg.module:fn' called as fn(model, val_loader), returning {name: float}")
+    lower_is_better: list[str] = Field(
+        default_factory=list, description="names of the returned metrics for which lower is better, e.g. [mae]"
+    )
 
 
 class EvaluateSpec(Strict):
-    latency: LatencySpec = Field(default_factory=LatencySpec)
-    max_val_batches: Repeats | None = None
+    latency: LatencySpec = Field(
+        default_factory=LatencySpec,
+        description="how latency is timed: batch size N, warm-up calls, timed iterations, threads",
+    )
+    max_val_batches: Repeats | None = Field(
+        default=None,
+        description="at most this many validation (and tuning) batches scored per model; default: all of them",
+    )
     data: DataSpec | None = Field(
         default=None,
         description="a separate held-out set that reports quality and gates the run (all of it); the recipe's "
@@ -362,8 +464,10 @@ class EvaluateSpec(Strict):
 
 
 class OutputSpec(Strict):
-    dir: Path
-    checkpoint_name: str = "model.pt"
+    dir: Path = Field(
+        description="the run's output directory (the CLI's --output overrides it); an existing one needs --force"
+    )
+    checkpoint_name: str = Field(default="model.pt", description="file name of the final model's checkpoint in dir")
     html: bool = Field(default=False, description="also write a self-contained report.html (the plots extra)")
 
     @model_validator(mode="after")
@@ -377,8 +481,10 @@ class OutputSpec(Strict):
 class Bounds(Strict):
     """Limits on one metric of the final model: absolute, or against the baseline's value."""
 
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(default=None, description="the final model's value at least (absolute)")
+    max: float | None = Field(
+        default=None, description="the final model's value at most (absolute), e.g. 5.0e6 for size_bytes"
+    )
     max_drop: Annotated[float, Field(ge=0)] | None = Field(default=None, description="baseline - final at most")
     max_rise: Annotated[float, Field(ge=0)] | None = Field(default=None, description="final - baseline at most")
     min_ratio: PositiveFloat | None = Field(default=None, description="final / baseline at least")
@@ -422,7 +528,9 @@ class _NamedGates(Strict):
     max_accuracy_drop: Probability | None = Field(
         default=None, description="absolute top-1 drop allowed against the baseline, e.g. 0.01"
     )
-    min_accuracy: Probability | None = None
+    min_accuracy: Probability | None = Field(
+        default=None, description="top-1 accuracy of the final model at least (= accuracy.min), e.g. 0.9"
+    )
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
         default=None, description="mean cosine similarity of the final model's outputs to the original's"
     )

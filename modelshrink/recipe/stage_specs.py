@@ -32,23 +32,38 @@ from modelshrink.recipe.schema import (
 class TrainingSettings(Strict):
     """Settings of the one training loop, shared by every stage that trains."""
 
-    epochs: Repeats = 1
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: PositiveFloat = 1e-3
+    epochs: Repeats = Field(default=1, description="passes over the training split")
+    optimizer: Literal["sgd", "adamw"] = Field(
+        default="adamw", description="adamw, or sgd (Nesterov momentum when momentum > 0)"
+    )
+    lr: PositiveFloat = Field(
+        default=1e-3,
+        description="learning rate of the layers layer_lrs does not name (onecycle: the peak), e.g. 0.0002",
+    )
     layer_lrs: dict[str, PositiveFloat] = Field(
         default_factory=dict, description="discriminative learning rates: {name glob: lr}, first match wins"
     )
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    momentum: Probability = 0.9
-    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    weight_decay: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="weight decay, not applied to biases and norm weights (1-D tensors)"
+    )
+    momentum: Probability = Field(default=0.9, description="SGD momentum (Nesterov when > 0); unused by adamw")
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = Field(
+        default="cosine",
+        description="learning rate over the stage, stepped per batch: "
+        "cosine (decays to 0), onecycle, step (step_size, gamma) or constant",
+    )
     step_size: PositiveInt = Field(default=1, description="epochs between LR drops (schedule: step)")
     gamma: Fraction = Field(default=0.1, description="LR factor per drop (schedule: step)")
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0, description="label smoothing of the default cross-entropy loss, in [0, 1)"
+    )
     loss: Target | None = Field(
         default=None, description="'pkg.module:fn(outputs, targets) -> scalar'; default: cross-entropy on class indices"
     )
     keep_sparsity: bool = Field(default=True, description="weights that are exactly zero stay zero")
-    max_batches_per_epoch: Repeats | None = None
+    max_batches_per_epoch: Repeats | None = Field(
+        default=None, description="at most this many training batches per epoch; default: the whole training split"
+    )
     early_stopping: PositiveInt | None = Field(
         default=None, description="stop after this many epochs without a better tuning-split accuracy"
     )
@@ -98,8 +113,14 @@ class FinetuneSpec(TrainingSettings, BaseStageSpec):
     `unfreeze_last` blocks, plus the classifier). `num_classes` replaces the classifier with a new one.
     """
 
-    kind: Literal["finetune"]
-    strategy: Literal["full", "head", "last_layer", "partial"] = "full"
+    kind: Literal["finetune"] = Field(
+        description="the stage: training on the recipe's data (fine-tuning, transfer learning)"
+    )
+    strategy: Literal["full", "head", "last_layer", "partial"] = Field(
+        default="full",
+        description="what trains: full (everything), head (the classifier's block), last_layer, "
+        "or partial (unfreeze globs)",
+    )
     unfreeze: list[str] = Field(default_factory=list, description="partial: module name globs that train")
     unfreeze_last: PositiveInt | None = Field(default=None, description="partial: train the last N blocks")
     num_classes: PositiveInt | None = Field(default=None, description="replace the classifier for N classes")
@@ -127,8 +148,8 @@ class FinetuneSpec(TrainingSettings, BaseStageSpec):
 class HintSpec(Strict):
     """Feature distillation between two named layers; a learned 1x1 projection matches widths."""
 
-    student: str
-    teacher: str
+    student: str = Field(description="the student's module whose output is matched, by name, e.g. layer4")
+    teacher: str = Field(description="the teacher's module whose output is the target, by name, e.g. layer4")
 
 
 class OutputLoss(Strict):
@@ -146,12 +167,23 @@ class DistillSpec(TrainingSettings, BaseStageSpec):
     per output: `outputs` weighs each and picks its loss, and each output's mse / smooth_l1 is divided
     by its teacher's variance (`normalize_outputs`) so that no output's scale swamps the others."""
 
-    kind: Literal["distill"]
+    kind: Literal["distill"] = Field(
+        description="the stage: knowledge distillation from `teacher` into the current model"
+    )
     teacher: ModelSpec | None = Field(default=None, description="default: the model before any stage ran")
-    temperature: PositiveFloat = 4.0
-    alpha: Probability = 0.7
-    hints: list[HintSpec] = Field(default_factory=list)
-    hint_weight: Annotated[float, Field(ge=0)] = 1.0
+    temperature: PositiveFloat = Field(
+        default=4.0, description="T that softens both models' logits in the KL term, which is scaled by T^2"
+    )
+    alpha: Probability = Field(
+        default=0.7,
+        description="weight of the teacher term; 1 - alpha weighs the label term "
+        "(without labels: the teacher term alone)",
+    )
+    hints: list[HintSpec] = Field(
+        default_factory=list,
+        description="layer pairs whose features are matched by MSE, e.g. [{student: layer4, teacher: layer4}]",
+    )
+    hint_weight: Annotated[float, Field(ge=0)] = Field(default=1.0, description="weight of the hints' MSE in the loss")
     outputs: dict[OutputName, OutputLoss] = Field(
         default_factory=dict,
         description="per output of a model with several, by the name report.json's `outputs` gives it "
@@ -178,7 +210,7 @@ class DistillSpec(TrainingSettings, BaseStageSpec):
 
 # -------------------------------------------------------------------------------------------- pruning
 class _PruneCommon(BaseStageSpec):
-    kind: Literal["prune"]
+    kind: Literal["prune"] = Field(description="the stage: pruning, by `method` (unstructured by default)")
     amount: Fraction = Field(description="fraction of weights (unstructured), channels or blocks to remove")
     exclude: list[str] = Field(
         default_factory=list, description="never pruned; channel/block always keep the classifier"
@@ -188,12 +220,25 @@ class _PruneCommon(BaseStageSpec):
 class UnstructuredPruneSpec(_PruneCommon):
     """Zero the least important weights with torch.nn.utils.prune, made permanent (no masks left)."""
 
-    method: Literal["unstructured"] = "unstructured"
-    importance: Literal["l1", "random"] = "l1"
-    scope: Literal["global", "layer"] = "global"
-    include: list[str] = Field(default_factory=lambda: ["*"])
+    method: Literal["unstructured"] = Field(
+        default="unstructured",
+        description="unstructured (default): zero single weights; "
+        "the model gets neither smaller nor faster with dense kernels",
+    )
+    importance: Literal["l1", "random"] = Field(
+        default="l1", description="which weights go first: l1 (smallest magnitude) or random"
+    )
+    scope: Literal["global", "layer"] = Field(
+        default="global",
+        description="global: weights ranked across all selected layers together; layer: `amount` of each layer",
+    )
+    include: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="module name globs that may be pruned (exclude wins), e.g. ['layer4.*']",
+    )
     module_types: list[Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]] = Field(
-        default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"]
+        default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"],
+        description="the layer types whose weights are pruned",
     )
 
 
@@ -210,10 +255,22 @@ class ChannelPruneSpec(_RemovingPruneCommon):
     """Physically remove conv filters / Linear neurons with Torch-Pruning's dependency graph, so residual
     and depthwise couplings stay valid and the model gets faster and smaller."""
 
-    method: Literal["channel"] = "channel"
-    importance: Literal["l1", "l2", "bn_scale", "taylor", "random"] = "l1"
-    scope: Literal["global", "layer"] = "layer"
-    include: list[str] = Field(default_factory=lambda: ["*"])
+    method: Literal["channel"] = Field(
+        default="channel",
+        description="channel: remove conv filters and Linear neurons, so that the model gets smaller and faster",
+    )
+    importance: Literal["l1", "l2", "bn_scale", "taylor", "random"] = Field(
+        default="l1",
+        description="how channels are ranked: "
+        "l1 / l2 weight norm, bn_scale (BatchNorm gamma), taylor (needs labels), random",
+    )
+    scope: Literal["global", "layer"] = Field(
+        default="layer", description="layer: `amount` of each layer's channels; global: channels ranked across layers"
+    )
+    include: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="module name globs that may be pruned (exclude wins), e.g. ['layer4.*']",
+    )
     layer_amounts: dict[str, Fraction] = Field(default_factory=dict, description="per-layer ratios by name glob")
     round_to: PositiveInt | None = Field(default=None, description="keep channel counts multiples of this")
     steps: Repeats = Field(default=1, description="reach `amount` gradually over this many steps")
@@ -237,8 +294,14 @@ class ChannelPruneSpec(_RemovingPruneCommon):
 class BlockPruneSpec(_RemovingPruneCommon):
     """Drop whole shape-preserving (residual) blocks, the least important first."""
 
-    method: Literal["block"] = "block"
-    importance: Literal["output_change", "random"] = "output_change"
+    method: Literal["block"] = Field(
+        default="block",
+        description="block: replace whole shape-preserving (residual) blocks by identity, the least important first",
+    )
+    importance: Literal["output_change", "random"] = Field(
+        default="output_change",
+        description="output_change: how far the outputs move on calibration batches without the block; or random",
+    )
 
 
 # --------------------------------------------------------------------------------------- quantization
@@ -253,7 +316,7 @@ class MixedSpec(Strict):
 
 
 class _QuantizeCommon(BaseStageSpec):
-    kind: Literal["quantize"]
+    kind: Literal["quantize"] = Field(description="the stage: quantization, by `mode` (dynamic by default)")
     exclude: list[str] = Field(default_factory=list, description="module name globs kept in float")
     mixed: MixedSpec | None = Field(
         default=None,
@@ -283,9 +346,13 @@ class _QuantizeCommon(BaseStageSpec):
 class DynamicQuantSpec(_QuantizeCommon):
     """int8 weights, activations quantized on the fly (Linear/LSTM/GRU), int8 embedding tables."""
 
-    mode: Literal["dynamic"] = "dynamic"
+    mode: Literal["dynamic"] = Field(
+        default="dynamic",
+        description="dynamic (default): int8 weights, activations quantized on the fly; int8 embedding tables",
+    )
     module_types: list[Literal["Linear", "LSTM", "GRU", "Embedding"]] = Field(
-        default_factory=lambda: ["Linear", "LSTM", "GRU", "Embedding"]
+        default_factory=lambda: ["Linear", "LSTM", "GRU", "Embedding"],
+        description="the layer types quantized: Linear, LSTM, GRU (int8 weights) and Embedding (int8 tables)",
     )
     per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear)")
     activations: Literal["auto", "per_token", "per_tensor"] = Field(
@@ -338,7 +405,10 @@ class _GraphQuantCommon(_QuantizeCommon):
 class StaticQuantSpec(_GraphQuantCommon):
     """int8 weights and activations, activation ranges calibrated on training batches."""
 
-    mode: Literal["static"] = "static"
+    mode: Literal["static"] = Field(
+        default="static",
+        description="static: int8 weights and activations, activation ranges calibrated on calibration batches",
+    )
     calibration_batches: Repeats = Field(default=8, description="training batches to calibrate ranges")
     observer: Literal["minmax", "histogram", "auto"] = Field(
         default="histogram",
@@ -367,7 +437,9 @@ class StaticQuantSpec(_GraphQuantCommon):
 class QatSpec(_GraphQuantCommon):
     """Quantization-aware training (fake-quant, then the same training loop), then int8."""
 
-    mode: Literal["qat"] = "qat"
+    mode: Literal["qat"] = Field(
+        default="qat", description="qat: quantization-aware training (fake-quant, the same training loop), then int8"
+    )
     qat: TrainingSettings = Field(default_factory=TrainingSettings, description="training settings")
 
     @property
@@ -378,7 +450,9 @@ class QatSpec(_GraphQuantCommon):
 class WeightOnlySpec(_QuantizeCommon):
     """int8 weights (per output channel) or int4 weights (Linear, group-wise scales), float compute."""
 
-    mode: Literal["weight_only"] = "weight_only"
+    mode: Literal["weight_only"] = Field(
+        default="weight_only", description="weight_only: int8 or int4 weights, float activations and compute"
+    )
     bits: Literal[8, 4] = Field(default=8, description="8: Linear, Conv, Embedding; 4: Linear layers")
     group_size: Literal[32, 64, 128] = Field(
         default=128, description="int4: input channels sharing one scale (smaller: closer to float, larger file)"
@@ -407,7 +481,9 @@ class WeightOnlySpec(_QuantizeCommon):
 class HalfSpec(_QuantizeCommon):
     """Half-precision weights and compute (inputs cast on the way in, logits back to fp32)."""
 
-    mode: Literal["fp16", "bf16"]
+    mode: Literal["fp16", "bf16"] = Field(
+        description="fp16 or bf16: half-precision weights and compute; pays only on CPUs with native arithmetic in it"
+    )
 
 
 _AUTO_CANDIDATES = ("dynamic", "static", "weight_only", "bf16", "fp16")
@@ -417,9 +493,13 @@ class AutoQuantSpec(_QuantizeCommon):
     """Measure the candidate modes on this CPU and keep the fastest whose outputs stay within
     `min_cosine` of the float model's on the calibration data; float when none is faster."""
 
-    mode: Literal["auto"] = "auto"
+    mode: Literal["auto"] = Field(
+        default="auto", description="auto: time the candidates on this CPU and keep the fastest that meets min_cosine"
+    )
     candidates: list[Literal["dynamic", "static", "weight_only", "bf16", "fp16"]] = Field(
-        default_factory=lambda: list(_AUTO_CANDIDATES), min_length=1
+        default_factory=lambda: list(_AUTO_CANDIDATES),
+        min_length=1,
+        description="the modes built with their defaults, timed and compared",
     )
     min_cosine: Annotated[float, Field(ge=-1, le=1)] = Field(
         default=0.99, description="quality bar on the calibration data, mean cosine to the float outputs"
@@ -469,7 +549,9 @@ class OptimizeSpec(BaseStageSpec):
     """Deployment rewrites that keep the model float and its outputs the same: batch norms folded into
     the convolutions before them, and channels_last memory format for convolutions where it pays."""
 
-    kind: Literal["optimize"]
+    kind: Literal["optimize"] = Field(
+        description="the stage: float rewrites for deployment that keep the outputs (batch norm folding, channels_last)"
+    )
     fold_batchnorm: bool = Field(default=True, description="fold each batch norm into the convolution feeding it")
     channels_last: bool | Literal["auto"] = Field(
         default="auto",
