@@ -7,6 +7,7 @@ import json
 import logging
 import warnings
 
+import pytest
 from typer.testing import CliRunner
 
 from modelshrink.cli import app
@@ -66,3 +67,24 @@ def test_json_output_is_the_report_alone_while_the_users_code_prints(recipe_file
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["final"]["custom"]["chatty"] == 1.0, "stdout parses as report.json"
     assert "epoch 1/1 done" in result.stderr, "what the user printed is still shown"
+
+
+@pytest.mark.slow
+def test_a_static_int8_run_with_exports_writes_at_most_30_lines_to_stderr(recipe_file) -> None:
+    """Issue #25: one such run printed 365 lines of library warnings around 10 lines of progress. Whatever
+    the libraries say in this run, plus a metric whose libraries warn on every call (for each model and
+    export), is summed up."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    recipe = recipe_file(
+        model={"factory": "modelshrink.models.zoo:small_cnn", "kwargs": {"in_channels": 1, "width": 8}},
+        stages=[{"kind": "quantize", "mode": "static", "calibration_batches": 2}],
+        export=[{"format": "onnx", "quantize": "static"}, {"format": "openvino", "quantize": "int8"}],
+        evaluate={"metrics": ["tests.cli.test_library_warnings:noisy_metric"],
+                  "latency": {"batch_size": 2, "warmup": 0, "iterations": 2}},
+    )  # fmt: skip
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert len(result.stderr.splitlines()) <= 30, result.stderr
+    findings = [line for line in result.stderr.splitlines() if "warned" in line]
+    assert all("(--verbose shows them)" in line for line in findings), "each library's warnings summed up"
