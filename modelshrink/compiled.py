@@ -142,6 +142,16 @@ class Compiled(nn.Module):
         self._reset()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped model's attributes too (a text model's `pooling`, a classifier's `fc`): code written
+        for the model keeps working on its compiled form, and on a reload of it."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name == "inner" or "inner" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self.inner, name)
+
     @property
     def compile_time(self) -> tuple[float, int]:
         """Seconds spent in calls that compiled, and how many compiled (one per input shape until the

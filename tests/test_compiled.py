@@ -65,6 +65,7 @@ def test_a_deferred_model_serves_inference_from_its_package_and_rebuilds_only_wh
     assert builds == [] and model.pending, "nothing needed the eager model yet"
     assert [name for name, _ in model.named_parameters()] == ["inner.weight", "inner.bias"]
     assert builds == [1] and not model.pending, "rebuilt once, when its parameters were asked for"
+    assert model.out_features == 2, "the wrapped model's attributes read through the wrapper"
     assert torch.equal(model(x), eager(x)), "with gradients on, the eager model runs"
     twin = copy.deepcopy(Compiled.deferred(build, package))
     assert builds == [1, 1] and torch.equal(twin.inner.weight, eager.weight), "a copy holds the rebuilt model"

@@ -152,7 +152,9 @@ def test_bundled_recipes_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     prune20 = Path(__file__).parents[2] / "recipes" / "resnet50_prune20.yaml"
     result = runner.invoke(app, ["validate", str(prune20)])
     assert result.exit_code == 2
-    assert f"{prune20}:6 model.checkpoint: runs/digits_resnet50_baseline/model.pt does not exist\n" in result.stderr
+    line = 1 + next(n for n, text in enumerate(prune20.read_text().splitlines()) if text.startswith("  checkpoint:"))
+    missing = "model.checkpoint: runs/digits_resnet50_baseline/model.pt does not exist"
+    assert f"{prune20}:{line} {missing}\n" in result.stderr
     Path("runs/digits_resnet50_baseline").mkdir(parents=True)
     Path("runs/digits_resnet50_baseline/model.pt").touch()  # validate checks that inputs exist, not their bytes
     Path("runs/digits_resnet18_baseline").mkdir(parents=True)

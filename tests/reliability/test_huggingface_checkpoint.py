@@ -7,7 +7,6 @@ would fetch or prompt.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +100,34 @@ HOSTILE = {  # name: (architecture record, what the one line must say)
 }
 
 
+def models_built(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """From now on, the config of each Hugging Face model built (a test's timing would judge the machine)."""
+    from modelshrink.models import huggingface
+
+    built: list[Any] = []
+    real = huggingface._auto_class
+
+    class Recorded:  # the auto class, noting each model it is asked to build
+        def __init__(self, auto: Any) -> None:
+            self.auto = auto
+
+        def from_config(self, config: Any) -> Any:
+            built.append(config)
+            return self.auto.from_config(config)
+
+    monkeypatch.setattr(huggingface, "_auto_class", lambda *args: Recorded(real(*args)))
+    return built
+
+
 @pytest.mark.parametrize(("arch", "message"), HOSTILE.values(), ids=HOSTILE.keys())
-def test_a_hostile_config_gets_one_line_and_exit_2(tmp_path: Path, arch: dict[str, Any], message: str) -> None:
+def test_a_hostile_config_gets_one_line_and_exit_2(
+    tmp_path: Path, arch: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_checkpoint(tmp_path / "ck.pt", arch)
-    started = time.monotonic()
+    built = models_built(monkeypatch)
     result = runner.invoke(app, ["inspect", str(path)])
-    assert time.monotonic() - started < 1.0
+    if not message.startswith("cannot rebuild"):  # what transformers itself refuses, it refuses while building
+        assert built == [], "refused before any model was built (a config of 10^12 parameters would take it all)"
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: damaged checkpoint") and message in lines[0], lines
@@ -123,7 +144,7 @@ def test_a_model_bigger_than_this_machine_is_refused_before_it_is_built(tmp_path
     monkeypatch.setattr(huggingface, "physical_memory", lambda: 2**30)
     big = with_config(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096)
     path = write_checkpoint(tmp_path / "ck.pt", tiny_arch(config=big["config"]))
-    start = time.perf_counter()
+    built = models_built(monkeypatch)
     with pytest.raises(UserError, match=r"needs about \d+ GiB in float32, more than this machine's 1 GiB"):
         modelshrink.load(path)
-    assert time.perf_counter() - start < 5, "refused from the config, before any allocation"
+    assert built == [], "refused from the config, before any allocation"
