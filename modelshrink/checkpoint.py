@@ -64,25 +64,19 @@ def load(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = 
     the eager model behind it is rebuilt only when something needs it (`Compiled.deferred`): the checkpoint
     is checked and trusted as any other first, and its bytes are those the package was built from."""
     from modelshrink.compiled import Compiled
-    from modelshrink.compiled_artifact import attach, load_package
+    from modelshrink.compiled_artifact import load_package
     from modelshrink.progress import log
 
     path = Path(path)
     payload = read_payload(path, allow_pickle)
     lineage = _checked_lineage(payload, path, trust)
-    if not lineage.pickled and lineage.transforms and lineage.transforms[-1].kind == "compile":
-        package, why_not = load_package(path)
-        if package is not None:
-
-            def rebuild() -> nn.Module:
-                return model_from_payload(payload, path, allow_pickle=allow_pickle, trust=trust)[0].inner
-
-            return Compiled.deferred(rebuild, package)
-    model, _ = model_from_payload(payload, path, allow_pickle=allow_pickle, trust=trust)
-    why_not = attach(model, path)
+    compiles = not lineage.pickled and bool(lineage.transforms) and lineage.transforms[-1].kind == "compile"
+    package, why_not = load_package(path) if compiles else (None, None)
+    if package is not None:
+        return Compiled.deferred(lambda: _rebuild(payload, path, lineage).inner, package)
     if why_not:
         log(why_not)
-    return model
+    return _rebuild(payload, path, lineage)
 
 
 def _checked_lineage(payload: dict[str, Any], path: Path, trust: Collection[str]) -> Lineage:
@@ -138,14 +132,20 @@ def model_from_payload(
     payload: dict[str, Any], path: Path, allow_pickle: bool = False, trust: Collection[str] = ()
 ) -> tuple[nn.Module, Lineage]:
     """Rebuild from a read payload, once the trust policy allowed what it names (`trust.check_architecture`)."""
+    lineage = _checked_lineage(payload, path, trust)
+    return _rebuild(payload, path, lineage), lineage
+
+
+def _rebuild(payload: dict[str, Any], path: Path, lineage: Lineage) -> nn.Module:
+    """The model a checked payload describes (its architecture built, its transforms replayed, its
+    tensors loaded), in eval mode."""
     from modelshrink.models import build_architecture, describe
     from modelshrink.models.weights import load_into
 
-    lineage = _checked_lineage(payload, path, trust)
     if lineage.pickled:
         if not isinstance(payload.get("model"), nn.Module):
             raise UserError(f"{path}: damaged checkpoint (pickled model missing)")
-        return payload["model"].eval(), lineage
+        return payload["model"].eval()
     model = build_architecture(lineage.architecture, from_recipe=False, where=path)
     try:
         model = lineage.replay(model)
@@ -153,4 +153,4 @@ def model_from_payload(
         raise UserError(f"{path}: damaged checkpoint (its transforms do not fit the architecture: "
                         f"{type(exc).__name__}: {first_line(exc)})") from None  # fmt: skip
     load_into(model, payload["state_dict"], path, describe(lineage.architecture))
-    return model.eval(), lineage
+    return model.eval()

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from modelshrink.compiled import Compiled
 from modelshrink.environment import environment
@@ -162,14 +161,3 @@ def load_package(checkpoint: Path) -> tuple[Any, str | None]:
     except Exception as exc:  # unreadable, or the loader refuses it: compiling still works
         why = f"{type(exc).__name__}: {exc}"
     return None, f"{path.name} not used ({why}): the model compiles on its first call instead"
-
-
-def attach(model: nn.Module, checkpoint: Path) -> str | None:
-    """Let a reloaded `Compiled` model run the package beside its checkpoint instead of compiling; returns
-    why the package was not used (None: used, or there is none, or the model does not compile)."""
-    if not isinstance(model, Compiled):
-        return None
-    package, why = load_package(checkpoint)
-    if package is not None:
-        model.use_package(package)
-    return why
