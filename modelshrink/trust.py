@@ -23,9 +23,9 @@ from collections.abc import Collection
 from typing import Any
 
 from modelshrink.errors import UserError
+from modelshrink.sources import SOURCE_TYPES
 
 ZOO = frozenset(f"modelshrink.models.zoo:{name}" for name in ("mlp", "small_cnn"))
-KINDS = ("torchvision", "factory", "huggingface")
 _PLAIN = (bool, int, float, str, type(None))
 
 
@@ -55,7 +55,7 @@ def check_architecture(arch: Any, trust: Collection[str], where: object) -> None
     """Refuse an architecture record read from a file unless it is one of the kinds above, with plain kwargs."""
     if not isinstance(arch, dict):
         raise UserError(f"{where}: damaged checkpoint (no architecture record)")
-    kinds = [kind for kind in KINDS if kind in arch]
+    kinds = [kind for kind in SOURCE_TYPES if kind in arch]
     if len(kinds) != 1 or not isinstance(arch[kinds[0]], str):
         raise UserError(f"{where}: damaged checkpoint (the architecture record names no torchvision model, factory "
                         "or Hugging Face config)")  # fmt: skip

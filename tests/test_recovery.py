@@ -104,7 +104,8 @@ def test_a_stage_that_only_trains_is_called_out_when_it_ends_worse(monkeypatch) 
     """Pruning is expected to cost accuracy; a stage whose only work is training is not (`only_trains`)."""
     from modelshrink.engine import compress
     from modelshrink.recipe.stage_specs import FinetuneSpec
-    from modelshrink.stages import HANDLERS, Stage
+    from modelshrink.registry import STAGES
+    from modelshrink.stages import Stage
 
     class Scramble(Stage):  # a training stage gone wrong: the classifier forgets everything
         def apply(self, model: nn.Module, ctx: object) -> nn.Module:
@@ -113,7 +114,7 @@ def test_a_stage_that_only_trains_is_called_out_when_it_ends_worse(monkeypatch) 
             return model
 
     model, data = trained_model()
-    monkeypatch.setitem(HANDLERS, FinetuneSpec, Scramble)
+    monkeypatch.setitem(STAGES.handlers, FinetuneSpec, Scramble)
     stages = [{"kind": "prune", "method": "channel", "amount": 0.5, "name": "p"}, {"kind": "finetune", "name": "ft"}]
     result = compress(model, stages, data=data, evaluate={"latency": {"batch_size": 2, "iterations": 1}})
     pruned, tuned = result.stages

@@ -1,20 +1,12 @@
-"""Data sources, one module each; `build_data` picks by the recipe's `data.kind`."""
+"""Data sources, one module each, registered by spec type (`modelshrink.registry`); `build_data` picks
+by the recipe's `data.kind`."""
 
 from __future__ import annotations
 
-from modelshrink.data import cifar10, custom, digits, imagefolder, synthetic
+from modelshrink.data import cifar10, custom, digits, imagefolder, synthetic, text
 from modelshrink.data.bundle import DataBundle, with_evaluation_data, with_tuning_split
-from modelshrink.errors import UserError
-from modelshrink.recipe.schema import DataSpec, ModelSpec, TextData
-
-_BUILDERS = {
-    "digits": digits.build,
-    "imagefolder": imagefolder.build,
-    "cifar10": cifar10.build,
-    "synthetic": synthetic.build,
-    "python": custom.build_python,
-    "tensors": custom.build_tensors,
-}
+from modelshrink.recipe.schema import DataSpec, ModelSpec
+from modelshrink.registry import DATA
 
 
 def build_data(
@@ -35,16 +27,8 @@ def build_data(
 
 
 def _build(spec: DataSpec, seed: int, model: ModelSpec | None, tuning_split: bool) -> DataBundle:
-    if isinstance(spec, TextData):  # imported here: the Hugging Face extra is optional
-        from modelshrink.data import text
-
-        tokenizer = spec.tokenizer or (model.huggingface.source if model and model.huggingface else None)
-        if tokenizer is None:
-            raise UserError("data.tokenizer: text data needs a tokenizer (or a model.huggingface source)")
-        bundle = text.build(spec, seed, tokenizer)
-    else:
-        bundle = _BUILDERS[spec.kind](spec, seed)
+    bundle = DATA.handler_for(spec)(spec, seed, model)
     return with_tuning_split(bundle, spec.tune_fraction, seed) if tuning_split else bundle
 
 
-__all__ = ["DataBundle", "build_data"]
+__all__ = ["DataBundle", "build_data", "cifar10", "custom", "digits", "imagefolder", "synthetic", "text"]

@@ -17,13 +17,15 @@ import torch
 from modelshrink.data.bundle import IMAGENET_MEAN, IMAGENET_STD, DataBundle, image_bundle, normalization
 from modelshrink.data.tensors import ImageTensorDataset
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import Cifar10Data
+from modelshrink.recipe.schema import Cifar10Data, ModelSpec
+from modelshrink.registry import register
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 _RECORD = 1 + 3 * 32 * 32
 
 
-def build(spec: Cifar10Data, seed: int) -> DataBundle:
+@register(Cifar10Data)
+def build(spec: Cifar10Data, seed: int, model: ModelSpec | None = None) -> DataBundle:
     train_x, train_y, val_x, val_y = read_folder(spec.path)
     default = (IMAGENET_MEAN, IMAGENET_STD) if spec.channels == 3 else ((0.5,), (0.5,))
     mean, std = normalization(spec.mean, spec.std, spec.channels, default=default)

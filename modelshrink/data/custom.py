@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from modelshrink.data.bundle import UNLABELED, DataBundle, dataset_labels, make_bundle, stratified_split
 from modelshrink.errors import UserError, first_line
 from modelshrink.plugins import resolve, run_user_code
-from modelshrink.recipe.schema import PythonData, TensorFileData
+from modelshrink.recipe.schema import ModelSpec, PythonData, TensorFileData
+from modelshrink.registry import register
 
 EXAMPLES = 8  # validation inputs kept for probing; `example_inputs` cycles through them
 
@@ -38,7 +39,8 @@ class Unlabeled(Dataset):
         return self.dataset[index], UNLABELED
 
 
-def build_python(spec: PythonData, seed: int) -> DataBundle:
+@register(PythonData)
+def build_python(spec: PythonData, seed: int, model: ModelSpec | None = None) -> DataBundle:
     fn = resolve(spec.factory, "data.factory")
     result = run_user_code(fn, f"{spec.factory}(**kwargs)", "data.factory", **spec.kwargs)
     splits = _splits(result, spec.factory)
@@ -79,7 +81,8 @@ def _check_dataset(name: str, dataset: Any, labeled: bool) -> None:
         )
 
 
-def build_tensors(spec: TensorFileData, seed: int) -> DataBundle:
+@register(TensorFileData)
+def build_tensors(spec: TensorFileData, seed: int, model: ModelSpec | None = None) -> DataBundle:
     tensors = _read_tensor_file(spec.path)
     inputs = _tensor(tensors, spec.inputs, spec.path)
     targets = _tensor(tensors, spec.targets, spec.path) if spec.targets else None

@@ -6,10 +6,12 @@ import torch
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.data.tensors import split_in_memory
-from modelshrink.recipe.schema import DigitsData
+from modelshrink.recipe.schema import DigitsData, ModelSpec
+from modelshrink.registry import register
 
 
-def build(spec: DigitsData, seed: int) -> DataBundle:
+@register(DigitsData)
+def build(spec: DigitsData, seed: int, model: ModelSpec | None = None) -> DataBundle:
     from sklearn.datasets import load_digits
 
     digits = load_digits()

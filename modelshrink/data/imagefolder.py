@@ -23,7 +23,8 @@ from modelshrink.data.bundle import (
     stratified_split,
 )
 from modelshrink.errors import UserError
-from modelshrink.recipe.schema import ImageFolderData
+from modelshrink.recipe.schema import ImageFolderData, ModelSpec
+from modelshrink.registry import register
 
 
 def _to_rgb(image):  # module-level (not a lambda) so DataLoader workers can pickle the transform
@@ -56,7 +57,8 @@ class ImageFiles(Dataset):
         return self.transform(_load_image(self.files[index])), UNLABELED
 
 
-def build(spec: ImageFolderData, seed: int) -> DataBundle:
+@register(ImageFolderData)
+def build(spec: ImageFolderData, seed: int, model: ModelSpec | None = None) -> DataBundle:
     root = spec.path
     if not root.is_dir():
         raise UserError(f"data.path: {root} is not a directory")

@@ -6,10 +6,12 @@ import torch
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.data.tensors import split_in_memory
-from modelshrink.recipe.schema import SyntheticData
+from modelshrink.recipe.schema import ModelSpec, SyntheticData
+from modelshrink.registry import register
 
 
-def build(spec: SyntheticData, seed: int) -> DataBundle:
+@register(SyntheticData)
+def build(spec: SyntheticData, seed: int, model: ModelSpec | None = None) -> DataBundle:
     generator = torch.Generator().manual_seed(seed)
     shape = (spec.channels, spec.image_size, spec.image_size)
     prototypes = torch.rand(spec.num_classes, *shape, generator=generator)

@@ -17,10 +17,20 @@ from torch.utils.data import TensorDataset
 from modelshrink.data.bundle import UNLABELED, DataBundle, make_bundle, stratified_split
 from modelshrink.errors import UserError
 from modelshrink.models.huggingface import tokenizer_for
-from modelshrink.recipe.schema import TextData
+from modelshrink.recipe.schema import ModelSpec, TextData
+from modelshrink.registry import register
 
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE_SENTENCES = SAMPLES / "sentences.txt"
+
+
+@register(TextData)
+def build_texts(spec: TextData, seed: int, model: ModelSpec | None = None) -> DataBundle:
+    """The tokenizer is the data's own or, without one, the model's Hugging Face source."""
+    tokenizer = spec.tokenizer or (model.huggingface.source if model and model.huggingface else None)
+    if tokenizer is None:
+        raise UserError("data.tokenizer: text data needs a tokenizer (or a model.huggingface source)")
+    return build(spec, seed, tokenizer)
 
 
 def build(spec: TextData, seed: int, tokenizer_source: str) -> DataBundle:

@@ -1,6 +1,6 @@
 """Exports of the compressed model for other runtimes, each validated and measured like a stage.
 
-As with stages, a handler is registered per spec type (`EXPORTERS`); it turns the model into the
+As with stages, a handler is registered per spec type (`modelshrink.registry.register`); it turns the model into the
 file's bytes and a module that runs the file on its runtime (an nn.Module so that the one
 metrics and latency code measures it). Nothing here writes files: the pipeline writes the bytes with
 every other output, atomically.
@@ -15,8 +15,9 @@ from torch import nn
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError
-from modelshrink.export.base import EXPORTERS, Exported
+from modelshrink.export.base import Exported
 from modelshrink.recipe.export_specs import ExportSpec
+from modelshrink.registry import EXPORTS
 from modelshrink.stages.fold import conv_bn_pairs
 from modelshrink.stages.selection import matches_any
 
@@ -44,7 +45,7 @@ def export(model: nn.Module, spec: ExportSpec, data: DataBundle, exclude: list[s
     recipe keeps in float."""
     from modelshrink.export import onnx, openvino, pt2  # noqa: F401  (register their exporters)
 
-    return EXPORTERS[type(spec)](model, spec, data, with_folded_norms(model, exclude, data), threads)
+    return EXPORTS.handler_for(spec)(model, spec, data, with_folded_norms(model, exclude, data), threads)
 
 
 def with_folded_norms(model: nn.Module, exclude: list[str], data: DataBundle) -> list[str]:

@@ -1,4 +1,4 @@
-"""The exporter registry: one handler per export spec type, as stages have (`modelshrink.export`)."""
+"""What an exporter returns, and its signature; exporters register by spec type (`modelshrink.registry`)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,4 @@ class Exported:
         return sum(len(content) for content in self.files.values())
 
 
-Exporter = Callable[[nn.Module, ExportSpec, DataBundle, list[str], int], Exported]
-EXPORTERS: dict[type, Exporter] = {}
-
-
-def register(spec_type: type) -> Callable[[Exporter], Exporter]:
-    def decorator(function: Exporter) -> Exporter:
-        EXPORTERS[spec_type] = function
-        return function
-
-    return decorator
+Exporter = Callable[[nn.Module, ExportSpec, DataBundle, list[str], int], Exported]  # `registry.EXPORTS` holds them

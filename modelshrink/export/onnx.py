@@ -25,11 +25,12 @@ from torch import nn
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
-from modelshrink.export.base import Exported, register
+from modelshrink.export.base import Exported
 from modelshrink.export.feeds import dynamic_axes, feeds
 from modelshrink.inputs import Inputs, as_args
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import OnnxExport
+from modelshrink.registry import register
 from modelshrink.runtimes.sessions import onnxruntime_session
 from modelshrink.stages.selection import matches_any
 

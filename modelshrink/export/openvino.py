@@ -29,11 +29,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
-from modelshrink.export.base import Exported, register
+from modelshrink.export.base import Exported
 from modelshrink.export.feeds import dynamic_axes, feeds, is_transformer
 from modelshrink.inputs import Inputs, as_args
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import OpenVinoExport
+from modelshrink.registry import register
 from modelshrink.runtimes.sessions import openvino_compiled
 from modelshrink.stages.fold import conv_bn_pairs
 from modelshrink.stages.selection import matches_any

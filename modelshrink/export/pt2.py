@@ -25,11 +25,12 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from modelshrink.compiled import Compiled
 from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
-from modelshrink.export.base import Exported, register
+from modelshrink.export.base import Exported
 from modelshrink.inputs import Inputs, as_args, output_matrix, output_widths
 from modelshrink.metrics.similarity import worst_output_cosine
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import Pt2Export
+from modelshrink.registry import register
 from modelshrink.stages.quantize.pt2e import ExportedGraph
 
 # a package whose outputs are further than this from the model's (mean cosine over a batch) is wrong,

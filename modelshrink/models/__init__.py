@@ -11,8 +11,10 @@ from typing import Any
 from torch import nn
 
 from modelshrink.errors import UserError
-from modelshrink.models import factory, huggingface, torchvision
+from modelshrink.models import factory, huggingface, torchvision  # noqa: F401 (each registers its source)
 from modelshrink.recipe.schema import ModelSpec
+from modelshrink.registry import SOURCES
+from modelshrink.sources import source_of
 
 
 def architecture_of(spec: ModelSpec) -> dict[str, Any] | None:
@@ -36,19 +38,13 @@ def huggingface_head(spec: ModelSpec) -> dict[str, Any]:
 
 def build_architecture(arch: dict[str, Any], *, from_recipe: bool = True, where: object = "checkpoint") -> nn.Module:
     """`from_recipe=False` for a record read from a file (`where`), which `modelshrink.trust` has allowed already."""
-    if "torchvision" in arch:
-        return torchvision.build(arch["torchvision"], arch.get("kwargs", {}))
-    if "factory" in arch:
-        return factory.build(arch["factory"], arch.get("kwargs", {}), from_recipe=from_recipe)
-    if "huggingface" in arch:
-        return huggingface.build(arch, where=None if from_recipe else where)
-    raise UserError(f"unknown architecture record {arch!r}")
+    source = source_of(arch)
+    if source is None:
+        raise UserError(f"unknown architecture record {arch!r}")
+    return SOURCES.handler_for(source)(source, from_recipe=from_recipe, where=where)
 
 
 def describe(arch: dict[str, Any]) -> str:
     """A short name for an architecture record, for messages and `inspect`."""
-    if "huggingface" in arch:
-        return f"{arch['huggingface']} (Hugging Face {arch.get('task', 'model')})"
-    name = arch.get("torchvision") or arch.get("factory") or "a pickled model"
-    kwargs = ", ".join(f"{k}={v!r}" for k, v in arch.get("kwargs", {}).items())
-    return f"{name}({kwargs})" if kwargs else str(name)
+    source = source_of(arch)
+    return source.describe() if source is not None else "a pickled model"

@@ -14,6 +14,13 @@ from torch import nn
 
 from modelshrink.errors import UserError, first_line
 from modelshrink.plugins import resolve
+from modelshrink.registry import register
+from modelshrink.sources import FactorySource
+
+
+@register(FactorySource)
+def build_source(source: FactorySource, *, from_recipe: bool, where: object) -> nn.Module:
+    return build(source.name, source.kwargs, from_recipe=from_recipe)
 
 
 def build(target: str, kwargs: dict[str, Any], *, from_recipe: bool = True) -> nn.Module:

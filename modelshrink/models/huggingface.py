@@ -24,6 +24,8 @@ from torch import nn
 
 from modelshrink.errors import UserError, first_line
 from modelshrink.plugins import resolve
+from modelshrink.registry import register
+from modelshrink.sources import HuggingFaceSource
 
 _ST_POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
@@ -122,6 +124,11 @@ def load_pretrained(source: str, **head: Any) -> tuple[nn.Module, dict[str, Any]
     except (OSError, ValueError) as exc:
         raise UserError(f"model.huggingface: cannot load {source}: {first_line(exc)}") from None
     return _wrap(transformer, arch), arch
+
+
+@register(HuggingFaceSource)
+def build_source(source: HuggingFaceSource, *, from_recipe: bool, where: object) -> nn.Module:
+    return build(source.record, where=None if from_recipe else where)
 
 
 def build(arch: dict[str, Any], where: object = None) -> nn.Module:

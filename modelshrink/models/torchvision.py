@@ -8,6 +8,13 @@ from typing import Any
 from torch import nn
 
 from modelshrink.errors import UserError, first_line
+from modelshrink.registry import register
+from modelshrink.sources import TorchvisionSource
+
+
+@register(TorchvisionSource)
+def build_source(source: TorchvisionSource, *, from_recipe: bool, where: object) -> nn.Module:
+    return build(source.name, source.kwargs)
 
 
 def build(name: str, kwargs: dict[str, Any]) -> nn.Module:

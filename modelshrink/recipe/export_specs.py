@@ -12,11 +12,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
+from modelshrink.recipe.kinds import extensible
 from modelshrink.recipe.schema import ConstraintsSpec, Strict
 from modelshrink.recipe.stage_specs import tagged_union
 
 
-class _Export(Strict):
+class BaseExportSpec(Strict):
     constraints: ConstraintsSpec | None = Field(  # type: ignore[valid-type]
         default=None,
         description="gates on this export's metrics against the baseline, as the recipe's constraints, e.g. "
@@ -27,7 +28,7 @@ class _Export(Strict):
     exports_final: ClassVar[bool] = False
 
     @model_validator(mode="after")
-    def _gates_against_the_baseline(self) -> _Export:
+    def _gates_against_the_baseline(self) -> BaseExportSpec:
         if self.constraints is not None and self.constraints.compare_to is not None:
             raise ValueError("constraints.compare_to is recipe-wide; an export's constraints gate against the baseline")
         return self
@@ -46,7 +47,7 @@ class _Export(Strict):
         return f"{self.format} {getattr(self, 'quantize', '')}".strip()  # type: ignore[attr-defined]
 
 
-class OnnxExport(_Export):
+class OnnxExport(BaseExportSpec):
     """An ONNX file run by ONNX Runtime: fp32, or int8 by ONNX Runtime's quantizer (dynamic; or static,
     QDQ with per-channel weights, calibrated on the recipe's calibration data)."""
 
@@ -64,7 +65,7 @@ class OnnxExport(_Export):
         return "model.onnx" if self.quantize == "none" else f"model.{self.quantize}.onnx"
 
 
-class OpenVinoExport(_Export):
+class OpenVinoExport(BaseExportSpec):
     """An OpenVINO IR (`.xml` graph, `.bin` weights) run by OpenVINO's CPU plugin: fp32, or int8 by
     NNCF's post-training quantization calibrated on the recipe's calibration data."""
 
@@ -93,7 +94,7 @@ class OpenVinoExport(_Export):
         return [self.file_name, self.file_name.removesuffix(".xml") + ".bin"]
 
 
-class Pt2Export(_Export):
+class Pt2Export(BaseExportSpec):
     """A torch.export program compiled ahead of time by AOTInductor into a `.pt2` package, which
     `torch._inductor.aoti_load_package` runs without a compiler. It packages the final model, quantized
     or not, as the stages left it."""
@@ -109,5 +110,5 @@ class Pt2Export(_Export):
         return "model.pt2"
 
 
-FORMATS: dict[str, type[_Export]] = {"onnx": OnnxExport, "openvino": OpenVinoExport, "pt2": Pt2Export}
-ExportSpec = tagged_union("format", None, FORMATS)
+FORMATS: dict[str, type[BaseExportSpec]] = {"onnx": OnnxExport, "openvino": OpenVinoExport, "pt2": Pt2Export}
+ExportSpec = extensible("export", frozenset(FORMATS), tagged_union("format", None, FORMATS))

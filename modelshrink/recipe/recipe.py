@@ -12,8 +12,23 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from modelshrink.constraints import custom_gate_names, gates
 from modelshrink.descriptors import METRICS
 from modelshrink.recipe.export_specs import ExportSpec
-from modelshrink.recipe.schema import ConstraintsSpec, DataSpec, EvaluateSpec, ModelSpec, OutputSpec, Strict, TextData
+from modelshrink.recipe.schema import (
+    BaseDataSpec,
+    ConstraintsSpec,
+    DataSpec,
+    EvaluateSpec,
+    ModelSpec,
+    OutputSpec,
+    Strict,
+    TextData,
+)
 from modelshrink.recipe.stage_specs import StageSpec, needs_tuning_split, stage_names
+
+
+def labeled(data: BaseDataSpec) -> bool:
+    """Whether a data kind's items come with targets: each built-in kind says so, a plug-in's kind is
+    taken as labeled unless it has a `labeled` of its own."""
+    return getattr(data, "labeled", True)
 
 
 class Recipe(Strict):
@@ -113,14 +128,14 @@ class Recipe(Strict):
     def _labels_fit(self) -> Recipe:
         """Unlabeled data serves calibration, distillation and gates against the original model; what
         needs labels is refused here, before any work."""
-        if not self.data.labeled:
+        if not labeled(self.data):
             how = self.data.label_hint
             for spec in self.stages:
                 if spec.needs_labels:
                     reason = "trains" if spec.training is not None else "scores by loss gradients"
                     raise ValueError(f"stage {spec.kind!r} {reason}, which needs labels: {how} (distill needs none)")
         reporting = self.evaluate.data or self.data  # the data that reports quality and gates
-        if reporting.labeled:
+        if labeled(reporting):
             return self
         how = reporting.label_hint
         for gate in gates(self.constraints):

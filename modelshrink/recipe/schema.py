@@ -7,12 +7,13 @@ silently running with a default. Stage specs live in `stage_specs.py`, the whole
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from modelshrink.descriptors import METRICS
 from modelshrink.plugins import TARGET_RE
+from modelshrink.recipe.kinds import extensible, tag_of
 
 
 class Strict(BaseModel):
@@ -186,8 +187,9 @@ _TUNE_FRACTION_HELP = (
 )
 
 
-class _Loading(Strict):
-    """How every data kind is loaded and held out."""
+class BaseDataSpec(Strict):
+    """How every data kind is loaded and held out; a plug-in's data kind subclasses it with its own
+    `kind: Literal[...]` and fields (`modelshrink.registry`)."""
 
     label_hint: ClassVar[str] = "use labeled data"  # how to give this kind labels, for refusals that need them
 
@@ -198,7 +200,7 @@ class _Loading(Strict):
     )
 
 
-class _Split(_Loading):
+class _Split(BaseDataSpec):
     """Data kinds that split one set into training and validation."""
 
     val_fraction: Fraction = Field(
@@ -304,7 +306,7 @@ class Cifar10Data(_DataCommon):
     channels: Literal[1, 3] = Field(default=3, description="3 (RGB), or 1 (converted to grayscale)")
 
 
-class PythonData(_Loading):
+class PythonData(BaseDataSpec):
     """Datasets from your own code: `factory(**kwargs)` returns `(train, val)` torch Datasets, or a
     dict with `train`, `val` and optional `calibration`. An item is `(input, target)`, or the input
     alone with `labeled: false`; an input is a tensor, a tuple or a dict of tensors."""
@@ -406,10 +408,12 @@ class TextData(_Split):
         return self.label_field is not None
 
 
-DataSpec = Annotated[
-    DigitsData | ImageFolderData | Cifar10Data | SyntheticData | TextData | PythonData | TensorFileData,
-    Field(discriminator="kind"),
-]
+_DATA_KINDS = (DigitsData, ImageFolderData, Cifar10Data, SyntheticData, TextData, PythonData, TensorFileData)
+DataSpec = extensible(
+    "data",
+    frozenset(tag_of(cls, "data") for cls in _DATA_KINDS),
+    Annotated[Union[_DATA_KINDS], Field(discriminator="kind")],  # noqa: UP007 (built from a tuple)
+)
 
 
 # ------------------------------------------------------------------------------- evaluation and output
@@ -428,15 +432,26 @@ class LatencySpec(Strict):
     )
 
 
-class CustomMetricSpec(Shorthand):
+class BaseMetricSpec(Strict):
+    """A metric kind of `evaluate.metrics`: its handler returns `{name: float}` for a model on the
+    validation data, higher is better unless the name is in `lower_is_better`. A plug-in's metric
+    subclasses it with its own `kind: Literal[...]` and fields (`modelshrink.registry`)."""
+
+    lower_is_better: list[str] = Field(
+        default_factory=list, description="names of the returned metrics for which lower is better, e.g. [mae]"
+    )
+
+
+class CustomMetricSpec(Shorthand, BaseMetricSpec):
     """Your own metric: `function(model, val_loader) -> {name: float}`, higher is better unless the
     name is in `lower_is_better`. A plain string is shorthand for `function`."""
 
     shorthand: ClassVar[str] = "function"
+    kind: Literal["python"] = Field(default="python", description="the metric: your own function (the default)")
     function: Target = Field(description="'pkg.module:fn' called as fn(model, val_loader), returning {name: float}")
-    lower_is_better: list[str] = Field(
-        default_factory=list, description="names of the returned metrics for which lower is better, e.g. [mae]"
-    )
+
+
+MetricSpec = extensible("metric", frozenset({"python"}), CustomMetricSpec)
 
 
 class EvaluateSpec(Strict):
@@ -453,7 +468,7 @@ class EvaluateSpec(Strict):
         description="a separate held-out set that reports quality and gates the run (all of it); the recipe's "
         "data then only trains, tunes and calibrates",
     )
-    metrics: list[CustomMetricSpec] = Field(
+    metrics: list[MetricSpec] = Field(
         default_factory=list, description="your own metrics, 'pkg.module:fn' returning {name: value}"
     )
     task: Literal["auto", "classification", "other"] = Field(

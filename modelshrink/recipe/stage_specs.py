@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, Union
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
 
+from modelshrink.recipe.kinds import extensible
 from modelshrink.recipe.schema import (
     Fraction,
     ModelSpec,
@@ -589,7 +590,7 @@ KINDS: dict[str, Any] = {
     "distill": DistillSpec,
     "optimize": OptimizeSpec,
 }
-StageSpec = tagged_union("kind", None, KINDS)
+StageSpec = extensible("stage", frozenset(KINDS), tagged_union("kind", None, KINDS))
 _ADAPTER: TypeAdapter[BaseStageSpec] = TypeAdapter(StageSpec)
 
 

@@ -1,10 +1,9 @@
 """Compression stages, one module per method or mode; importing this package registers them all."""
 
 from modelshrink.stages import blocks, distill, finetune, optimize, prune, quantize, reshape, structured
-from modelshrink.stages.base import HANDLERS, Stage, StageContext, apply_stage, handler_for, make_stage
+from modelshrink.stages.base import Stage, StageContext, apply_stage, handler_for, make_stage
 
 __all__ = [
-    "HANDLERS",
     "Stage",
     "StageContext",
     "apply_stage",

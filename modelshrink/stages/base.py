@@ -1,8 +1,8 @@
 """The one interface every stage implements, the small context they share, and the registry.
 
-As in torchao (`register_quantize_module_handler(ConfigType)`), a stage spec's type picks its
-handler: each `Stage` subclass registers for the spec classes it handles, and `apply_stage` looks the
-handler up by the spec's type. Every handler has one signature, `apply(model, ctx) -> model`.
+A stage spec's type picks its handler, as for every seam (`modelshrink.registry`): each `Stage`
+subclass registers for the spec classes it handles (`@register(ChannelPruneSpec)`), and `apply_stage`
+looks the handler up by the spec's type. Every handler has one signature, `apply(model, ctx) -> model`.
 Stages never write files.
 """
 
@@ -20,6 +20,7 @@ from modelshrink.inputs import Inputs
 from modelshrink.lineage import Lineage, Transform
 from modelshrink.recipe.schema import EvaluateSpec, ModelSpec
 from modelshrink.recipe.stage_specs import BaseStageSpec, TrainingSettings, parse_stage
+from modelshrink.registry import STAGES
 from modelshrink.resume import ResumeStore
 from modelshrink.stages.notes import StageNotes, TrainingRun
 from modelshrink.train import fit
@@ -108,27 +109,8 @@ class Stage(ABC, Generic[SpecT]):
         """Return the compressed model (in place or a new module)."""
 
 
-HANDLERS: dict[type[BaseStageSpec], type[Stage]] = {}
-
-StageT = TypeVar("StageT", bound=type[Stage])
-
-
-def register(*spec_types: type[BaseStageSpec]) -> Callable[[StageT], StageT]:
-    """Class decorator: this stage handles specs of these types (and their subclasses)."""
-
-    def decorator(cls: StageT) -> StageT:
-        for spec_type in spec_types:
-            HANDLERS[spec_type] = cls
-        return cls
-
-    return decorator
-
-
 def handler_for(spec: BaseStageSpec) -> type[Stage]:
-    for cls in type(spec).__mro__:
-        if cls in HANDLERS:
-            return HANDLERS[cls]
-    raise TypeError(f"no stage is registered for {type(spec).__name__}")  # a spec class without its module
+    return STAGES.handler_for(spec)
 
 
 def make_stage(spec: BaseStageSpec | dict[str, Any], name: str) -> Stage:

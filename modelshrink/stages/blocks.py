@@ -20,7 +20,8 @@ from modelshrink.hooks import forward_hooks
 from modelshrink.inputs import call, output_matrix
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import BlockPruneSpec
-from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.registry import register
+from modelshrink.stages.base import Stage, StageContext
 from modelshrink.stages.selection import matches_any, sequential_blocks, set_submodule
 from modelshrink.train import recalibrate_batchnorm
 

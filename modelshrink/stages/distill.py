@@ -34,7 +34,8 @@ from modelshrink.hooks import forward_hooks
 from modelshrink.inputs import Inputs, call, output_matrix, output_names, output_widths
 from modelshrink.metrics.accuracy import classifies, evaluate_classifier, label_kind
 from modelshrink.recipe.stage_specs import DistillSpec
-from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.registry import register
+from modelshrink.stages.base import Stage, StageContext
 from modelshrink.stages.notes import Comparison
 from modelshrink.train import LossFn, task_loss
 

@@ -12,7 +12,8 @@ from torch import nn
 from modelshrink.errors import first_line
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import OptimizeSpec
-from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.registry import register
+from modelshrink.stages.base import Stage, StageContext
 from modelshrink.stages.fold import FoldBatchNorm, conv_bn_pairs
 from modelshrink.stages.quantize import choose
 

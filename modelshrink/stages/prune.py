@@ -12,7 +12,8 @@ from torch import nn
 
 from modelshrink.errors import UserError
 from modelshrink.recipe.stage_specs import UnstructuredPruneSpec
-from modelshrink.stages.base import Stage, StageContext, register
+from modelshrink.registry import register
+from modelshrink.stages.base import Stage, StageContext
 from modelshrink.stages.selection import select_modules
 
 _METHODS = {"l1": torch_prune.L1Unstructured, "random": torch_prune.RandomUnstructured}

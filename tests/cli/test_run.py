@@ -117,13 +117,13 @@ def test_existing_output_needs_force_and_input_is_never_overwritten(tmp_path: Pa
 
 def test_a_failing_stage_leaves_no_output(tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch) -> None:
     from modelshrink.recipe.stage_specs import UnstructuredPruneSpec
-    from modelshrink.stages import HANDLERS
+    from modelshrink.registry import STAGES
 
-    class Boom(HANDLERS[UnstructuredPruneSpec]):  # type: ignore[misc, valid-type]
+    class Boom(STAGES.handlers[UnstructuredPruneSpec]):  # type: ignore[misc, valid-type]
         def apply(self, model, ctx):
             raise RuntimeError("stage exploded")
 
-    monkeypatch.setitem(HANDLERS, UnstructuredPruneSpec, Boom)
+    monkeypatch.setitem(STAGES.handlers, UnstructuredPruneSpec, Boom)
     with pytest.raises(RuntimeError, match="stage exploded"):
         modelshrink.run_recipe(recipe_file())
     assert not (tmp_path / "out").exists()

@@ -17,7 +17,8 @@ from modelshrink.environment import cpu_summary
 from modelshrink.errors import UserError, first_line
 from modelshrink.lineage import Lineage
 from modelshrink.recipe.stage_specs import AutoQuantSpec
-from modelshrink.stages.base import Stage, StageContext, handler_for, register
+from modelshrink.registry import register
+from modelshrink.stages.base import Stage, StageContext, handler_for
 from modelshrink.stages.quantize import choose
 
 FLOAT = "fp32 (unchanged)"

@@ -34,7 +34,8 @@ from modelshrink.inputs import Inputs, call
 from modelshrink.lineage import Transform
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import DynamicQuantSpec
-from modelshrink.stages.base import StageContext, register
+from modelshrink.registry import register
+from modelshrink.stages.base import StageContext
 from modelshrink.stages.quantize import choose
 from modelshrink.stages.quantize.compiling import QuantizeStage
 from modelshrink.stages.quantize.per_token import QuantizePerToken

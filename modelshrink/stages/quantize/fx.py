@@ -24,7 +24,8 @@ from modelshrink.lineage import Lineage, Transform
 from modelshrink.metrics.drop import OutputDrop
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import QatSpec, StaticQuantSpec
-from modelshrink.stages.base import StageContext, register
+from modelshrink.registry import register
+from modelshrink.stages.base import StageContext
 from modelshrink.stages.quantize import bias_correction, choose, pt2e
 from modelshrink.stages.quantize.compiling import QuantizeStage
 from modelshrink.stages.selection import matches_any

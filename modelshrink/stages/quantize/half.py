@@ -12,7 +12,8 @@ from torch import nn
 from modelshrink.inputs import map_tensors
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import HalfSpec
-from modelshrink.stages.base import StageContext, register
+from modelshrink.registry import register
+from modelshrink.stages.base import StageContext
 from modelshrink.stages.quantize.compiling import QuantizeStage
 
 

@@ -20,7 +20,8 @@ from torch import nn
 from modelshrink.errors import UserError
 from modelshrink.lineage import Transform
 from modelshrink.recipe.stage_specs import WeightOnlySpec
-from modelshrink.stages.base import StageContext, register
+from modelshrink.registry import register
+from modelshrink.stages.base import StageContext
 from modelshrink.stages.quantize.compiling import QuantizeStage
 from modelshrink.stages.selection import matches_any, replace_each, select_modules
 

@@ -1,0 +1,94 @@
+"""Kinds a recipe may name beyond the built-in ones: spec classes that plug-ins register, by the
+recipe section they extend and the tag they answer to (`kind:`, or `format:` for exports).
+
+A section's built-in kinds are a pydantic tagged union, fixed when the schema is built. `extensible`
+wraps such a union: a tag the union does not know is looked up among the registered plug-in specs
+(`modelshrink.registry.register` adds them), and only then, once, among the installed packages'
+entry points in group `modelshrink.plugins` (`load_entry_points`). So no third-party code is
+imported for a recipe of built-in kinds, and a recipe naming a kind is what asks for its plug-in: the
+recipe is the user's own script (see `modelshrink.trust`). Files that are data (checkpoints, reports)
+never name stage or data kinds, so they cannot make a plug-in load. No torch here: recipes are
+validated without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import SerializeAsAny, ValidatorFunctionWrapHandler, WrapValidator
+
+from modelshrink.errors import UserError, first_line
+
+GROUP = "modelshrink.plugins"
+Section = Literal["stage", "data", "metric", "export"]
+SELECTORS: dict[Section, str] = {"stage": "kind", "data": "kind", "metric": "kind", "export": "format"}
+
+_PLUGIN_SPECS: dict[Section, dict[str, type]] = {section: {} for section in SELECTORS}
+_BUILT_IN: dict[Section, frozenset[str]] = {}
+_loaded: list[str] | None = None  # the entry points imported, once any recipe asked
+
+
+def extensible(section: Section, built_in: frozenset[str], union: Any) -> Any:
+    """`union` (a section's built-in specs) accepting the kinds plug-ins add, and serialized as whichever
+    spec it holds."""
+    _BUILT_IN[section] = built_in
+    selector = SELECTORS[section]
+
+    def plugin_or_built_in(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        tag = value.get(selector) if isinstance(value, dict) else None
+        if isinstance(tag, str) and tag not in built_in:
+            spec_type = plugin_spec(section, tag)
+            if spec_type is not None:
+                return spec_type.model_validate(value)
+        return handler(value)
+
+    return SerializeAsAny[Annotated[union, WrapValidator(plugin_or_built_in)]]
+
+
+def tag_of(spec_type: type, section: Section) -> str | None:
+    """The one tag a spec class answers to (its `kind: Literal["..."]`); None for a base class."""
+    field = getattr(spec_type, "model_fields", {}).get(SELECTORS[section])
+    annotation = field.annotation if field is not None else None
+    tags = get_args(annotation) if get_origin(annotation) is Literal else ()
+    return tags[0] if len(tags) == 1 and isinstance(tags[0], str) else None
+
+
+def add_plugin_spec(section: Section, spec_type: type) -> None:
+    """Make `spec_type` a kind recipes may name; a built-in kind is not taken over."""
+    tag = tag_of(spec_type, section)
+    if tag is None or tag in _BUILT_IN.get(section, ()):
+        return
+    taken = _PLUGIN_SPECS[section].get(tag)
+    if taken is not None and taken is not spec_type:
+        raise TypeError(f"{section} kind {tag!r} is registered twice ({taken.__module__}, {spec_type.__module__})")
+    _PLUGIN_SPECS[section][tag] = spec_type
+
+
+def plugin_spec(section: Section, tag: str) -> type | None:
+    """The plug-in spec class for a tag no built-in spec has, loading the installed plug-ins if needed."""
+    if tag not in _PLUGIN_SPECS[section]:
+        load_entry_points()
+    return _PLUGIN_SPECS[section].get(tag)
+
+
+def plugin_kinds(section: Section) -> list[str]:
+    return sorted(_PLUGIN_SPECS[section])
+
+
+def load_entry_points(select: Callable[[Any], Any] = entry_points) -> list[str]:
+    """Import every module of group `modelshrink.plugins` (each registers its specs as it is imported),
+    once; returns their names. A plug-in that fails to import is one line naming it, not a traceback."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    _loaded = []
+    for point in select(group=GROUP):
+        try:
+            point.load()
+        except Exception as exc:  # whatever the plug-in's import raises: theirs to fix
+            raise UserError(f"plug-in {point.name!r} ({point.value}) failed to load: "
+                            f"{type(exc).__name__}: {first_line(exc)}") from None  # fmt: skip
+        _loaded.append(point.name)
+    return _loaded

@@ -1,0 +1,79 @@
+"""One plug-in idiom: a handler registered by the type of the spec it handles, for every seam.
+
+As in torchao (`register_quantize_module_handler(ConfigType)`), the spec's class picks its handler,
+looked up along the spec's class hierarchy, so a subclass is handled as its parent unless it has a
+handler of its own. `register` serves every seam; which one is read from the spec's base class:
+
+| seam | spec base | handler |
+|---|---|---|
+| stage | `BaseStageSpec` | a `stages.Stage` subclass: `Stage(spec, name).apply(model, ctx) -> model` |
+| data kind | `BaseDataSpec` | `build(spec, seed, model_spec) -> DataBundle` |
+| metric | `BaseMetricSpec` | `measure(spec, model, val_loader) -> {name: float}` |
+| export | `BaseExportSpec` | `export(model, spec, data, exclude, threads) -> Exported` |
+| model source | `BaseSource` | `build(source, from_recipe) -> nn.Module` |
+
+A spec class of a kind that is not built in also becomes a kind recipes may name
+(`recipe.kinds`), which is how a package of the user's adds one: it registers its spec and handler
+in a module named by an entry point of group `modelshrink.plugins` (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from modelshrink.recipe.export_specs import BaseExportSpec
+from modelshrink.recipe.kinds import Section, add_plugin_spec
+from modelshrink.recipe.schema import BaseDataSpec, BaseMetricSpec
+from modelshrink.recipe.stage_specs import BaseStageSpec
+from modelshrink.sources import BaseSource
+
+HandlerT = TypeVar("HandlerT")
+
+
+class Registry:
+    """The handlers of one seam, by spec type."""
+
+    def __init__(self, seam: str, base: type, section: Section | None):
+        self.seam, self.base, self.section = seam, base, section
+        self.handlers: dict[type, Any] = {}
+
+    def add(self, spec_type: type, handler: Any) -> None:
+        if self.section is not None:
+            add_plugin_spec(self.section, spec_type)
+        self.handlers[spec_type] = handler
+
+    def handler_for(self, spec: Any) -> Any:
+        for cls in type(spec).__mro__:
+            if cls in self.handlers:
+                return self.handlers[cls]
+        raise TypeError(f"no {self.seam} handler is registered for {type(spec).__name__}")  # a spec without its module
+
+
+STAGES = Registry("stage", BaseStageSpec, "stage")
+DATA = Registry("data", BaseDataSpec, "data")
+METRICS = Registry("metric", BaseMetricSpec, "metric")
+EXPORTS = Registry("export", BaseExportSpec, "export")
+SOURCES = Registry("model source", BaseSource, None)  # a record in a checkpoint: not a recipe kind (trust)
+REGISTRIES = (STAGES, DATA, METRICS, EXPORTS, SOURCES)
+
+
+def register(*spec_types: type) -> Callable[[HandlerT], HandlerT]:
+    """Decorator: the decorated stage class or function handles specs of these types (and their subclasses)."""
+    for spec_type in spec_types:
+        _registry_of(spec_type)  # a wrong type fails where the decorator is written, not at first use
+
+    def decorator(handler: HandlerT) -> HandlerT:
+        for spec_type in spec_types:
+            _registry_of(spec_type).add(spec_type, handler)
+        return handler
+
+    return decorator
+
+
+def _registry_of(spec_type: type) -> Registry:
+    for registry in REGISTRIES:
+        if isinstance(spec_type, type) and issubclass(spec_type, registry.base):
+            return registry
+    bases = ", ".join(registry.base.__name__ for registry in REGISTRIES)
+    raise TypeError(f"register: {spec_type!r} is not a spec of any seam (subclass one of {bases})")

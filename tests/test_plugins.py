@@ -1,0 +1,109 @@
+"""Plug-ins: a package installed with pip adds a stage, a data kind and a metric through an entry point of
+group `modelshrink.plugins`, registered by spec type with the same decorator as the built-in ones.
+
+The example package (examples/plugin, also docs/extending.md's worked example) is installed with pip
+into a folder of its own (`--target`) that the commands run with on their path: pip writes the
+entry-point metadata there exactly as into a virtual environment, and the shared one stays untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+IRIS_RECIPE = {
+    "model": {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 4, "hidden": 32, "num_classes": 3}},
+    "data": {"kind": "iris", "batch_size": 16},
+    "stages": [
+        {"kind": "finetune", "epochs": 15, "lr": 0.01},
+        {"kind": "clip_weights", "percentile": 99},
+        {"kind": "prune", "amount": 0.3},
+    ],
+    "evaluate": {"metrics": [{"kind": "macro_f1"}], "latency": {"batch_size": 4, "warmup": 1, "iterations": 3}},
+    "constraints": {"macro_f1": {"min": 0.6}},
+}
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
+         str(ROOT / "examples" / "plugin")],
+        check=True, capture_output=True, cwd=tmp_path_factory.mktemp("build"),
+    )  # fmt: skip
+    return target
+
+
+def _modelshrink(args: list[str], plugin_path: Path, cwd: Path, code: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(plugin_path)}
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "modelshrink.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def _recipe(tmp_path: Path, **changes: object) -> Path:
+    path = tmp_path / "iris.yaml"
+    path.write_text(yaml.safe_dump({**IRIS_RECIPE, "output": {"dir": str(tmp_path / "out")}, **changes}))
+    return path
+
+
+def test_a_recipe_runs_the_plugins_stage_data_kind_and_metric(plugin_path: Path, tmp_path: Path) -> None:
+    result = _modelshrink(["run", str(_recipe(tmp_path)), "--json"], plugin_path, tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [stage["kind"] for stage in report["stages"]] == ["finetune", "clip_weights", "prune"]
+    assert report["stages"][1]["params"] == {"percentile": 99.0}
+    assert any("clipped" in finding and "99.0 percentile" in finding for finding in report["findings"])
+    assert report["custom_metrics"] == {"macro_f1": "higher"}
+    assert report["final"]["custom"]["macro_f1"] > 0.6  # trained on the plug-in's data, scored by its metric
+    assert report["recipe"]["data"] == {**report["recipe"]["data"], "kind": "iris", "val_fraction": 0.3}
+    assert [gate["name"] for gate in report["constraints"]] == ["macro_f1.min"]
+
+
+def test_the_plugin_is_imported_only_for_a_kind_that_is_not_built_in(plugin_path: Path, tmp_path: Path) -> None:
+    check = (
+        "import sys, modelshrink\n"
+        "before = 'modelshrink_iris' in sys.modules\n"
+        "modelshrink.validate({!r})\n"
+        "print(before, 'modelshrink_iris' in sys.modules)"
+    )
+    built_in = tmp_path / "built_in.yaml"
+    built_in.write_text(yaml.safe_dump({**IRIS_RECIPE, "data": {"kind": "digits"}, "stages": [],
+                                        "evaluate": {}, "constraints": {}, "output": {"dir": "out"}}))  # fmt: skip
+    result = _modelshrink([], plugin_path, tmp_path, check.format(str(built_in)))
+    assert result.stdout.split() == ["False", "False"], result.stderr
+    result = _modelshrink([], plugin_path, tmp_path, check.format(str(_recipe(tmp_path))))
+    assert result.stdout.split() == ["False", "True"], result.stderr
+
+
+def test_a_plugins_spec_is_validated_like_a_built_in_one(plugin_path: Path, tmp_path: Path) -> None:
+    bad_stage = [{"kind": "clip_weights", "percentile": 20}]
+    result = _modelshrink(["run", str(_recipe(tmp_path, stages=bad_stage))], plugin_path, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "stages[0].percentile" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+    unknown = _modelshrink(["run", str(_recipe(tmp_path, data={"kind": "irsi"}))], plugin_path, tmp_path)
+    assert unknown.returncode == 2 and "data" in unknown.stderr and unknown.stderr.count("\n") == 1, unknown.stderr
+
+
+def test_a_plugin_that_fails_to_import_is_one_line(plugin_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "site"
+    (broken / "broken_plugin-0.1.dist-info").mkdir(parents=True)
+    (broken / "broken_plugin-0.1.dist-info" / "METADATA").write_text("Name: broken-plugin\nVersion: 0.1\n")
+    (broken / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[modelshrink.plugins]\nbroken = broken_plugin\n"
+    )
+    (broken / "broken_plugin.py").write_text("raise RuntimeError('needs a GPU driver')\n")
+    path = f"{plugin_path}{os.pathsep}{broken}"
+    result = _modelshrink(["run", str(_recipe(tmp_path))], Path(path), tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: plug-in 'broken' (broken_plugin) failed to load: RuntimeError: needs a GPU driver"
+    ), result.stderr
