@@ -43,6 +43,7 @@ def run_recipe(
     trust: Sequence[str] = (),
     junit: str | Path | None = None,
     verbose: bool | None = None,
+    compare_to: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """Run a recipe (a path or a `Recipe`) end to end; returns the report dict that report.json holds.
 
@@ -51,10 +52,11 @@ def run_recipe(
 
     `trust` adds modules whose factories the model checkpoint may name (as `model.trust` does).
     `junit` also writes the gates as JUnit XML to that file (checked writable before any work).
+    `compare_to` gates regressions against an earlier report.json (as `constraints.compare_to` does).
     `resume` continues an interrupted run of the same recipe. Raises `UserError` for bad input and
     `ConstraintFailed` (after writing the reports) when a gate fails. Returns None on ranks other
     than 0 of a multi-process (torchrun) run."""
-    from modelshrink import pipeline
+    from modelshrink import recipe_run
     from modelshrink.recipe import Recipe as RecipeType
     from modelshrink.recipe import load_recipe
 
@@ -64,7 +66,7 @@ def run_recipe(
         parsed, source = recipe, None
     else:
         parsed, source = load_recipe(recipe, overrides), str(recipe)
-    return pipeline.run(
+    return recipe_run.run(
         parsed.trusting(trust),
         output_dir=Path(output_dir) if output_dir else None,
         force=force,
@@ -72,6 +74,7 @@ def run_recipe(
         recipe_source=source,
         junit=Path(junit) if junit else None,
         verbose=verbose,
+        compare_to=Path(compare_to) if compare_to else None,
     )
 
 

@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 a recipe constraint failed (reports written), 2 bad input (n
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -132,6 +131,7 @@ def _error(message: str) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output directory (overrides output.dir).")
@@ -160,38 +160,38 @@ def run(
     if nproc > 1:
         from modelshrink.distributed import launch_local
 
-        argv = [
-            "run",
-            str(recipe),
-            *(["--output", str(output)] if output else []),
-            *(["--force"] if force else []),
-            *(["--resume"] if resume else []),
-            *(["--json"] if as_json else []),
-            *(arg for item in overrides or [] for arg in ("--set", item)),
-            *(arg for module in trust or [] for arg in ("--trust", module)),
-            *(["--compare-to", str(compare_to)] if compare_to else []),
-            *(["--junit", str(junit)] if junit else []),
-            *(["--verbose"] if verbose else []),
-        ]
-        raise typer.Exit(launch_local(nproc, argv))
+        raise typer.Exit(launch_local(nproc, _command_line(ctx, without="nproc")))
     with _exit_codes(verbose):
-        overrides = list(overrides or [])
-        if compare_to is not None:
-            from modelshrink.compare import read_report
-
-            read_report(compare_to)  # a missing or foreign file: one line naming it, before any work
-            overrides.append(f"constraints.compare_to={json.dumps(str(compare_to))}")
         try:
             with _prints_to_stderr(as_json):
                 report = modelshrink.run_recipe(
-                    recipe, output_dir=output, force=force, resume=resume, overrides=overrides, trust=trust or [],
-                    junit=junit, verbose=verbose,
+                    recipe, output_dir=output, force=force, resume=resume, overrides=overrides or [],
+                    trust=trust or [], junit=junit, verbose=verbose, compare_to=compare_to,
                 )  # fmt: skip
         except ConstraintFailed as exc:
             _print_report(exc.report, as_json)  # a failed gate still shows (and has written) its numbers
             raise
         if report is not None:  # None on the other ranks of a multi-process run
             _print_report(report, as_json)
+
+
+def _command_line(ctx: typer.Context, without: str) -> list[str]:
+    """This command's arguments, read back from what click parsed: every rank of `--nproc` runs the same
+    command, and an option added to the command travels with no code here."""
+    import click
+
+    arguments, options = [], []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.name == without or value is None or value is False or value == []:
+            continue
+        if isinstance(param, click.Argument):
+            arguments.append(str(value))
+        elif isinstance(param, click.Option) and param.is_flag:
+            options.append(param.opts[0])
+        else:
+            options += [item for one in (value if param.multiple else [value]) for item in (param.opts[0], str(one))]
+    return [ctx.info_name or "", *arguments, *options]
 
 
 @contextmanager

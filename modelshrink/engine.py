@@ -1,10 +1,13 @@
-"""Apply stages to a model in memory and measure each one: the work `compress` and `run_recipe` share.
+"""The in-memory engine: the one stage loop every command runs, and `compress`, its whole use on a
+model, a stage list and data held in memory.
 
-`compress` is the whole of it for a model, a stage list and data held in memory: no recipe file, no
-output directory, no files written, and the global state it touches (random generators, torch's
-thread count) restored afterwards. `run_recipe` (pipeline.py) adds what a command-line run needs
-around the same two steps, `measure_model` and `run_stage`: output checks and locking, resumable
-progress, gates and the written reports.
+Every caller goes through the same three steps: `start` (the checks a model and its data must pass
+before any work, then the baseline's measurements), `run_stages` (apply and measure each stage) and
+`add_latencies` (time the models side by side). What differs between callers is what happens around a
+stage, given as `StageHooks`: the file-writing run (`recipe_run`) saves each stage for `--resume`,
+`tune` reuses the stages candidates share and drops a candidate that can no longer pass, `analyze`
+trains as the recipe's first stages do. `compress` writes no files and restores the global state it
+touches (random generators, torch's thread count).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -24,10 +27,12 @@ from pydantic import TypeAdapter
 from torch import nn
 
 from modelshrink.checkpoint import to_bytes
+from modelshrink.constraints import check_gated_metrics_exist
 from modelshrink.data import DataBundle, build_data
 from modelshrink.descriptors import Metrics, human_bytes
 from modelshrink.diagnose import failing_layer
 from modelshrink.errors import UserError, first_line
+from modelshrink.inputs import batch_size, call, describe, logits, output_matrix
 from modelshrink.lineage import Lineage
 from modelshrink.loading import load_model
 from modelshrink.metrics import Reference, add_latencies, measure
@@ -35,21 +40,65 @@ from modelshrink.progress import log
 from modelshrink.recipe.schema import DataSpec, EvaluateSpec, ModelSpec
 from modelshrink.recipe.stage_specs import BaseStageSpec, needs_tuning_split, parse_stage, stage_names
 from modelshrink.stages import StageContext, apply_stage
+from modelshrink.stages.notes import StageNotes
 
 
 @dataclass
 class StageResult:
-    """One stage's outcome, as report.json's `stages[]` holds it."""
+    """One stage's outcome; report.json's `stages[]` holds `to_json()` of each."""
 
     name: str
     kind: str
     params: dict[str, Any]
     metrics: Metrics | None  # None on ranks other than 0 of a multi-process run
     duration_s: float
-    notes: dict[str, Any] = field(default_factory=dict)
+    notes: StageNotes = field(default_factory=StageNotes)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "notes": self.notes.to_json()}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> StageResult:
+        """Back from `to_json()` (a resumed run's saved progress)."""
+        return cls(**{**value, "notes": StageNotes.from_json(value["notes"])})
+
+
+@dataclass
+class Baseline:
+    """The model before any stage, and what every stage is compared to."""
+
+    model: nn.Module
+    lineage: Lineage
+    metrics: Metrics | None  # None on ranks other than 0 of a multi-process run
+    reference: Reference | None
+
+
+@dataclass
+class Progress:
+    """What the stages so far made: the model, how to rebuild it, and each stage's result."""
+
+    model: nn.Module
+    lineage: Lineage
+    results: list[StageResult] = field(default_factory=list)
+
+    def latest(self, baseline: Metrics | None) -> Metrics | None:
+        return self.results[-1].metrics if self.results else baseline
+
+
+class StageHooks:
+    """What a caller adds around each stage of `run_stages`; each default does nothing."""
+
+    def reuse(self, index: int, progress: Progress) -> Progress | None:
+        """What stage `index` made earlier (tune: a candidate sharing these stages); None runs it."""
+        return None
+
+    def before(self, index: int, progress: Progress) -> Progress:
+        """What stage `index` starts from (tune: a copy, in the random state the stages before it left)."""
+        return progress
+
+    def after(self, index: int, progress: Progress) -> bool:
+        """Stage `index` is done (a run saves it for --resume); False ends the loop (tune drops a candidate)."""
+        return True
 
 
 @dataclass
@@ -89,20 +138,81 @@ def compress(
             model_spec = model if isinstance(model, ModelSpec) else ModelSpec.model_validate(model)
             model, lineage = load_model(model_spec)
         bundle = data if isinstance(data, DataBundle) else _build_data(data, seed, model_spec, specs, evaluation)
-        model.eval()
-        baseline, reference = measure_model(model, lineage, bundle, evaluation)
+        baseline = start(model, lineage, bundle, evaluation, specs)
         ctx = StageContext(
             data=bundle, original_model=copy.deepcopy(model), lineage=lineage, evaluate=evaluation, seed=seed,
             load_model=load_model,
         )  # fmt: skip
-        snapshots, results, before = [ctx.original_model], [], baseline  # stages change `model` in place
-        for spec, name in zip(specs, stage_names(specs), strict=True):
-            model, result = run_stage(model, spec, name, ctx, reference, before)
-            snapshots.append(model if spec is specs[-1] else copy.deepcopy(model))
-            results.append(result)
-            before = result.metrics
-        add_latencies(snapshots, [baseline] + [r.metrics for r in results], bundle, evaluation)
-    return Result(model=model, lineage=lineage, baseline=baseline, stages=results)
+        keeping = _KeepSnapshots(len(specs))
+        done = run_stages(Progress(model, lineage), specs, ctx, baseline, keeping)
+        snapshots = [ctx.original_model, *keeping.snapshots]
+        add_latencies(snapshots, [baseline.metrics] + [r.metrics for r in done.results], bundle, evaluation)
+    assert baseline.metrics is not None
+    return Result(model=done.model, lineage=done.lineage, baseline=baseline.metrics, stages=done.results)
+
+
+class _KeepSnapshots(StageHooks):
+    """Each stage's model for the side-by-side timing: stages change the model in place, so every one
+    but the last is a copy."""
+
+    def __init__(self, stages: int):
+        self.stages, self.snapshots = stages, []
+
+    def after(self, index: int, progress: Progress) -> bool:
+        last = index == self.stages - 1
+        self.snapshots.append(progress.model if last else copy.deepcopy(progress.model))
+        return True
+
+
+def start(
+    model: nn.Module,
+    lineage: Lineage,
+    data: DataBundle,
+    evaluate: EvaluateSpec,
+    specs: Sequence[BaseStageSpec],
+    constraints: Sequence[Any] = (),
+    *,
+    measure: bool = True,
+) -> Baseline:
+    """The checks every caller runs before any stage (the model takes the data's inputs and fits its
+    classes; every gate names a metric that exists), then the baseline's measurements (none with
+    `measure=False`: ranks other than 0 of a multi-process run)."""
+    model.eval()
+    check_model_fits_data(model, data, specs)
+    if not measure:
+        return Baseline(model, lineage, None, None)
+    metrics, reference = measure_model(model, lineage, data, evaluate)
+    for spec in constraints:
+        check_gated_metrics_exist(spec, metrics)
+    return Baseline(model, lineage, metrics, reference)
+
+
+def run_stages(
+    progress: Progress,
+    specs: Sequence[BaseStageSpec],
+    ctx: StageContext,
+    baseline: Baseline,
+    hooks: StageHooks | None = None,
+    *,
+    first: int = 0,
+) -> Progress:
+    """The one stage loop: apply and measure each stage from `first` on (a resumed run starts later)
+    with `ctx`'s data and settings, around each what `hooks` add. Returns what the last stage made."""
+    hooks = hooks or StageHooks()
+    names = stage_names(specs)
+    for index in range(first, len(specs)):
+        reused = hooks.reuse(index, progress)
+        if reused is not None:
+            progress = reused
+        else:
+            progress = hooks.before(index, progress)
+            here = replace(ctx, lineage=progress.lineage, notes={})
+            before = progress.latest(baseline.metrics)
+            model, result = run_stage(progress.model, specs[index], names[index], here, baseline.reference, before)
+            progress = Progress(model, progress.lineage, [*progress.results, result])
+        if not hooks.after(index, progress):
+            break
+    return progress
 
 
 def _build_data(
@@ -151,7 +261,38 @@ def run_stage(
             f"{metrics['accuracy']:.4f} ({change:+.2f} points)"
         )
     params = spec.model_dump(mode="json", exclude={"kind", "name"})
-    return model, StageResult(name, spec.kind, params, metrics, duration, notes.to_json())
+    return model, StageResult(name, spec.kind, params, metrics, duration, notes)
+
+
+def check_model_fits_data(model: nn.Module, data: DataBundle, specs: Sequence[BaseStageSpec]) -> None:
+    """Run the model once on the data's inputs, before any work, so a mismatch is one line, not a
+    traceback deep inside a stage."""
+    inputs = data.example_inputs(2)
+    try:
+        with torch.inference_mode():
+            raw = call(model, inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # IndexError: token ids beyond the vocabulary
+        first = first_line(exc)
+        raise UserError(f"model does not accept inputs {describe(inputs)} from data: {first}") from None
+    try:
+        out = output_matrix(raw)
+    except ValueError as exc:
+        raise UserError(f"model output: {exc}") from None
+    if out.shape[0] != batch_size(inputs):
+        raise UserError(f"model output {describe(raw)} does not have the batch of {batch_size(inputs)} in front")
+    if not (data.labeled and data.class_targets):  # judged against the original model: any output will do
+        return
+    if logits(raw) is None:
+        raise UserError(f"model output {describe(raw)} is not (batch, classes) logits, but the data has classes")
+    if any(spec.replaces_head for spec in specs):
+        return
+    if not data.exact_classes and out.shape[1] < data.num_classes:
+        raise UserError(f"model outputs {out.shape[1]} classes but the data has class index {data.num_classes - 1}")
+    if data.exact_classes and out.shape[1] != data.num_classes:
+        raise UserError(
+            f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; set model.num_classes: "
+            f"{data.num_classes}, or replace the classifier with a finetune stage's num_classes"
+        )
 
 
 @contextmanager

@@ -9,8 +9,8 @@ shows every metric in `descriptors.METRICS` and the run's own (`report_metrics`)
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Any, NotRequired, TypedDict
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from modelshrink import escape
 from modelshrink.compare import environment_warnings, table
@@ -19,6 +19,9 @@ from modelshrink.descriptors import Latency, MetricDescriptor, Metrics, report_m
 from modelshrink.environment import HALF_PRECISION_ISA, cpu_summary, environment, usable_cores
 from modelshrink.plots import text_bars
 from modelshrink.version import __version__
+
+if TYPE_CHECKING:
+    from modelshrink.engine import StageResult
 
 SCHEMA_VERSION = 1
 
@@ -32,7 +35,7 @@ class Report(TypedDict):
     recipe_source: str | None
     environment: dict[str, Any]
     baseline: Metrics
-    stages: list[dict[str, Any]]  # `engine.StageResult.to_json()`
+    stages: list[dict[str, Any]]  # `engine.StageResult.to_json()` of each
     final: Metrics
     constraints: list[GateResult]
     findings: list[str]
@@ -57,7 +60,7 @@ def build_report(
     recipe: dict[str, Any],
     recipe_source: str | None,
     baseline: Metrics,
-    stages: list[dict[str, Any]],
+    stages: Sequence[StageResult],
     constraints: list[GateResult],
     checkpoint: str,
     compared_to: tuple[str, dict[str, Any]] | None = None,
@@ -68,7 +71,7 @@ def build_report(
 ) -> Report:
     """`compared_to`: the path and contents of an earlier report this run's final model was gated against;
     `library_warnings`: what libraries warned during the run, a line per distinct warning (`quiet.Notices`)."""
-    final = stages[-1]["metrics"] if stages else baseline
+    final = stages[-1].metrics if stages and stages[-1].metrics else baseline
     env = environment()
     report: Report = {
         "schema_version": SCHEMA_VERSION,
@@ -77,18 +80,19 @@ def build_report(
         "recipe_source": recipe_source,
         "environment": env,
         "baseline": baseline,
-        "stages": stages,
+        "stages": [stage.to_json() for stage in stages],
         "final": final,
         "constraints": constraints,
-        "findings": findings(baseline, stages, env.get("cpu_features"), exports or []),
+        "findings": [],
         "checkpoint": checkpoint,
         "passed": all(c["passed"] for c in constraints),
     }
+    report["findings"] += findings(baseline, report["stages"], env.get("cpu_features"), exports or [])
     if layers is not None:
         report["layers"] = layers
     if custom_metrics:
         report["custom_metrics"] = custom_metrics
-    for entry in [*stages, *(exports or [])]:
+    for entry in [*report["stages"], *(exports or [])]:
         entry["speedup"] = speedups(baseline["latency_ms"], entry["metrics"]["latency_ms"])
     if exports:
         report["exports"] = exports

@@ -155,5 +155,5 @@ def test_compile_auto_measures_a_model_that_may_gain_and_keeps_the_faster(
     assert isinstance(result.model, Compiled) is (faster != "eager")
     assert (
         f"execution chosen on the calibration data (not the validation split), timed at batch 1 and 2: {faster} ("
-        in " ".join(result.stages[0].notes["findings"])
+        in " ".join(result.stages[0].notes.findings)
     )

@@ -34,7 +34,7 @@ def test_compress_measures_every_stage_writes_nothing_and_restores_global_state(
     assert [(s.name, s.kind) for s in result.stages] == [("prune1", "prune"), ("ft", "finetune")]
     assert result.final is result.stages[-1].metrics and result.final["sparsity"] > 0.4
     assert all(m["latency_ms"]["batch1_median"] > 0 for m in [result.baseline, *(s.metrics for s in result.stages)])
-    assert result.stages[1].notes["training"][0]["label"] == "ft"
+    assert result.stages[1].notes.training[0].label == "ft"
     assert os.listdir(tmp_path) == [], "nothing written"
     after = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1], torch.get_num_threads())
     assert torch.equal(before[0], after[0]) and before[1] == after[1] and (before[2] == after[2]).all()

@@ -118,8 +118,8 @@ def test_a_stage_that_only_trains_is_called_out_when_it_ends_worse(monkeypatch) 
     stages = [{"kind": "prune", "method": "channel", "amount": 0.5, "name": "p"}, {"kind": "finetune", "name": "ft"}]
     result = compress(model, stages, data=data, evaluate={"latency": {"batch_size": 2, "iterations": 1}})
     pruned, tuned = result.stages
-    assert pruned.metrics["accuracy"] < result.baseline["accuracy"] and "findings" not in pruned.notes
+    assert pruned.metrics["accuracy"] < result.baseline["accuracy"] and not pruned.notes.findings
     assert tuned.metrics["accuracy"] < pruned.metrics["accuracy"]
-    [finding] = tuned.notes["findings"]
+    [finding] = tuned.notes.findings
     assert finding.startswith("ended worse than it started: validation accuracy")
     assert any(n.startswith("ft: ended worse") for n in findings(result.baseline, [s.to_json() for s in result.stages]))

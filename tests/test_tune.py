@@ -232,13 +232,13 @@ def test_what_auto_chose_by_timing_in_the_winners_trial_is_pinned_in_tuned_yaml(
 def test_a_winner_that_fails_on_validation_exits_1_and_says_so(
     tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelshrink import pipeline
+    from modelshrink import recipe_run
     from modelshrink.errors import ConstraintFailed
 
     def failing_run(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise ConstraintFailed("constraint failed: min_accuracy (limit 0.9, got 0.8)", {})
 
-    monkeypatch.setattr(pipeline, "run", failing_run)
+    monkeypatch.setattr(recipe_run, "run", failing_run)
     out = tmp_path / "search"
     result = runner.invoke(app, ["tune", str(searched(recipe_file, 0.58)), "--objective", "macs", "-o", str(out)])
     assert result.exit_code == 1

@@ -50,3 +50,14 @@ class StageNotes:
         if self.resolved:
             out["resolved"] = dict(self.resolved)
         return out
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> StageNotes:
+        """Back from `to_json()` (a resumed run's saved progress)."""
+        compared = value.get("compare_finetune")
+        return cls(
+            training=[TrainingRun(**run) for run in value.get("training", [])],
+            comparison=Comparison(compared["distill_accuracy"], compared["finetune_accuracy"]) if compared else None,
+            findings=list(value.get("findings", [])),
+            resolved=dict(value.get("resolved", {})),
+        )

@@ -5,7 +5,7 @@ judged on a selection split held out of the training data (the split training st
 epochs on), never on the validation split: best/ reports validation quality that no choice has seen,
 and its gates decide the exit code as in any run. Trials are saved
 to trials.json as they finish, so `--resume` continues an interrupted search. The winner is written
-as tuned.yaml (a plain recipe: no search spaces left) and run once more through the normal pipeline
+as tuned.yaml (a plain recipe: no search spaces left) and run once more as `modelshrink run` would (`recipe_run`)
 into `best/`, so its checkpoint and reports are exactly what `modelshrink run tuned.yaml` makes; what its
 stages chose by timing for `auto` keys is pinned there (`pin_resolved`).
 When nothing passes, the trials table and the closest candidate (closest.yaml) are still written and
@@ -25,7 +25,7 @@ import yaml
 from modelshrink import escape, outputs, plots
 from modelshrink.data import build_data
 from modelshrink.data.bundle import DataBundle
-from modelshrink.engine import measure_model, seed_everything
+from modelshrink.engine import seed_everything, start
 from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.loading import load_model
 from modelshrink.progress import log
@@ -82,8 +82,8 @@ def _search(claim: outputs.Claim, out: Path, parsed: RawRecipe, spaces: dict[Spa
     seed_everything(first.seed)
     selection = _selection_data(first)
     model, lineage = load_model(first.model)
-    baseline, reference = measure_model(model.eval(), lineage, selection, first.evaluate)
-    shared = Shared(model, lineage, selection, baseline, reference, rng_state(selection.train.generator))
+    baseline = start(model, lineage, selection, first.evaluate, first.stages, [first.constraints])
+    shared = Shared(baseline, selection, rng_state(selection.train.generator))
     trials: list[Trial] = []
     for choice, recipe in zip(choices, recipes, strict=True):
         name = label(choice)
@@ -100,7 +100,7 @@ def _search(claim: outputs.Claim, out: Path, parsed: RawRecipe, spaces: dict[Spa
         # the directory appears with the first trial: a model or data that cannot load leaves nothing behind
         progress = {"objective": objective, "trials": [asdict(t) for t in trials]}
         claim.write(files={out / "trials.json": _json(progress)})
-    return _finish(claim, out, parsed.data, choices, trials, objective, baseline, trust)
+    return _finish(claim, out, parsed.data, choices, trials, objective, baseline.metrics, trust)
 
 
 # what a search writes beside best/; `tune --force` clears them all before it starts
@@ -187,12 +187,12 @@ def _finish(claim: outputs.Claim, out: Path, data: dict[str, Any], choices: list
         message = f"no candidate passes every constraint; the closest ({best.label}) is in {out}/closest.yaml"
         raise ConstraintFailed(message, summary)
     log(f"tune: best {best.label} ({objective} {best.objective:.4g}); running it into {out}/best")
-    from modelshrink import pipeline
+    from modelshrink import recipe_run
     from modelshrink.recipe.load import load_recipe
 
     torch._dynamo.reset()  # as a new process would start (see run_candidate)
     try:
-        pipeline.run(load_recipe(out / "tuned.yaml").trusting(trust), output_dir=out / "best", force=True)
+        recipe_run.run(load_recipe(out / "tuned.yaml").trusting(trust), output_dir=out / "best", force=True)
     except ConstraintFailed as exc:  # the selection split flattered it: held-out data is the judge
         raise ConstraintFailed(f"{best.label} passed on the selection split, but its run fails on validation: "
                                f"{exc}", exc.report) from None  # fmt: skip

@@ -19,15 +19,13 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from torch import nn
 
 from modelshrink.constraints import GateResult, check_constraints, gates
 from modelshrink.data.bundle import DataBundle
 from modelshrink.descriptors import Metrics
-from modelshrink.engine import run_stage
-from modelshrink.lineage import Lineage
+from modelshrink.engine import Baseline, Progress, StageHooks, run_stages
 from modelshrink.loading import load_model
-from modelshrink.metrics import Reference, add_latencies
+from modelshrink.metrics import add_latencies
 from modelshrink.progress import log
 from modelshrink.recipe.recipe import Recipe
 from modelshrink.resume import restore_rng, rng_state
@@ -123,27 +121,14 @@ def read_trials(data: bytes) -> list[Trial]:
 
 
 @dataclass
-class StageOutcome:
-    """What one stage of a candidate made; candidates with the same stages so far reuse it."""
-
-    model: nn.Module
-    lineage: Lineage
-    metrics: Metrics
-    rng: dict[str, Any]  # the random state after the stage
-    resolved: dict[str, Any]  # the stage's `auto` keys and what it chose for them (`StageNotes.resolved`)
-
-
-@dataclass
 class Shared:
     """What every candidate starts from."""
 
-    model: nn.Module
-    lineage: Lineage
+    baseline: Baseline
     data: DataBundle
-    baseline: Metrics
-    reference: Reference
     rng: dict[str, Any]  # the random state after the baseline, as `run` saves it
-    prefixes: dict[str, StageOutcome] = field(default_factory=dict)
+    # what candidates' shared stage prefixes made, and the random state after them
+    prefixes: dict[str, tuple[Progress, dict[str, Any]]] = field(default_factory=dict)
 
 
 def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: str, choice: dict[str, Any],
@@ -152,47 +137,70 @@ def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: 
     # limit of 8 entries a new model runs eager (measured: a tuned int8 ResNet-18 at 3.0 ms instead of 0.9
     # ms at batch 1), so each candidate starts with an empty cache as a run does
     torch._dynamo.reset()
-    model, lineage, metrics, rng = shared.model, shared.lineage, shared.baseline, shared.rng
-    resolved: dict[str, dict[str, Any]] = {}
-    names = recipe.stage_names()
-    quality_gates = [gate for gate in gates(recipe.constraints) if not gate.metric.name.startswith("latency")]
-    for index, (spec, name) in enumerate(zip(recipe.stages, names, strict=True)):
-        key = json.dumps(stages_raw[: index + 1], sort_keys=True, default=str)
-        if key not in shared.prefixes:
-            shared.prefixes[key] = _run_stage(shared, recipe, spec, name, model, lineage, metrics, rng)
-        made = shared.prefixes[key]
-        model, lineage, metrics, rng = made.model, made.lineage, made.metrics, made.rng
-        if made.resolved:
-            resolved[str(index)] = made.resolved
-        failed = [gate.check(shared.baseline, metrics) for gate in quality_gates]
-        failed = [g for g in failed if not g["passed"]]
-        trains_later = any(later.training is not None for later in recipe.stages[index + 1 :])
-        if failed and not trains_later:
-            log(f"tune {label}: dropped after {name} ({failed[0]['name']} {failed[0]['value']:.4g})")
-            return Trial(label, choice, "dropped", failed, metrics, note=f"dropped after {name}", resolved=resolved)
-    final = copy.deepcopy(metrics)
-    baseline = copy.deepcopy(shared.baseline)
-    add_latencies([shared.model, model], [baseline, final], shared.data, recipe.evaluate)
-    results = check_constraints(recipe.constraints, baseline, final)
+    baseline = shared.baseline
+    assert baseline.metrics is not None
+    ctx = StageContext(
+        data=shared.data, original_model=baseline.model, lineage=baseline.lineage, evaluate=recipe.evaluate,
+        seed=recipe.seed, load_model=load_model,
+    )  # fmt: skip
+    hooks = _SharedPrefixes(shared, recipe, stages_raw)
+    done = run_stages(Progress(baseline.model, baseline.lineage), recipe.stages, ctx, baseline, hooks)
+    resolved = {str(i): r.notes.resolved for i, r in enumerate(done.results) if r.notes.resolved}
+    metrics = done.latest(baseline.metrics)
+    assert metrics is not None
+    if hooks.dropped:
+        failed, name = hooks.dropped
+        log(f"tune {label}: dropped after {name} ({failed[0]['name']} {failed[0]['value']:.4g})")
+        return Trial(label, choice, "dropped", failed, metrics, note=f"dropped after {name}", resolved=resolved)
+    final, original = copy.deepcopy(metrics), copy.deepcopy(baseline.metrics)
+    add_latencies([baseline.model, done.model], [original, final], shared.data, recipe.evaluate)
+    results = check_constraints(recipe.constraints, original, final)
     passed = all(r["passed"] for r in results)
     value = OBJECTIVES[objective](final)
     if objective.startswith("latency"):  # against the original timed beside it: drift between trials cancels
-        value /= OBJECTIVES[objective](baseline)
+        value /= OBJECTIVES[objective](original)
     log(f"tune {label}: {'passes' if passed else 'fails'}, {objective} {value:.4g}")
     status = "passed" if passed else "failed"
-    return Trial(label, choice, status, results, final, value, original_latency_ms=baseline["latency_ms"],
+    return Trial(label, choice, status, results, final, value, original_latency_ms=original["latency_ms"],
                  resolved=resolved)  # fmt: skip
 
 
-def _run_stage(shared: Shared, recipe: Recipe, spec: Any, name: str, model: nn.Module, lineage: Lineage,
-               metrics: Metrics, rng: dict[str, Any]) -> StageOutcome:  # fmt: skip
-    """One stage on a copy of what the stages before it made, from the random state they left."""
-    model, lineage = copy.deepcopy(model), copy.deepcopy(lineage)
-    restore_rng(rng, shared.data.train.generator)
-    ctx = StageContext(
-        data=shared.data, original_model=shared.model, lineage=lineage, evaluate=recipe.evaluate,
-        seed=recipe.seed, load_model=load_model,
-    )  # fmt: skip
-    model, result = run_stage(model, spec, name, ctx, shared.reference, metrics)
-    notes = ctx.notes_for(name)
-    return StageOutcome(model, lineage, result.metrics, rng_state(shared.data.train.generator), notes.resolved)
+class _SharedPrefixes(StageHooks):
+    """A candidate's stages in the engine's loop: a stage prefix another candidate already ran is reused;
+    a new stage runs on a copy of what the stages before it made, from the random state they left (so a
+    prefix stays as it was for the next candidate); and the candidate is dropped as soon as a quality gate
+    fails with no training stage left to win quality back."""
+
+    def __init__(self, shared: Shared, recipe: Recipe, stages_raw: list[Any]):
+        self.shared, self.recipe, self.stages_raw = shared, recipe, stages_raw
+        self.rng = shared.rng
+        self.gates = [gate for gate in gates(recipe.constraints) if not gate.metric.name.startswith("latency")]
+        self.dropped: tuple[list[GateResult], str] | None = None
+
+    def _key(self, index: int) -> str:
+        return json.dumps(self.stages_raw[: index + 1], sort_keys=True, default=str)
+
+    def reuse(self, index: int, progress: Progress) -> Progress | None:
+        made = self.shared.prefixes.get(self._key(index))
+        if made is None:
+            return None
+        progress, self.rng = made
+        return progress
+
+    def before(self, index: int, progress: Progress) -> Progress:
+        restore_rng(self.rng, self.shared.data.train.generator)
+        return Progress(copy.deepcopy(progress.model), copy.deepcopy(progress.lineage), progress.results)
+
+    def after(self, index: int, progress: Progress) -> bool:
+        key = self._key(index)
+        if key not in self.shared.prefixes:
+            self.rng = rng_state(self.shared.data.train.generator)
+            self.shared.prefixes[key] = (progress, self.rng)
+        metrics = progress.results[-1].metrics
+        failed = [
+            g for g in (gate.check(self.shared.baseline.metrics, metrics) for gate in self.gates) if not g["passed"]
+        ]
+        if failed and not any(later.training is not None for later in self.recipe.stages[index + 1 :]):
+            self.dropped = (failed, progress.results[-1].name)
+            return False
+        return True

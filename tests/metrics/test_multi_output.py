@@ -104,12 +104,12 @@ def test_distillation_weighs_outputs_by_their_scale_and_says_when_one_dominates(
     plain, normalized = distilled(normalize=False), distilled(normalize=True)
     scores = [s.metrics["outputs"]["scores"]["cosine"] for s in (plain, normalized)]
     assert scores[1] > scores[0], "scaled to its teacher, the small output learns too"
-    dominant = [f for f in plain.notes["findings"] if f.startswith("output boxes took")]
+    dominant = [f for f in plain.notes.findings if f.startswith("output boxes took")]
     assert (
         dominant and "weigh it down with `outputs: {boxes: {weight: 0.1}}` or turn normalize_outputs on" in dominant[0]
     )
-    assert not any("took" in f for f in normalized.notes["findings"])
-    assert any(f.startswith("teacher loss per output: boxes ") for f in normalized.notes["findings"])
+    assert not any("took" in f for f in normalized.notes.findings)
+    assert any(f.startswith("teacher loss per output: boxes ") for f in normalized.notes.findings)
 
 
 def test_distillation_outputs_must_name_outputs_of_the_model() -> None:

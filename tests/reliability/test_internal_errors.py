@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from modelshrink import pipeline
+from modelshrink import recipe_run
 from modelshrink.cli import app
 from tests.conftest import tiny_recipe, write_recipe
 
@@ -23,7 +23,7 @@ def test_an_internal_error_exits_3_with_one_line_and_no_partial_state(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(pipeline, "add_latencies", broken)
+    monkeypatch.setattr(recipe_run, "add_latencies", broken)
     result = runner.invoke(app, ["run", str(recipe)])
     assert result.exit_code == 3
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

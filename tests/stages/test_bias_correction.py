@@ -72,9 +72,9 @@ def test_bias_correction_cancels_the_mean_shift_and_reloads() -> None:
              (("plain", plain), ("corrected", corrected))}  # fmt: skip
     assert shift["corrected"] < shift["plain"] / 4, shift
     assert corrected.stages[0].metrics["cosine"] > plain.stages[0].metrics["cosine"]
-    findings = corrected.stages[0].notes["findings"]
+    findings = corrected.stages[0].notes.findings
     assert any(f.startswith("bias correction: 2 int8 layers' biases shifted back") for f in findings), findings
-    assert not any(f.startswith("bias correction") for f in plain.stages[0].notes.get("findings", []))
+    assert not any(f.startswith("bias correction") for f in plain.stages[0].notes.findings)
     reloaded = corrected.lineage.transforms[0].replay(DepthwiseNet().eval())  # as a checkpoint rebuilds
     reloaded.load_state_dict(corrected.model.state_dict())
     assert torch.equal(reloaded(held_out), corrected.model(held_out)), "the corrected bias is saved"

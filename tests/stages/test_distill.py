@@ -48,8 +48,8 @@ def test_distilling_a_channel_pruned_student_with_hints(tmp_path: Path) -> None:
     assert after > max(before, 0.8)
     assert (result.model[0].weight[:2] == 0).all()
     [stage] = result.stages
-    compared = stage.notes["compare_finetune"]
-    assert compared["distill_accuracy"] == after and isinstance(compared["distillation_won"], bool)
+    compared = stage.notes.comparison
+    assert compared is not None and compared.distill_accuracy == after and isinstance(compared.distillation_won, bool)
     assert any(
         "plain fine-tuning with the same settings" in note for note in findings(result.baseline, [stage.to_json()])
     )

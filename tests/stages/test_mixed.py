@@ -40,7 +40,7 @@ def test_the_sensitive_layer_stays_float_and_the_rest_is_quantized() -> None:
     result = compress(model, [stage], data=tensor_data(x), evaluate=FAST_EVAL)
     assert type(result.model[2]) is nn.Linear, "the outlier layer stays float"
     assert type(result.model[0]) is not nn.Linear and type(result.model[4]) is not nn.Linear, "the others are int8"
-    findings = result.stages[0].notes["findings"]
+    findings = result.stages[0].notes.findings
     assert findings[0].startswith("mixed precision: drop of each layer quantized alone, most sensitive first: 2 ")
     assert "1 of 3 layers kept float (2)" in findings[1]
     assert result.final["agreement"] >= 0.95
@@ -76,7 +76,7 @@ def test_where_the_rest_is_int4_the_sensitive_layers_keep_int8_weights() -> None
     result = compress(model(), [{**int4, "mixed": {"max_drop": 0.05}}], data=tensor_data(x), evaluate=FAST_EVAL)
     assert result.final["agreement"] > plain.final["agreement"] + 0.05
     assert type(result.model[2]) is Int8WeightOnly and type(result.model[0]) is Int4WeightOnly
-    assert "layers kept int8 (2" in result.stages[0].notes["findings"][1]
+    assert "layers kept int8 (2" in result.stages[0].notes.findings[1]
     bits = {row["name"]: row["bits"] for row in layer_summary(result.model)}
     assert bits["0"] == 4 and bits["2"] == 8
     [record] = result.lineage.transforms

@@ -45,7 +45,7 @@ def test_folding_removes_every_batch_norm_keeps_the_outputs_and_reloads(channels
     folded = result.model
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(folded(x), expected, atol=1e-4)
-    assert "folded 4 of 4 batch norms into the convolutions before them" in result.stages[0].notes["findings"]
+    assert "folded 4 of 4 batch norms into the convolutions before them" in result.stages[0].notes.findings
     assert [t.kind for t in result.lineage.transforms] == ["fold_batchnorm", *(["channels_last"] * channels_last)]
     result.lineage.architecture = dict(CNN)  # rebuildable, as from a recipe's model section
     blob = to_bytes(folded, result.lineage, (1, 8, 8))
@@ -86,7 +86,7 @@ def test_only_a_batch_norm_that_alone_takes_a_convolutions_output_is_folded() ->
     x = torch.randn(8, 1, 8, 8)
     expected = model(x)
     result = compress(model, [{"kind": "optimize", "channels_last": False}], data=tensor_data(x), evaluate=FAST_EVAL)
-    assert "folded 1 of 3 batch norms" in result.stages[0].notes["findings"][0]
+    assert "folded 1 of 3 batch norms" in result.stages[0].notes.findings[0]
     assert torch.allclose(result.model(x), expected, atol=1e-4)
 
 
@@ -116,11 +116,11 @@ def test_a_batch_norm_subclass_doing_more_is_left_alone_and_a_fold_that_moves_ou
     result = compress(model, [stage], data=tensor_data(x), evaluate=FAST_EVAL)
     assert (
         "no batch norm directly follows a convolution (1 batch norms left as they are)"
-        in result.stages[0].notes["findings"]
+        in result.stages[0].notes.findings
     )
     # a fold that changed the outputs (as dropping an activation would) is not kept
     monkeypatch.setattr(optimize, "conv_bn_pairs", lambda model, example: [("0", "1")])
     model = trained_norms(nn.Sequential(nn.Conv2d(1, 4, 3), NormAct(4), nn.Flatten(), nn.Linear(144, 10)))
     result = compress(model, [stage], data=tensor_data(x), evaluate=FAST_EVAL)
     assert result.lineage.transforms == [] and isinstance(result.model[1], NormAct)
-    assert result.stages[0].notes["findings"][0].startswith("batch norms not folded: folding moved the outputs")
+    assert result.stages[0].notes.findings[0].startswith("batch norms not folded: folding moved the outputs")

@@ -72,7 +72,7 @@ RELOAD = (
 def test_a_model_fx_cannot_trace_is_quantized_through_export_and_reloads_in_a_fresh_process(tmp_path: Path) -> None:
     result = compress(SOURCE, [{"kind": "quantize", "mode": "static"}], data=DATA, evaluate=FAST_EVAL)
     [stage] = result.stages
-    assert "torch.fx" in stage.notes["findings"][0] and "PT2E" in stage.notes["findings"][0]
+    assert "torch.fx" in stage.notes.findings[0] and "PT2E" in stage.notes.findings[0]
     assert [t.kind for t in result.lineage.transforms] == ["quantize_pt2e", "compile"], "PT2E int8 runs compiled"
     assert stage.metrics["cosine"] > 0.99
     weights = {k: v.dtype for k, v in result.model.state_dict().items() if v.dim() == 4}
@@ -108,7 +108,7 @@ def test_settings_only_fx_applies_are_said_not_applied_when_pt2e_runs_instead() 
     stage = {"kind": "quantize", "mode": "static", "observer": "minmax", "per_channel": False, "compile": False,
              "calibration_batches": 1}  # fmt: skip
     result = compress(Picky(), [stage], data=DATA, evaluate=FAST_EVAL)
-    [finding] = [f for f in result.stages[0].notes["findings"] if "instead (torchao's x86 defaults)" in f]
+    [finding] = [f for f in result.stages[0].notes.findings if "instead (torchao's x86 defaults)" in f]
     assert finding.endswith("; observer: minmax, per_channel: false not applied (the fx backend's alone)")
     with pytest.raises(ValueError, match="bias_correction: true needs backend fx or auto"):
         compress(Picky(), [{"kind": "quantize", "mode": "static", "backend": "pt2e", "bias_correction": True}],
@@ -128,7 +128,7 @@ def test_qat_through_pt2e_trains_and_rebuilds() -> None:
     result = compress(SOURCE, [stage], data=DATA, evaluate=FAST_EVAL)
     record, deployed = result.lineage.records()
     assert record["kind"] == "quantize_pt2e" and record["qat"] is True and deployed["kind"] == "compile"
-    assert result.stages[0].notes["training"][0]["epochs_run"] == 1
+    assert result.stages[0].notes.training[0].epochs_run == 1
     assert result.final["cosine"] > 0.9
     rebuilt, _ = from_bytes(to_bytes(result.model, result.lineage), trust=["tests.stages.test_pt2e"])
     x = torch.randn(2, 3, 32, 32)

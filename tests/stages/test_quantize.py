@@ -171,9 +171,9 @@ def test_backend_auto_measures_fx_and_compiled_pt2e_and_keeps_the_better(
     assert kinds == (["quantize_fx"] if faster.startswith("FX") else ["quantize_pt2e", "compile"])
     assert (
         f"int8 backend chosen on the calibration data (not the validation split), timed at batch 1 and 2: {faster} ("
-        in " ".join(result.stages[0].notes["findings"])
+        in " ".join(result.stages[0].notes.findings)
     )
-    resolved = result.stages[0].notes["resolved"]  # what tune pins in tuned.yaml
+    resolved = result.stages[0].notes.resolved  # what tune pins in tuned.yaml
     assert resolved == ({"backend": "fx"} if faster.startswith("FX") else {"backend": "pt2e"})
     x = next(iter(data.val))[0]
     with torch.inference_mode():
@@ -226,13 +226,13 @@ def test_auto_activations_and_smoothing_are_chosen_on_calibration_data_and_said(
     data = tensor_data(torch.randn(128, 32), num_classes=8, batch_size=32)
     result = compress(model, [{"kind": "quantize", "mode": "dynamic", "smoothing": "auto"}], data=data,
                       evaluate=FAST_EVAL)  # fmt: skip
-    finding = result.stages[0].notes["findings"][0]
+    finding = result.stages[0].notes.findings[0]
     assert finding.startswith("dynamic int8 variant chosen on the calibration data (not the validation split)")
     for variant in ("per_token, SmoothQuant 0.5", "per_tensor, SmoothQuant 0.85"):
         assert variant in finding
     kinds = [t.kind for t in result.lineage.transforms]
     assert kinds[0] == "smooth_linear" and ("quantize_per_token" in kinds or "quantize_dynamic" in kinds)
-    resolved = result.stages[0].notes["resolved"]
+    resolved = result.stages[0].notes.resolved
     assert resolved["smoothing"] in (0.5, 0.7, 0.85) and resolved["activations"] in ("per_token", "per_tensor")
     assert ("quantize_per_token" in kinds) == (resolved["activations"] == "per_token")
 
@@ -254,7 +254,7 @@ def test_int4_weight_only_with_group_wise_scales() -> None:
     from modelshrink.metrics.size import layer_summary
 
     assert {row["bits"] for row in layer_summary(coarse.model)} == {4}
-    assert "computed in fp32" in coarse.stages[0].notes["findings"][0], "the report says which compute path ran"
+    assert "computed in fp32" in coarse.stages[0].notes.findings[0], "the report says which compute path ran"
     assert torch.equal(reload(coarse)(x), coarse.model(x))
 
 
@@ -266,7 +266,7 @@ def test_group_size_belongs_to_int4() -> None:
 def test_mode_auto_measures_each_candidate_and_keeps_the_fastest_good_one(trained_cnn) -> None:
     path, data = trained_cnn
     result = quantize({"checkpoint": str(path)}, data, mode="auto", calibration_batches=2)
-    finding = result.stages[0].notes["findings"][0]
+    finding = result.stages[0].notes.findings[0]
     assert finding.startswith("mode auto on ") and "the fastest with cosine >= 0.99 on the calibration data" in finding
     for candidate in ("fp32 (unchanged)", "dynamic:", "static:", "weight_only:", "bf16:", "fp16:"):
         assert candidate in finding
@@ -284,7 +284,7 @@ def test_mode_auto_measures_each_candidate_and_keeps_the_fastest_good_one(traine
     assert torch.equal(reload(result)(x), result.model(x)), "the kept variant rebuilds from its checkpoint"
 
     unchanged = quantize({"checkpoint": str(path)}, data, mode="auto", candidates=["dynamic"], min_cosine=1.0)
-    assert "kept fp32 (unchanged)" in unchanged.stages[0].notes["findings"][0]
+    assert "kept fp32 (unchanged)" in unchanged.stages[0].notes.findings[0]
     assert unchanged.lineage.transforms == [] and unchanged.stages[0].metrics["cosine"] == pytest.approx(1.0)
 
 
@@ -314,4 +314,4 @@ def test_mode_auto_keeps_float_when_cosine_is_undefined() -> None:
             return self.linear(x) * 0
 
     result = quantize(Silent(), tensor_data(torch.randn(32, 4), num_classes=3), mode="auto", candidates=["dynamic"])
-    assert "mode auto on " in result.stages[0].notes["findings"][0]
+    assert "mode auto on " in result.stages[0].notes.findings[0]

@@ -35,7 +35,7 @@ def test_below_min_cosine_the_most_sensitive_layers_stay_float() -> None:
     assert plain.stages[0].metrics["cosine"] < 0.9, "int8 everywhere hurts this model"
     model, x = outlier_inputs_model()
     floored = compress(model, [static(0.99)], data=data, evaluate=FAST_EVAL)
-    findings = floored.stages[0].notes["findings"]
+    findings = floored.stages[0].notes.findings
     assert any(f.startswith("cosine to float on the calibration data") and "< min_cosine 0.99" in f for f in findings)
     assert "mixed precision: 1 of 3 layers kept float (0) for a drop of" in " ".join(findings)
     assert floored.stages[0].metrics["cosine"] >= 0.99, "judged on the validation split too"
@@ -47,7 +47,7 @@ def test_below_min_cosine_the_most_sensitive_layers_stay_float() -> None:
 def test_min_cosine_met_at_once_quantizes_everything_and_an_impossible_one_is_one_line() -> None:
     model, x = outlier_inputs_model()
     easy = compress(model, [static(0.5)], data=tensor_data(x, labeled=False, class_targets=False), evaluate=FAST_EVAL)
-    assert any(">= min_cosine 0.5" in f for f in easy.stages[0].notes["findings"])
+    assert any(">= min_cosine 0.5" in f for f in easy.stages[0].notes.findings)
     model, x = outlier_inputs_model()
     impossible = r"^stage 'quantize1': min_cosine: no set of float layers brings the drop within min_cosine 1 \("
     with pytest.raises(UserError, match=impossible):
@@ -66,10 +66,10 @@ def test_observer_auto_keeps_the_activation_ranges_closer_to_float() -> None:
     model, x = outlier_inputs_model()
     data = tensor_data(x, labeled=False, class_targets=False, batch_size=16)
     result = compress(model, [{**static(None), "observer": "auto"}], data=data, evaluate=FAST_EVAL)
-    [finding] = [f for f in result.stages[0].notes["findings"] if f.startswith("activation observer chosen")]
+    [finding] = [f for f in result.stages[0].notes.findings if f.startswith("activation observer chosen")]
     assert "held-out calibration batches" in finding
     cosines = dict(part.split(": cosine ") for part in finding.split(" (", 1)[1].rstrip(")").split("; "))
-    chosen = result.stages[0].notes["resolved"]["observer"]
+    chosen = result.stages[0].notes.resolved["observer"]
     assert set(cosines) == {"histogram", "minmax"} and float(cosines[chosen]) == max(map(float, cosines.values()))
     assert finding.split(": ", 1)[1].startswith(chosen)
     assert [t.observer for t in result.lineage.transforms] == [chosen], "the checkpoint replays the kept ranges"

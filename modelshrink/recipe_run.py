@@ -1,4 +1,5 @@
-"""Run a recipe: load model and data, measure the baseline, apply and measure each stage, gate, write.
+"""A recipe run that writes files: the engine's stage loop (`engine.run_stages`) with what a command-line
+run adds around it: outputs claimed before any work, resumable progress, exports, gates and the reports.
 
 Its outputs (the directory, a --junit file) are claimed before any work and written all at once at the
 end through `outputs`, so a failed run leaves no output and an existing output is never half-replaced.
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from modelshrink import compiled_artifact, distributed, outputs
@@ -22,13 +23,13 @@ from modelshrink.checkpoint import from_bytes, to_bytes
 from modelshrink.compare import read_report, regression_metrics, regressions
 from modelshrink.compiled import Compiled
 from modelshrink.compiled_artifact import artifact_name
-from modelshrink.constraints import check_constraints, check_gated_metrics_exist, failures
+from modelshrink.constraints import check_constraints, failures
 from modelshrink.data import DataBundle, build_data
-from modelshrink.engine import measure_model, run_stage, seed_everything
+from modelshrink.descriptors import Metrics
+from modelshrink.engine import Baseline, Progress, StageHooks, StageResult, run_stages, seed_everything, start
 from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.export import check_extras
 from modelshrink.export.measure import export_all
-from modelshrink.inputs import batch_size, call, describe, logits, output_matrix
 from modelshrink.junit import junit_xml
 from modelshrink.loading import load_model
 from modelshrink.metrics import add_latencies, reference_outputs
@@ -52,17 +53,23 @@ def run(
     recipe_source: str | None = None,
     junit: Path | None = None,
     verbose: bool | None = None,
+    compare_to: Path | None = None,
 ) -> dict[str, Any] | None:
-    """Returns the report (None on ranks other than 0 of a multi-process run). `junit`: a file for the gates
-    as JUnit XML, claimed with the output directory before any work and written after it. Libraries'
-    warnings become findings, one per distinct warning (`quiet.collected`); `verbose` shows them too (None:
-    as the enclosing command says)."""
+    """Returns the report (None on ranks other than 0 of a multi-process run). `compare_to`: an earlier
+    report.json to gate regressions against, in place of the recipe's `constraints.compare_to`. `junit`:
+    a file for the gates as JUnit XML, claimed with the output directory before any work and written after
+    it. Libraries' warnings become findings, one per distinct warning (`quiet.collected`); `verbose` shows
+    them too (None: as the enclosing command says)."""
     distributed.init_from_env()
     main = distributed.is_main()
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
+    compare_to = compare_to or recipe.constraints.compare_to
+    previous = read_report(compare_to) if compare_to else None  # one line naming a bad file, before any work
     targets = [outputs.run_directory(out_dir), *([outputs.junit_file(junit)] if junit else [])]
-    with outputs.claim(targets, recipe.inputs(recipe_source), force=force) if main else nullcontext() as claim:
-        return _run_locked(recipe, out_dir, force, resume, recipe_source, main, claim, junit, verbose)
+    inputs = [*recipe.inputs(recipe_source), *([("report compared to", compare_to)] if compare_to else [])]
+    with outputs.claim(targets, inputs, force=force) if main else nullcontext() as claim:
+        compared = (str(compare_to), previous) if compare_to and previous is not None else None
+        return _run_locked(recipe, out_dir, force, resume, recipe_source, main, claim, junit, verbose, compared)
 
 
 def _run_locked(
@@ -75,11 +82,11 @@ def _run_locked(
     claim: outputs.Claim | None,
     junit: Path | None,
     verbose: bool | None,
+    compared: tuple[str, dict[str, Any]] | None,
 ) -> dict[str, Any] | None:
     check_extras(recipe.export)
-    previous = read_report(recipe.constraints.compare_to) if recipe.constraints.compare_to else None
-    if previous is not None:
-        regression_metrics(recipe.constraints, previous)
+    if compared is not None:
+        regression_metrics(recipe.constraints, compared[1])
     if recipe.output.html:
         check_html_available()
     seed_everything(recipe.seed)
@@ -93,7 +100,7 @@ def _run_locked(
     store = ResumeStore(out_dir, recipe.model_dump(mode="json"))
     try:
         with collected(show=verbose) as notices:
-            report, exported = _run_stages(recipe, data, store, resume, main, recipe_source, previous, notices)
+            report, exported = _run_stages(recipe, data, store, resume, main, recipe_source, compared, notices)
         if claim is not None:
             blob = store.model_blob(len(report["stages"]))
             _write_outputs(claim, out_dir, recipe, report, blob, exported, force, junit)
@@ -118,83 +125,98 @@ def _run_stages(
     resume: bool,
     main: bool,
     recipe_source: str | None,
-    previous: dict[str, Any] | None,
+    compared: tuple[str, dict[str, Any]] | None,
     notices: Notices,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The engine's two steps (measure the baseline, run each stage), saved after each for --resume, then
-    the exports; returns the report and the exported files."""
-    saved = store.start(resume)
-    distributed.barrier()
-    if saved is None:
-        model, lineage = load_model(recipe.model)
-        model.eval()
-        check_model_fits_data(model, data, recipe)
-        baseline, reference = measure_model(model, lineage, data, recipe.evaluate) if main else (None, None)
-        if baseline is not None:
-            for constraints in [recipe.constraints, *(e.constraints for e in recipe.export if e.constraints)]:
-                check_gated_metrics_exist(constraints, baseline)
-        progress: dict[str, Any] = {"baseline": baseline, "results": []}
-        store.save_stage(0, to_bytes(model, lineage, data.input_shape), progress, data.train.generator)
-        completed, original = 0, copy.deepcopy(model)
-    else:
-        progress, completed = saved["progress"], saved["completed"]
-        with store.reading(completed):
-            model, lineage = from_bytes(store.model_blob(completed), recipe.model.allow_pickle, recipe.model.trusted)
-        with store.reading(0):
-            original, _ = from_bytes(store.model_blob(0), recipe.model.allow_pickle, recipe.model.trusted)
-        restore_rng(saved["rng"], data.train.generator)
-        reference = reference_outputs(original, data, recipe.evaluate) if main else None
+    """The engine's stage loop, each stage saved for --resume (`_SaveEachStage`), then the exports and the
+    side-by-side timing; returns the report and the exported files."""
+    baseline, done, completed = _start_or_resume(recipe, data, store, resume, main)
     ctx = StageContext(
-        data=data,
-        original_model=original,
-        lineage=lineage,
-        evaluate=recipe.evaluate,
-        seed=recipe.seed,
-        resume_store=store,
-        load_model=load_model,
-    )
-    results: list[dict[str, Any]] = progress["results"]
-    for index, (spec, name) in enumerate(zip(recipe.stages, recipe.stage_names(), strict=True), start=1):
-        if index <= completed:
-            continue
-        before = results[-1]["metrics"] if results else progress["baseline"]
-        model, result = run_stage(model, spec, name, ctx, reference, before)
-        results.append(result.to_json())
-        store.save_stage(index, to_bytes(model, lineage, data.input_shape), progress, data.train.generator)
+        data=data, original_model=baseline.model, lineage=done.lineage, evaluate=recipe.evaluate, seed=recipe.seed,
+        resume_store=store, load_model=load_model,
+    )  # fmt: skip
+    saving = _SaveEachStage(store, data, baseline.metrics)
+    done = run_stages(done, recipe.stages, ctx, baseline, saving, first=completed)
     if not main:
         return {}, {}
+    assert baseline.metrics is not None and baseline.reference is not None
     # earlier stages' models come back from their saved checkpoints; the last one is still in memory
     pickled, trusted = recipe.model.allow_pickle, recipe.model.trusted
-    snapshots = [from_bytes(store.model_blob(i), pickled, trusted)[0] for i in range(len(results))]
-    snapshots.append(model)
-    baseline = progress["baseline"]
-    measured = [baseline] + [r["metrics"] for r in results]
-    exports = export_all(recipe, snapshots, measured, data, reference) if recipe.export else []
+    snapshots = [from_bytes(store.model_blob(i), pickled, trusted)[0] for i in range(len(done.results))]
+    snapshots.append(done.model)
+    measured = [baseline.metrics] + [r.metrics for r in done.results]
+    exports = export_all(recipe, snapshots, measured, data, baseline.reference) if recipe.export else []
     timed = [*snapshots, *(e.exported.runtime for e in exports)]
     log(f"timing {len(timed)} models side by side")
     add_latencies(timed, [*measured, *(e.metrics for e in exports)], data, recipe.evaluate)
-    final_blob = store.model_blob(len(results))
-    reusable, packaging = compiled_package(model, data, recipe.output.checkpoint_name, final_blob)
-    final = results[-1]["metrics"] if results else baseline
+    final_blob = store.model_blob(len(done.results))
+    reusable, packaging = compiled_package(done.model, data, recipe.output.checkpoint_name, final_blob)
+    final = done.latest(baseline.metrics)
+    assert final is not None
+    previous = compared[1] if compared else None
     report = build_report(
         recipe=recipe.model_dump(mode="json"),
         recipe_source=recipe_source,
-        baseline=baseline,
-        stages=results,
+        baseline=baseline.metrics,
+        stages=done.results,
         constraints=[
-            *check_constraints(recipe.constraints, baseline, final),
+            *check_constraints(recipe.constraints, baseline.metrics, final),
             *(regressions(recipe.constraints, previous, final) if previous else []),
-            *(result for e in exports for result in e.check_constraints(baseline)),
+            *(result for e in exports for result in e.check_constraints(baseline.metrics)),
         ],
         checkpoint=recipe.output.checkpoint_name,
-        compared_to=(str(recipe.constraints.compare_to), previous) if previous else None,
-        layers=layer_summary(model),
-        custom_metrics=directions(recipe.evaluate.metrics, baseline.get("custom", {})),
+        compared_to=compared,
+        layers=layer_summary(done.model),
+        custom_metrics=directions(recipe.evaluate.metrics, baseline.metrics.get("custom", {})),
         exports=[e.to_json() for e in exports],
         library_warnings=notices.take(),
     )
     report["findings"] += packaging
     return report, {**{name: content for e in exports for name, content in e.exported.files.items()}, **reusable}
+
+
+def _start_or_resume(
+    recipe: Recipe, data: DataBundle, store: ResumeStore, resume: bool, main: bool
+) -> tuple[Baseline, Progress, int]:
+    """The baseline and the progress to go on from: a new start (the baseline saved as step 0), or an
+    interrupted run's saved steps; and how many stages are done."""
+    saved = store.start(resume)
+    distributed.barrier()
+    if saved is None:
+        model, lineage = load_model(recipe.model)
+        gated = [recipe.constraints, *(e.constraints for e in recipe.export if e.constraints)]
+        baseline = start(model, lineage, data, recipe.evaluate, recipe.stages, gated, measure=main)
+        store.save_stage(0, to_bytes(model, lineage, data.input_shape), _progress(baseline.metrics, []),
+                         data.train.generator)  # fmt: skip
+        return replace(baseline, model=copy.deepcopy(model)), Progress(model, lineage), 0
+    completed = saved["completed"]
+    pickled, trusted = recipe.model.allow_pickle, recipe.model.trusted
+    with store.reading(completed):
+        model, lineage = from_bytes(store.model_blob(completed), pickled, trusted)
+        results = [StageResult.from_json(result) for result in saved["progress"]["results"]]
+    with store.reading(0):
+        original, original_lineage = from_bytes(store.model_blob(0), pickled, trusted)
+    restore_rng(saved["rng"], data.train.generator)
+    reference = reference_outputs(original, data, recipe.evaluate) if main else None
+    baseline = Baseline(original, original_lineage, saved["progress"]["baseline"], reference)
+    return baseline, Progress(model, lineage, results), completed
+
+
+def _progress(baseline: Metrics | None, results: list[StageResult]) -> dict[str, Any]:
+    """What the resume state keeps besides the models: plain types only (`resume.ResumeStore`)."""
+    return {"baseline": baseline, "results": [result.to_json() for result in results]}
+
+
+class _SaveEachStage(StageHooks):
+    """After each stage: its model, the results so far and the random state, for --resume."""
+
+    def __init__(self, store: ResumeStore, data: DataBundle, baseline: Metrics | None):
+        self.store, self.data, self.baseline = store, data, baseline
+
+    def after(self, index: int, progress: Progress) -> bool:
+        blob = to_bytes(progress.model, progress.lineage, self.data.input_shape)
+        self.store.save_stage(index + 1, blob, _progress(self.baseline, progress.results), self.data.train.generator)
+        return True
 
 
 def compiled_package(
@@ -233,34 +255,3 @@ def _write_outputs(
     files = {recipe.output.checkpoint_name: blob, **exported, **report_files(report, html=recipe.output.html)}
     claim.write({out_dir: files}, {junit: junit_xml(report)} if junit else {}, replace=force)
     log(f"wrote {out_dir}/ ({', '.join(files)})")
-
-
-def check_model_fits_data(model: nn.Module, data: DataBundle, recipe: Recipe) -> None:
-    """Run the model once on the data's inputs, before any work, so a mismatch is one line, not a
-    traceback deep inside a stage."""
-    inputs = data.example_inputs(2)
-    try:
-        with torch.inference_mode():
-            raw = call(model, inputs)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # IndexError: token ids beyond the vocabulary
-        first = first_line(exc)
-        raise UserError(f"model does not accept inputs {describe(inputs)} from data: {first}") from None
-    try:
-        out = output_matrix(raw)
-    except ValueError as exc:
-        raise UserError(f"model output: {exc}") from None
-    if out.shape[0] != batch_size(inputs):
-        raise UserError(f"model output {describe(raw)} does not have the batch of {batch_size(inputs)} in front")
-    if not (data.labeled and data.class_targets):  # judged against the original model: any output will do
-        return
-    if logits(raw) is None:
-        raise UserError(f"model output {describe(raw)} is not (batch, classes) logits, but the data has classes")
-    if any(spec.replaces_head for spec in recipe.stages):
-        return
-    if not data.exact_classes and out.shape[1] < data.num_classes:
-        raise UserError(f"model outputs {out.shape[1]} classes but the data has class index {data.num_classes - 1}")
-    if data.exact_classes and out.shape[1] != data.num_classes:
-        raise UserError(
-            f"model outputs {out.shape[1]} classes but the data has {data.num_classes}; set model.num_classes: "
-            f"{data.num_classes}, or replace the classifier with a finetune stage's num_classes"
-        )
