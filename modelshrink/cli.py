@@ -178,16 +178,14 @@ def run(
 def _command_line(ctx: typer.Context, without: str) -> list[str]:
     """This command's arguments, read back from what click parsed: every rank of `--nproc` runs the same
     command, and an option added to the command travels with no code here."""
-    import click
-
     arguments, options = [], []
-    for param in ctx.command.params:
+    for param in ctx.command.params:  # typer's own parameter classes: asked by duck type, not isinstance
         value = ctx.params.get(param.name or "")
         if param.name == without or value is None or value is False or value == []:
             continue
-        if isinstance(param, click.Argument):
+        if param.param_type_name == "argument":
             arguments.append(str(value))
-        elif isinstance(param, click.Option) and param.is_flag:
+        elif getattr(param, "is_flag", False):
             options.append(param.opts[0])
         else:
             options += [item for one in (value if param.multiple else [value]) for item in (param.opts[0], str(one))]

@@ -63,13 +63,26 @@ def run(
     distributed.init_from_env()
     main = distributed.is_main()
     out_dir = Path(output_dir) if output_dir is not None else recipe.output.dir
-    compare_to = compare_to or recipe.constraints.compare_to
+    compare_to = compared_report(recipe, compare_to)
     previous = read_report(compare_to) if compare_to else None  # one line naming a bad file, before any work
     targets = [outputs.run_directory(out_dir), *([outputs.junit_file(junit)] if junit else [])]
     inputs = [*recipe.inputs(recipe_source), *([("report compared to", compare_to)] if compare_to else [])]
     with outputs.claim(targets, inputs, force=force) if main else nullcontext() as claim:
         compared = (str(compare_to), previous) if compare_to and previous is not None else None
         return _run_locked(recipe, out_dir, force, resume, recipe_source, main, claim, junit, verbose, compared)
+
+
+def compared_report(recipe: Recipe, compare_to: Path | None) -> Path | None:
+    """The earlier report this run gates regressions against: `--compare-to`, else the recipe's own; a
+    tolerance without a report, or a report without one, is refused before any work."""
+    compare_to = compare_to or recipe.constraints.compare_to
+    if compare_to is None and recipe.constraints.max_regression:
+        raise UserError("constraints.max_regression: no report to compare with; set constraints.compare_to "
+                        "or pass --compare-to REPORT")  # fmt: skip
+    if compare_to is not None and not recipe.constraints.max_regression:
+        raise UserError(f"--compare-to {compare_to}: the recipe says no constraints.max_regression, how much "
+                        "worse than that report may pass (e.g. {accuracy: 0.01, latency_b1_ms: 1.10})")  # fmt: skip
+    return compare_to
 
 
 def _run_locked(

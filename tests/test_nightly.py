@@ -122,6 +122,8 @@ def test_run_gates_against_last_night_and_writes_junit(tmp_path: Path, last_nigh
     assert missing.exit_code == 2 and "nope.json: no such report" in missing.stderr
     alone = write_recipe(tmp_path / "alone.yaml", tiny_recipe(tmp_path, constraints={"compare_to": str(previous)}))
     assert "compare_to and max_regression go together" in runner.invoke(app, ["validate", str(alone)]).stderr
+    without = runner.invoke(app, ["run", str(recipe), "-o", str(tmp_path / "o3")])  # max_regression, no report
+    assert without.exit_code == 2 and "no report to compare with" in without.stderr and not (tmp_path / "o3").exists()
 
 
 def test_pictures_are_png_files_and_report_html_holds_them(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
@@ -107,3 +108,51 @@ def test_a_plugin_that_fails_to_import_is_one_line(plugin_path: Path, tmp_path: 
     assert result.stderr.strip() == (
         "error: plug-in 'broken' (broken_plugin) failed to load: RuntimeError: needs a GPU driver"
     ), result.stderr
+
+
+def test_a_quantization_mode_registers_as_a_variant_of_the_built_in_kind() -> None:
+    """A quantize backend is a mode's spec and its stage, registered with the same decorator: `kind: quantize`
+    with a mode no built-in spec has picks it, and `mode: auto` could list it among its candidates."""
+    import torch
+    from torch import nn
+
+    from modelshrink.engine import compress
+    from modelshrink.extend import Stage, StageContext, register
+    from modelshrink.recipe.stage_specs import BaseQuantizeSpec, parse_stage
+    from tests.conftest import FAST_EVAL, tensor_data
+
+    class RoundedSpec(BaseQuantizeSpec):
+        mode: Literal["rounded_test"]
+
+    @register(RoundedSpec)
+    class Rounded(Stage[RoundedSpec]):
+        def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.copy_(torch.round(parameter * 16) / 16)
+            return model
+
+    assert type(parse_stage({"kind": "quantize", "mode": "rounded_test"})) is RoundedSpec
+    assert type(parse_stage({"kind": "quantize", "mode": "static"})).__name__ == "StaticQuantSpec"
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    result = compress(model, [{"kind": "quantize", "mode": "rounded_test"}], data=tensor_data(torch.randn(8, 1, 4, 4),
+                      num_classes=4), evaluate=FAST_EVAL)  # fmt: skip
+    assert result.stages[0].kind == "quantize" and result.stages[0].params["mode"] == "rounded_test"
+    assert torch.equal(model[1].weight * 16, torch.round(model[1].weight * 16))
+
+
+def test_register_refuses_what_is_no_spec_and_a_kind_taken_twice() -> None:
+    from modelshrink.extend import BaseMetricSpec, register
+
+    with pytest.raises(TypeError, match="is not a spec of any seam"):
+        register(dict)
+
+    class First(BaseMetricSpec):
+        kind: Literal["twice_test"]
+
+    class Second(BaseMetricSpec):
+        kind: Literal["twice_test"]
+
+    register(First)(lambda *args: {})
+    with pytest.raises(TypeError, match="registered twice"):
+        register(Second)(lambda *args: {})

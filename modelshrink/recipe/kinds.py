@@ -27,17 +27,29 @@ SELECTORS: dict[Section, str] = {"stage": "kind", "data": "kind", "metric": "kin
 
 _PLUGIN_SPECS: dict[Section, dict[str, type]] = {section: {} for section in SELECTORS}
 _BUILT_IN: dict[Section, frozenset[str]] = {}
+_VARIANTS: dict[Section, dict[str, tuple[str, frozenset[str]]]] = {}
 _loaded: list[str] | None = None  # the entry points imported, once any recipe asked
 
 
-def extensible(section: Section, built_in: frozenset[str], union: Any) -> Any:
+def extensible(
+    section: Section,
+    built_in: frozenset[str],
+    union: Any,
+    variants: dict[str, tuple[str, frozenset[str]]] | None = None,
+) -> Any:
     """`union` (a section's built-in specs) accepting the kinds plug-ins add, and serialized as whichever
-    spec it holds."""
+    spec it holds. `variants`: built-in kinds whose variants plug-ins may add too, e.g. a quantization
+    `mode` (kind -> its selector and built-in variants); such a plug-in spec answers to 'kind.variant'."""
     _BUILT_IN[section] = built_in
+    _VARIANTS[section] = variants or {}
     selector = SELECTORS[section]
 
     def plugin_or_built_in(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         tag = value.get(selector) if isinstance(value, dict) else None
+        if isinstance(tag, str) and tag in _VARIANTS[section]:
+            variant_selector, known = _VARIANTS[section][tag]
+            variant = value.get(variant_selector)
+            tag = f"{tag}.{variant}" if isinstance(variant, str) and variant not in known else None
         if isinstance(tag, str) and tag not in built_in:
             spec_type = plugin_spec(section, tag)
             if spec_type is not None:
@@ -47,23 +59,37 @@ def extensible(section: Section, built_in: frozenset[str], union: Any) -> Any:
     return SerializeAsAny[Annotated[union, WrapValidator(plugin_or_built_in)]]
 
 
-def tag_of(spec_type: type, section: Section) -> str | None:
-    """The one tag a spec class answers to (its `kind: Literal["..."]`); None for a base class."""
-    field = getattr(spec_type, "model_fields", {}).get(SELECTORS[section])
+def _literal(spec_type: type, name: str) -> str | None:
+    field = getattr(spec_type, "model_fields", {}).get(name)
     annotation = field.annotation if field is not None else None
     tags = get_args(annotation) if get_origin(annotation) is Literal else ()
     return tags[0] if len(tags) == 1 and isinstance(tags[0], str) else None
 
 
+def tag_of(spec_type: type, section: Section) -> str | None:
+    """The one tag a spec class answers to (its `kind: Literal["..."]`, or 'kind.variant' for a variant of
+    a built-in kind); None for a base class."""
+    tag = _literal(spec_type, SELECTORS[section])
+    if tag in _VARIANTS.get(section, {}):
+        variant = _literal(spec_type, _VARIANTS[section][tag][0])
+        return f"{tag}.{variant}" if variant is not None else None
+    return tag
+
+
 def add_plugin_spec(section: Section, spec_type: type) -> None:
-    """Make `spec_type` a kind recipes may name; a built-in kind is not taken over."""
+    """Make `spec_type` a kind recipes may name; a built-in kind or variant is not taken over."""
     tag = tag_of(spec_type, section)
-    if tag is None or tag in _BUILT_IN.get(section, ()):
+    if tag is None or tag in _BUILT_IN.get(section, ()) or _built_in_variant(section, tag):
         return
     taken = _PLUGIN_SPECS[section].get(tag)
     if taken is not None and taken is not spec_type:
         raise TypeError(f"{section} kind {tag!r} is registered twice ({taken.__module__}, {spec_type.__module__})")
     _PLUGIN_SPECS[section][tag] = spec_type
+
+
+def _built_in_variant(section: Section, tag: str) -> bool:
+    kind, _, variant = tag.partition(".")
+    return kind in _VARIANTS.get(section, {}) and variant in _VARIANTS[section][kind][1]
 
 
 def plugin_spec(section: Section, tag: str) -> type | None:

@@ -565,7 +565,9 @@ class _NamedGates(Strict):
 
     @model_validator(mode="after")
     def _regressions(self) -> _NamedGates:
-        if (self.compare_to is None) != (not self.max_regression):
+        """max_regression alone is allowed: the report may come with the run (`run --compare-to`), which
+        then requires it (`recipe_run.compared_report`)."""
+        if self.compare_to is not None and not self.max_regression:
             raise ValueError(
                 "compare_to and max_regression go together: the report to compare with, and how much worse"
             )

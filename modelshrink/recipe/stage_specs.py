@@ -210,7 +210,7 @@ class DistillSpec(TrainingSettings, BaseStageSpec):
 
 
 # -------------------------------------------------------------------------------------------- pruning
-class _PruneCommon(BaseStageSpec):
+class BasePruneSpec(BaseStageSpec):
     kind: Literal["prune"] = Field(description="the stage: pruning, by `method` (unstructured by default)")
     amount: Fraction = Field(description="fraction of weights (unstructured), channels or blocks to remove")
     exclude: list[str] = Field(
@@ -218,7 +218,7 @@ class _PruneCommon(BaseStageSpec):
     )
 
 
-class UnstructuredPruneSpec(_PruneCommon):
+class UnstructuredPruneSpec(BasePruneSpec):
     """Zero the least important weights with torch.nn.utils.prune, made permanent (no masks left)."""
 
     method: Literal["unstructured"] = Field(
@@ -243,7 +243,7 @@ class UnstructuredPruneSpec(_PruneCommon):
     )
 
 
-class _RemovingPruneCommon(_PruneCommon):
+class BaseRemovingPruneSpec(BasePruneSpec):
     """Pruning that removes structure, after which BatchNorm statistics are re-estimated."""
 
     calibration_batches: Repeats = Field(
@@ -252,7 +252,7 @@ class _RemovingPruneCommon(_PruneCommon):
     recalibrate_bn: bool = Field(default=True, description="re-estimate BatchNorm statistics after removal")
 
 
-class ChannelPruneSpec(_RemovingPruneCommon):
+class ChannelPruneSpec(BaseRemovingPruneSpec):
     """Physically remove conv filters / Linear neurons with Torch-Pruning's dependency graph, so residual
     and depthwise couplings stay valid and the model gets faster and smaller."""
 
@@ -292,7 +292,7 @@ class ChannelPruneSpec(_RemovingPruneCommon):
         return self
 
 
-class BlockPruneSpec(_RemovingPruneCommon):
+class BlockPruneSpec(BaseRemovingPruneSpec):
     """Drop whole shape-preserving (residual) blocks, the least important first."""
 
     method: Literal["block"] = Field(
@@ -316,7 +316,7 @@ class MixedSpec(Strict):
     calibration_batches: Repeats = Field(default=4, description="batches each layer's sensitivity is scored on")
 
 
-class _QuantizeCommon(BaseStageSpec):
+class BaseQuantizeSpec(BaseStageSpec):
     kind: Literal["quantize"] = Field(description="the stage: quantization, by `mode` (dynamic by default)")
     exclude: list[str] = Field(default_factory=list, description="module name globs kept in float")
     mixed: MixedSpec | None = Field(
@@ -344,7 +344,7 @@ class _QuantizeCommon(BaseStageSpec):
         return self.model_copy(update={"exclude": [*self.exclude, *layers]})
 
 
-class DynamicQuantSpec(_QuantizeCommon):
+class DynamicQuantSpec(BaseQuantizeSpec):
     """int8 weights, activations quantized on the fly (Linear/LSTM/GRU), int8 embedding tables."""
 
     mode: Literal["dynamic"] = Field(
@@ -373,7 +373,7 @@ class DynamicQuantSpec(_QuantizeCommon):
     )
 
 
-class _GraphQuantCommon(_QuantizeCommon):
+class _GraphQuantCommon(BaseQuantizeSpec):
     """int8 through a captured graph: torch.ao FX, or torch.export + torchao PT2E."""
 
     per_channel: bool = Field(default=True, description="one weight scale per output channel (Linear, Conv)")
@@ -448,7 +448,7 @@ class QatSpec(_GraphQuantCommon):
         return self.qat
 
 
-class WeightOnlySpec(_QuantizeCommon):
+class WeightOnlySpec(BaseQuantizeSpec):
     """int8 weights (per output channel) or int4 weights (Linear, group-wise scales), float compute."""
 
     mode: Literal["weight_only"] = Field(
@@ -479,7 +479,7 @@ class WeightOnlySpec(_QuantizeCommon):
         return super().keeping(layers)
 
 
-class HalfSpec(_QuantizeCommon):
+class HalfSpec(BaseQuantizeSpec):
     """Half-precision weights and compute (inputs cast on the way in, logits back to fp32)."""
 
     mode: Literal["fp16", "bf16"] = Field(
@@ -490,7 +490,7 @@ class HalfSpec(_QuantizeCommon):
 _AUTO_CANDIDATES = ("dynamic", "static", "weight_only", "bf16", "fp16")
 
 
-class AutoQuantSpec(_QuantizeCommon):
+class AutoQuantSpec(BaseQuantizeSpec):
     """Measure the candidate modes on this CPU and keep the fastest whose outputs stay within
     `min_cosine` of the float model's on the calibration data; float when none is faster."""
 
@@ -590,7 +590,12 @@ KINDS: dict[str, Any] = {
     "distill": DistillSpec,
     "optimize": OptimizeSpec,
 }
-StageSpec = extensible("stage", frozenset(KINDS), tagged_union("kind", None, KINDS))
+StageSpec = extensible(
+    "stage",
+    frozenset(KINDS),
+    tagged_union("kind", None, KINDS),
+    {kind: (selector, frozenset(variants)) for kind, (selector, _, variants) in VARIANTS.items()},
+)
 _ADAPTER: TypeAdapter[BaseStageSpec] = TypeAdapter(StageSpec)
 
 

@@ -103,3 +103,25 @@ def test_cli_nproc_2_writes_one_valid_report(tmp_path: Path) -> None:
     assert [s["name"] for s in report["stages"]] == ["a", "prune2"] and report["passed"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == output_files()
     assert json.loads((tmp_path / "out" / "report.json").read_text())["final"] == report["final"]
+
+
+def test_nproc_runs_every_rank_with_the_options_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank of `--nproc` runs the command as parsed: every option reaches it without a list kept by hand."""
+    from typer.testing import CliRunner
+
+    from modelshrink import distributed
+    from modelshrink.cli import app
+
+    launched: list[list[str]] = []
+    monkeypatch.setattr(distributed, "launch_local", lambda nproc, argv: launched.append([str(nproc), *argv]) or 0)
+    given = ["run", "r.yaml", "--nproc", "2", "-o", "out", "--force", "--set", "seed=1", "--set", "name=x", "--json",
+             "--trust", "mine", "--compare-to", "last.json", "--junit", "j.xml", "-v"]  # fmt: skip
+    result = CliRunner().invoke(app, given)
+    assert result.exit_code == 0, result.output
+    [[nproc, *argv]] = launched
+    assert nproc == "2" and argv[:2] == ["run", "r.yaml"] and "--nproc" not in argv
+    options = {argv[i]: argv[i + 1] for i in range(2, len(argv) - 1) if argv[i].startswith("--")}
+    assert options["--output"] == "out" and options["--compare-to"] == "last.json" and options["--junit"] == "j.xml"
+    assert options["--trust"] == "mine" and [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == [
+        "seed=1", "name=x"]  # fmt: skip
+    assert {"--force", "--json", "--verbose"} <= set(argv) and "--resume" not in argv

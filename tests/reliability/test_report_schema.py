@@ -113,7 +113,7 @@ def test_a_good_report_compares(tmp_path: Path) -> None:
 
 
 def test_run_compare_to_a_bad_report_fails_before_any_work(tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, constraints={"max_regression": {"f1": 0.1}}))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, constraints={"max_regression": {"accuracy": 0.1}}))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(_edit(REPORT, "final.latency_ms.threads", "2")))
     result = runner.invoke(app, ["run", str(recipe), "--compare-to", str(bad)])

@@ -85,7 +85,8 @@ def test_only_a_batch_norm_that_alone_takes_a_convolutions_output_is_folded() ->
     assert conv_bn_pairs(model, torch.randn(2, 1, 8, 8)) == [("conv2", "norm2")]
     x = torch.randn(8, 1, 8, 8)
     expected = model(x)
-    result = compress(model, [{"kind": "optimize", "channels_last": False}], data=tensor_data(x), evaluate=FAST_EVAL)
+    data = tensor_data(x, num_classes=expected.shape[1])
+    result = compress(model, [{"kind": "optimize", "channels_last": False}], data=data, evaluate=FAST_EVAL)
     assert "folded 1 of 3 batch norms" in result.stages[0].notes.findings[0]
     assert torch.allclose(result.model(x), expected, atol=1e-4)
 

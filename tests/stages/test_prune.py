@@ -15,7 +15,8 @@ from tests.conftest import FAST_EVAL, tensor_data
 def prune(model: nn.Module, **spec: object) -> nn.Module:
     """Prune in place (as compress does); a CNN takes 3x8x8 images, an MLP 8 features."""
     shape = (3, 8, 8) if isinstance(model[0], nn.Conv2d) else (8,)
-    data = tensor_data(torch.randn(8, *shape))
+    inputs = torch.randn(8, *shape)
+    data = tensor_data(inputs, num_classes=model(inputs).shape[1])  # compress checks the model fits the data
     return compress(model, [{"kind": "prune", **spec}], data=data, evaluate=FAST_EVAL).model
 
 
