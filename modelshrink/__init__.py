@@ -92,7 +92,7 @@ def load(path: str | Path, *, allow_pickle: bool = False, trust: Sequence[str] =
 
     A checkpoint that names a factory outside modelshrink (`pkg.module:fn`) is rebuilt only when
     `trust` names that module: building it imports and runs that code."""
-    from modelshrink.checkpoint import load as load_checkpoint
+    from modelshrink.loading import load_checkpoint
 
     return load_checkpoint(path, allow_pickle=allow_pickle, trust=trust)
 

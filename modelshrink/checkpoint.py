@@ -57,29 +57,7 @@ def is_checkpoint_payload(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-def load(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()) -> nn.Module:
-    """Rebuild a modelshrink checkpoint in eval mode, with no recipe needed. A compiled model runs the
-    package its run wrote beside it where that is this user's own, for this torch and CPU
-    (`compiled_artifact`), instead of compiling on its first call; why not is logged. With the package,
-    the eager model behind it is rebuilt only when something needs it (`Compiled.deferred`): the checkpoint
-    is checked and trusted as any other first, and its bytes are those the package was built from."""
-    from modelshrink.compiled import Compiled
-    from modelshrink.compiled_artifact import load_package
-    from modelshrink.progress import log
-
-    path = Path(path)
-    payload = read_payload(path, allow_pickle)
-    lineage = _checked_lineage(payload, path, trust)
-    compiles = not lineage.pickled and bool(lineage.transforms) and lineage.transforms[-1].kind == "compile"
-    package, why_not = load_package(path) if compiles else (None, None)
-    if package is not None:
-        return Compiled.deferred(lambda: _rebuild(payload, path, lineage).inner, package)
-    if why_not:
-        log(why_not)
-    return _rebuild(payload, path, lineage)
-
-
-def _checked_lineage(payload: dict[str, Any], path: Path, trust: Collection[str]) -> Lineage:
+def checked_lineage(payload: dict[str, Any], path: Path, trust: Collection[str]) -> Lineage:
     """The payload's lineage once its shape and (unless it holds a pickled model) the trust policy are checked."""
     from modelshrink import stages  # noqa: F401  (importing the stages registers their transforms)
 
@@ -90,16 +68,9 @@ def _checked_lineage(payload: dict[str, Any], path: Path, trust: Collection[str]
     return lineage
 
 
-def load_with_lineage(
-    path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()
-) -> tuple[nn.Module, Lineage]:
-    path = Path(path)
-    return model_from_payload(read_payload(path, allow_pickle), path, allow_pickle=allow_pickle, trust=trust)
-
-
 def read_payload(path: Path, allow_pickle: bool = False) -> dict[str, Any]:
     """A checkpoint file's contents (architecture, transforms, tensors, input shape), not yet rebuilt."""
-    from modelshrink.models.weights import read_file
+    from modelshrink.tensor_files import read_file
 
     payload = read_file(path, allow_pickle=allow_pickle)
     if not is_checkpoint_payload(payload):
@@ -132,15 +103,15 @@ def model_from_payload(
     payload: dict[str, Any], path: Path, allow_pickle: bool = False, trust: Collection[str] = ()
 ) -> tuple[nn.Module, Lineage]:
     """Rebuild from a read payload, once the trust policy allowed what it names (`trust.check_architecture`)."""
-    lineage = _checked_lineage(payload, path, trust)
-    return _rebuild(payload, path, lineage), lineage
+    lineage = checked_lineage(payload, path, trust)
+    return rebuild(payload, path, lineage), lineage
 
 
-def _rebuild(payload: dict[str, Any], path: Path, lineage: Lineage) -> nn.Module:
+def rebuild(payload: dict[str, Any], path: Path, lineage: Lineage) -> nn.Module:
     """The model a checked payload describes (its architecture built, its transforms replayed, its
     tensors loaded), in eval mode."""
     from modelshrink.models import build_architecture, describe
-    from modelshrink.models.weights import load_into
+    from modelshrink.tensor_files import load_into
 
     if lineage.pickled:
         if not isinstance(payload.get("model"), nn.Module):

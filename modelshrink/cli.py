@@ -203,56 +203,15 @@ def _prints_to_stderr(as_json: bool) -> Iterator[None]:
         yield
 
 
-def _stdout() -> Any:
-    """A console for tables; wide when piped, so CI logs keep one row per line."""
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=200)
-
-
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
-    """Names from the recipe, the model and an earlier report reach rich as `escape.terminal` text: never
-    parsed as markup (`[/bold]` would crash rich after the outputs were written), no terminal escapes."""
     if as_json:
         from modelshrink.report import to_json
 
         sys.stdout.write(to_json(report))
         return
-    from rich.table import Table
+    from modelshrink.tables import print_report
 
-    from modelshrink.constraints import verdict
-    from modelshrink.descriptors import report_metrics
-    from modelshrink.escape import terminal
-
-    columns = [d for d in report_metrics(report).values() if d.in_cli]
-    table = Table(title=terminal(report["recipe"].get("name") or "modelshrink"), title_justify="left")
-    table.add_column("stage", justify="left")
-    for d in columns:
-        table.add_column(terminal(d.label.format(n=report["baseline"]["latency_ms"]["batch_n"])), justify="right")
-    base = report["baseline"]
-    rows = [(s["name"], s["metrics"]) for s in report["stages"]] + [
-        (e["file"], e["metrics"]) for e in report.get("exports") or []
-    ]
-    table.add_row("baseline", *(terminal(d.show(d.read(base))) for d in columns))
-    for name, m in rows:  # latencies with their speed-up over the original (above 1 is faster)
-        cells = [f"{d.show(d.read(m))} ({d.compared(d.read(m), d.read(base))})" if d.change == "speedup"
-                 else d.show(d.read(m)) for d in columns]  # fmt: skip
-        table.add_row(terminal(name), *map(terminal, cells))
-    console = _stdout()
-    console.print(table)
-    for c in report["constraints"]:
-        console.print(terminal(verdict(c)))
-    if "compared_to" in report:
-        from modelshrink.compare import table as comparison
-
-        against = Table(title=terminal(f"against {report['compared_to']['path']}"), title_justify="left")
-        for column in ("metric", "earlier", "this run"):
-            against.add_column(column, justify="left" if column == "metric" else "right")
-        for row in comparison([report["compared_to"], report], ["earlier", "this run"]):
-            against.add_row(*map(terminal, row))
-        console.print(against)
-    for note in report["findings"]:
-        console.print(terminal(f"note: {note}"))
+    print_report(report)
 
 
 @app.command()
@@ -261,7 +220,7 @@ def validate(
     overrides: SetOption = None,
 ) -> None:
     """Check a recipe without running it (same checks as `run`; every value of a search space for `tune`)."""
-    from modelshrink.recipe.load import parse_raw, read_recipe_text, validate_raw
+    from modelshrink.recipe.parse import parse_raw, read_recipe_text, validate_raw
     from modelshrink.recipe.search import check_values, find_spaces
 
     with _exit_codes():
@@ -337,29 +296,12 @@ def compare(
     elif markdown:
         sys.stdout.write(comparing.to_markdown(result, plot.name if plot else None))
     else:
-        _print_comparison(result)
+        from modelshrink.tables import print_comparison
+
+        print_comparison(result)
     if not result["passed"]:
         _error(f"regression: {failures(result['regressions'])}")
         raise typer.Exit(ConstraintFailed.exit_code)
-
-
-def _print_comparison(result: dict[str, Any]) -> None:
-    """Labels and metric names come from file names and the reports: `escape.terminal`, as `_print_report`."""
-    from rich.table import Table
-
-    from modelshrink.constraints import verdict
-    from modelshrink.escape import terminal
-
-    table = Table(title="modelshrink compare", title_justify="left")
-    table.add_column("metric", justify="left")
-    for label in result["labels"]:
-        table.add_column(terminal(label), justify="right")
-    for row in result["rows"]:
-        table.add_row(*map(terminal, row))
-    console = _stdout()
-    console.print(table)
-    for gate in result["regressions"]:
-        console.print(terminal(verdict(gate)))
 
 
 def _check_plots() -> None:
@@ -481,47 +423,9 @@ def inspect(
 
         print(strict_json(info, indent=2))
         return
-    _print_inspection(info)
+    from modelshrink.tables import print_inspection
 
-
-def _print_inspection(info: dict[str, Any]) -> None:
-    """State_dict keys, types and the file's path are the file's words: `escape.terminal`, as `_print_report`."""
-    from rich.table import Table
-
-    from modelshrink.descriptors import human_bytes, human_count
-    from modelshrink.escape import terminal
-
-    table = Table(title=terminal(f"{info['path']} ({info['kind']})"), title_justify="left")
-    for column in ("layer", "type", "shape", "dtype", "params", "sparsity", "bytes"):
-        table.add_column(column, justify="right" if column in {"params", "sparsity", "bytes"} else "left")
-    for row in info["layers"]:
-        table.add_row(
-            terminal(row["name"]),
-            terminal(row["type"]),
-            "x".join(map(str, row["shape"])),
-            terminal(row["dtype"]),
-            f"{row['params']:,}",
-            f"{row['sparsity']:.1%}",
-            human_bytes(row["bytes"]),
-        )
-    t = info["totals"]
-    table.add_section()
-    dtypes = terminal(", ".join(f"{k}: {human_count(v)}" for k, v in t["params_by_dtype"].items()))
-    table.add_row("total", "", "", dtypes, f"{t['params']:,}", f"{t['sparsity']:.1%}", human_bytes(t["tensor_bytes"]))
-    console = _stdout()
-    console.print(table)
-    extras = [f"file {human_bytes(info['file_bytes'])}", f"non-zero params {t['nonzero_params']:,}"]
-    if "architecture" in info:
-        extras.append(f"architecture {info['architecture_name']}")
-        extras.append(f"transforms {', '.join(info['transforms']) or 'none'}")
-    if info["nonfinite"]:
-        extras.append(f"NaN or Inf in {len(info['nonfinite'])} tensor(s): {', '.join(info['nonfinite'][:5])}")
-    if "untrusted_factory" in info:
-        module = info["untrusted_factory"].partition(":")[0]
-        extras.append(f"factory {info['untrusted_factory']} not trusted, so not imported (--trust {module} builds it)")
-    if "macs" in info:
-        extras.append(f"MACs {human_count(info['macs'])} at input {info['input_shape']}")
-    console.print(terminal(" · ".join(extras)))
+    print_inspection(info)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,7 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
     then come from the state_dict alone, as for a plain state_dict, without MACs."""
     from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
     from modelshrink.models import describe
-    from modelshrink.models.weights import as_state_dict, read_file
+    from modelshrink.tensor_files import as_state_dict, read_file
     from modelshrink.trust import is_trusted
 
     path = Path(path)

@@ -1,17 +1,25 @@
-"""Load the model a recipe's `model:` section names: an architecture, pretrained weights, a plain
-state_dict or safetensors file, or a modelshrink checkpoint (rebuilt through its lineage)."""
+"""Every way a model is loaded: the model a recipe's `model:` section names (an architecture,
+pretrained weights, a plain state_dict or safetensors file, or a modelshrink checkpoint rebuilt through
+its lineage), and a checkpoint file on its own (`modelshrink.load`). What a checkpoint holds and how
+it is rebuilt is `checkpoint`; reading tensor files safely is `tensor_files`."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from pathlib import Path
+
 from torch import nn
 
-from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
+from modelshrink.checkpoint import checked_lineage, is_checkpoint_payload, model_from_payload, read_payload, rebuild
+from modelshrink.compiled import Compiled
+from modelshrink.compiled_artifact import load_package
 from modelshrink.errors import UserError
 from modelshrink.lineage import Lineage
 from modelshrink.metrics.size import module_tensors, nonfinite_names
 from modelshrink.models import architecture_of, build_architecture, describe, huggingface, huggingface_head
-from modelshrink.models.weights import as_state_dict, load_into, read_file
+from modelshrink.progress import log
 from modelshrink.recipe.schema import ModelSpec
+from modelshrink.tensor_files import as_state_dict, load_into, read_file
 
 
 def load_model(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
@@ -46,3 +54,21 @@ def _load(spec: ModelSpec) -> tuple[nn.Module, Lineage]:
     model = build_architecture(arch)
     load_into(model, as_state_dict(obj, spec.checkpoint), spec.checkpoint, describe(arch))
     return model, Lineage(arch)
+
+
+def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()) -> nn.Module:
+    """Rebuild a modelshrink checkpoint in eval mode, with no recipe needed. A compiled model runs the
+    package its run wrote beside it where that is this user's own, for this torch and CPU
+    (`compiled_artifact`), instead of compiling on its first call; why not is logged. With the package,
+    the eager model behind it is rebuilt only when something needs it (`Compiled.deferred`): the checkpoint
+    is checked and trusted as any other first, and its bytes are those the package was built from."""
+    path = Path(path)
+    payload = read_payload(path, allow_pickle)
+    lineage = checked_lineage(payload, path, trust)
+    compiles = not lineage.pickled and bool(lineage.transforms) and lineage.transforms[-1].kind == "compile"
+    package, why_not = load_package(path) if compiles else (None, None)
+    if package is not None:
+        return Compiled.deferred(lambda: rebuild(payload, path, lineage).inner, package)
+    if why_not:
+        log(why_not)
+    return rebuild(payload, path, lineage)

@@ -32,9 +32,9 @@ from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError
 from modelshrink.inputs import Inputs, batch_size, call
 from modelshrink.metrics.accuracy import evaluate_classifier
-from modelshrink.plugins import resolve, run_user_code
 from modelshrink.progress import log, track
 from modelshrink.recipe.stage_specs import TrainingSettings
+from modelshrink.user_code import resolve, run_user_code
 
 LossFn = Callable[[nn.Module, Inputs, Any], torch.Tensor]  # (model, inputs, targets) -> loss
 OutputLoss = Callable[[Any, Any], torch.Tensor]  # (outputs, targets) -> loss

@@ -15,7 +15,7 @@ import modelshrink.tune as tuning
 from modelshrink.cli import app
 from modelshrink.data import build_data
 from modelshrink.metrics.accuracy import evaluate_outputs
-from modelshrink.recipe.load import load_recipe
+from modelshrink.recipe.parse import load_recipe
 from modelshrink.recipe.search import candidates
 
 runner = CliRunner()

@@ -36,7 +36,7 @@ from modelshrink.metrics.drop import OutputDrop, is_classifier
 from modelshrink.quiet import quiet
 from modelshrink.recipe.recipe import Recipe
 from modelshrink.stages import StageContext, apply_stage
-from modelshrink.stages.structured import PRUNABLE
+from modelshrink.stages.prune.channel import PRUNABLE
 
 RATIOS = (0.25, 0.5, 0.75)
 STATIC_BATCHES = 2  # calibration batches of the static int8 probe

@@ -1,4 +1,4 @@
-"""What every data source hands the pipeline: loaders, the class count and the input shape.
+"""What every data source hands the engine: loaders, the class count and the input shape.
 
 Loaders always yield `(inputs, targets)`: unlabeled data yields placeholder targets (`UNLABELED`), so
 every loop over a loader has one shape. Inputs may be a tensor, a tuple or a dict of tensors

@@ -1,6 +1,6 @@
 """Data from the user's own code (`kind: python`) or tensors in a file (`kind: tensors`).
 
-Both hand the pipeline map-style Datasets whose items are `(input, target)`; an unlabeled item is
+Both hand the engine map-style Datasets whose items are `(input, target)`; an unlabeled item is
 wrapped as `(input, UNLABELED)` so every loop has one shape. What the targets are is read from the
 first item: class indices (an int, or an integer tensor of one element) enable accuracy, top-5 and
 cross-entropy; anything else (boxes, regression values) is left to the user's loss and metrics.
@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from modelshrink.data.bundle import UNLABELED, DataBundle, dataset_labels, make_bundle, stratified_split
 from modelshrink.errors import UserError, first_line
-from modelshrink.plugins import resolve, run_user_code
 from modelshrink.recipe.schema import ModelSpec, PythonData, TensorFileData
 from modelshrink.registry import register
+from modelshrink.user_code import resolve, run_user_code
 
 EXAMPLES = 8  # validation inputs kept for probing; `example_inputs` cycles through them
 

@@ -1,9 +1,9 @@
 """Exports of the compressed model for other runtimes, each validated and measured like a stage.
 
-As with stages, a handler is registered per spec type (`modelshrink.registry.register`); it turns the model into the
-file's bytes and a module that runs the file on its runtime (an nn.Module so that the one
-metrics and latency code measures it). Nothing here writes files: the pipeline writes the bytes with
-every other output, atomically.
+As with stages, a handler is registered per spec type (`modelshrink.registry.register`); it turns the
+model into the file's bytes and a module that runs the file on its runtime (an nn.Module, so that the
+one metrics and latency code measures it). Nothing here writes files: the file-writing run
+(`recipe_run`) writes the bytes with every other output, atomically.
 """
 
 from __future__ import annotations

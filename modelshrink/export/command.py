@@ -91,7 +91,7 @@ def _load(recipe: Path | None) -> Recipe | None:
     """The --data recipe, if one is named."""
     if recipe is None:
         return None
-    from modelshrink.recipe.load import load_recipe
+    from modelshrink.recipe.parse import load_recipe
 
     return load_recipe(recipe)
 

@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 
 from modelshrink.descriptors import METRICS
 from modelshrink.errors import UserError
-from modelshrink.plugins import resolve, run_user_code
 from modelshrink.recipe.schema import BaseMetricSpec, CustomMetricSpec
 from modelshrink.registry import METRICS as METRIC_HANDLERS
 from modelshrink.registry import register
+from modelshrink.user_code import resolve, run_user_code
 
 
 def custom_metrics(model: nn.Module, loader: DataLoader, specs: Sequence[BaseMetricSpec]) -> dict[str, float]:

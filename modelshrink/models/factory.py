@@ -13,9 +13,9 @@ from typing import Any
 from torch import nn
 
 from modelshrink.errors import UserError, first_line
-from modelshrink.plugins import resolve
 from modelshrink.registry import register
 from modelshrink.sources import FactorySource
+from modelshrink.user_code import resolve
 
 
 @register(FactorySource)

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from modelshrink.errors import UserError, first_line
-from modelshrink.plugins import resolve
 from modelshrink.registry import register
 from modelshrink.sources import HuggingFaceSource
+from modelshrink.user_code import resolve
 
 _ST_POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",

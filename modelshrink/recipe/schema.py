@@ -12,8 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from modelshrink.descriptors import METRICS
-from modelshrink.plugins import TARGET_RE
 from modelshrink.recipe.kinds import extensible, tag_of
+from modelshrink.user_code import TARGET_RE
 
 
 class Strict(BaseModel):

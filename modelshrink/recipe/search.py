@@ -16,7 +16,7 @@ from os import PathLike
 from typing import Any
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.load import (
+from modelshrink.recipe.parse import (
     RawRecipe,
     containers,
     format_path,

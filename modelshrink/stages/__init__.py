@@ -1,13 +1,12 @@
 """Compression stages, one module per method or mode; importing this package registers them all."""
 
-from modelshrink.stages import blocks, distill, finetune, optimize, prune, quantize, reshape, structured
+from modelshrink.stages import distill, finetune, optimize, prune, quantize
 from modelshrink.stages.base import Stage, StageContext, apply_stage, handler_for, make_stage
 
 __all__ = [
     "Stage",
     "StageContext",
     "apply_stage",
-    "blocks",
     "distill",
     "finetune",
     "handler_for",
@@ -15,6 +14,4 @@ __all__ = [
     "optimize",
     "prune",
     "quantize",
-    "reshape",
-    "structured",
 ]

@@ -13,8 +13,8 @@ from torch import nn
 from modelshrink.errors import UserError
 from modelshrink.recipe.stage_specs import FinetuneSpec
 from modelshrink.registry import register
-from modelshrink.stages import reshape
 from modelshrink.stages.base import Stage, StageContext
+from modelshrink.stages.prune import reshape
 from modelshrink.stages.selection import NORM_TYPES, blocks, find_classifier, matches_any, set_submodule
 
 

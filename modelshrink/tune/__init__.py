@@ -29,7 +29,7 @@ from modelshrink.engine import seed_everything, start
 from modelshrink.errors import ConstraintFailed, UserError, first_line
 from modelshrink.loading import load_model
 from modelshrink.progress import log
-from modelshrink.recipe.load import RawRecipe, format_path, parse_raw, read_recipe_text, validate_raw
+from modelshrink.recipe.parse import RawRecipe, format_path, parse_raw, read_recipe_text, validate_raw
 from modelshrink.recipe.recipe import Recipe
 from modelshrink.recipe.search import Path as SpacePath
 from modelshrink.recipe.search import candidates, find_spaces, first_values, label, substitute
@@ -188,7 +188,7 @@ def _finish(claim: outputs.Claim, out: Path, data: dict[str, Any], choices: list
         raise ConstraintFailed(message, summary)
     log(f"tune: best {best.label} ({objective} {best.objective:.4g}); running it into {out}/best")
     from modelshrink import recipe_run
-    from modelshrink.recipe.load import load_recipe
+    from modelshrink.recipe.parse import load_recipe
 
     torch._dynamo.reset()  # as a new process would start (see run_candidate)
     try:

@@ -158,7 +158,7 @@ def test_timed_choices_judge_a_model_by_its_worst_output() -> None:
 
 
 def test_distillation_outputs_that_cannot_teach_are_refused_and_positions_may_be_yaml_integers() -> None:
-    from modelshrink.recipe.load import parse_recipe
+    from modelshrink.recipe.parse import parse_recipe
 
     zero = [{"kind": "distill", "epochs": 1, "outputs": {"boxes": {"weight": 0}, "scores": {"weight": 0}}}]
     with pytest.raises(UserError, match="every output has weight 0"):

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.load import parse_recipe
+from modelshrink.recipe.parse import parse_recipe
 from modelshrink.recipe.recipe import Recipe
 from tests.recipe.test_errors import VALID
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelshrink.errors import UserError
-from modelshrink.recipe.load import MAX_RECIPE_BYTES, load_recipe, parse_recipe
+from modelshrink.recipe.parse import MAX_RECIPE_BYTES, load_recipe, parse_recipe
 from tests.recipe.test_errors import VALID, errors_of
 
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelshrink.cli import app
-from modelshrink.recipe.load import parse_raw
+from modelshrink.recipe.parse import parse_raw
 from modelshrink.recipe.search import candidates, check_values, find_spaces, substitute
 from tests.conftest import tiny_recipe, write_recipe
 

@@ -30,7 +30,7 @@ def save(tmp: Path, architecture: dict) -> Path:
 
 def test_only_zoo_entries_of_ours_are_trusted_whatever_the_user_trusts() -> None:
     assert is_trusted("modelshrink.models.zoo:mlp", [])
-    for target in ("modelshrink.models.factory:build", "modelshrink.plugins:resolve", "modelshrink:load",
+    for target in ("modelshrink.models.factory:build", "modelshrink.user_code:resolve", "modelshrink:load",
                    "modelshrink.models.zoo:nn"):  # fmt: skip
         assert not is_trusted(target, ["modelshrink", "modelshrink.models", target])
     assert is_trusted("mypkg.nets:resnet", ["mypkg"]) and not is_trusted("mypkgx.nets:resnet", ["mypkg"])
@@ -41,7 +41,7 @@ def test_only_zoo_entries_of_ours_are_trusted_whatever_the_user_trusts() -> None
     [
         # our own factory builder, handed os:system: it would resolve and call it
         {"factory": "modelshrink.models.factory:build", "kwargs": {"target": "os:system"}},
-        {"factory": "modelshrink.plugins:run_user_code", "kwargs": {"target": "os:system"}},
+        {"factory": "modelshrink.user_code:run_user_code", "kwargs": {"target": "os:system"}},
         # a zoo model whose kwargs are not plain values
         {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"hidden": {"factory": "os:system"}}},
         {"factory": "modelshrink.models.zoo:mlp", "torchvision": "resnet18"},

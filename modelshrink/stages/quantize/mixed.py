@@ -20,8 +20,8 @@ from modelshrink.errors import UserError
 from modelshrink.lineage import Lineage
 from modelshrink.metrics.drop import OutputDrop, is_classifier
 from modelshrink.stages.base import StageContext
+from modelshrink.stages.prune.channel import PRUNABLE
 from modelshrink.stages.selection import matches_any
-from modelshrink.stages.structured import PRUNABLE
 
 LAYER_TYPES = (*PRUNABLE, nn.Embedding)  # what the quantize modes touch
 JUDGING_BATCHES = 4  # calibration batches a static stage's min_cosine is judged on

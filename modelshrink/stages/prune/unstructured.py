@@ -1,4 +1,4 @@
-"""Unstructured pruning (`method: unstructured`); `channel` and `block` live in structured.py and blocks.py.
+"""Unstructured pruning (`method: unstructured`); `channel` and `block` live in channel.py and block.py.
 
 Unstructured pruning uses torch.nn.utils.prune and is made permanent. `amount` is the target
 fraction of zeros in the selected weights (already-zero weights count), so a second prune stage

@@ -22,8 +22,8 @@ from modelshrink.inputs import Inputs, call
 from modelshrink.quiet import quiet
 from modelshrink.recipe.stage_specs import ChannelPruneSpec
 from modelshrink.registry import register
-from modelshrink.stages import reshape
 from modelshrink.stages.base import Stage, StageContext
+from modelshrink.stages.prune import reshape
 from modelshrink.stages.selection import find_classifier, matches_any, output_layers
 from modelshrink.train import recalibrate_batchnorm
 
