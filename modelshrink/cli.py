@@ -148,7 +148,7 @@ def run(
             "--compare-to",
             metavar="REPORT",
             help="Gate regressions against an earlier report.json "
-            "(sets constraints.compare_to; the recipe's max_regression says how much worse may pass).",
+            "(in place of constraints.compare_to; the recipe's max_regression says how much worse may pass).",
         ),
     ] = None,
     junit: Annotated[

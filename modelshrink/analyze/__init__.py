@@ -24,11 +24,10 @@ from typing import Any
 
 import yaml
 
-from modelshrink import escape, outputs, plots
+from modelshrink import engine, escape, outputs, plots
 from modelshrink.analyze.probe import RATIOS, LayerSensitivity, layers, sensitivities
 from modelshrink.analyze.suggest import suggestions
 from modelshrink.data import build_data
-from modelshrink.engine import compress
 from modelshrink.errors import UserError
 from modelshrink.loading import load_model
 from modelshrink.progress import log
@@ -65,12 +64,13 @@ def analyze(
 def _analyze(
     recipe: Recipe, recipe_path: Path, budget_s: float, batches: int, max_drop: float, ratios: Sequence[float]
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    model, _ = load_model(recipe.model)
+    model, lineage = load_model(recipe.model)
     training = list(itertools.takewhile(lambda spec: spec.only_trains, recipe.stages))
     data = build_data(recipe.data, recipe.seed, recipe.model, tuning_split=needs_tuning_split(training))
+    engine.start(model, lineage, data, recipe.evaluate, recipe.stages, measure=False)  # the checks every command runs
     if training:
         log(f"analyze: first training as the recipe's {', '.join(recipe.stage_names()[: len(training)])} does")
-        model = compress(model, training, data=data, evaluate=recipe.evaluate, seed=recipe.seed).model
+        model = engine.compress(model, training, data=data, evaluate=recipe.evaluate, seed=recipe.seed).model
     names = [name for name, _ in layers(model)]
     if not names:
         raise UserError(
