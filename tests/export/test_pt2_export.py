@@ -44,7 +44,10 @@ def package_and_checkpoint_outputs(out: Path) -> tuple[torch.Tensor, torch.Tenso
     "stages",
     [
         [{"kind": "prune", "method": "channel", "amount": 0.5}],
-        [{"kind": "quantize", "mode": "static", "backend": "pt2e", "calibration_batches": 2}],
+        pytest.param(  # ~45 s on 2 cores (compiling twice): in the full suite only
+            [{"kind": "quantize", "mode": "static", "backend": "pt2e", "calibration_batches": 2}],
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["pruned float", "pt2e int8"],
 )

@@ -185,9 +185,10 @@ def test_every_applicable_mode_keeps_text_embeddings_close(tiny_bert: Path, mode
 
     source = {"huggingface": {"source": str(tiny_bert), "pooling": "mean"}}  # every token counts
     data = {"kind": "text", "max_length": 16}
-    result = compress(source, [{"kind": "quantize", "mode": mode}], data=data, evaluate=FAST_EVAL)
+    stage = {"kind": "quantize", "mode": mode, "compile": False}  # the ids' path is tested, not compiling
+    result = compress(source, [stage], data=data, evaluate=FAST_EVAL)
     assert result.final["cosine"] > 0.99
-    quantized = getattr(result.model, "inner", result.model)  # `compile: auto` may have chosen compiled
+    quantized = result.model
     if mode in ("weight_only", "dynamic"):  # the word embeddings are most of the bytes: int8 too
         table = quantized.transformer.embeddings.word_embeddings
         assert type(table).__name__ in ("Int8WeightOnly", "ContiguousEmbedding")

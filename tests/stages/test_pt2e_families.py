@@ -1,6 +1,12 @@
 """Static int8 through torch.export + PT2E on the model families users bring: each is quantized,
 saved, and rebuilt in a fresh process with the same outputs (issue #12, item 1). Random weights:
-what is tested is capture, conversion and the rebuild, not accuracy."""
+what is tested is capture, conversion and the rebuild, not accuracy.
+
+One model per family of operations, each 40-140 s on 2 cores: residual convolutions (torchvision
+resnet18); depthwise convolutions with squeeze-excitation and hardswish from a third-party factory
+(timm mobilenetv3_large_100); LayerNorm, GELU and 7x7 depthwise convolutions (timm convnext_tiny).
+torchvision resnet50, mobilenet_v3_large, efficientnet_b0 and regnet_y_400mf, and timm
+tf_efficientnet_lite0 and resnet50 passed the same test (issue #12) and repeat those operations."""
 
 from __future__ import annotations
 
@@ -21,14 +27,13 @@ timm = pytest.importorskip("timm")
 REPO = Path(__file__).resolve().parents[2]
 DATA = {"kind": "synthetic", "channels": 3, "image_size": 32, "num_samples": 32, "batch_size": 16}
 SOURCES = {
-    **{name: {"torchvision": name, "num_classes": 10}
-       for name in ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf")},
+    "resnet18": {"torchvision": "resnet18", "num_classes": 10},
     **{f"timm {name}": {"factory": "timm:create_model", "kwargs": {"model_name": name, "num_classes": 10}}
-       for name in ("tf_efficientnet_lite0", "mobilenetv3_large_100", "resnet50", "convnext_tiny")},
+       for name in ("mobilenetv3_large_100", "convnext_tiny")},
 }  # fmt: skip
 
 
-@pytest.mark.slow  # 10-30 s each on 2 cores
+@pytest.mark.slow  # 40-140 s each on 2 cores
 @pytest.mark.parametrize("family", list(SOURCES))
 def test_pt2e_static_int8_rebuilds_in_a_fresh_process(family: str, tmp_path: Path) -> None:
     stage = {"kind": "quantize", "mode": "static", "backend": "pt2e", "calibration_batches": 1}
