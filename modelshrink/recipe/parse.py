@@ -277,6 +277,14 @@ def _union_tags() -> set[str]:
     return tags
 
 
+def _plugins() -> str:
+    """Which installed plug-ins were asked for the unknown kind (none are loaded for built-in kinds)."""
+    from modelshrink.recipe.kinds import load_entry_points
+
+    names = load_entry_points()
+    return f" (installed plug-ins, none of which adds it: {', '.join(names)})" if names else ""
+
+
 def _selector(err: dict[str, Any]) -> str:
     """The key a tagged union chose by: pydantic writes "'kind'" for a field and "method()" for a function."""
     return str((err.get("ctx") or {}).get("discriminator", "kind")).removesuffix("()").strip("'")
@@ -308,7 +316,7 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
     if kind == "missing":
         return "required"
     if kind == "union_tag_invalid":
-        return f"unknown {_selector(err)} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        return f"unknown {_selector(err)} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}{_plugins()}"
     if kind == "union_tag_not_found":
         return "missing 'kind'"
     msg = msg.removeprefix("Value error, ")

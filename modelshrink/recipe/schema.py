@@ -9,7 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+    model_validator,
+)
 
 from modelshrink.descriptors import METRICS
 from modelshrink.recipe.kinds import extensible, tag_of
@@ -451,7 +461,19 @@ class CustomMetricSpec(Shorthand, BaseMetricSpec):
     function: Target = Field(description="'pkg.module:fn' called as fn(model, val_loader), returning {name: float}")
 
 
-MetricSpec = extensible("metric", frozenset({"python"}), CustomMetricSpec)
+def _metric_kind(value: Any) -> Any:
+    """A metric's kind: a plain string is the `python` shorthand, as is a mapping without `kind`."""
+    if isinstance(value, str):
+        return "python"
+    return value.get("kind", "python") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+_metric_kind.__name__ = "kind"  # pydantic names the discriminator in its errors by this
+MetricSpec = extensible(
+    "metric",
+    frozenset({"python"}),
+    Annotated[Union[Annotated[CustomMetricSpec, Tag("python")]], Discriminator(_metric_kind)],  # noqa: UP007
+)
 
 
 class EvaluateSpec(Strict):
