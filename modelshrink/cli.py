@@ -228,7 +228,8 @@ def validate(
         spaces = find_spaces(raw)
         parsed = check_values(raw, spaces) if spaces else validate_raw(raw)
     searched = f"; {len(spaces)} search spaces for `modelshrink tune`" if spaces else ""
-    _say(f"{recipe}: ok ({len(parsed.stages)} stages: {', '.join(parsed.stage_names()) or 'none'}{searched})")
+    count = f"{len(parsed.stages)} stage{'' if len(parsed.stages) == 1 else 's'}"
+    _say(f"{recipe}: ok ({count}: {', '.join(parsed.stage_names()) or 'none'}{searched})")
 
 
 @app.command()

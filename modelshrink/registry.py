@@ -8,9 +8,9 @@ handler of its own. `register` serves every seam; which one is read from the spe
 |---|---|---|
 | stage | `BaseStageSpec` | a `stages.Stage` subclass: `Stage(spec, name).apply(model, ctx) -> model` |
 | data kind | `BaseDataSpec` | `build(spec, seed, model_spec) -> DataBundle` |
-| metric | `BaseMetricSpec` | `measure(spec, model, val_loader) -> {name: float}` |
+| metric | `BaseMetricSpec` | `measure(spec, model, val_loader, where) -> {name: float}` |
 | export | `BaseExportSpec` | `export(model, spec, data, exclude, threads) -> Exported` |
-| model source | `BaseSource` | `build(source, from_recipe) -> nn.Module` |
+| model source | `BaseSource` | `build(source, *, from_recipe, where) -> nn.Module` |
 
 A spec class of a kind that is not built in also becomes a kind recipes may name
 (`recipe.kinds`), which is how a package of the user's adds one: it registers its spec and handler
@@ -41,6 +41,10 @@ class Registry:
     def add(self, spec_type: type, handler: Any) -> None:
         if self.section is not None:
             add_plugin_spec(self.section, spec_type)
+        built_in = self.handlers.get(spec_type)
+        if built_in is not None and not getattr(handler, "__module__", "").startswith("modelshrink."):
+            raise TypeError(f"register: {spec_type.__name__} is handled by modelshrink's {built_in.__name__}; "
+                            "a plug-in adds a spec class of its own")  # fmt: skip
         self.handlers[spec_type] = handler
 
     def handler_for(self, spec: Any) -> Any:

@@ -94,20 +94,27 @@ def test_a_plugins_spec_is_validated_like_a_built_in_one(plugin_path: Path, tmp_
     assert unknown.returncode == 2 and "data" in unknown.stderr and unknown.stderr.count("\n") == 1, unknown.stderr
 
 
-def test_a_plugin_that_fails_to_import_is_one_line(plugin_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("failure", ["raise RuntimeError('needs a GPU driver')", "raise SystemExit(0)"])
+def test_a_plugin_that_fails_to_import_is_one_line_and_blocks_no_other(
+    plugin_path: Path, tmp_path: Path, failure: str
+) -> None:
     broken = tmp_path / "site"
     (broken / "broken_plugin-0.1.dist-info").mkdir(parents=True)
     (broken / "broken_plugin-0.1.dist-info" / "METADATA").write_text("Name: broken-plugin\nVersion: 0.1\n")
     (broken / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text(
         "[modelshrink.plugins]\nbroken = broken_plugin\n"
     )
-    (broken / "broken_plugin.py").write_text("raise RuntimeError('needs a GPU driver')\n")
-    path = f"{plugin_path}{os.pathsep}{broken}"
-    result = _modelshrink(["run", str(_recipe(tmp_path))], Path(path), tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "error: plug-in 'broken' (broken_plugin) failed to load: RuntimeError: needs a GPU driver"
-    ), result.stderr
+    (broken / "broken_plugin.py").write_text(f"{failure}\n")
+    recipe = str(_recipe(tmp_path))
+    alone = _modelshrink(["run", recipe], broken, tmp_path)  # the kinds are in no plug-in that loads
+    assert alone.returncode == 2 and not (tmp_path / "out").exists()
+    reason = "RuntimeError: needs a GPU driver" if "Runtime" in failure else "SystemExit: 0"
+    assert alone.stderr.strip() == (
+        f"error: plug-in 'broken' (broken_plugin) failed to load: {reason} (it may add data kind 'iris'; fix or "
+        "uninstall that package)"
+    ), alone.stderr
+    beside = _modelshrink(["validate", recipe], Path(f"{plugin_path}{os.pathsep}{broken}"), tmp_path)
+    assert beside.returncode == 0, beside.stderr  # the iris plug-in still serves its kinds
 
 
 def test_a_quantization_mode_registers_as_a_variant_of_the_built_in_kind() -> None:
@@ -141,11 +148,20 @@ def test_a_quantization_mode_registers_as_a_variant_of_the_built_in_kind() -> No
     assert torch.equal(model[1].weight * 16, torch.round(model[1].weight * 16))
 
 
-def test_register_refuses_what_is_no_spec_and_a_kind_taken_twice() -> None:
-    from modelshrink.extend import BaseMetricSpec, register
+def test_register_refuses_what_is_no_spec_a_kind_taken_twice_and_a_built_in_one() -> None:
+    from modelshrink.extend import BaseMetricSpec, BaseStageSpec, register
+    from modelshrink.recipe.stage_specs import UnstructuredPruneSpec
 
     with pytest.raises(TypeError, match="is not a spec of any seam"):
         register(dict)
+
+    class Prune(BaseStageSpec):  # a plug-in may not stand in for a built-in kind, nor its handler
+        kind: Literal["prune"]
+
+    with pytest.raises(TypeError, match="stage kind 'prune' is built in"):
+        register(Prune)(lambda *args: None)
+    with pytest.raises(TypeError, match="UnstructuredPruneSpec is handled by modelshrink's UnstructuredPrune"):
+        register(UnstructuredPruneSpec)(type("Evil", (), {}))
 
     class First(BaseMetricSpec):
         kind: Literal["twice_test"]

@@ -29,6 +29,7 @@ _PLUGIN_SPECS: dict[Section, dict[str, type]] = {section: {} for section in SELE
 _BUILT_IN: dict[Section, frozenset[str]] = {}
 _VARIANTS: dict[Section, dict[str, tuple[str, frozenset[str]]]] = {}
 _loaded: list[str] | None = None  # the entry points imported, once any recipe asked
+_failed: list[str] = []  # why the others did not load
 
 
 def extensible(
@@ -67,19 +68,24 @@ def _literal(spec_type: type, name: str) -> str | None:
 
 
 def tag_of(spec_type: type, section: Section) -> str | None:
-    """The one tag a spec class answers to (its `kind: Literal["..."]`, or 'kind.variant' for a variant of
-    a built-in kind); None for a base class."""
+    """The one tag a spec class answers to: its `kind: Literal["..."]`, or 'kind.variant' for a variant of
+    a built-in kind (the kind alone for a class of that kind without a variant); None for a base class."""
     tag = _literal(spec_type, SELECTORS[section])
     if tag in _VARIANTS.get(section, {}):
         variant = _literal(spec_type, _VARIANTS[section][tag][0])
-        return f"{tag}.{variant}" if variant is not None else None
+        return f"{tag}.{variant}" if variant is not None else tag
     return tag
 
 
 def add_plugin_spec(section: Section, spec_type: type) -> None:
     """Make `spec_type` a kind recipes may name; a built-in kind or variant is not taken over."""
     tag = tag_of(spec_type, section)
-    if tag is None or tag in _BUILT_IN.get(section, ()) or _built_in_variant(section, tag):
+    if tag is None:
+        return
+    if tag in _BUILT_IN.get(section, ()) or _built_in_variant(section, tag):
+        if not spec_type.__module__.startswith("modelshrink."):
+            raise TypeError(f"{section} kind {tag!r} is built in ({spec_type.__module__}); a plug-in names a kind "
+                            "of its own")  # fmt: skip
         return
     taken = _PLUGIN_SPECS[section].get(tag)
     if taken is not None and taken is not spec_type:
@@ -93,9 +99,12 @@ def _built_in_variant(section: Section, tag: str) -> bool:
 
 
 def plugin_spec(section: Section, tag: str) -> type | None:
-    """The plug-in spec class for a tag no built-in spec has, loading the installed plug-ins if needed."""
+    """The plug-in spec class for a tag no built-in spec has, loading the installed plug-ins if needed.
+    A plug-in that failed to load is named when no other one adds the tag: it may be the one that would."""
     if tag not in _PLUGIN_SPECS[section]:
         load_entry_points()
+    if tag not in _PLUGIN_SPECS[section] and _failed:
+        raise UserError(f"{_failed[0]} (it may add {section} kind {tag!r}; fix or uninstall that package)")
     return _PLUGIN_SPECS[section].get(tag)
 
 
@@ -103,9 +112,27 @@ def plugin_kinds(section: Section) -> list[str]:
     return sorted(_PLUGIN_SPECS[section])
 
 
+def plugin_specs() -> list[type]:
+    """Every plug-in spec class loaded so far."""
+    return [spec for specs in _PLUGIN_SPECS.values() for spec in specs.values()]
+
+
+def plugin_spec_named(values: dict[str, Any]) -> type | None:
+    """The loaded plug-in spec a recipe section's scalar values name (`kind`, `kind` + `mode`, `format`)."""
+    for section, selector in SELECTORS.items():
+        tag = values.get(selector)
+        variant = _VARIANTS.get(section, {}).get(tag) if isinstance(tag, str) else None
+        if variant is not None:
+            tag = f"{tag}.{values.get(variant[0])}"
+        if isinstance(tag, str) and tag in _PLUGIN_SPECS[section]:
+            return _PLUGIN_SPECS[section][tag]
+    return None
+
+
 def load_entry_points(select: Callable[[Any], Any] = entry_points) -> list[str]:
     """Import every module of group `modelshrink.plugins` (each registers its specs as it is imported),
-    once; returns their names. A plug-in that fails to import is one line naming it, not a traceback."""
+    once; returns the names of those that loaded. One that fails to import does not stop the others: it
+    is named (one line, no traceback) when a recipe's kind is then found in none (`plugin_spec`)."""
     global _loaded
     if _loaded is not None:
         return _loaded
@@ -113,8 +140,9 @@ def load_entry_points(select: Callable[[Any], Any] = entry_points) -> list[str]:
     for point in select(group=GROUP):
         try:
             point.load()
-        except Exception as exc:  # whatever the plug-in's import raises: theirs to fix
-            raise UserError(f"plug-in {point.name!r} ({point.value}) failed to load: "
-                            f"{type(exc).__name__}: {first_line(exc)}") from None  # fmt: skip
+        except (Exception, SystemExit) as exc:  # whatever the plug-in's import raises (exit too): theirs to fix
+            _failed.append(f"plug-in {point.name!r} ({point.value}) failed to load: {type(exc).__name__}: "
+                           f"{first_line(exc)}")  # fmt: skip
+            continue
         _loaded.append(point.name)
     return _loaded

@@ -232,6 +232,9 @@ def _explain(err: dict[str, Any], root: yaml.Node | None, source: str, overridde
         loc = (*loc, _selector(err))
     path, node = _locate(loc, root)
     message = _message(err, path)
+    spec_type = _plugin_spec_at(path[:-1], root) if err["type"] == "extra_forbidden" else None
+    if spec_type is not None:  # a plug-in's section: its own keys, which the schema's unions do not know
+        message = f"unknown key {path[-1]!r}" + _did_you_mean(path[-1], sorted(spec_type.model_fields))
     for over in overridden:
         if path[: len(over)] == over or over[: len(path)] == path:
             return f"--set {format_path(path)}: {message}"
@@ -277,12 +280,18 @@ def _union_tags() -> set[str]:
     return tags
 
 
-def _plugins() -> str:
-    """Which installed plug-ins were asked for the unknown kind (none are loaded for built-in kinds)."""
-    from modelshrink.recipe.kinds import load_entry_points
+def _plugins(path: list[str | int]) -> str:
+    """The kinds installed plug-ins add to this section (none are loaded for a recipe of built-in kinds)."""
+    from modelshrink.recipe.kinds import load_entry_points, plugin_kinds
 
-    names = load_entry_points()
-    return f" (installed plug-ins, none of which adds it: {', '.join(names)})" if names else ""
+    sections = {"stages": "stage", "export": "export", "data": "data", "metrics": "metric"}
+    section = next((sections[p] for p in reversed(path) if isinstance(p, str) and p in sections), None)
+    if not load_entry_points() or section is None:
+        return ""
+    added = plugin_kinds(section)  # type: ignore[arg-type]
+    if not added:
+        return " (installed plug-ins add none)"
+    return f", or one an installed plug-in adds: {', '.join(map(repr, added))}"
 
 
 def _selector(err: dict[str, Any]) -> str:
@@ -316,7 +325,9 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
     if kind == "missing":
         return "required"
     if kind == "union_tag_invalid":
-        return f"unknown {_selector(err)} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}{_plugins()}"
+        return (
+            f"unknown {_selector(err)} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}{_plugins(path)}"
+        )
     if kind == "union_tag_not_found":
         return "missing 'kind'"
     msg = msg.removeprefix("Value error, ")
@@ -351,11 +362,30 @@ def _section_fields(path: list[str | int]) -> list[str] | None:
     return sorted(cls.model_fields)
 
 
+def _plugin_spec_at(path: list[str | int], root: yaml.Node | None) -> type[BaseModel] | None:
+    """The plug-in spec class of the YAML mapping at `path`, by its kind (and mode) or format; None for
+    a built-in section or one that is not in the file (a --set override)."""
+    from modelshrink.recipe.kinds import plugin_spec_named
+
+    node = root
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return None
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    values = {k.value: v.value for k, v in node.value if isinstance(v, yaml.ScalarNode)}
+    return plugin_spec_named(values)
+
+
 def _known_keys() -> list[str]:
-    from modelshrink.recipe import schema, stage_specs
+    from modelshrink.recipe import kinds, schema, stage_specs
 
     keys: set[str] = set()
-    for cls in [*vars(schema).values(), *vars(stage_specs).values()]:
+    for cls in [*vars(schema).values(), *vars(stage_specs).values(), *kinds.plugin_specs()]:
         if isinstance(cls, type) and issubclass(cls, BaseModel):
             keys.update(cls.model_fields)
     return sorted(keys)

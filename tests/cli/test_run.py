@@ -135,7 +135,7 @@ def test_a_failing_stage_leaves_no_output(tmp_path: Path, recipe_file, monkeypat
 def test_validate_and_inspect_commands(tmp_path: Path, recipe_file) -> None:
     recipe = recipe_file()
     result = runner.invoke(app, ["validate", str(recipe)])
-    assert result.exit_code == 0 and "ok (1 stages: prune1)" in result.stdout
+    assert result.exit_code == 0 and "ok (1 stage: prune1)" in result.stdout
     assert runner.invoke(app, ["validate", str(recipe), "--set", "seed=x"]).exit_code == 2
     assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
     result = runner.invoke(app, ["inspect", str(tmp_path / "out" / "model.pt"), "--json"])
