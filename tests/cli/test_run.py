@@ -17,7 +17,8 @@ from tests.conftest import output_files, tiny_recipe, write_recipe
 
 runner = CliRunner()
 LATENCY_KEYS = {"batch1_median", "batch1_p95", "batchN_median", "batchN_p95", "batch_n", "threads", "attempts"}
-OPTIONAL_LATENCY_KEYS = {"warnings", "remeasured", "isolation"}  # what the plausibility checks add when needed
+# what the plausibility checks add when needed, and what a compiled model adds (`compile: auto` may choose it)
+OPTIONAL_LATENCY_KEYS = {"warnings", "remeasured", "isolation", "compile_s", "compiles"}
 
 
 def test_run_writes_checkpoint_and_reports_with_the_stable_schema(tmp_path: Path, recipe_file) -> None:
