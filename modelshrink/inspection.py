@@ -23,20 +23,20 @@ _FROZEN = re.compile(r"_frozen_param\d+")  # an exported int8 graph's weights: o
 
 
 def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection[str] = ()) -> dict[str, Any]:
-    """A checkpoint whose factory is not trusted is not built (that would run its code): its layers
+    """A checkpoint whose factory or plug-in source is not trusted is not built (that would run its code): its layers
     then come from the state_dict alone, as for a plain state_dict, without MACs."""
     from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
     from modelshrink.models import describe
     from modelshrink.tensor_files import as_state_dict, read_file
-    from modelshrink.trust import is_trusted
+    from modelshrink.trust import code_named, is_trusted
 
     path = Path(path)
     obj = read_file(path, allow_pickle=allow_pickle)
     info: dict[str, Any] = {"path": str(path), "file_bytes": path.stat().st_size}
     arch = obj.get("architecture") if is_checkpoint_payload(obj) else None
-    factory = arch.get("factory") if isinstance(arch, dict) else None  # a damaged record is reported below
-    if factory is not None and not is_trusted(str(factory), trust):
-        info["untrusted_factory"] = str(factory)  # shown, never imported
+    code = code_named(arch)  # a damaged record is reported below
+    if code is not None and not is_trusted(code, trust):
+        info["untrusted_factory"] = code  # shown, never imported
         obj = obj.get("state_dict", {})
     if is_checkpoint_payload(obj):
         model, lineage = model_from_payload(obj, path, allow_pickle=allow_pickle, trust=trust)

@@ -10,7 +10,7 @@ handler of its own. `register` serves every seam; which one is read from the spe
 | data kind | `BaseDataSpec` | `build(spec, seed, model_spec) -> DataBundle` |
 | metric | `BaseMetricSpec` | `measure(spec, model, val_loader, where) -> {name: float}` |
 | export | `BaseExportSpec` | `export(model, spec, data, exclude, threads) -> Exported` |
-| model source | `BaseSource` | `build(source, *, from_recipe, where) -> nn.Module` |
+| model source | `BaseSourceSpec`; the built-in ones `BaseSource` | `build(spec, *, from_recipe, where) -> nn.Module` |
 
 A spec class of a kind that is not built in also becomes a kind recipes may name
 (`recipe.kinds`), which is how a package of the user's adds one: it registers its spec and handler
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from modelshrink.recipe.export_specs import BaseExportSpec
 from modelshrink.recipe.kinds import Section, add_plugin_spec
-from modelshrink.recipe.schema import BaseDataSpec, BaseMetricSpec
+from modelshrink.recipe.schema import BaseDataSpec, BaseMetricSpec, BaseSourceSpec
 from modelshrink.recipe.stage_specs import BaseStageSpec
 from modelshrink.sources import BaseSource
 
@@ -34,13 +34,12 @@ HandlerT = TypeVar("HandlerT")
 class Registry:
     """The handlers of one seam, by spec type."""
 
-    def __init__(self, seam: str, base: type, section: Section | None):
+    def __init__(self, seam: str, base: type | tuple[type, ...], section: Section):
         self.seam, self.base, self.section = seam, base, section
         self.handlers: dict[type, Any] = {}
 
     def add(self, spec_type: type, handler: Any) -> None:
-        if self.section is not None:
-            add_plugin_spec(self.section, spec_type)
+        add_plugin_spec(self.section, spec_type)
         built_in = self.handlers.get(spec_type)
         if built_in is not None and not getattr(handler, "__module__", "").startswith("modelshrink."):
             raise TypeError(f"register: {spec_type.__name__} is handled by modelshrink's {built_in.__name__}; "
@@ -58,7 +57,7 @@ STAGES = Registry("stage", BaseStageSpec, "stage")
 DATA = Registry("data", BaseDataSpec, "data")
 METRICS = Registry("metric", BaseMetricSpec, "metric")
 EXPORTS = Registry("export", BaseExportSpec, "export")
-SOURCES = Registry("model source", BaseSource, None)  # a record in a checkpoint: not a recipe kind (trust)
+SOURCES = Registry("model source", (BaseSourceSpec, BaseSource), "source")
 REGISTRIES = (STAGES, DATA, METRICS, EXPORTS, SOURCES)
 
 
@@ -75,9 +74,13 @@ def register(*spec_types: type) -> Callable[[HandlerT], HandlerT]:
     return decorator
 
 
+def _bases(registry: Registry) -> tuple[type, ...]:
+    return registry.base if isinstance(registry.base, tuple) else (registry.base,)
+
+
 def _registry_of(spec_type: type) -> Registry:
     for registry in REGISTRIES:
         if isinstance(spec_type, type) and issubclass(spec_type, registry.base):
             return registry
-    bases = ", ".join(registry.base.__name__ for registry in REGISTRIES)
+    bases = ", ".join(base.__name__ for registry in REGISTRIES for base in _bases(registry))
     raise TypeError(f"register: {spec_type!r} is not a spec of any seam (subclass one of {bases})")

@@ -2,8 +2,9 @@
 one class per source, each owning one key of the record (`{"torchvision": "resnet18", "kwargs": ...}`).
 
 A source's builder is registered by its class (`modelshrink.registry.register`), as every other seam's
-handler is. Sources are not recipe kinds a plug-in adds: a record is read from checkpoints, which are
-data, so what it may name is decided by the trust policy alone (`modelshrink.trust`). No torch here.
+handler is. A plug-in adds a source as it adds any kind: a `BaseSourceSpec` subclass and its builder;
+its records are `PluginSource`s. A record is read from checkpoints, which are data, so what it may
+name is decided by the trust policy (`modelshrink.trust`) before anything is built. No torch here.
 """
 
 from __future__ import annotations
@@ -54,6 +55,28 @@ class HuggingFaceSource(BaseSource, key="huggingface"):
 
     def describe(self) -> str:
         return f"{self.name} (Hugging Face {self.record.get('task', 'model')})"
+
+
+class PluginSource(BaseSource, key="source"):
+    """A plug-in's model source: `{"source": {"kind": ..., its keys}, "module": where its spec lives}`.
+    The module is recorded so that a checkpoint names the code it needs, and the trust policy can refuse it
+    before it is imported."""
+
+    @property
+    def name(self) -> str:
+        return str(self.record[self.key].get("kind"))
+
+    @property
+    def module(self) -> str:
+        return str(self.record.get("module"))
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return {k: v for k, v in self.record[self.key].items() if k != "kind"}
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.fields.items())
+        return f"{self.name}({fields}) from plug-in {self.module}"
 
 
 def source_of(record: dict[str, Any]) -> BaseSource | None:

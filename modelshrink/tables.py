@@ -103,7 +103,7 @@ def print_inspection(info: dict[str, Any]) -> None:
         extras.append(f"NaN or Inf in {len(info['nonfinite'])} tensor(s): {', '.join(info['nonfinite'][:5])}")
     if "untrusted_factory" in info:
         module = info["untrusted_factory"].partition(":")[0]
-        extras.append(f"factory {info['untrusted_factory']} not trusted, so not imported (--trust {module} builds it)")
+        extras.append(f"{info['untrusted_factory']} not trusted, so not imported (--trust {module} builds it)")
     if "macs" in info:
         extras.append(f"MACs {human_count(info['macs'])} at input {info['input_shape']}")
     console.print(terminal(" · ".join(extras)))

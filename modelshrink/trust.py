@@ -8,7 +8,9 @@ teacher, a report.json, a search's trials.json, a run's resume state. Such a fil
 - a modelshrink zoo entry, by its exact name (`ZOO`),
 - a Hugging Face config (rebuilt without remote code, its sizes bounded: `models.huggingface`),
 - a factory in a module the user trusted: `--trust MODULE`, `model.trust`, `trust=[...]` in Python,
-  or the recipe's own `model.factory`.
+  or the recipe's own `model.factory`,
+- a plug-in's model source, by the module that registers it, under the same rule as a factory: the
+  module is imported only when the user trusted it (or the recipe names that source itself).
 
 Nothing else under `modelshrink` is reachable from a file, whatever `--trust` says: some of our own
 functions resolve and call a target they are handed (`models.factory.build` would run `os:system`).
@@ -19,6 +21,7 @@ Every loader (`checkpoint.model_from_payload`, `inspect`) asks `check_architectu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -27,6 +30,7 @@ from modelshrink.sources import SOURCE_TYPES
 
 ZOO = frozenset(f"modelshrink.models.zoo:{name}" for name in ("mlp", "small_cnn"))
 _PLAIN = (bool, int, float, str, type(None))
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def is_trusted(target: str, trust: Collection[str]) -> bool:
@@ -39,14 +43,26 @@ def is_trusted(target: str, trust: Collection[str]) -> bool:
     return any(target == t or module == t or module.startswith(f"{t}.") for t in trust)
 
 
-def check_factory(target: str, trust: Collection[str], where: object) -> None:
+def code_named(arch: Any) -> str | None:
+    """The 'module:name' an architecture record would import: a factory, or a plug-in source's module and kind."""
+    if not isinstance(arch, dict):
+        return None
+    if isinstance(arch.get("factory"), str):
+        return arch["factory"]
+    source = arch.get("source")
+    if isinstance(source, dict) and isinstance(arch.get("module"), str):
+        return f"{arch['module']}:{source.get('kind')}"
+    return None
+
+
+def check_factory(target: str, trust: Collection[str], where: object, what: str = "the factory") -> None:
     if not is_trusted(target, trust):
         module = target.partition(":")[0]
         if module == "modelshrink" or module.startswith("modelshrink."):
             raise UserError(f"{where}: names {target!r}, which is not a modelshrink zoo model; a file may name "
                             f"only {', '.join(sorted(ZOO))} of ours")  # fmt: skip
         raise UserError(
-            f"{where}: names the factory {target!r}, which would import and run code; if you trust this file, "
+            f"{where}: names {what} {target!r}, which would import and run code; if you trust this file, "
             f"pass --trust {module} (recipe: model.trust: [{module}]; Python: trust=[{module!r}])"
         )
 
@@ -56,14 +72,29 @@ def check_architecture(arch: Any, trust: Collection[str], where: object) -> None
     if not isinstance(arch, dict):
         raise UserError(f"{where}: damaged checkpoint (no architecture record)")
     kinds = [kind for kind in SOURCE_TYPES if kind in arch]
-    if len(kinds) != 1 or not isinstance(arch[kinds[0]], str):
-        raise UserError(f"{where}: damaged checkpoint (the architecture record names no torchvision model, factory "
-                        "or Hugging Face config)")  # fmt: skip
+    named = arch[kinds[0]] if len(kinds) == 1 else None
+    if not (isinstance(named, str) or (kinds == ["source"] and _plugin_record(arch))):
+        raise UserError(f"{where}: damaged checkpoint (the architecture record names no torchvision model, factory, "
+                        "Hugging Face config or plug-in source)")  # fmt: skip
     kwargs = arch.get("kwargs", {})
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and _plain(v) for k, v in kwargs.items()):
+    if not _plain_fields(kwargs):
         raise UserError(f"{where}: damaged checkpoint (architecture kwargs must be plain names and values)")
     if kinds == ["factory"]:
         check_factory(arch["factory"], trust, where)
+    if kinds == ["source"]:
+        check_factory(str(code_named(arch)), trust, where, what="the plug-in model source")
+
+
+def _plugin_record(arch: dict[str, Any]) -> bool:
+    source, module = arch["source"], arch.get("module")
+    return (
+        isinstance(source, dict) and isinstance(source.get("kind"), str) and _plain_fields(source)
+        and isinstance(module, str) and _MODULE.fullmatch(module) is not None
+    )  # fmt: skip
+
+
+def _plain_fields(fields: Any) -> bool:
+    return isinstance(fields, dict) and all(isinstance(k, str) and _plain(v) for k, v in fields.items())
 
 
 def _plain(value: Any) -> bool:

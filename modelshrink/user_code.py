@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 from modelshrink.errors import UserError, first_line
@@ -24,16 +25,21 @@ def resolve(target: str, where: str, *, from_recipe: bool = True) -> Callable[..
     puts it on the path; the console script does not). A target read from any other file
     (`from_recipe=False`, already allowed by `modelshrink.trust`) is imported from the path as it is."""
     module_name, _, fn_name = target.partition(":")
-    try:
-        with _current_directory_importable(from_recipe):
-            module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = "" if from_recipe else "; modules named by a file are never imported from the current directory"
-        raise UserError(f"{where}: cannot import {module_name!r} ({exc}{hint})") from None
+    module = import_module(module_name, where, from_recipe=from_recipe)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise UserError(f"{where}: {module_name!r} has no callable {fn_name!r}")
     return fn
+
+
+def import_module(name: str, where: str, *, from_recipe: bool = True) -> ModuleType:
+    """The module `name`, imported as `resolve` imports a target's (the current directory only for a recipe's)."""
+    try:
+        with _current_directory_importable(from_recipe):
+            return importlib.import_module(name)
+    except ImportError as exc:
+        hint = "" if from_recipe else "; modules named by a file are never imported from the current directory"
+        raise UserError(f"{where}: cannot import {name!r} ({exc}{hint})") from None
 
 
 @contextmanager

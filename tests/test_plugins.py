@@ -1,5 +1,5 @@
-"""Plug-ins: a package installed with pip adds a stage, a data kind and a metric through an entry point of
-group `modelshrink.plugins`, registered by spec type with the same decorator as the built-in ones.
+"""Plug-ins: a package installed with pip adds a model source, a stage, a data kind and a metric through an
+entry point of group `modelshrink.plugins`, registered by spec type with the same decorator as the built-in ones.
 
 The example package (examples/plugin, also docs/extending.md's worked example) is installed with pip
 into a folder of its own (`--target`) that the commands run with on their path: pip writes the
@@ -20,7 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 IRIS_RECIPE = {
-    "model": {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 4, "hidden": 32, "num_classes": 3}},
+    "model": {"source": {"kind": "iris_mlp", "hidden": 32}},
     "data": {"kind": "iris", "batch_size": 16},
     "stages": [
         {"kind": "finetune", "epochs": 15, "lr": 0.01},
@@ -55,10 +55,17 @@ def _recipe(tmp_path: Path, **changes: object) -> Path:
     return path
 
 
-def test_a_recipe_runs_the_plugins_stage_data_kind_and_metric(plugin_path: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def iris_run(plugin_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run of the recipe of plug-in kinds, shared by the tests that read what it wrote."""
+    tmp_path = tmp_path_factory.mktemp("iris")
     result = _modelshrink(["run", str(_recipe(tmp_path)), "--json"], plugin_path, tmp_path)
     assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    return tmp_path / "out"
+
+
+def test_a_recipe_runs_the_plugins_source_stage_data_kind_and_metric(iris_run: Path) -> None:
+    report = json.loads((iris_run / "report.json").read_text())
     assert [stage["kind"] for stage in report["stages"]] == ["finetune", "clip_weights", "prune"]
     assert report["stages"][1]["params"] == {"percentile": 99.0}
     assert any("clipped" in finding and "99.0 percentile" in finding for finding in report["findings"])
@@ -66,6 +73,33 @@ def test_a_recipe_runs_the_plugins_stage_data_kind_and_metric(plugin_path: Path,
     assert report["final"]["custom"]["macro_f1"] > 0.6  # trained on the plug-in's data, scored by its metric
     assert report["recipe"]["data"] == {**report["recipe"]["data"], "kind": "iris", "val_fraction": 0.3}
     assert [gate["name"] for gate in report["constraints"]] == ["macro_f1.min"]
+    assert report["recipe"]["model"]["source"] == {"kind": "iris_mlp", "hidden": 32}
+
+
+def test_a_checkpoint_of_a_plugin_source_loads_only_when_its_module_is_trusted(
+    plugin_path: Path, iris_run: Path, tmp_path: Path
+) -> None:
+    """The checkpoint names the plug-in's module, so loading it elsewhere imports that module only as the
+    user's trust allows, exactly as for a factory; `inspect` shows it without importing it."""
+    load = (
+        "import sys, torch, modelshrink\n"
+        "from modelshrink.errors import UserError\n"
+        "try:\n"
+        "    model = modelshrink.load({path!r}, trust={trust!r})\n"
+        "except UserError as exc:\n"
+        "    print('refused:', exc, 'modelshrink_iris' in sys.modules)\n"
+        "else:\n"
+        "    print(type(model).__name__, tuple(model(torch.zeros(2, 4)).shape), model[0].out_features)\n"
+    )
+    path = str(iris_run / "model.pt")
+    refused = _modelshrink([], plugin_path, tmp_path, load.format(path=path, trust=[]))
+    assert refused.stdout.startswith("refused:") and "--trust modelshrink_iris" in refused.stdout, refused.stderr
+    assert refused.stdout.split()[-1] == "False"  # not imported to find out
+    loaded = _modelshrink([], plugin_path, tmp_path, load.format(path=path, trust=["modelshrink_iris"]))
+    assert loaded.stdout.split() == ["Sequential", "(2,", "3)", "32"], loaded.stderr
+    shown = _modelshrink(["inspect", path, "--json"], plugin_path, tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["untrusted_factory"] == "modelshrink_iris:iris_mlp"
 
 
 def test_the_plugin_is_imported_only_for_a_kind_that_is_not_built_in(plugin_path: Path, tmp_path: Path) -> None:
@@ -76,7 +110,8 @@ def test_the_plugin_is_imported_only_for_a_kind_that_is_not_built_in(plugin_path
         "print(before, 'modelshrink_iris' in sys.modules)"
     )
     built_in = tmp_path / "built_in.yaml"
-    built_in.write_text(yaml.safe_dump({**IRIS_RECIPE, "data": {"kind": "digits"}, "stages": [],
+    zoo_mlp = {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"in_features": 64, "num_classes": 10}}
+    built_in.write_text(yaml.safe_dump({**IRIS_RECIPE, "model": zoo_mlp, "data": {"kind": "digits"}, "stages": [],
                                         "evaluate": {}, "constraints": {}, "output": {"dir": "out"}}))  # fmt: skip
     result = _modelshrink([], plugin_path, tmp_path, check.format(str(built_in)))
     assert result.stdout.split() == ["False", "False"], result.stderr
@@ -92,6 +127,12 @@ def test_a_plugins_spec_is_validated_like_a_built_in_one(plugin_path: Path, tmp_
     assert not (tmp_path / "out").exists()
     unknown = _modelshrink(["run", str(_recipe(tmp_path, data={"kind": "irsi"}))], plugin_path, tmp_path)
     assert unknown.returncode == 2 and "data" in unknown.stderr and unknown.stderr.count("\n") == 1, unknown.stderr
+    source = {"source": {"kind": "iris_mlp", "hidden": 32, "width": 3}}
+    typo = _modelshrink(["run", str(_recipe(tmp_path, model=source))], plugin_path, tmp_path)
+    assert typo.returncode == 2 and "model.source" in typo.stderr and "hidden" in typo.stderr, typo.stderr
+    unknown_source = _recipe(tmp_path, model={"source": {"kind": "iris_cnn"}})
+    missing = _modelshrink(["run", str(unknown_source)], plugin_path, tmp_path)
+    assert missing.returncode == 2 and "iris_mlp" in missing.stderr and missing.stderr.count("\n") == 1, missing.stderr
 
 
 @pytest.mark.parametrize("failure", ["raise RuntimeError('needs a GPU driver')", "raise SystemExit(0)"])
@@ -110,8 +151,8 @@ def test_a_plugin_that_fails_to_import_is_one_line_and_blocks_no_other(
     assert alone.returncode == 2 and not (tmp_path / "out").exists()
     reason = "RuntimeError: needs a GPU driver" if "Runtime" in failure else "SystemExit: 0"
     assert alone.stderr.strip() == (
-        f"error: plug-in 'broken' (broken_plugin) failed to load: {reason} (it may add data kind 'iris'; fix or "
-        "uninstall that package)"
+        f"error: plug-in 'broken' (broken_plugin) failed to load: {reason} (it may add model source kind 'iris_mlp'; "
+        "fix or uninstall that package)"
     ), alone.stderr
     beside = _modelshrink(["validate", recipe], Path(f"{plugin_path}{os.pathsep}{broken}"), tmp_path)
     assert beside.returncode == 0, beside.stderr  # the iris plug-in still serves its kinds

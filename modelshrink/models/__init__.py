@@ -1,4 +1,5 @@
-"""Architectures: the record that names one (torchvision, factory, Hugging Face) and building it.
+"""Architectures: the record that names one (torchvision, factory, Hugging Face, a plug-in's source) and
+building it.
 
 Loading a whole `model:` section (weights, checkpoints included) is `modelshrink.loading`; this
 package knows nothing of checkpoints, so checkpoints can depend on it.
@@ -11,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from modelshrink.errors import UserError
-from modelshrink.models import factory, huggingface, torchvision  # noqa: F401 (each registers its source)
+from modelshrink.models import factory, huggingface, plugin, torchvision  # noqa: F401 (each registers its source)
 from modelshrink.recipe.schema import ModelSpec
 from modelshrink.registry import SOURCES
 from modelshrink.sources import source_of
@@ -25,6 +26,8 @@ def architecture_of(spec: ModelSpec) -> dict[str, Any] | None:
         return {"torchvision": spec.torchvision, "kwargs": kwargs}
     if spec.factory:
         return {"factory": spec.factory, "kwargs": kwargs}
+    if spec.source:
+        return {"source": spec.source.model_dump(mode="json"), "module": type(spec.source).__module__}
     if spec.huggingface:  # the checkpoint's weights go into this architecture
         return huggingface.architecture(spec.huggingface.source, **huggingface_head(spec))
     return None

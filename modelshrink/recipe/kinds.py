@@ -22,8 +22,10 @@ from pydantic import SerializeAsAny, ValidatorFunctionWrapHandler, WrapValidator
 from modelshrink.errors import UserError, first_line
 
 GROUP = "modelshrink.plugins"
-Section = Literal["stage", "data", "metric", "export"]
-SELECTORS: dict[Section, str] = {"stage": "kind", "data": "kind", "metric": "kind", "export": "format"}
+Section = Literal["stage", "data", "metric", "export", "source"]
+SELECTORS: dict[Section, str] = {
+    "stage": "kind", "data": "kind", "metric": "kind", "export": "format", "source": "kind"
+}  # fmt: skip
 
 _PLUGIN_SPECS: dict[Section, dict[str, type]] = {section: {} for section in SELECTORS}
 _BUILT_IN: dict[Section, frozenset[str]] = {}
@@ -55,9 +57,16 @@ def extensible(
             spec_type = plugin_spec(section, tag)
             if spec_type is not None:
                 return spec_type.model_validate(value)
+            if not built_in:  # a section only plug-ins fill (model sources): nothing else could match
+                added = ", ".join(map(repr, plugin_kinds(section))) or "none"
+                raise ValueError(f"unknown {_named(section)} kind {tag!r} (installed plug-ins add: {added})")
         return handler(value)
 
     return SerializeAsAny[Annotated[union, WrapValidator(plugin_or_built_in)]]
+
+
+def _named(section: Section) -> str:
+    return "model source" if section == "source" else section
 
 
 def _literal(spec_type: type, name: str) -> str | None:
@@ -84,12 +93,13 @@ def add_plugin_spec(section: Section, spec_type: type) -> None:
         return
     if tag in _BUILT_IN.get(section, ()) or _built_in_variant(section, tag):
         if not spec_type.__module__.startswith("modelshrink."):
-            raise TypeError(f"{section} kind {tag!r} is built in ({spec_type.__module__}); a plug-in names a kind "
-                            "of its own")  # fmt: skip
+            raise TypeError(f"{_named(section)} kind {tag!r} is built in ({spec_type.__module__}); a plug-in "
+                            "names a kind of its own")  # fmt: skip
         return
     taken = _PLUGIN_SPECS[section].get(tag)
     if taken is not None and taken is not spec_type:
-        raise TypeError(f"{section} kind {tag!r} is registered twice ({taken.__module__}, {spec_type.__module__})")
+        raise TypeError(f"{_named(section)} kind {tag!r} is registered twice ({taken.__module__}, "
+                        f"{spec_type.__module__})")  # fmt: skip
     _PLUGIN_SPECS[section][tag] = spec_type
 
 
@@ -104,7 +114,12 @@ def plugin_spec(section: Section, tag: str) -> type | None:
     if tag not in _PLUGIN_SPECS[section]:
         load_entry_points()
     if tag not in _PLUGIN_SPECS[section] and _failed:
-        raise UserError(f"{_failed[0]} (it may add {section} kind {tag!r}; fix or uninstall that package)")
+        raise UserError(f"{_failed[0]} (it may add {_named(section)} kind {tag!r}; fix or uninstall that package)")
+    return _PLUGIN_SPECS[section].get(tag)
+
+
+def loaded_plugin_spec(section: Section, tag: str) -> type | None:
+    """The spec class for a tag among the plug-ins imported so far; loads none."""
     return _PLUGIN_SPECS[section].get(tag)
 
 

@@ -132,11 +132,23 @@ class HuggingFaceSpec(Shorthand):
     normalize: bool | None = Field(default=None, description="L2-normalize embeddings; default: as the model says")
 
 
+class BaseSourceSpec(Strict):
+    """A model source a plug-in adds: its `kind: Literal[...]` and fields, built by the function it
+    registers (`modelshrink.registry.register`). A recipe names it as `model.source`; the checkpoints
+    it writes name it too, and loading one imports the plug-in only when the user trusts its module."""
+
+    kind: str = Field(description="the model source an installed plug-in adds")
+
+
+SourceSpec = extensible("source", frozenset(), BaseSourceSpec)
+
+
 class ModelSpec(Strict):
-    """Where the model comes from: an architecture (torchvision name or factory), a checkpoint, or both.
+    """Where the model comes from: an architecture (torchvision name, factory, Hugging Face or a
+    plug-in's source), a checkpoint, or both.
 
     A modelshrink checkpoint describes its own architecture. A plain state_dict or safetensors file
-    needs `torchvision`, `factory` or `huggingface` beside it to say which module to load it into.
+    needs `torchvision`, `factory`, `huggingface` or `source` beside it to say which module to load it into.
     """
 
     torchvision: str | None = Field(
@@ -148,6 +160,10 @@ class ModelSpec(Strict):
         default=None,
         description="a Hugging Face text model: its source as a string, or {source, task, pooling, "
         "normalize} (the hf extra)",
+    )
+    source: SourceSpec | None = Field(
+        default=None,
+        description="a model source an installed plug-in adds: {kind: ..., and that kind's keys} (docs/extending.md)",
     )
     num_classes: PositiveInt | None = Field(
         default=None,
@@ -174,17 +190,21 @@ class ModelSpec(Strict):
 
     @property
     def trusted(self) -> list[str]:
-        """What a checkpoint loaded for this spec may name as its factory: `trust`, plus our own factory."""
-        return [*self.trust, *([self.factory] if self.factory else [])]
+        """What a checkpoint loaded for this spec may name as its factory or plug-in source: `trust`, plus
+        our own factory or source."""
+        own = [self.factory] if self.factory else [type(self.source).__module__] if self.source else []
+        return [*self.trust, *own]
 
     @model_validator(mode="after")
     def _one_architecture(self) -> ModelSpec:
-        if sum(x is not None for x in (self.torchvision, self.factory, self.huggingface)) > 1:
-            raise ValueError("give one of 'torchvision', 'factory' or 'huggingface'")
-        if not (self.torchvision or self.factory or self.huggingface or self.checkpoint):
-            raise ValueError("needs 'torchvision', 'factory', 'huggingface' or 'checkpoint'")
+        if sum(x is not None for x in (self.torchvision, self.factory, self.huggingface, self.source)) > 1:
+            raise ValueError("give one of 'torchvision', 'factory', 'huggingface' or 'source'")
+        if not (self.torchvision or self.factory or self.huggingface or self.source or self.checkpoint):
+            raise ValueError("needs 'torchvision', 'factory', 'huggingface', 'source' or 'checkpoint'")
         if self.huggingface and self.kwargs:
             raise ValueError("kwargs do not apply to 'huggingface' models")
+        if self.source and (self.kwargs or self.num_classes is not None):
+            raise ValueError("kwargs and num_classes do not apply to a plug-in's 'source': give them as its own keys")
         if self.num_classes is not None and "num_classes" in self.kwargs:
             raise ValueError("num_classes is given twice (also in kwargs)")
         return self

@@ -46,8 +46,21 @@ def test_only_zoo_entries_of_ours_are_trusted_whatever_the_user_trusts() -> None
         {"factory": "modelshrink.models.zoo:mlp", "kwargs": {"hidden": {"factory": "os:system"}}},
         {"factory": "modelshrink.models.zoo:mlp", "torchvision": "resnet18"},
         {"factory": 42},
+        # a plug-in source in one of our modules, in a module named with a path, or with nested fields
+        {"source": {"kind": "build"}, "module": "modelshrink.models.factory"},
+        {"source": {"kind": "mlp"}, "module": "../evil"},
+        {"source": {"kind": "mlp", "hidden": {"factory": "os:system"}}, "module": "modelshrink.models.zoo"},
     ],
-    ids=["factory-builder", "run-user-code", "nested-kwargs", "two-kinds", "not-a-name"],
+    ids=[
+        "factory-builder",
+        "run-user-code",
+        "nested-kwargs",
+        "two-kinds",
+        "not-a-name",
+        "plugin-of-ours",
+        "plugin-path",
+        "plugin-nested",
+    ],
 )
 def test_a_checkpoint_cannot_reach_our_own_resolvers(tmp_path: Path, architecture: dict, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -1,13 +1,16 @@
-"""An example modelshrink plug-in: a data kind, a stage and a metric, each a spec class plus its handler.
+"""An example modelshrink plug-in: a model source, a data kind, a stage and a metric, each a spec class
+plus its handler.
 
-Installed (`pip install examples/plugin`), a recipe can say `data: {kind: iris}`,
-`stages: [{kind: clip_weights, percentile: 99.5}]` and `evaluate: {metrics: [{kind: macro_f1}]}`;
-modelshrink imports this module the first time a recipe names one of these kinds.
+Installed (`pip install examples/plugin`), a recipe can say `model: {source: {kind: iris_mlp}}`,
+`data: {kind: iris}`, `stages: [{kind: clip_weights, percentile: 99.5}]` and
+`evaluate: {metrics: [{kind: macro_f1}]}`; modelshrink imports this module the first time a recipe names
+one of these kinds. A checkpoint of an `iris_mlp` model names this module, so loading it elsewhere
+needs `--trust modelshrink_iris` (`trust=["modelshrink_iris"]` in Python), as a factory would.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -16,6 +19,7 @@ from torch import nn
 from modelshrink.extend import (
     BaseDataSpec,
     BaseMetricSpec,
+    BaseSourceSpec,
     BaseStageSpec,
     DataBundle,
     ModelSpec,
@@ -24,6 +28,19 @@ from modelshrink.extend import (
     make_bundle,
     register,
 )
+
+
+# --------------------------------------------------------------------------------- a model source
+class IrisMLPSource(BaseSourceSpec):
+    """A small MLP sized for iris: 4 measurements in, 3 species out."""
+
+    kind: Literal["iris_mlp"] = Field(description="the source: an MLP for the iris measurements")
+    hidden: Annotated[int, Field(gt=0, le=4096)] = Field(default=32, description="hidden units")
+
+
+@register(IrisMLPSource)
+def build_iris_mlp(spec: IrisMLPSource, *, from_recipe: bool, where: Any) -> nn.Module:
+    return nn.Sequential(nn.Linear(4, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, 3))
 
 
 # ------------------------------------------------------------------------------------ a data kind
