@@ -91,8 +91,8 @@ def test_training_after_quantization_is_rejected() -> None:
 
 def test_model_needs_exactly_one_architecture_source() -> None:
     text = VALID.replace("  torchvision: resnet18\n", "  torchvision: resnet18\n  factory: a.b:c\n")
-    assert "give one of 'torchvision', 'factory' or 'huggingface'" in errors_of(text)
-    assert "needs 'torchvision', 'factory', 'huggingface' or 'checkpoint'" in errors_of(
+    assert "give one of 'torchvision', 'factory', 'huggingface' or 'source'" in errors_of(text)
+    assert "needs 'torchvision', 'factory', 'huggingface', 'source' or 'checkpoint'" in errors_of(
         VALID.replace("  torchvision: resnet18\n  num_classes: 10\n", "  num_classes: 10\n")
     )
 
