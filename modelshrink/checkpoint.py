@@ -6,6 +6,9 @@ the architecture it came from (torchvision name or factory) and the list of stru
 the stages applied (e.g. "these Linear layers became dynamic int8"). Loading rebuilds the
 architecture, replays each transform through the rebuilder its stage registered, then loads the
 state_dict strictly; everything is read with `torch.load(weights_only=True)`.
+
+Format 2 stores tensors that are sparse enough as a bitmask plus their non-zero values
+(`sparse_storage`); a checkpoint with none is written as format 1, which older releases read.
 """
 
 from __future__ import annotations
@@ -21,17 +24,22 @@ from torch import nn
 from modelshrink.errors import UserError, first_line
 from modelshrink.lineage import Lineage, from_record
 from modelshrink.quiet import quiet
+from modelshrink.sparse_storage import holds_records, pack_state_dict, unpack_state_dict
 from modelshrink.trust import check_architecture
 from modelshrink.version import __version__
 
 FORMAT = "modelshrink"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DENSE_FORMAT_VERSION = 1  # no sparse-bitmask records
 
 
-def to_bytes(model: nn.Module, lineage: Lineage, input_shape: tuple[int, ...] | None = None) -> bytes:
+def to_bytes(
+    model: nn.Module, lineage: Lineage, input_shape: tuple[int, ...] | None = None, sparse: bool = True
+) -> bytes:
+    """The checkpoint file's bytes; `sparse=False` stores every tensor dense (format 1), for comparisons."""
     payload: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": DENSE_FORMAT_VERSION,
         "modelshrink_version": __version__,
         "architecture": lineage.architecture,
         "transforms": lineage.records(),
@@ -40,7 +48,10 @@ def to_bytes(model: nn.Module, lineage: Lineage, input_shape: tuple[int, ...] | 
     if lineage.pickled:
         payload["model"] = model  # the source itself was a full pickle: there is nothing to rebuild from
     else:
-        payload["state_dict"] = model.state_dict()
+        state_dict = model.state_dict()
+        payload["state_dict"] = pack_state_dict(state_dict) if sparse else state_dict
+        if holds_records(payload["state_dict"]):
+            payload["format_version"] = FORMAT_VERSION
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
@@ -123,5 +134,5 @@ def rebuild(payload: dict[str, Any], path: Path, lineage: Lineage) -> nn.Module:
     except (AttributeError, TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
         raise UserError(f"{path}: damaged checkpoint (its transforms do not fit the architecture: "
                         f"{type(exc).__name__}: {first_line(exc)})") from None  # fmt: skip
-    load_into(model, payload["state_dict"], path, describe(lineage.architecture))
+    load_into(model, unpack_state_dict(payload["state_dict"], path), path, describe(lineage.architecture))
     return model.eval()

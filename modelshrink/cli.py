@@ -416,7 +416,7 @@ def inspect(
     ] = False,
     trust: TrustOption = None,
 ) -> None:
-    """Per-layer name, type, shape, dtype, params and sparsity; totals and size on disk."""
+    """Per-layer name, type, shape, dtype, params, sparsity, bytes and bytes stored in the file; totals."""
     with _exit_codes(), _prints_to_stderr(as_json):
         info = modelshrink.inspect(path, allow_pickle=allow_pickle, trust=trust or [])
     if as_json:

@@ -1,4 +1,5 @@
-"""`inspect`: per-layer shapes, dtypes, parameters and sparsity of a checkpoint or a plain state_dict.
+"""`inspect`: per-layer shapes, dtypes, parameters, sparsity and bytes (in memory and as stored in the file)
+of a checkpoint or a plain state_dict.
 
 (Named `inspection` so that it cannot shadow the public function `modelshrink.inspect`.)
 """
@@ -27,6 +28,7 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
     then come from the state_dict alone, as for a plain state_dict, without MACs."""
     from modelshrink.checkpoint import is_checkpoint_payload, model_from_payload
     from modelshrink.models import describe
+    from modelshrink.sparse_storage import stored_bytes, unpack_state_dict
     from modelshrink.tensor_files import as_state_dict, read_file
     from modelshrink.trust import code_named, is_trusted
 
@@ -34,10 +36,13 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
     obj = read_file(path, allow_pickle=allow_pickle)
     info: dict[str, Any] = {"path": str(path), "file_bytes": path.stat().st_size}
     arch = obj.get("architecture") if is_checkpoint_payload(obj) else None
+    stored = None  # bytes per state_dict entry in the file, where sparse storage can make them differ
+    if isinstance(arch, dict) and not arch.get("pickled") and isinstance(obj.get("state_dict"), dict):
+        stored = {name: stored_bytes(value) for name, value in obj["state_dict"].items()}
     code = code_named(arch)  # a damaged record is reported below
     if code is not None and not is_trusted(code, trust):
         info["untrusted_factory"] = code  # shown, never imported
-        obj = obj.get("state_dict", {})
+        obj = unpack_state_dict(obj.get("state_dict", {}), path)
     if is_checkpoint_payload(obj):
         model, lineage = model_from_payload(obj, path, allow_pickle=allow_pickle, trust=trust)
         entries = list(module_tensors(model))
@@ -67,8 +72,8 @@ def inspect_file(path: str | Path, allow_pickle: bool = False, trust: Collection
         if "untrusted_factory" in info:
             info["kind"] = "modelshrink checkpoint, not built"
     info["nonfinite"] = nonfinite_names(entries)
-    info["layers"] = layer_rows(entries)
-    info["totals"] = totals(entries)
+    info["layers"] = layer_rows(entries, stored)
+    info["totals"] = totals(entries, stored)
     return info
 
 
@@ -90,10 +95,13 @@ def _unbuilt_entry(name: str, tensor: torch.Tensor) -> TensorEntry:
     return TensorEntry(module, "", name, tensor, not _BUFFER.fullmatch(own))
 
 
-def layer_rows(entries: list[TensorEntry]) -> list[dict[str, Any]]:
+def layer_rows(entries: list[TensorEntry], stored: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per module with parameters; `stored` (bytes per state_dict entry in the file) gives each
+    row the bytes its entries take on disk, else the dense bytes."""
     grouped: dict[str, list[TensorEntry]] = defaultdict(list)
     for entry in entries:
         grouped[entry.module].append(entry)
+    on_disk = _stored_by_module(stored, grouped) if stored is not None else {}
     rows = []
     for module, group in grouped.items():
         params = [e for e in group if e.is_param]
@@ -112,12 +120,25 @@ def layer_rows(entries: list[TensorEntry]) -> list[dict[str, Any]]:
                 "nonzero": nonzero,
                 "sparsity": 1 - nonzero / count if count else 0.0,
                 "bytes": sum(e.nbytes for e in group),
+                "stored_bytes": on_disk.get(module, sum(e.nbytes for e in group)),
             }
         )
     return rows
 
 
-def totals(entries: list[TensorEntry]) -> dict[str, Any]:
+def _stored_by_module(stored: dict[str, int], modules: Collection[str]) -> dict[str, int]:
+    """Each state_dict entry's stored bytes added to the deepest module it belongs to: `fc` owns
+    `fc.weight` and a quantized Linear's `fc._packed_params._packed_params`."""
+    deepest_first = sorted(modules, key=len, reverse=True)
+    by_module: dict[str, int] = defaultdict(int)
+    for key, size in stored.items():
+        owner = next((m for m in deepest_first if not m or key == m or key.startswith(m + ".")), None)
+        if owner is not None:
+            by_module[owner] += size
+    return by_module
+
+
+def totals(entries: list[TensorEntry], stored: dict[str, int] | None = None) -> dict[str, Any]:
     params = [e for e in entries if e.is_param]
     count = sum(e.tensor.numel() for e in params)
     nonzero = sum(e.nonzero for e in params)
@@ -129,5 +150,6 @@ def totals(entries: list[TensorEntry]) -> dict[str, Any]:
         "nonzero_params": nonzero,
         "sparsity": 1 - nonzero / count if count else 0.0,
         "tensor_bytes": sum(e.nbytes for e in entries),
+        "stored_bytes": sum(stored.values()) if stored is not None else sum(e.nbytes for e in entries),
         "params_by_dtype": dict(by_dtype),
     }

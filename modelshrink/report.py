@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 from modelshrink import escape
 from modelshrink.compare import environment_warnings, table
 from modelshrink.constraints import GateResult, shown
-from modelshrink.descriptors import Latency, MetricDescriptor, Metrics, report_metrics, speedup
+from modelshrink.descriptors import Latency, MetricDescriptor, Metrics, human_bytes, report_metrics, speedup
 from modelshrink.environment import HALF_PRECISION_ISA, cpu_summary, environment, usable_cores
 from modelshrink.plots import text_bars
 from modelshrink.version import __version__
@@ -312,10 +312,18 @@ def _pictures(report: dict[str, Any], images: Collection[str]) -> list[str]:
     if not layers:
         return []
     # inside a code block nothing renders, but a line break could end the block: one line per layer
-    bars = text_bars([(escape.text(f"{row['name']} ({row['bits']}-bit)", newlines=False), row["sparsity"])
-                      for row in layers])  # fmt: skip
+    bars = text_bars([(escape.text(f"{row['name']} ({row['bits']}-bit, {_stored(row)})", newlines=False),
+                       row["sparsity"]) for row in layers])  # fmt: skip
     hint = "(`pip install modelshrink[plots]` draws pictures here)"
     return ["", "## Sparsity per layer", "", hint, "", *escape.code_block("\n".join(bars))]
+
+
+def _stored(layer: dict[str, Any]) -> str:
+    """The weight's bytes in model.pt, and its dense bytes where sparse storage made it smaller."""
+    stored, dense = layer.get("stored_bytes"), layer.get("bytes")
+    if stored is None or dense is None:  # a report written before sparse storage
+        return "size n/a"
+    return human_bytes(stored) + (f" of {human_bytes(dense)}" if stored < dense else "")
 
 
 def _row(label: str, m: Metrics, base: Metrics, duration: float | None, metrics: list[MetricDescriptor]) -> str:

@@ -77,8 +77,9 @@ def print_inspection(info: dict[str, Any]) -> None:
     """`modelshrink inspect`: one row per tensor, the totals, then what else is known of the file."""
 
     table = Table(title=terminal(f"{info['path']} ({info['kind']})"), title_justify="left")
-    for column in ("layer", "type", "shape", "dtype", "params", "sparsity", "bytes"):
-        table.add_column(column, justify="right" if column in {"params", "sparsity", "bytes"} else "left")
+    numbers = ("params", "sparsity", "bytes", "stored")  # stored: in the file, where sparse tensors are packed
+    for column in ("layer", "type", "shape", "dtype", *numbers):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for row in info["layers"]:
         table.add_row(
             terminal(row["name"]),
@@ -88,11 +89,13 @@ def print_inspection(info: dict[str, Any]) -> None:
             f"{row['params']:,}",
             f"{row['sparsity']:.1%}",
             human_bytes(row["bytes"]),
+            human_bytes(row["stored_bytes"]),
         )
     t = info["totals"]
     table.add_section()
     dtypes = terminal(", ".join(f"{k}: {human_count(v)}" for k, v in t["params_by_dtype"].items()))
-    table.add_row("total", "", "", dtypes, f"{t['params']:,}", f"{t['sparsity']:.1%}", human_bytes(t["tensor_bytes"]))
+    table.add_row("total", "", "", dtypes, f"{t['params']:,}", f"{t['sparsity']:.1%}", human_bytes(t["tensor_bytes"]),
+                  human_bytes(t["stored_bytes"]))  # fmt: skip
     console = stdout()
     console.print(table)
     extras = [f"file {human_bytes(info['file_bytes'])}", f"non-zero params {t['nonzero_params']:,}"]

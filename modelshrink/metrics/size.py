@@ -17,6 +17,7 @@ from torch import nn
 
 from modelshrink.hooks import forward_hooks
 from modelshrink.inputs import Inputs, call
+from modelshrink.sparse_storage import file_bytes
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def count_macs(model: nn.Module, inputs: Inputs) -> int:
 
 
 def layer_summary(model: nn.Module) -> list[dict[str, Any]]:
-    """Per layer with a weight matrix: its name, type, weight count, sparsity and bits per weight."""
+    """Per layer with a weight matrix: its name, type, weight count, sparsity, bits per weight, and the
+    weight's bytes in memory and in model.pt (smaller where it is stored sparse)."""
     rows = []
     modules = dict(model.named_modules())
     for entry in module_tensors(model):
@@ -147,5 +149,6 @@ def layer_summary(model: nn.Module) -> list[dict[str, Any]]:
             numel = entry.tensor.numel()
             bits = getattr(modules.get(entry.module), "weight_bits", entry.tensor.element_size() * 8)
             rows.append({"name": entry.module, "type": entry.module_type, "params": numel,
-                         "sparsity": 1 - entry.nonzero / numel, "bits": bits})  # fmt: skip
+                         "sparsity": 1 - entry.nonzero / numel, "bits": bits, "bytes": entry.nbytes,
+                         "stored_bytes": file_bytes(entry.tensor)})  # fmt: skip
     return rows
