@@ -50,7 +50,7 @@ def test_the_layout_is_compressed_tensors_sparse_bitmask() -> None:
     assert record["shape"] == [2, 4]
     assert record["compressed"].tolist() == [1.5, 2.0, 3.0]
     assert record["bitmask"].tolist() == [[0b1010], [0b0001]]
-    assert record["row_offsets"].tolist() == [0, 2]
+    assert set(record) == {"shape", "compressed", "bitmask"}
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
