@@ -84,7 +84,7 @@ class Recipe(Strict):
             if path is not None:
                 found.append((label, path))
         for spec in self.stages:
-            teacher = getattr(spec, "teacher", None)
+            teacher = getattr(spec.training, "teacher", None)  # a distill stage, or a schedule's training
             if teacher is not None and teacher.checkpoint is not None:
                 found.append(("teacher checkpoint", teacher.checkpoint))
         if self.constraints.compare_to is not None:

@@ -11,6 +11,7 @@ and one module in `modelshrink/stages/quantize/`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Self, Union
 
@@ -218,13 +219,51 @@ class BasePruneSpec(BaseStageSpec):
     )
 
 
+class PruneSchedule(Strict):
+    """Gradual magnitude pruning (Zhu & Gupta, 2017) inside one stage: sparsity rises from where the
+    weights are to `amount` over ceil(epochs / frequency) steps along `kind`'s curve; after each step the
+    `train` stage runs for `frequency` epochs (the last step for the rest) and keeps its best epoch, so a
+    step never hands on a model worse than the pruning left it. A high sparsity reached in one cut loses
+    what small steps with training between them keep."""
+
+    kind: Literal["cubic", "linear"] = Field(
+        default="cubic",
+        description="how sparsity rises per step: cubic (fast at first, gently near the end, as Zhu & Gupta) "
+        "or linear",
+    )
+    epochs: Repeats = Field(description="training epochs over the whole schedule, e.g. 12")
+    frequency: Repeats = Field(
+        default=1, description="epochs of training after each pruning step; steps = ceil(epochs / frequency)"
+    )
+    train: Annotated[FinetuneSpec | DistillSpec, Field(discriminator="kind")] = Field(
+        default_factory=lambda: FinetuneSpec(kind="finetune"),
+        description="the training after each step: a finetune or distill stage's settings without `epochs` "
+        "(the schedule gives them), e.g. {kind: distill, lr: 0.0005}",
+    )
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.epochs / self.frequency)
+
+    @model_validator(mode="after")
+    def _train(self) -> PruneSchedule:
+        if "epochs" in self.train.model_fields_set:
+            raise ValueError("schedule.train takes no epochs: schedule.epochs and frequency give them")
+        if self.train.replaces_head:
+            raise ValueError("schedule.train cannot replace the classifier (num_classes): do that in its own stage")
+        if self.frequency > self.epochs:
+            raise ValueError(f"frequency {self.frequency} is more than the schedule's {self.epochs} epochs")
+        return self
+
+
 class UnstructuredPruneSpec(BasePruneSpec):
-    """Zero the least important weights with torch.nn.utils.prune, made permanent (no masks left)."""
+    """Zero the least important weights with torch.nn.utils.prune, made permanent (no masks left);
+    at once, or gradually with training between the steps (`schedule`)."""
 
     method: Literal["unstructured"] = Field(
         default="unstructured",
-        description="unstructured (default): zero single weights; "
-        "the model gets neither smaller nor faster with dense kernels",
+        description="unstructured (default): zero single weights; model.pt stores them smaller "
+        "(bitmask + non-zero values), dense kernels run no faster",
     )
     importance: Literal["l1", "random"] = Field(
         default="l1", description="which weights go first: l1 (smallest magnitude) or random"
@@ -241,6 +280,54 @@ class UnstructuredPruneSpec(BasePruneSpec):
         default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"],
         description="the layer types whose weights are pruned",
     )
+    schedule: PruneSchedule | None = Field(
+        default=None,
+        description="reach `amount` gradually, training between steps, e.g. {kind: cubic, epochs: 12, frequency: 2}",
+    )
+
+    @property
+    def training(self) -> TrainingSettings | None:
+        return self.schedule.train if self.schedule is not None else None
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.schedule is not None and self.schedule.train.needs_labels
+
+
+class NMPruneSpec(BasePruneSpec):
+    """N:M semi-structured sparsity: in every group of `m` consecutive input weights of a layer, the `n`
+    largest in magnitude stay and the rest become zero (2:4 is what sparse tensor cores run)."""
+
+    method: Literal["nm"] = Field(
+        description="nm: keep n of every m consecutive weights along the input (2:4 by default); sparse "
+        "tensor cores run 2:4 faster, on a CPU model.pt gets smaller",
+    )
+    amount: Fraction | None = Field(default=None, description="follows from n:m (1 - n/m): leave it out")
+    n: PositiveInt = Field(default=2, description="weights kept in each group")
+    m: PositiveInt = Field(default=4, description="the group: consecutive weights along the input dimension")
+    include: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="module name globs that may be pruned (exclude wins), e.g. ['layer4.*']",
+    )
+    module_types: list[Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]] = Field(
+        default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"],
+        description="the layer types whose weights are pruned; a layer whose inputs are not a multiple of m "
+        "is left dense (and named)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amount(cls, data: Any) -> Any:
+        """`amount` follows from n:m: filled in, or checked when given."""
+        if not isinstance(data, dict):
+            return data
+        n, m = data.get("n", 2), data.get("m", 4)
+        if not (isinstance(n, int) and isinstance(m, int)) or not 0 < n < m:
+            raise ValueError(f"n:m must keep fewer than m weights of each m, got {n}:{m}")
+        implied = 1 - n / m
+        if data.get("amount") is not None and not math.isclose(data["amount"], implied):
+            raise ValueError(f"amount of method nm is 1 - n/m = {implied:g}; leave it out")
+        return {**data, "amount": implied}
 
 
 class BaseRemovingPruneSpec(BasePruneSpec):
@@ -566,6 +653,7 @@ class OptimizeSpec(BaseStageSpec):
 
 PRUNE_METHODS: dict[str, type[BaseStageSpec]] = {
     "unstructured": UnstructuredPruneSpec,
+    "nm": NMPruneSpec,
     "channel": ChannelPruneSpec,
     "block": BlockPruneSpec,
 }
