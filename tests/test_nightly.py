@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from modelshrink import plots
 from modelshrink.cli import app
+from modelshrink.descriptors import human_bytes
 from tests.conftest import tiny_recipe, write_recipe
 
 runner = CliRunner()
@@ -57,7 +58,8 @@ def test_compare_passes_unchanged_runs_and_fails_a_regression(tmp_path: Path, la
     }
     assert "error: regression: regression.accuracy (limit 0.0100, got 0.0500)" in result.stderr
     markdown = runner.invoke(app, ["compare", str(a), str(c), "--markdown"]).stdout
-    assert "| size | 16.46 KiB | 32.92 KiB (2.00x) |" in markdown
+    size = last_night["final"]["size_bytes"]
+    assert f"| size | {human_bytes(size)} | {human_bytes(2 * size)} (2.00x) |" in markdown
     older = copy.deepcopy(last_night)
     del older["final"]["agreement"]  # written before agreement was measured
     old = save(older, tmp_path / "sun" / "report.json")
@@ -147,5 +149,5 @@ def test_without_matplotlib_report_md_draws_text_charts(tmp_path: Path, monkeypa
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path))
     assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "## Sparsity per layer" in markdown and "█" in markdown and "(32-bit)" in markdown
+    assert "## Sparsity per layer" in markdown and "█" in markdown and "(32-bit, " in markdown
     assert not list((tmp_path / "out").glob("*.png"))
