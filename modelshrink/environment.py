@@ -46,6 +46,11 @@ def environment() -> dict[str, Any]:
     }
 
 
+def has_cpu_feature(name: str) -> bool:
+    """Whether /proc/cpuinfo lists `name` (e.g. amx_int8); False where the features are unknown."""
+    return name in (_cpuinfo()[1] or ())
+
+
 def usable_cores() -> int:
     """The cores this process may run on (a container's or `taskset`'s share, not the machine's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -111,8 +111,7 @@ def pack_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def unpack_state_dict(state_dict: Mapping[str, Any], where: object) -> dict[str, Any]:
-    """The inverse of `pack_state_dict`; `where` (the file) prefixes the message of a damaged record.
-"""
+    """The inverse of `pack_state_dict`; `where` (the file) prefixes the message of a damaged record."""
 
     def one(value: Any, name: str) -> Any:
         if isinstance(value, Mapping) and KEY in value:

@@ -27,6 +27,7 @@ from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
 from modelshrink.export.base import Exported
 from modelshrink.export.feeds import dynamic_axes, feeds
+from modelshrink.export.onnx_sparse import sparsify
 from modelshrink.inputs import Inputs, as_args
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import OnnxExport
@@ -49,6 +50,12 @@ def export_onnx(model: nn.Module, spec: OnnxExport, data: DataBundle, exclude: l
         notes.append(f"ONNX Runtime's transformer optimizer ({config.model_type}) fused {fused or 'nothing'}")
     if spec.quantize != "none":
         blob = quantize(blob, spec, data, exclude)
+    blob, moved = sparsify(blob)
+    if moved:
+        notes.append(
+            f"{moved} weight tensor(s) stored as ONNX sparse initializers (non-zero values and their "
+            "positions); ONNX Runtime makes them dense when it opens the file, so only the file is smaller"
+        )
     return Exported(spec, {spec.file_name: blob}, OnnxRuntimeModel(blob, threads), notes)
 
 

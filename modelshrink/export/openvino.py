@@ -8,11 +8,13 @@ operation's name (`__module.15/aten::linear/MatMul`). A convolution folded with 
 converting loses that name (`Multiply_3128`), so excluded convolutions are also found by their
 weights: the converter's folded constant equals `fuse_conv_bn_weights` of the PyTorch modules.
 Transformers get NNCF's transformer preset, which keeps the operations int8 hurts most in float.
+A sparse int8 model may compile with OpenVINO's sparse weight decompression (`openvino_sparse`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import re
@@ -31,6 +33,7 @@ from modelshrink.data.bundle import DataBundle
 from modelshrink.errors import UserError, first_line
 from modelshrink.export.base import Exported
 from modelshrink.export.feeds import dynamic_axes, feeds, is_transformer
+from modelshrink.export.openvino_sparse import sparse_rate
 from modelshrink.inputs import Inputs, as_args
 from modelshrink.quiet import quiet
 from modelshrink.recipe.export_specs import OpenVinoExport
@@ -54,8 +57,16 @@ def export_openvino(
         if kept:
             notes.append(f"NNCF kept {len(kept)} operations float as the recipe's exclude asks")
     files = serialize(converted, spec)
-    runtime = OpenVinoModel(converted, threads, spec.precision, (files[spec.file_names[0]], files[spec.file_names[1]]))
+    written = (files[spec.file_names[0]], files[spec.file_names[1]])
+
+    @functools.cache  # auto compiles dense and sparse to time them: the winner is not compiled again
+    def compiled(rate: float | None) -> OpenVinoModel:
+        return OpenVinoModel(converted, threads, spec.precision, written, rate)
+
+    rate, sparse_notes = sparse_rate(model, spec, data, compiled)
+    runtime = compiled(rate)
     notes.append(f"OpenVINO computes float parts in {runtime.precision}")
+    notes += sparse_notes
     return Exported(spec, files, runtime, notes)
 
 
@@ -184,12 +195,14 @@ class OpenVinoModel(nn.Module):
     metrics code measures it unchanged; timed in a process of its own (`isolated`), from `files`
     (the `.xml` and `.bin` written). The compiled model is kept out of the module tree."""
 
-    def __init__(self, converted: Any, threads: int, precision: str, files: tuple[bytes, bytes]):
+    def __init__(
+        self, converted: Any, threads: int, precision: str, files: tuple[bytes, bytes], sparse_rate: float | None
+    ):
         super().__init__()
-        compiled = openvino_compiled(converted, threads, precision)
+        compiled = openvino_compiled(converted, threads, precision, sparse_rate)
         self.__dict__["compiled"] = compiled
         self.__dict__["files"] = files
-        self.threads, self.precision_hint = threads, precision
+        self.threads, self.precision_hint, self.sparse_rate = threads, precision, sparse_rate
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").rstrip("'>")
         self.names = [port.get_any_name() for port in compiled.inputs]
 
@@ -201,6 +214,7 @@ class OpenVinoModel(nn.Module):
             "weights": weights,
             "threads": self.threads,
             "precision": self.precision_hint,
+            "sparse_rate": self.sparse_rate,
         }
 
     def feeds(self, inputs: Inputs) -> dict[str, Any]:

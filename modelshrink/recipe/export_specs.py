@@ -8,7 +8,7 @@ optional dependency group it needs, checked before any work (`modelshrink.export
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -82,8 +82,22 @@ class OpenVinoExport(BaseExportSpec):
         description="what OpenVINO computes the float parts in: f32, or auto (its CPU default, bf16 where the CPU "
         "has it; quality and speed then depend on the CPU)",
     )
+    sparse_decompression: Literal["auto"] | bool | Annotated[float, Field(gt=0, lt=1)] = Field(
+        default="auto",
+        description="int8: OpenVINO's sparse weight decompression, which packs the zeros out of MatMul "
+        "(Linear) weights at compile time; its kernels need AMX. auto: on an AMX CPU, timed against the dense "
+        "export at batch 1 and kept where faster, elsewhere off with a note; true: on for weights at least "
+        "half zeros; a number such as 0.7: on for weights with at least that share of zeros; false: off",
+        examples=["auto", 0.7, False],
+    )
 
     extra: ClassVar[str] = "openvino"
+
+    @model_validator(mode="after")
+    def _sparse_kernels_are_int8(self) -> OpenVinoExport:
+        if self.quantize == "none" and self.sparse_decompression not in ("auto", False):
+            raise ValueError("sparse_decompression needs quantize: int8 (OpenVINO's sparse kernels are int8)")
+        return self
 
     @property
     def file_name(self) -> str:

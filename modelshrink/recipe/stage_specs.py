@@ -228,8 +228,7 @@ class PruneSchedule(Strict):
 
     kind: Literal["cubic", "linear"] = Field(
         default="cubic",
-        description="how sparsity rises per step: cubic (fast at first, gently near the end, as Zhu & Gupta) "
-        "or linear",
+        description="how sparsity rises per step: cubic (fast at first, gently near the end, as Zhu & Gupta) or linear",
     )
     epochs: Repeats = Field(description="training epochs over the whole schedule, e.g. 12")
     frequency: Repeats = Field(

@@ -149,3 +149,37 @@ def test_onnx_runtime_tools_leave_nothing_in_the_current_directory(
     config = types.SimpleNamespace(model_type="bert", num_attention_heads=2, hidden_size=32)
     assert optimize_transformer(b"model", config) == (b"optimized", "")
     assert list(tmp_path.iterdir()) == [] and Path.cwd() == tmp_path
+
+
+def test_a_sparse_model_exports_to_a_smaller_onnx_file_that_computes_the_same(tmp_path: Path) -> None:
+    """Weights with enough zeros become ONNX sparse initializers (issue #27): the file shrinks, ONNX
+    Runtime opens it and gives the dense file's outputs; a dense model's file is left as it was."""
+    import onnx
+    import torch
+
+    from modelshrink.export.onnx import OnnxRuntimeModel, export_onnx
+    from modelshrink.export.onnx_sparse import sparsify
+    from modelshrink.models.zoo import small_cnn
+    from modelshrink.recipe.export_specs import OnnxExport
+
+    torch.manual_seed(0)
+    model = small_cnn(in_channels=1, width=32).eval()
+    data = build_data(SyntheticData(kind="synthetic", channels=1, image_size=8, num_samples=8), 0)
+    dense = to_onnx(model, data.example_inputs(2))
+    assert sparsify(dense) == (dense, 0), "nothing sparse enough: the same bytes"
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                weight = module.weight
+                weight.mul_(weight.abs() > weight.abs().flatten().quantile(0.9))
+    pruned = to_onnx(model, data.example_inputs(2))
+    exported = export_onnx(model, OnnxExport(format="onnx"), data, [], 1)
+    [blob] = exported.files.values()
+    onnx.checker.check_model(onnx.load_from_string(blob))
+    assert len(onnx.load_from_string(blob).graph.sparse_initializer) >= 3
+    assert len(blob) < 0.4 * len(pruned), (len(blob), len(pruned))
+    assert any("ONNX sparse initializers" in note for note in exported.notes)
+    inputs = data.example_inputs(2)
+    expected = OnnxRuntimeModel(pruned, 1)(inputs)
+    torch.testing.assert_close(exported.runtime(inputs), expected, rtol=0, atol=0)
+    torch.testing.assert_close(expected, model(inputs), rtol=1e-4, atol=1e-5)

@@ -103,3 +103,78 @@ def test_a_missing_openvino_extra_is_one_line(tmp_path: Path, recipe_file, monke
     assert result.exit_code == 2, result.output
     assert "needs the [openvino] extra (nncf missing): pip install 'modelshrink[openvino]'" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def sparse_mlp() -> torch.nn.Module:
+    """Linear layers (OpenVINO MatMuls) with 90% of their weights zero."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+    ).eval()
+    with torch.no_grad():
+        for layer in (model[1], model[3]):
+            layer.weight.mul_(layer.weight.abs() > layer.weight.abs().quantile(0.9))
+    return model
+
+
+@pytest.fixture
+def mlp_data():
+    from modelshrink.data import build_data
+    from modelshrink.recipe.schema import SyntheticData
+
+    return build_data(SyntheticData(kind="synthetic", channels=1, image_size=8, num_samples=16), 0)
+
+
+def sparse_export(data, amx: bool, monkeypatch: pytest.MonkeyPatch, model=None, **spec):
+    from modelshrink.export import openvino_sparse
+    from modelshrink.export.openvino import export_openvino
+    from modelshrink.recipe.export_specs import OpenVinoExport
+
+    monkeypatch.setattr(openvino_sparse, "has_cpu_feature", lambda name: amx and name == "amx_int8")
+    target = OpenVinoExport(format="openvino", quantize="int8", calibration_batches=2, **spec)
+    return export_openvino(model or sparse_mlp(), target, data, [], 1)
+
+
+def test_sparse_decompression_is_off_with_one_line_on_a_cpu_without_amx(mlp_data, monkeypatch) -> None:
+    exported = sparse_export(mlp_data, False, monkeypatch)
+    assert exported.runtime.sparse_rate is None and exported.runtime.isolated()[1]["sparse_rate"] is None
+    [line] = [note for note in exported.notes if "sparse weight decompression" in note]
+    assert line == "sparse weight decompression off: this CPU lacks AMX (amx_int8), which OpenVINO's sparse int8 " \
+        "kernels need"  # fmt: skip
+    forced = sparse_export(mlp_data, False, monkeypatch, sparse_decompression=0.7)
+    assert forced.runtime.sparse_rate == 0.7 and "runs the weights dense here" in forced.notes[-1]
+    assert forced.runtime.compiled.get_property("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE") == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("faster", ["dense", "sparse (rate 0.5)"])
+def test_on_an_amx_cpu_auto_times_dense_against_sparse_and_keeps_the_faster(
+    faster: str, mlp_data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off AMX, OpenVINO ignores the property, so the timing here cannot tell them apart: the measured
+    trials are kept and only which is faster is decided by the test."""
+    from dataclasses import replace
+
+    from modelshrink.stages.quantize import choose
+
+    measured, timed = choose.measure, []
+
+    def measure_with_a_winner(*args):
+        trials = measured(*args)
+        timed.append(trials)
+        return [replace(t, slowness=1.0 if t.name == faster else 2.0) for t in trials]
+
+    monkeypatch.setattr(choose, "measure", measure_with_a_winner)
+    exported = sparse_export(mlp_data, True, monkeypatch)
+    [trials] = timed
+    assert [t.name for t in trials] == ["dense", "sparse (rate 0.5)"] and all(set(t.ms) == {1} for t in trials)
+    assert abs(trials[0].cosine - trials[1].cosine) < 1e-6, "packing the zeros out changes no output"
+    rate = None if faster == "dense" else 0.5
+    assert exported.runtime.sparse_rate == rate and exported.runtime.isolated()[1]["sparse_rate"] == rate
+    chosen = next(note for note in exported.notes if note.startswith("OpenVINO sparse weight decompression (AMX)"))
+    assert f": {faster} (dense: cosine" in chosen, chosen
+    deploy = "deploy the IR with the CPU property CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE=0.5"
+    assert (deploy in exported.notes) == (rate is not None)
+    dense = sparse_export(mlp_data, True, monkeypatch, model=torch.nn.Sequential(torch.nn.Flatten(),
+                                                                                  torch.nn.Linear(64, 10)))  # fmt: skip
+    assert dense.runtime.sparse_rate is None and len(timed) == 1, "nothing sparse: nothing to time"
+    assert "no Linear weight is 50% zeros" in dense.notes[-1]

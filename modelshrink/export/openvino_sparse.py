@@ -1,0 +1,65 @@
+"""OpenVINO's sparse weight decompression for an int8 export: whether to turn it on, measured.
+
+OpenVINO's CPU plugin can pack the zeros out of int8 MatMul (Linear) weights when it compiles a model
+(the `CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` property: layers with at least that share of zeros); its
+kernels run on AMX tiles, so without AMX it is off. Whether it pays depends on the sparsity and the
+shapes, so `auto` compiles the export both ways and times them side by side at batch 1 on the recipe's
+data (`choose`, as every timed choice is made), keeping the faster. The IR has no sparse format: the
+packing happens at compile time, so the deploying application sets the same property (the note names it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from modelshrink.data.bundle import DataBundle
+from modelshrink.environment import has_cpu_feature
+from modelshrink.recipe.export_specs import OpenVinoExport
+from modelshrink.stages.quantize import choose
+
+DEFAULT_RATE = 0.5  # `true` and `auto`: Linear weights at least half zeros are packed
+AMX = "amx_int8"
+PROPERTY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
+DENSE = "dense"
+
+
+def sparse_rate(
+    model: nn.Module, spec: OpenVinoExport, data: DataBundle, compiled: Callable[[float | None], nn.Module]
+) -> tuple[float | None, list[str]]:
+    """The rate to compile the export with (None: dense) and what the report should say about it;
+    `compiled(rate)` compiles the export with that rate."""
+    wanted = spec.sparse_decompression
+    if spec.quantize != "int8" or wanted is False:
+        return None, []
+    amx = has_cpu_feature(AMX)
+    if wanted != "auto":
+        rate = DEFAULT_RATE if wanted is True else float(wanted)
+        where = (f"{PROPERTY}={rate:g}" if amx else
+                 f"this CPU lacks AMX ({AMX}), so OpenVINO's CPU plugin runs the weights dense here")  # fmt: skip
+        return rate, [f"sparse weight decompression on for Linear weights at least {rate:.0%} zeros ({where})"]
+    if not amx:
+        return None, [f"sparse weight decompression off: this CPU lacks AMX ({AMX}), which OpenVINO's sparse "
+                      "int8 kernels need"]  # fmt: skip
+    sparsest = max((zeros(m.weight) for m in model.modules() if isinstance(m, nn.Linear)), default=0.0)
+    if sparsest < DEFAULT_RATE:
+        return None, [f"sparse weight decompression off: no Linear weight is {DEFAULT_RATE:.0%} zeros "
+                      f"(the sparsest: {sparsest:.1%})"]  # fmt: skip
+    sparse = f"sparse (rate {DEFAULT_RATE:g})"
+    findings: list[str] = []
+    chosen = choose.choose(
+        "OpenVINO sparse weight decompression (AMX)",
+        model,
+        {DENSE: compiled(None), sparse: compiled(DEFAULT_RATE)},
+        list(data.calibration_inputs(2)),
+        findings,
+        [data.example_inputs(1)],
+    )
+    if chosen == DENSE:
+        return None, findings
+    return DEFAULT_RATE, [*findings, f"deploy the IR with the CPU property {PROPERTY}={DEFAULT_RATE:g}"]
+
+
+def zeros(weight: nn.Parameter) -> float:
+    return float((weight == 0).float().mean()) if weight.numel() else 0.0
