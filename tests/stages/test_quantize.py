@@ -17,6 +17,7 @@ from modelshrink.engine import Result, compress
 from modelshrink.errors import UserError
 from modelshrink.metrics.accuracy import evaluate_classifier
 from modelshrink.models.zoo import mlp
+from modelshrink.stages.quantize import dynamic, per_token
 from tests.conftest import FAST_EVAL, reload, tensor_data
 
 
@@ -220,7 +221,8 @@ def test_per_token_scales_make_a_samples_output_independent_of_its_batch_mates()
         assert torch.allclose(alone, with_loud, atol=1e-6) is independent, activations
 
 
-def test_auto_activations_and_smoothing_are_chosen_on_calibration_data_and_said() -> None:
+def test_auto_activations_and_smoothing_are_chosen_on_calibration_data_and_said(monkeypatch) -> None:
+    monkeypatch.setattr(dynamic, "int8_matmul_slowdown", lambda: 1.0)  # as on a VNNI CPU: per_token is tried
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
     data = tensor_data(torch.randn(128, 32), num_classes=8, batch_size=32)
@@ -235,6 +237,23 @@ def test_auto_activations_and_smoothing_are_chosen_on_calibration_data_and_said(
     resolved = result.stages[0].notes.resolved
     assert resolved["smoothing"] in (0.5, 0.7, 0.85) and resolved["activations"] in ("per_token", "per_tensor")
     assert ("quantize_per_token" in kinds) == (resolved["activations"] == "per_token")
+
+
+def test_auto_activations_skip_per_token_where_the_cpus_int8_matmul_is_far_slower_than_float(monkeypatch) -> None:
+    """Without VNNI, torch._int_mm falls back to a reference loop (70x float32 on an AVX2 EPYC): per_token
+    could not win and timing it took minutes, so auto does not try it and says why."""
+    monkeypatch.setattr(dynamic, "int8_matmul_slowdown", lambda: 70.0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    data = tensor_data(torch.randn(128, 32), num_classes=8, batch_size=32)
+    result = compress(model, [{"kind": "quantize", "mode": "dynamic", "smoothing": "auto"}], data=data,
+                      evaluate=FAST_EVAL)  # fmt: skip
+    skipped, chosen = result.stages[0].notes.findings[:2]
+    assert skipped.startswith("activations auto: per_token not tried, as torch's int8 matmul ran 70x slower")
+    assert "per_tensor, SmoothQuant 0.5" in chosen and "per_token" not in chosen
+    assert result.stages[0].notes.resolved["activations"] == "per_tensor"
+    assert "quantize_per_token" not in [t.kind for t in result.lineage.transforms]
+    assert per_token.int8_matmul_slowdown.__wrapped__() > 0, "the probe itself times both products"
 
 
 def test_int4_weight_only_with_group_wise_scales() -> None:

@@ -38,7 +38,7 @@ from modelshrink.registry import register
 from modelshrink.stages.base import StageContext
 from modelshrink.stages.quantize import choose
 from modelshrink.stages.quantize.compiling import QuantizeStage
-from modelshrink.stages.quantize.per_token import QuantizePerToken
+from modelshrink.stages.quantize.per_token import QuantizePerToken, int8_matmul_slowdown
 from modelshrink.stages.selection import replace_each, select_modules
 
 with quiet():  # torch.ao's deprecation notices
@@ -70,6 +70,8 @@ class SmoothedLinear(nn.Module):
         return self.linear(x * self.inv_scale)
 
 
+# per_token's int8 matmul may take this many times the float32 one's and still be tried (it fuses when compiled)
+MAX_INT8_MATMUL_SLOWDOWN = 2.0
 SMOOTHING_GRID = (0.5, 0.7, 0.85)  # SmoothQuant's paper finds 0.5-0.85 best across models
 
 
@@ -98,7 +100,7 @@ class DynamicQuantize(QuantizeStage):
         names = [name for name, _ in selected]
         linears = [name for name, module in selected if isinstance(module, nn.Linear)]
         alphas = SMOOTHING_GRID if spec.smoothing == "auto" else (spec.smoothing,)
-        modes = ("per_token", "per_tensor") if spec.activations == "auto" and linears else (spec.activations,)
+        modes = self._activation_modes(ctx) if linears else (spec.activations,)
         plans = [Plan(alpha if linears else None, mode) for alpha in alphas for mode in modes]
         batches = list(ctx.calibration_inputs(spec.calibration_batches)) if spec.smoothing or len(plans) > 1 else []
         # ranges from the first half of the calibration batches, choices judged on the other half
@@ -113,11 +115,25 @@ class DynamicQuantize(QuantizeStage):
             chosen = choose.choose("dynamic int8 variant", model, candidates, judge, findings, ctx.deployed_inputs())
             plan = next(p for p in plans if p.name == chosen)
             resolved = ctx.notes_for(self.name).resolved
-            if spec.activations == "auto":
-                resolved["activations"] = plan.activations
             if spec.smoothing == "auto":
                 resolved["smoothing"] = plan.alpha
+        if spec.activations == "auto" and linears:
+            ctx.notes_for(self.name).resolved["activations"] = plan.activations
         return self._build(model, plan, names, linears, ranges, ctx.transform)
+
+    def _activation_modes(self, ctx: StageContext) -> tuple[str, ...]:
+        """The activation scales to try: `auto` tries per_token only where the CPU's int8 matmul is not
+        far slower than its float32 one (it could not win, and timing it would take minutes)."""
+        if self.spec.activations != "auto":
+            return (self.spec.activations,)
+        slowdown = int8_matmul_slowdown()
+        if slowdown <= MAX_INT8_MATMUL_SLOWDOWN:
+            return ("per_token", "per_tensor")
+        ctx.notes_for(self.name).findings.append(
+            f"activations auto: per_token not tried, as torch's int8 matmul ran {slowdown:.0f}x slower than "
+            "float32's on this CPU (no VNNI int8 kernels); per_tensor uses PyTorch's own int8 kernels"
+        )
+        return ("per_tensor",)
 
     def _build(
         self,
