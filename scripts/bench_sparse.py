@@ -64,10 +64,12 @@ def main() -> None:
     parser.add_argument("--minilm", action="store_true", help="MiniLM gradual pruning + OpenVINO sparse int8")
     parser.add_argument("--amounts", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of each gradual schedule")
+    parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate of the distillation")
+    parser.add_argument("--scope", choices=["layer", "global"], default="layer")
     args = parser.parse_args()
     print(f"CPU: {cpu_summary(environment())}")
     if args.minilm:
-        minilm(args.amounts, args.epochs)
+        minilm(args.amounts, args.epochs, args.lr, args.scope)
     else:
         sizes(args.repeats)
 
@@ -108,7 +110,7 @@ TEXTS = {"kind": "text", "max_length": 128, "batch_size": 16}
 HELD_OUT = {"kind": "text", "sample": "held_out", "max_length": 128, "batch_size": 32}
 
 
-def minilm(amounts: list[float], epochs: int) -> None:
+def minilm(amounts: list[float], epochs: int, lr: float, scope: str) -> None:
     from pydantic import TypeAdapter
 
     from modelshrink.data import build_data
@@ -123,9 +125,9 @@ def minilm(amounts: list[float], epochs: int) -> None:
     print(f"{'pruned':>8s} {'cosine':>7s} {'model.pt MiB':>12s}  (of the Linear weights; cosine on held-out texts)")
     for amount in sorted(amounts):
         stage = {
-            "kind": "prune", "method": "unstructured", "amount": amount, "scope": "layer",
+            "kind": "prune", "method": "unstructured", "amount": amount, "scope": scope,
             "schedule": {"kind": "cubic", "epochs": epochs, "frequency": 1,
-                         "train": {"kind": "distill", "optimizer": "adamw", "lr": 5e-5, "alpha": 1.0}},
+                         "train": {"kind": "distill", "optimizer": "adamw", "lr": lr, "alpha": 1.0}},
         }  # fmt: skip
         result = modelshrink.compress(MINILM, [stage], data=bundle, evaluate={"latency": QUICK["latency"]})
         final = result.final
