@@ -43,7 +43,9 @@ def sparsify(blob: bytes) -> tuple[bytes, int]:
 
 
 def _worth_it(array: np.ndarray) -> bool:
-    if array.size == 0 or array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+    # weights only (2-D and up): 1-D initializers are biases, shapes and QDQ zero points, which graph
+    # optimizers expect as plain constants and which pruning does not thin out anyway
+    if array.ndim < 2 or array.dtype.kind not in "fiu" or array.dtype == np.bool_:
         return False
     nonzero = int(np.count_nonzero(array))
     return nonzero * (array.itemsize + _INDEX_BYTES) + _MIN_SAVING < array.nbytes
