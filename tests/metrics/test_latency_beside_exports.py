@@ -18,7 +18,10 @@ from modelshrink.cli import app
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
-AGREE = 1.35  # medians of one model in two runs, one core taken by another process
+# medians of one model in two runs, one core taken by another process: on a 2-core VM two runs without
+# exports differed by up to 1.32x (and once 1.36x with), so 1.5; the fault this guards against, another
+# runtime's threads spinning beside PyTorch, made it 2.7x slower
+AGREE = 1.5
 
 
 @contextmanager
