@@ -80,11 +80,17 @@ def unpack(packed: Mapping[str, Any], name: str) -> torch.Tensor:
     shape, values, bitmask = record.get("shape"), record.get("compressed"), record.get("bitmask")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise _damaged(name, f"shape {shape!r} is not a list of sizes")
-    if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.is_quantized:
+    # contiguous: a file's strides may be 0, which lets a few stored bytes claim a huge tensor
+    if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.is_quantized or not values.is_contiguous():
         raise _damaged(name, "its values are not a 1-D tensor")
     rows, cols = _rows_cols(shape)
     expected = (rows, math.ceil(cols / 8))
-    if not isinstance(bitmask, torch.Tensor) or bitmask.dtype != torch.uint8 or tuple(bitmask.shape) != expected:
+    if (
+        not isinstance(bitmask, torch.Tensor)
+        or bitmask.dtype != torch.uint8
+        or tuple(bitmask.shape) != expected
+        or not bitmask.is_contiguous()
+    ):
         raise _damaged(name, f"its bitmask does not fit shape {shape}")
     bits = np.unpackbits(bitmask.numpy(), axis=-1, count=cols, bitorder="little")
     mask = torch.from_numpy(bits.view(bool))  # unpackbits gives 0 and 1: valid bools without a copy
@@ -195,7 +201,7 @@ def _narrowed(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _requantized(int_repr: torch.Tensor, record: Mapping[str, Any], name: str) -> torch.Tensor:
     """A torch.ao quantized tensor from its integer values and the record's scales (bit-exact)."""
-    dtype = _QUANTIZED.get(record["dtype"])
+    dtype = _QUANTIZED.get(record["dtype"]) if isinstance(record["dtype"], str) else None
     if dtype is None or int_repr.dtype != torch.tensor([], dtype=dtype).int_repr().dtype:
         raise _damaged(name, f"dtype {record['dtype']!r} does not fit its {int_repr.dtype} values")
     try:

@@ -150,6 +150,9 @@ def test_the_pruning_finding_states_the_size_it_bought() -> None:
         (lambda r: r.update(compressed=r["compressed"][:-1]), "values for"),
         (lambda r: r.update(shape="64x64"), "is not a list of sizes"),
         (lambda r: r.update(dtype="qint4"), "dtype 'qint4'"),
+        (lambda r: r.update(dtype=["qint8"]), "dtype ['qint8']"),  # unhashable: no lookup crash
+        # strides of 0: one stored byte claiming the whole bitmask (a huge one costs nothing in the file)
+        (lambda r: r.update(bitmask=torch.zeros(1, dtype=torch.uint8).expand(r["bitmask"].shape)), "its bitmask"),
     ],
 )
 def test_a_damaged_sparse_record_is_one_line_and_exit_2(tmp_path: Path, damage: Callable, message: str) -> None:

@@ -4,14 +4,16 @@ OpenVINO's CPU plugin can pack the zeros out of int8 MatMul (Linear) weights whe
 (the `CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` property: layers with at least that share of zeros); its
 kernels run on AMX tiles, so without AMX it is off. Whether it pays depends on the sparsity and the
 shapes, so `auto` compiles the export both ways and times them side by side at batch 1 on the recipe's
-data (`choose`, as every timed choice is made), keeping the faster. The IR has no sparse format: the
-packing happens at compile time, so the deploying application sets the same property (the note names it).
+data (`choose.measure`, as every timed choice is measured), keeping sparse only when it is clearly
+faster. The IR has no sparse format: the packing happens at compile time, so the deploying application
+sets the same property (the note names it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from modelshrink.data.bundle import DataBundle
@@ -23,6 +25,7 @@ DEFAULT_RATE = 0.5  # `true` and `auto`: Linear weights at least half zeros are 
 AMX = "amx_int8"
 PROPERTY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
 DENSE = "dense"
+CLEAR_WIN = 0.95  # sparse is kept only when it takes at most 95% of the dense time
 
 
 def sparse_rate(
@@ -47,19 +50,17 @@ def sparse_rate(
         return None, [f"sparse weight decompression off: no Linear weight is {DEFAULT_RATE:.0%} zeros "
                       f"(the sparsest: {sparsest:.1%})"]  # fmt: skip
     sparse = f"sparse (rate {DEFAULT_RATE:g})"
-    findings: list[str] = []
-    chosen = choose.choose(
-        "OpenVINO sparse weight decompression (AMX)",
-        model,
-        {DENSE: compiled(None), sparse: compiled(DEFAULT_RATE)},
-        list(data.calibration_inputs(2)),
-        findings,
-        [data.example_inputs(1)],
-    )
-    if chosen == DENSE:
+    candidates = {DENSE: compiled(None), sparse: compiled(DEFAULT_RATE)}
+    trials = choose.measure(model, candidates, list(data.calibration_inputs(2)), [data.example_inputs(1)])
+    dense_trial, sparse_trial = trials
+    # OpenVINO leaves layers it cannot pack dense, and then both compile alike: sparse must win clearly,
+    # not by timing noise, before the report tells anyone to deploy with it
+    chosen = sparse_trial if sparse_trial.slowness <= CLEAR_WIN * dense_trial.slowness else dense_trial
+    findings = [choose.finding("OpenVINO sparse weight decompression (AMX)", trials, chosen)]
+    if chosen is dense_trial:
         return None, findings
     return DEFAULT_RATE, [*findings, f"deploy the IR with the CPU property {PROPERTY}={DEFAULT_RATE:g}"]
 
 
 def zeros(weight: nn.Parameter) -> float:
-    return float((weight == 0).float().mean()) if weight.numel() else 0.0
+    return 1 - int(torch.count_nonzero(weight)) / weight.numel() if weight.numel() else 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, StrictBool, model_validator
 
 from modelshrink.recipe.kinds import extensible
 from modelshrink.recipe.schema import ConstraintsSpec, Strict
@@ -82,11 +82,11 @@ class OpenVinoExport(BaseExportSpec):
         description="what OpenVINO computes the float parts in: f32, or auto (its CPU default, bf16 where the CPU "
         "has it; quality and speed then depend on the CPU)",
     )
-    sparse_decompression: Literal["auto"] | bool | Annotated[float, Field(gt=0, lt=1)] = Field(
+    sparse_decompression: Literal["auto"] | StrictBool | Annotated[float, Field(gt=0, lt=1)] = Field(
         default="auto",
         description="int8: OpenVINO's sparse weight decompression, which packs the zeros out of MatMul "
         "(Linear) weights at compile time; its kernels need AMX. auto: on an AMX CPU, timed against the dense "
-        "export at batch 1 and kept where faster, elsewhere off with a note; true: on for weights at least "
+        "export at batch 1 and kept where at least 5% faster, elsewhere off with a note; true: on for weights at least "
         "half zeros; a number such as 0.7: on for weights with at least that share of zeros; false: off",
         examples=["auto", 0.7, False],
     )

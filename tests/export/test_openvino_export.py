@@ -146,9 +146,12 @@ def test_sparse_decompression_is_off_with_one_line_on_a_cpu_without_amx(mlp_data
     assert forced.runtime.compiled.get_property("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE") == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("faster", ["dense", "sparse (rate 0.5)"])
+@pytest.mark.parametrize(
+    ("sparse_slowness", "faster"),
+    [(2.0, "dense"), (0.5, "sparse (rate 0.5)"), (0.97, "dense")],  # 3% faster: noise, not a reason to deploy
+)
 def test_on_an_amx_cpu_auto_times_dense_against_sparse_and_keeps_the_faster(
-    faster: str, mlp_data, monkeypatch: pytest.MonkeyPatch
+    sparse_slowness: float, faster: str, mlp_data, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Off AMX, OpenVINO ignores the property, so the timing here cannot tell them apart: the measured
     trials are kept and only which is faster is decided by the test."""
@@ -161,7 +164,7 @@ def test_on_an_amx_cpu_auto_times_dense_against_sparse_and_keeps_the_faster(
     def measure_with_a_winner(*args):
         trials = measured(*args)
         timed.append(trials)
-        return [replace(t, slowness=1.0 if t.name == faster else 2.0) for t in trials]
+        return [replace(t, slowness=1.0 if t.name == "dense" else sparse_slowness) for t in trials]
 
     monkeypatch.setattr(choose, "measure", measure_with_a_winner)
     exported = sparse_export(mlp_data, True, monkeypatch)

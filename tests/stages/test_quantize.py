@@ -249,7 +249,7 @@ def test_auto_activations_skip_per_token_where_the_cpus_int8_matmul_is_far_slowe
     result = compress(model, [{"kind": "quantize", "mode": "dynamic", "smoothing": "auto"}], data=data,
                       evaluate=FAST_EVAL)  # fmt: skip
     skipped, chosen = result.stages[0].notes.findings[:2]
-    assert skipped.startswith("activations auto: per_token not tried, as torch's int8 matmul ran 70x slower")
+    assert skipped.startswith("activations auto: per_token not tried, as torch's int8 matmul ran 70.0x slower")
     assert "per_tensor, SmoothQuant 0.5" in chosen and "per_token" not in chosen
     assert result.stages[0].notes.resolved["activations"] == "per_tensor"
     assert "quantize_per_token" not in [t.kind for t in result.lineage.transforms]

@@ -130,7 +130,7 @@ class DynamicQuantize(QuantizeStage):
         if slowdown <= MAX_INT8_MATMUL_SLOWDOWN:
             return ("per_token", "per_tensor")
         ctx.notes_for(self.name).findings.append(
-            f"activations auto: per_token not tried, as torch's int8 matmul ran {slowdown:.0f}x slower than "
+            f"activations auto: per_token not tried, as torch's int8 matmul ran {slowdown:.1f}x slower than "
             "float32's on this CPU (no VNNI int8 kernels); per_tensor uses PyTorch's own int8 kernels"
         )
         return ("per_tensor",)

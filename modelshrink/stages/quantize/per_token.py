@@ -15,6 +15,7 @@ per output channel, so checkpoints load with `weights_only`.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,23 +40,28 @@ if torch.ops.aten._int_mm not in flop_counter.flop_registry:  # a later torch ma
 @functools.cache
 def int8_matmul_slowdown() -> float:
     """How many times longer `torch._int_mm` takes than the float32 product of the same shape on this
-    CPU (best of 3, one Linear-sized product, measured once per process). Where the CPU has no VNNI it
+    CPU (best of 5 after a warm-up, one Linear-sized product, measured once per process). Where the CPU has no VNNI it
     falls back to a reference loop: 70x slower than float32 on an AVX2 AMD EPYC, where timing a per-token
     MiniLM candidate took minutes and it could never win."""
     a = torch.randint(-127, 128, (256, 384), dtype=torch.int8)
     b = torch.randint(-127, 128, (384, 384), dtype=torch.int8)
     a_float, b_float = a.float(), b.float()
 
-    def best_of_3(product: Callable[[], torch.Tensor]) -> float:
+    def best_of_5(product: Callable[[], torch.Tensor]) -> float:
+        product()  # warm-up: first-call dispatch and allocation
         times = []
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             product()
             times.append(time.perf_counter() - start)
         return min(times)
 
     with torch.inference_mode():
-        return best_of_3(lambda: torch._int_mm(a, b)) / best_of_3(lambda: a_float @ b_float)
+        try:
+            int8 = best_of_5(lambda: torch._int_mm(a, b))
+        except RuntimeError:  # a build without an int8 matmul for this CPU: per-token cannot run at all
+            return math.inf
+        return int8 / best_of_5(lambda: a_float @ b_float)
 
 
 class PerTokenInt8Linear(nn.Module):
