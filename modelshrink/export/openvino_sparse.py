@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from modelshrink.data.bundle import DataBundle
 from modelshrink.environment import has_cpu_feature
 from modelshrink.recipe.export_specs import OpenVinoExport
+from modelshrink.stages.prune.gradual import zero_fraction
 from modelshrink.stages.quantize import choose
 
 DEFAULT_RATE = 0.5  # `true` and `auto`: Linear weights at least half zeros are packed
@@ -45,7 +45,7 @@ def sparse_rate(
     if not amx:
         return None, [f"sparse weight decompression off: this CPU lacks AMX ({AMX}), which OpenVINO's sparse "
                       "int8 kernels need"]  # fmt: skip
-    sparsest = max((zeros(m.weight) for m in model.modules() if isinstance(m, nn.Linear)), default=0.0)
+    sparsest = max((zero_fraction([m]) for m in model.modules() if isinstance(m, nn.Linear)), default=0.0)
     if sparsest < DEFAULT_RATE:
         return None, [f"sparse weight decompression off: no Linear weight is {DEFAULT_RATE:.0%} zeros "
                       f"(the sparsest: {sparsest:.1%})"]  # fmt: skip
@@ -60,7 +60,3 @@ def sparse_rate(
     if chosen is dense_trial:
         return None, findings
     return DEFAULT_RATE, [*findings, f"deploy the IR with the CPU property {PROPERTY}={DEFAULT_RATE:g}"]
-
-
-def zeros(weight: nn.Parameter) -> float:
-    return 1 - int(torch.count_nonzero(weight)) / weight.numel() if weight.numel() else 0.0
