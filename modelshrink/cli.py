@@ -348,9 +348,28 @@ def analyze(
 def tune(
     recipe: Annotated[Path, typer.Argument(help="A recipe with search spaces ({search: [...]}) under stages.")],
     objective: Annotated[
-        str, typer.Option("--objective", help="What to minimize: latency_b1 | latency_bn | size | macs.")
-    ] = "latency_b1",
-    max_trials: Annotated[int, typer.Option("--max-trials", min=1, help="Candidates to try at most.")] = 20,
+        list[str] | None,
+        typer.Option("--objective", help="What to minimize: latency_b1 | latency_bn | size | macs | accuracy_drop; "
+                     "repeat it for several (a Pareto front, NSGA-II)."),
+    ] = None,
+    max_trials: Annotated[int, typer.Option("--max-trials", min=1, help="Candidates to run, by all workers.")] = 20,
+    sampler: Annotated[
+        str, typer.Option("--sampler", help="auto (grid when it fits in --max-trials, else tpe or nsga2) | tpe | "
+                          "nsga2 | grid | random.")
+    ] = "auto",
+    pruner: Annotated[
+        str, typer.Option("--pruner", help="gate (stop a candidate mid-training that cannot pass the accuracy gate) "
+                          "| none.")
+    ] = "gate",
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Where the study lives, shared by every worker: a journal file, "
+                                 "sqlite:///, postgresql://, mysql:// or redis:// (default: <output>/study.journal).")
+    ] = None,
+    study: Annotated[str | None, typer.Option("--study", help="The study's name (default: the recipe's name).")] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Processes on this machine, each with its share of the cores.")
+    ] = 1,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Directory for the search (default: <output.dir>_tune).")
     ] = None,
@@ -360,14 +379,19 @@ def tune(
     trust: TrustOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Try the recipe's search spaces; write tuned.yaml (the best candidate that passes) and run it into best/."""
+    """Search the recipe's spaces (Optuna); write tuned.yaml (the best candidate that passes) and run it into best/."""
     from modelshrink.tune import tune as run_tune
 
     with _exit_codes(verbose):
         summary = run_tune(
-            recipe, output, objective=objective, max_trials=max_trials, resume=resume, force=force,
+            recipe, output, objectives=objective or ["latency_b1"], max_trials=max_trials, sampler=sampler,
+            pruner=pruner, storage=storage, study=study, workers=workers, worker=worker, resume=resume, force=force,
             overrides=overrides or [], trust=trust or [],
         )  # fmt: skip
+    if summary["best"] is None:
+        if not worker:
+            _say(f"ran {summary['ran']} candidates; another worker of the study writes the winner")
+        return
     passed = sum(t["status"] == "passed" for t in summary["trials"])
     _say(f"best: {summary['best']} ({passed} of {len(summary['trials'])} candidates passed)")
 

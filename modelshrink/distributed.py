@@ -8,6 +8,8 @@ itself across machines; both set RANK / WORLD_SIZE / MASTER_ADDR, which is all w
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -25,6 +27,21 @@ def init_from_env() -> None:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         torch.set_num_threads(max(1, DEFAULT_THREADS // local))
+
+
+@contextmanager
+def sharing_threads(threads: int) -> Iterator[None]:
+    """Train and time with `threads` (this process's share of the cores, when others run beside it), then
+    go back: what runs after (the winner's run of `tune --workers`) has the machine to itself."""
+    global DEFAULT_THREADS
+    previous, before = DEFAULT_THREADS, torch.get_num_threads()
+    DEFAULT_THREADS = threads
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        DEFAULT_THREADS = previous
+        torch.set_num_threads(before)
 
 
 def launch_local(nproc: int, argv: list[str]) -> int:

@@ -174,7 +174,8 @@ def analysis_directory(path: Path) -> Target:
 
 
 def search_directory(path: Path) -> Target:
-    return Target(path, "--output", directory=True, ours=_holds("trials.json"),
+    earlier = (_holds("study.journal"), _holds("trials.json"))  # a search's journal is there from its first trial
+    return Target(path, "--output", directory=True, ours=lambda p: any(holds(p) for holds in earlier),
                   exists_hint="pass --resume to continue it, or --force to start over")  # fmt: skip
 
 

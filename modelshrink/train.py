@@ -78,12 +78,14 @@ def fit(
     max_val_batches: int | None = None,
     resume: dict[str, Any] | None = None,
     on_epoch: EpochHook | None = None,
+    on_score: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train `params` (default: all that require grad) for `spec.epochs`; the model ends in eval mode.
 
     Epochs are scored on `data.tune` (held out of training) when there is one, else on `data.val`.
     `extra_params` train alongside but belong to the loss (e.g. distillation projections).
-    `on_epoch` receives a resumable state after each epoch; pass it back as `resume` to continue."""
+    `on_epoch` receives a resumable state after each epoch; pass it back as `resume` to continue.
+    `on_score` receives each epoch's score (tune's pruner; it may raise to stop the candidate)."""
     params = list(params) if params is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train (every parameter is frozen)")
@@ -131,6 +133,8 @@ def fit(
             )
         if on_epoch is not None:
             on_epoch(_resumable(state, model, optimizer, scheduler, data))
+        if on_score is not None:
+            on_score(scored)
         if spec.early_stopping is not None and state.stale >= spec.early_stopping:
             log(f"{label}: no better {split} score for {state.stale} epochs, stopping early")
             break

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 import modelshrink
 import modelshrink.tune as tuning
+from modelshrink.tune import worker
 from modelshrink.cli import app
 from modelshrink.data import build_data
 from modelshrink.metrics.accuracy import evaluate_outputs
 from modelshrink.recipe.parse import load_recipe
-from modelshrink.recipe.search import candidates
 
 runner = CliRunner()
 AMOUNTS = {"search": {"min": 0.1, "max": 0.5, "step": 0.1}}
@@ -62,25 +62,31 @@ def test_when_nothing_passes_the_table_and_the_closest_are_written_and_it_exits_
 
 
 def test_resume_continues_an_interrupted_search(tmp_path: Path, recipe_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study's journal is the resume record: finished candidates stand, the one interrupted runs again."""
     recipe, out = searched(recipe_file, 0.58), tmp_path / "search"
-    real, ran = tuning.run_candidate, []
+    real, ran = worker.run_candidate, []
 
-    def interrupted(shared, recipe, stages, label, choice, objective):
+    def interrupted(shared, recipe, stages, label, *args):
         if len(ran) == 2:
             raise KeyboardInterrupt
         ran.append(label)
-        return real(shared, recipe, stages, label, choice, objective)
+        return real(shared, recipe, stages, label, *args)
 
-    monkeypatch.setattr(tuning, "run_candidate", interrupted)
+    monkeypatch.setattr(worker, "run_candidate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        tuning.tune(recipe, out, objective="macs")
-    assert len(json.loads((out / "trials.json").read_text())["trials"]) == 2
+        tuning.tune(recipe, out, objectives=["macs"])
+    assert (out / "study.journal").is_file() and not (out / "trials.json").exists()
     refused = runner.invoke(app, ["tune", str(recipe), "-o", str(out)])
     assert refused.exit_code == 2 and "pass --resume to continue it" in refused.output
-    monkeypatch.setattr(tuning, "run_candidate", lambda *args: ran.append(args[3]) or real(*args))
+    first = list(ran)
+    monkeypatch.setattr(worker, "run_candidate", lambda *args: ran.append(args[3]) or real(*args))
     result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--objective", "macs", "--resume"])
     assert result.exit_code == 0, result.output
-    assert ran == [f"stages[0].amount={a}" for a in (0.1, 0.2, 0.3, 0.4, 0.5)], "each candidate ran once"
+    everything = [f"stages[0].amount={a}" for a in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    assert sorted(ran) == everything and ran[:2] == first, "each candidate ran once, the interrupted one again"
+    summary = json.loads((out / "trials.json").read_text())
+    assert sorted(t["label"] for t in summary["trials"] if t["status"] != "lost") == everything
+    assert [t["status"] for t in summary["trials"]].count("lost") == 1, "the interrupted trial is shown as lost"
 
 
 def test_search_spaces_are_refused_by_run_and_checked_by_tune(tmp_path: Path, recipe_file) -> None:
@@ -98,14 +104,6 @@ def test_search_spaces_are_refused_by_run_and_checked_by_tune(tmp_path: Path, re
     result = runner.invoke(app, ["tune", str(outside)])
     assert result.exit_code == 2 and "search spaces are allowed under stages only" in result.output
     assert not (tmp_path / "out_tune").exists(), "nothing is written for a bad recipe"
-
-
-def test_more_combinations_than_trials_are_sampled_without_repeats() -> None:
-    spaces = {("stages", 0, "amount"): [0.1, 0.2, 0.3], ("stages", 1, "mode"): ["static", "dynamic", "bf16"]}
-    assert len(candidates(spaces, 20, seed=0)) == 9
-    drawn = candidates(spaces, 4, seed=0)
-    assert len(drawn) == 4 and len({tuple(c.values()) for c in drawn}) == 4
-    assert drawn == candidates(spaces, 4, seed=0) and drawn != candidates(spaces, 4, seed=1)
 
 
 def test_the_winners_run_reproduces_its_trial(tmp_path: Path, recipe_file) -> None:

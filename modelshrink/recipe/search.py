@@ -1,5 +1,5 @@
 """Search spaces in recipes: any value under `stages` may be `{search: [values]}` or
-`{search: {min, max, step}}`; `modelshrink tune` tries the candidates, `run` refuses them.
+`{search: {min, max, step}}`; `modelshrink tune` samples candidates from them, `run` refuses them.
 
 Spaces live in stages only, so that every candidate shares the model, data and baseline that
 `tune` measures once. A space is found in the raw YAML data before validation; each candidate is
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
@@ -28,40 +28,72 @@ from modelshrink.recipe.parse import (
 from modelshrink.recipe.recipe import Recipe
 
 Path = tuple[str | int, ...]
-MAX_VALUES = 1000  # per space: a range that would expand past this is a mistake
-MAX_TRIALS = 100_000  # each trial runs stages: more than this would run for months
+MAX_LIST = 100_000  # values in one listed space: a longer list is a mistake (a range is never expanded)
 
 
-def _values(path: str, space: Any) -> list[Any]:
+@dataclass(frozen=True)
+class Space:
+    """One search space: listed values, or a numeric range `{min, max, step}` that is never expanded
+    (4 ranges of 10^6 values each are 10^24 candidates; a sampler draws from them by number)."""
+
+    choices: tuple[Any, ...] = ()
+    low: float = 0
+    high: float = 0
+    step: float = 1
+    integral: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.choices) if self.choices else int(round((self.high - self.low) / self.step, 9)) + 1
+
+    def value(self, index: int) -> Any:
+        if self.choices:
+            return self.choices[index]
+        return self.low + index * self.step if self.integral else round(self.low + index * self.step, 10)
+
+    def index(self, value: Any) -> int | None:
+        """Where `value` lies in this space; None when it is not one of its values."""
+        if self.choices:
+            return next((i for i, c in enumerate(self.choices) if type(c) is type(value) and c == value), None)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        index = round((value - self.low) / self.step)
+        return index if 0 <= index < self.size and self.value(index) == value else None
+
+    def checked(self) -> list[Any]:
+        """The values validated before a search starts: every listed one, a range's two ends (a recipe's
+        bounds are intervals, so the values between them pass when the ends do)."""
+        return list(self.choices) if self.choices else [self.low, self.value(self.size - 1)]
+
+
+def _space(path: str, space: Any) -> Space:
     if isinstance(space, list) and space:
-        return space
+        if len(space) > MAX_LIST:
+            raise UserError(f"{path}: the search lists {len(space):,} values (more than {MAX_LIST:,}); use a range")
+        return Space(choices=tuple(space))
     if isinstance(space, dict) and set(space) == {"min", "max", "step"}:
         low, high, step = space["min"], space["max"], space["step"]
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high, step))
-        if not numbers or step <= 0 or high < low:
+        if not numbers or not all(map(math.isfinite, (low, high, step))) or step <= 0 or high < low:
             raise UserError(f"{path}: search {{min, max, step}} needs numbers with step > 0 and max >= min")
-        count = int(round((high - low) / step, 9)) + 1
-        if count > MAX_VALUES:
-            raise UserError(f"{path}: the search range has {count:,} values (more than {MAX_VALUES:,})")
-        integral = all(isinstance(v, int) for v in (low, high, step))
-        return [low + i * step if integral else round(low + i * step, 10) for i in range(count)]
+        return Space(low=low, high=high, step=step, integral=all(isinstance(v, int) for v in (low, high, step)))
     raise UserError(f"{path}: search takes a non-empty list of values or {{min, max, step}}")
 
 
-def find_spaces(parsed: RawRecipe) -> dict[Path, list[Any]]:
+def find_spaces(parsed: RawRecipe) -> dict[Path, Space]:
     """Every search space in the raw recipe, by its path; refused outside `stages`."""
-    found: dict[Path, list[Any]] = {}
+    found: dict[Path, Space] = {}
     for path, node in containers(parsed.data):
         if is_search_space(node):
             where = parsed.where(path)
             if not path or path[0] != "stages":
                 raise UserError(f"{where}: search spaces are allowed under stages only (the baseline is shared)")
-            found[tuple(path)] = _values(where, node["search"])
+            found[tuple(path)] = _space(where, node["search"])
     return found
 
 
-def first_values(spaces: dict[Path, list[Any]]) -> dict[Path, Any]:
-    return {path: values[0] for path, values in spaces.items()}
+def first_values(spaces: dict[Path, Space]) -> dict[Path, Any]:
+    return {path: space.value(0) for path, space in spaces.items()}
 
 
 def load_first_candidate(path: str | PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
@@ -71,34 +103,18 @@ def load_first_candidate(path: str | PathLike[str], overrides: Sequence[str] = (
     return validate_raw(parsed, substitute(parsed.data, first_values(find_spaces(parsed))))
 
 
-def check_values(parsed: RawRecipe, spaces: dict[Path, list[Any]]) -> Recipe:
-    """Validate every value of every space (the others at their first value); returns the first candidate."""
+def check_values(parsed: RawRecipe, spaces: dict[Path, Space]) -> Recipe:
+    """Validate each space's `checked` values (the others at their first value); returns the first candidate."""
     first = first_values(spaces)
     recipe = validate_raw(parsed, substitute(parsed.data, first))
-    for path, values in spaces.items():
-        for value in values[1:]:
+    for path, space in spaces.items():
+        for value in space.checked()[1:]:
             validate_raw(parsed, substitute(parsed.data, {**first, path: value}))
     return recipe
 
 
-def candidates(spaces: dict[Path, list[Any]], max_trials: int, seed: int) -> list[dict[Path, Any]]:
-    """Every combination, or `max_trials` of them drawn without repeats (seeded) when there are more:
-    drawn by number, so 4 spaces of 1000 values (10^12 combinations) are never enumerated."""
-    if max_trials > MAX_TRIALS:
-        raise UserError(f"--max-trials: at most {MAX_TRIALS:,} (each trial runs the recipe's stages)")
-    total = math.prod(len(values) for values in spaces.values())
-    numbers = range(total) if total <= max_trials else sorted(random.Random(seed).sample(range(total), max_trials))
-    return [_combination(spaces, number) for number in numbers]
-
-
-def _combination(spaces: dict[Path, list[Any]], number: int) -> dict[Path, Any]:
-    """Combination `number`: its digits in the mixed radix of the spaces' sizes, the last space counting
-    fastest (the order of `itertools.product`)."""
-    combo = {}
-    for path in reversed(list(spaces)):
-        number, digit = divmod(number, len(spaces[path]))
-        combo[path] = spaces[path][digit]
-    return {path: combo[path] for path in spaces}
+def combinations(spaces: dict[Path, Space]) -> int:
+    return math.prod(space.size for space in spaces.values())
 
 
 def substitute(data: dict[str, Any], choice: dict[Path, Any]) -> dict[str, Any]:

@@ -50,6 +50,8 @@ class StageContext:
     # how to read checkpoints (stages do not import the loader: it rebuilds checkpoints through them)
     load_model: Callable[[ModelSpec], tuple[nn.Module, Lineage]] = field(default=_no_loader)
     notes: dict[str, StageNotes] = field(default_factory=dict)
+    # each training epoch's score on the selection split, as it comes (tune's pruner may stop the candidate)
+    on_epoch_score: Callable[[dict[str, float]], None] | None = None
 
     def notes_for(self, stage: str) -> StageNotes:
         return self.notes.setdefault(stage, StageNotes())
@@ -92,6 +94,7 @@ class StageContext:
             max_val_batches=self.evaluate.max_val_batches,
             resume=store.epoch_state(stage) if store else None,
             on_epoch=(lambda state: store.save_epoch(stage, state)) if store else None,
+            on_score=self.on_epoch_score,
             **options,
         )
         run = TrainingRun(label or stage, result.epochs_run, result.kept_epoch, result.start, result.best)

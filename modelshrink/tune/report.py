@@ -16,43 +16,51 @@ def quality(metrics: dict[str, Any] | None) -> float:
     return quality_of(metrics)[1] if metrics else math.nan
 
 
-def pareto(trials: Sequence[Any]) -> list[str]:
-    """Labels of the finished trials no other beats on both quality (higher) and the objective (lower)."""
-    done = [t for t in trials if t.objective is not None]
+def pareto(trials: Sequence[Any], multi: bool = False) -> list[str]:
+    """Labels of the finished trials no other dominates: on quality (higher) and the objective (lower), or
+    with several objectives on all of them (`multi`; quality is one of them when `accuracy_drop` is)."""
+    done = [t for t in trials if t.values]
+
+    def key(t: Any) -> list[float]:
+        return list(t.values) if multi else [t.objective, -quality(t.metrics)]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
     def beaten(t: Any) -> bool:
-        return any(
-            quality(o.metrics) >= quality(t.metrics) and o.objective <= t.objective
-            and (quality(o.metrics) > quality(t.metrics) or o.objective < t.objective)
-            for o in done
-        )  # fmt: skip
+        return any(dominates(key(o), key(t)) for o in done)
 
     return [t.label for t in done if not beaten(t)]
 
 
 def markdown(summary: dict[str, Any], baseline: dict[str, Any], picture: bool) -> str:
     md = escape.markdown
-    objective, front = summary["objective"], set(summary["pareto"])
+    objectives, front = summary["objectives"], set(summary["pareto"])
     name, base = quality_of(baseline)
     verdict = "best candidate that passes every constraint" if summary["passed"] else "closest (nothing passed)"
+    if len(objectives) > 1:
+        verdict += " (of the Pareto front, the lowest on the first objective)"
+    heads = " | ".join(f"{md(o)}{' (x original)' if o.startswith('latency') else ''}" for o in objectives)
     lines = [
         "# Tune",
         "",
-        f"Objective: lowest {objective}. {verdict}: **{md(summary['best'])}**. Baseline {name} {base:.4f}.",
+        f"Objective{'s' if len(objectives) > 1 else ''}: lowest {', '.join(md(o) for o in objectives)} "
+        f"(study {md(summary['study'])}). {verdict}: **{md(summary['best'])}**. Baseline {name} {base:.4f}.",
         "",
         "Quality and gates here are measured on the selection split, held out of the training data; the "
-        "validation split is reported only by the chosen candidate's run (best/report.md), which no choice saw.",
+        "validation split is reported only by the chosen candidate's run (best/report.md), which no choice saw. "
+        "A pruned candidate was stopped mid-training: its accuracy could not reach the gate even with the "
+        "largest recovery a finished candidate made from the same epoch.",
         "",
-        f"| trial | status | {name} | {md(objective)}{' (x original)' if objective.startswith('latency') else ''} "
-        "| failed gates | Pareto |",
-        "|---|---|---|---|---|---|",
+        f"| trial | status | {name} | {heads} | failed gates | Pareto |",
+        "|---|---|---|" + "---|" * len(objectives) + "---|---|",
     ]
     for t in summary["trials"]:
-        value = f"{t['objective']:.4g}" if t["objective"] is not None else "-"
+        values = " | ".join(f"{v:.4g}" for v in t["values"]) if t["values"] else " | ".join("-" for _ in objectives)
         failed = ", ".join(md(g["name"]) for g in t["gates"] if not g["passed"]) or "-"
         status = md(t["status"] + (f" ({t['note']})" if t["note"] else ""))
         mark = "yes" if t["label"] in front else ""
-        lines.append(f"| {md(t['label'])} | {status} | {quality(t['metrics']):.4f} | {value} | {failed} | {mark} |")
+        lines.append(f"| {md(t['label'])} | {status} | {quality(t['metrics']):.4f} | {values} | {failed} | {mark} |")
     if picture:
         lines += ["", "![tune](tune.png)"]
     return "\n".join(lines) + "\n"

@@ -14,16 +14,19 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from modelshrink import escape
 from modelshrink.constraints import GateResult, check_constraints, gates
 from modelshrink.data.bundle import DataBundle
 from modelshrink.descriptors import Metrics
 from modelshrink.engine import Baseline, Progress, StageHooks, run_stages
+from modelshrink.errors import UserError
 from modelshrink.loading import load_model
 from modelshrink.metrics import add_latencies
 from modelshrink.progress import log
@@ -31,13 +34,14 @@ from modelshrink.recipe.recipe import Recipe
 from modelshrink.resume import restore_rng, rng_state
 from modelshrink.stages import StageContext
 
-# what each objective minimizes, read from a finished candidate's metrics (latency: as a ratio to the
-# original model's, timed side by side in the same trial)
-OBJECTIVES = {
-    "latency_b1": lambda m: m["latency_ms"]["batch1_median"],
-    "latency_bn": lambda m: m["latency_ms"]["batchN_median"],
-    "size": lambda m: m["size_bytes"],
-    "macs": lambda m: m["macs"],
+# what each objective minimizes, read from a finished candidate's metrics and the original model's (latency:
+# as a ratio to the original's, timed side by side in the same trial, so drift between trials cancels)
+OBJECTIVES: dict[str, Callable[[Metrics, Metrics], float]] = {
+    "latency_b1": lambda m, o: m["latency_ms"]["batch1_median"] / o["latency_ms"]["batch1_median"],
+    "latency_bn": lambda m, o: m["latency_ms"]["batchN_median"] / o["latency_ms"]["batchN_median"],
+    "size": lambda m, o: m["size_bytes"],
+    "macs": lambda m, o: m["macs"],
+    "accuracy_drop": lambda m, o: o["accuracy"] - m["accuracy"],
 }
 
 
@@ -51,10 +55,11 @@ Resolved = dict[Annotated[str, Field(pattern=r"^[0-9]{1,4}$")], dict[ResolvedKey
 class Trial:
     label: str
     choice: dict[str, Any]  # path -> value, as the recipe spells the path
-    status: str  # passed | failed | dropped
+    status: str  # passed | failed | dropped | pruned | lost (its worker stopped)
     gates: list[GateResult] = field(default_factory=list)
     metrics: Metrics | None = None
-    objective: float | None = None
+    objective: float | None = None  # the first objective's value
+    values: list[float] | None = None  # every objective's, in --objective order
     note: str = ""
     original_latency_ms: dict[str, Any] | None = None  # the original model's, timed beside this candidate
     resolved: Resolved = field(default_factory=dict)  # stage index -> what its `auto`s chose
@@ -85,39 +90,31 @@ class _TrialRecord(BaseModel):
 
     label: str
     choice: dict[str, Any]
-    status: Literal["passed", "failed", "dropped"]
+    status: Literal["passed", "failed", "dropped", "pruned", "lost"]
     gates: list[_Gate] = []
     metrics: dict[str, Any] | None = None
     objective: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    values: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
     note: str = ""
     original_latency_ms: dict[str, Any] | None = None
     resolved: Resolved = {}
 
 
-class _TrialsFile(BaseModel):
-    """trials.json as `tune --resume` reads it back: the trials, each typed (the rest is rewritten)."""
-
-    model_config = ConfigDict(extra="ignore")
-    trials: list[_TrialRecord]
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON knows (trials.json is written as strict JSON)")
-
-
-def read_trials(data: bytes) -> list[Trial]:
-    """The trials of an earlier search's trials.json; ValueError naming the first problem of a damaged one."""
-    try:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
+def read_record(value: Any) -> Trial:
+    """A trial's record as a storage holds it (user attribute `record`, written by `record_of`): someone's
+    data, typed here; ValueError naming the first problem."""
     try:
-        records = _TrialsFile.model_validate(value).trials
+        record = _TrialRecord.model_validate(value)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise ValueError(f"{where}: {error['msg']}") from None
-    return [Trial(**record.model_dump()) for record in records]
+    return Trial(**record.model_dump())
+
+
+def record_of(trial: Trial) -> dict[str, Any]:
+    """The record as JSON values (an unmeasured metric's NaN as null), which every Optuna storage keeps."""
+    return json.loads(escape.strict_json(asdict(trial), default=str))
 
 
 @dataclass
@@ -128,22 +125,27 @@ class Shared:
     data: DataBundle
     rng: dict[str, Any]  # the random state after the baseline, as `run` saves it
     # what candidates' shared stage prefixes made, and the random state after them
-    prefixes: dict[str, tuple[Progress, dict[str, Any]]] = field(default_factory=dict)
+    prefixes: dict[str, tuple[Progress, dict[str, Any], list[dict[str, float]]]] = field(default_factory=dict)
+
+
+ScoreHook = Callable[[dict[str, float]], None]
 
 
 def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: str, choice: dict[str, Any],
-                  objective: str) -> Trial:  # fmt: skip
+                  objectives: Sequence[str], on_score: ScoreHook | None = None) -> Trial:  # fmt: skip
+    """Run one candidate's stages and judge it; `on_score` hears each training epoch's selection score
+    (replayed for epochs a cached prefix ran) and may raise to stop the candidate."""
     # compiled models of earlier candidates share dynamo's cache for the wrappers' forward code; past its
     # limit of 8 entries a new model runs eager (measured: a tuned int8 ResNet-18 at 3.0 ms instead of 0.9
     # ms at batch 1), so each candidate starts with an empty cache as a run does
     torch._dynamo.reset()
     baseline = shared.baseline
     assert baseline.metrics is not None
+    hooks = _SharedPrefixes(shared, recipe, stages_raw, on_score)
     ctx = StageContext(
         data=shared.data, original_model=baseline.model, lineage=baseline.lineage, evaluate=recipe.evaluate,
-        seed=recipe.seed, load_model=load_model,
+        seed=recipe.seed, load_model=load_model, on_epoch_score=hooks.score,
     )  # fmt: skip
-    hooks = _SharedPrefixes(shared, recipe, stages_raw)
     done = run_stages(Progress(baseline.model, baseline.lineage), recipe.stages, ctx, baseline, hooks)
     resolved = {str(i): r.notes.resolved for i, r in enumerate(done.results) if r.notes.resolved}
     metrics = done.latest(baseline.metrics)
@@ -153,16 +155,22 @@ def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: 
         log(f"tune {label}: dropped after {name} ({failed[0]['name']} {failed[0]['value']:.4g})")
         return Trial(label, choice, "dropped", failed, metrics, note=f"dropped after {name}", resolved=resolved)
     final, original = copy.deepcopy(metrics), copy.deepcopy(baseline.metrics)
-    add_latencies([baseline.model, done.model], [original, final], shared.data, recipe.evaluate)
+    if any(name.startswith("latency") for name in objectives) or _gates_latency(recipe):
+        add_latencies([baseline.model, done.model], [original, final], shared.data, recipe.evaluate)
     results = check_constraints(recipe.constraints, original, final)
     passed = all(r["passed"] for r in results)
-    value = OBJECTIVES[objective](final)
-    if objective.startswith("latency"):  # against the original timed beside it: drift between trials cancels
-        value /= OBJECTIVES[objective](original)
-    log(f"tune {label}: {'passes' if passed else 'fails'}, {objective} {value:.4g}")
-    status = "passed" if passed else "failed"
-    return Trial(label, choice, status, results, final, value, original_latency_ms=original["latency_ms"],
-                 resolved=resolved)  # fmt: skip
+    try:
+        values = [float(OBJECTIVES[name](final, original)) for name in objectives]
+    except KeyError as exc:
+        raise UserError(f"--objective {objectives[0]}: this model's metrics have no {exc}") from None
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in zip(objectives, values, strict=True))
+    log(f"tune {label}: {'passes' if passed else 'fails'}, {shown}")
+    return Trial(label, choice, "passed" if passed else "failed", results, final, values[0], values,
+                 original_latency_ms=original.get("latency_ms"), resolved=resolved)  # fmt: skip
+
+
+def _gates_latency(recipe: Recipe) -> bool:
+    return any(gate.metric.name.startswith("latency") for gate in gates(recipe.constraints))
 
 
 class _SharedPrefixes(StageHooks):
@@ -171,9 +179,10 @@ class _SharedPrefixes(StageHooks):
     prefix stays as it was for the next candidate); and the candidate is dropped as soon as a quality gate
     fails with no training stage left to win quality back."""
 
-    def __init__(self, shared: Shared, recipe: Recipe, stages_raw: list[Any]):
-        self.shared, self.recipe, self.stages_raw = shared, recipe, stages_raw
+    def __init__(self, shared: Shared, recipe: Recipe, stages_raw: list[Any], on_score: ScoreHook | None):
+        self.shared, self.recipe, self.stages_raw, self.on_score = shared, recipe, stages_raw, on_score
         self.rng = shared.rng
+        self.scores: list[dict[str, float]] = []  # this candidate's epoch scores so far, a prefix's included
         self.gates = [gate for gate in gates(recipe.constraints) if not gate.metric.name.startswith("latency")]
         self.dropped: tuple[list[GateResult], str] | None = None
 
@@ -184,8 +193,15 @@ class _SharedPrefixes(StageHooks):
         made = self.shared.prefixes.get(self._key(index))
         if made is None:
             return None
-        progress, self.rng = made
+        progress, self.rng, scores = made
+        for score in scores[len(self.scores) :]:  # the epochs that prefix trained, as if run here
+            self.score(score)
         return progress
+
+    def score(self, score: dict[str, float]) -> None:
+        self.scores.append(score)
+        if self.on_score is not None:
+            self.on_score(score)
 
     def before(self, index: int, progress: Progress) -> Progress:
         restore_rng(self.rng, self.shared.data.train.generator)
@@ -195,7 +211,7 @@ class _SharedPrefixes(StageHooks):
         key = self._key(index)
         if key not in self.shared.prefixes:
             self.rng = rng_state(self.shared.data.train.generator)
-            self.shared.prefixes[key] = (progress, self.rng)
+            self.shared.prefixes[key] = (progress, self.rng, list(self.scores))
         metrics = progress.results[-1].metrics
         failed = [
             g for g in (gate.check(self.shared.baseline.metrics, metrics) for gate in self.gates) if not g["passed"]

@@ -1,6 +1,7 @@
-"""`tune --resume` reads trials.json back: a damaged one is exit 2 in one line, and what it says is
-trusted only as far as the recipe allows. Its `resolved` values are pasted into tuned.yaml, which is
-then run: a trials.json must not be able to make that run load code the recipe never named."""
+"""`tune --resume` reads the study back from its storage (study.journal): a damaged one is exit 2 in one
+line, and what its records say is trusted only as far as the recipe allows. Their `resolved` values are
+pasted into tuned.yaml, which is then run: a storage must not be able to make that run load code the
+recipe never named."""
 
 from __future__ import annotations
 
@@ -37,15 +38,25 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return recipe, out
 
 
+def _edit_journal(journal: Path, edit: Any) -> None:
+    """`edit(ops)` changes the journal's operations (Optuna's JSON lines) in place."""
+    ops = [json.loads(line) for line in journal.read_text().splitlines()]
+    edit(ops)
+    journal.write_text("".join(json.dumps(op) + "\n" for op in ops))
+
+
+def _records(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [op["user_attr"]["record"] for op in ops if "record" in op.get("user_attr", {})]
+
+
 def _resume_with(tmp_path: Path, searched: tuple[Path, Path], edit: Any) -> Any:
+    """The finished search as an interrupted one leaves it (no best/, no tuned.yaml), its records edited."""
     recipe, finished = searched
     out = tmp_path / "search"
     shutil.copytree(finished, out)
-    shutil.rmtree(out / "best")  # as an interrupted search leaves it
+    shutil.rmtree(out / "best")
     (out / "tuned.yaml").unlink()
-    saved = json.loads((out / "trials.json").read_text())
-    edit(saved["trials"])
-    (out / "trials.json").write_text(json.dumps(saved))
+    _edit_journal(out / "study.journal", lambda ops: edit(_records(ops)))
     return runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--objective", "macs", "--resume"])
 
 
@@ -60,7 +71,7 @@ def test_resolved_values_cannot_name_code_to_run(tmp_path: Path, searched: tuple
     result = _resume_with(tmp_path, searched, hostile)
     assert result.exit_code == 2, result.output
     [line] = result.stderr.splitlines()
-    assert "trials.json: not a trials.json of modelshrink tune: trials.0.resolved.1.teacher" in line
+    assert "trial 0: not a record of modelshrink tune: resolved.1.teacher" in line
     assert not touched.exists(), "the hostile teacher's factory ran"
     assert not (tmp_path / "search" / "best").exists() and not (tmp_path / "search" / "tuned.yaml").exists()
 
@@ -84,29 +95,48 @@ def test_resolved_keys_must_fit_the_recipes_stages(
     assert len(result.stderr.splitlines()) == 1
 
 
+def _param_ops(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [op for op in ops if "param_name" in op]
+
+
 @pytest.mark.parametrize(
-    "edit",
+    ("edit", "named"),
     [
-        lambda trials: trials[0].update(label="stages[0].amount=0.9", choice={"stages[0].amount": 0.9}),
-        lambda trials: trials[0].update(choice={"stages[0].amount": 0.5}),  # the label says 0.3
-        lambda trials: trials[0].update(choice={"stages[0].amount": 0.3, "seed": 1}),
+        (lambda ops: _records(ops)[0].update(label="stages[0].amount=0.9"), "names another candidate"),
+        (lambda ops: _records(ops)[0].update(choice={"stages[0].amount": 0.3, "seed": 1}), "names another candidate"),
+        (lambda ops: _param_ops(ops)[0].update(param_value_internal=7), "as an Optuna storage"),
+        (lambda ops: _param_ops(ops)[0].update(
+            distribution=json.dumps({"name": "CategoricalDistribution", "attributes": {"choices": [0.3, 0.9]}})),
+         "is not a candidate of this recipe's search spaces"),
+        (lambda ops: _param_ops(ops)[0].update(param_name="seed"), "is not a candidate of this recipe's search spaces"),
     ],
 )
-def test_a_trial_must_be_a_candidate_of_this_recipe(tmp_path: Path, searched: tuple[Path, Path], edit: Any) -> None:
-    result = _resume_with(tmp_path, searched, edit)
-    assert result.exit_code == 2, result.output
-    assert "is not a candidate of this recipe's search spaces" in result.stderr
-
-
-@pytest.mark.parametrize(
-    "content", [b"{", b'{"trials": [' * 100_000, b'{"trials": [{"label": 1}]}', b"\xff", b'{"trials": 3}']
-)
-def test_a_damaged_trials_json_is_one_line(tmp_path: Path, searched: tuple[Path, Path], content: bytes) -> None:
+def test_a_trial_must_be_a_candidate_of_this_recipe(
+    tmp_path: Path, searched: tuple[Path, Path], edit: Any, named: str
+) -> None:
     recipe, finished = searched
     out = tmp_path / "search"
     shutil.copytree(finished, out)
-    (out / "trials.json").write_bytes(content)
-    result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--resume"])
+    shutil.rmtree(out / "best")
+    _edit_journal(out / "study.journal", edit)
+    result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--objective", "macs", "--resume"])
     assert result.exit_code == 2, result.output
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"error: {out / 'trials.json'}: not a trials.json of modelshrink tune: "), line
+    assert named in line, line
+    assert not (out / "best").exists()
+
+
+@pytest.mark.parametrize(
+    "content", [b"{", b'{"op_code": 0}\n', b"[" * 100_000 + b"\n", b"\xff\n", b'{"op_code": 5, "trial_id": 3}\n', b""]
+)
+def test_a_damaged_study_journal_is_one_line(tmp_path: Path, searched: tuple[Path, Path], content: bytes) -> None:
+    recipe, finished = searched
+    out = tmp_path / "search"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "best")
+    (out / "study.journal").write_bytes(content)
+    result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--objective", "macs", "--resume"])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: "), line
+    assert not (out / "best").exists()
