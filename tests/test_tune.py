@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 import modelshrink
 import modelshrink.tune as tuning
-from modelshrink.tune import worker
 from modelshrink.cli import app
 from modelshrink.data import build_data
 from modelshrink.metrics.accuracy import evaluate_outputs
 from modelshrink.recipe.parse import load_recipe
+from modelshrink.tune import worker
 
 runner = CliRunner()
 AMOUNTS = {"search": {"min": 0.1, "max": 0.5, "step": 0.1}}

@@ -80,6 +80,9 @@ def tune(
     if not spaces:
         raise UserError(f"{recipe_path}: no search spaces ({{search: [...]}} under stages); use `modelshrink run`")
     first = check_values(parsed, spaces).trusting(trust)  # every listed value and each range's ends, up front
+    if sampler == "grid" and combinations(spaces) > studies.MAX_GRID:
+        raise UserError(f"--sampler grid: the space has {combinations(spaces):,} candidates (more than "
+                        f"{studies.MAX_GRID:,}); sample it (tpe, nsga2, random)")  # fmt: skip
     out = out_dir or first.output.dir.with_name(f"{first.output.dir.name}_tune")
     options = dict(objectives=list(objectives), max_trials=max_trials, sampler=sampler, pruner=pruner,
                    storage=storage, study=study or first.name, workers=workers, worker=worker, resume=resume,

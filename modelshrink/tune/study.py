@@ -86,10 +86,13 @@ def open_study(storage: BaseStorage, name: str, print_: str, objectives: Sequenc
     """Create the study, or join it when another worker (or an interrupted search) made it for this recipe;
     with `resume`, it must be there."""
     try:
-        if resume and name not in optuna.get_all_study_names(storage):
+        if name in optuna.get_all_study_names(storage):  # loaded, not created again: nothing is written to it yet
+            study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
+        elif resume:
             raise UserError(f"--resume: the storage holds no study {name!r} (--study names it)")
-        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
-                                    directions=["minimize"] * len(objectives), load_if_exists=True)  # fmt: skip
+        else:
+            study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                                        directions=["minimize"] * len(objectives))  # fmt: skip
     except ValueError as exc:  # e.g. a study of that name with other directions
         raise UserError(f"--study {name}: {first_line(exc)}") from None
     except UserError:
@@ -100,7 +103,7 @@ def open_study(storage: BaseStorage, name: str, print_: str, objectives: Sequenc
     if made_for is None:
         study.set_user_attr("modelshrink", print_)
         study.set_user_attr("objectives", list(objectives))
-    elif made_for != print_:
+    elif made_for != print_ or len(study.directions) != len(objectives):
         raise UserError(f"--study {name}: that study was made for other stages, constraints or objectives; "
                         "name another --study")  # fmt: skip
     return study

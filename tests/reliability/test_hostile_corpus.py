@@ -267,23 +267,32 @@ def valid_recipe(tmp: Path) -> None:
 SEARCHED = [{"kind": "prune", "amount": {"search": [0.3, 0.5]}}]
 
 
-def searched(*extra: str, trials: object = None, command: str = "tune") -> Callable[[Path], list[str]]:
-    """`tune t.yaml ...` (or `analyze`) of a tiny recipe with a search space; `trials` an earlier trials.json."""
+def searched(*extra: str, journal: bytes | Callable[[Path], None] | None = None, command: str = "tune"
+             ) -> Callable[[Path], list[str]]:  # fmt: skip
+    """`tune t.yaml ...` (or `analyze`) of a tiny recipe with a search space; `journal` an earlier study's
+    journal (its bytes, or a function that writes it)."""
 
     def setup(tmp: Path) -> list[str]:
         (tmp / "t.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, stages=SEARCHED), sort_keys=False))
-        if trials is not None:
+        if journal is not None:
             (tmp / "search").mkdir()
-            content = trials if isinstance(trials, bytes) else json.dumps(trials).encode()
-            (tmp / "search" / "trials.json").write_bytes(content)
+            if isinstance(journal, bytes):
+                (tmp / "search" / "study.journal").write_bytes(journal)
+            else:
+                journal(tmp / "search" / "study.journal")
         return [command, "t.yaml", *extra]
 
     return setup
 
 
-def trial(**change: object) -> dict[str, object]:
-    base = {"label": "stages[0].amount=0.3", "choice": {"stages[0].amount": 0.3}, "status": "passed"}
-    return {"objective": "latency_b1", "trials": [{**base, **change}]}
+def other_study(path: Path) -> None:
+    """A real Optuna journal holding a study of the recipe's name that another recipe made."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="tiny")
+    study.set_user_attr("modelshrink", "another recipe")
 
 
 def nested(depth: int) -> bytes:
@@ -342,24 +351,25 @@ COMMAND_CASES = [
     Case("analyze missing recipe", args("analyze", "nope.yaml"), message="nope.yaml"),
     # tune
     Case("tune without search spaces", then(run_recipe(), command="tune"), message="no search spaces"),
-    Case("tune --resume without trials", searched("--resume", "-o", "search"), message="no trials.json"),
+    Case("tune --resume without a study", searched("--resume", "-o", "search"), message="no study.journal"),
     Case("tune over a foreign directory", then(searched("-o", "imgs", "--force"), prepare=mkdir("imgs")),
          message="not written by modelshrink"),
     Case("tune into the current directory", searched("-o", ".", "--force"), message="current directory"),
     Case("tune bad objective", searched("--objective", "speed"), message="--objective"),
-    Case("tune damaged trials", searched("--resume", "-o", "search", trials=b"{not json"), message="trials.json"),
-    Case("tune trials a list", searched("--resume", "-o", "search", trials=[1]), message="trials.json"),
-    Case("tune trial of another space", searched("--resume", "-o", "search", trials=trial(
-        label="stages[0].amount=0.9", choice={"stages[0].amount": 0.9})), message="not a candidate"),
-    Case("tune trial resolving a teacher", searched("--resume", "-o", "search", trials=trial(
-        resolved={"0": {"teacher": {"factory": "os:system"}}})), message="trials.json"),
-    Case("tune trial of unknown status", searched("--resume", "-o", "search", trials=trial(status="won")),
-         message="trials.json"),
+    Case("tune damaged journal", searched("--resume", "-o", "search", journal=b"{not json\n"), message="no study"),
+    Case("tune journal a list", searched("--resume", "-o", "search", journal=b"[1]\n"), message="as an Optuna storage"),
+    Case("tune empty journal", searched("--resume", "-o", "search", journal=b""), message="no study 'tiny'"),
+    Case("tune journal of another recipe", searched("--resume", "-o", "search", journal=other_study),
+         message="made for other stages"),
+    Case("tune bad sampler", searched("--sampler", "bayes"), message="--sampler"),
+    Case("tune grid too large", then(args("tune", "t.yaml", "--sampler", "grid"), prepare=lambda tmp: (
+        tmp / "t.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, stages=[{"kind": "prune", "amount": {"search": {
+            "min": 0.1, "max": 0.999, "step": 0.001}}} for _ in range(3)])))), message="--sampler grid"),
+    Case("tune worker without a storage", searched("--worker"), message="--storage"),
+    Case("tune unknown storage scheme", searched("--storage", "ftp://x/y"), message="--storage"),
     Case("validate 10^14 candidates at once", then(args("validate", "t.yaml"), prepare=lambda tmp: (
         tmp / "t.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, stages=[{"kind": "prune", "amount": {"search": {
             "min": 0.1, "max": 0.999, "step": 0.001}}}] * 5)))), exit_code=0),
-    Case("tune trial with a NaN objective", searched("--resume", "-o", "search", trials=trial(objective=math.nan)),
-         message="trials.json"),
     Case("export --force over a foreign .onnx", then(exported("-o", "e.onnx", "--force"),
          prepare=lambda tmp: (tmp / "e.onnx").write_text("hello")), message="not written by modelshrink"),
     Case("export --force over a link to the recipe", then(exported("-o", "e.onnx", "--force"),

@@ -120,7 +120,8 @@ def test_tune_force_leaves_no_earlier_winner_beside_a_failed_search(tmp_path: Pa
     assert (out / "tuned.yaml").exists() and (out / "best" / "report.json").exists()
     result = runner.invoke(app, ["tune", str(searched(recipe_file, 0.99)), "-o", str(out), "--force"])
     assert result.exit_code == 1, result.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(["closest.yaml", "trials.json", "tune.md", "tune.png"])
+    written = ["closest.yaml", "study.journal", "trials.json", "tune.md", "tune.png"]
+    assert sorted(p.name for p in out.iterdir()) == written, "a new study: the earlier one is cleared too"
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:

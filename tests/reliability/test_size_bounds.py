@@ -4,6 +4,7 @@ are drawn from without listing them."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from modelshrink.cli import app
 from modelshrink.recipe.parse import parse_raw
-from modelshrink.recipe.search import candidates, check_values, find_spaces, substitute
+from modelshrink.recipe.search import check_values, combinations, find_spaces, substitute
 from tests.conftest import tiny_recipe, write_recipe
 
 runner = CliRunner()
@@ -47,16 +48,22 @@ def test_a_lone_surrogate_in_the_file_is_refused_by_run_before_any_work(tmp_path
 
 
 def test_four_spaces_of_1000_values_start_at_once(tmp_path: Path) -> None:
-    """10^12 combinations: drawn by number, each value validated once (the spaces are not copied per value)."""
+    """10^12 combinations with --max-trials 4: Optuna samples them (nothing is enumerated), each range is
+    validated at its ends, and exactly 4 distinct candidates run."""
     amounts = {"search": {"min": 0.0005, "max": 0.9995, "step": 0.001}}
     stages = [{"kind": "prune", "amount": amounts} for _ in range(4)]
-    parsed = parse_raw(write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, stages=stages)).read_text())
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, stages=stages))
     started = time.perf_counter()
+    parsed = parse_raw(recipe.read_text())
     spaces = find_spaces(parsed)
-    drawn = candidates(spaces, 4, seed=0)
     check_values(parsed, spaces)
-    assert time.perf_counter() - started < 10
-    assert len(drawn) == 4 and len({tuple(c.values()) for c in drawn}) == 4
+    assert combinations(spaces) == 1000**4 and time.perf_counter() - started < 10
+    out = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--max-trials", "4", "--objective", "macs"])
+    assert result.exit_code in (0, 1), result.output
+    assert "tune: 4 of 1,000,000,000,000 candidates over 4 search spaces" in result.output
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(trials) == 4 and len({t["label"] for t in trials}) == 4
 
 
 class _Counted:
