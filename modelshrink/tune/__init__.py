@@ -178,10 +178,11 @@ def _study(storage: optuna.storages.BaseStorage, parsed: RawRecipe, spaces: dict
            options: dict[str, Any], total: int) -> optuna.Study:  # fmt: skip
     objectives, max_trials = options["objectives"], options["max_trials"]
     grid = spacing.grid(spaces) if total <= studies.MAX_GRID else None
-    seed = first.seed
+    own_seed = first.seed
     if options["worker"] or options["storage"] is not None:  # each process of a shared search draws its own
-        seed = zlib.crc32(f"{first.seed}:{socket.gethostname()}:{os.getpid()}".encode())
-    sampler = studies.make_sampler(options["sampler"], len(objectives), grid, total <= max_trials, max_trials, seed)
+        own_seed = zlib.crc32(f"{first.seed}:{socket.gethostname()}:{os.getpid()}".encode())
+    sampler = studies.make_sampler(options["sampler"], len(objectives), grid, total <= max_trials, max_trials,
+                                   first.seed, own_seed)  # fmt: skip
     pruner = studies.make_pruner(options["pruner"], None)  # its limit comes with the baseline
     print_ = studies.fingerprint(parsed.data, objectives)
     study = studies.open_study(storage, options["study"], print_, objectives, sampler, pruner,

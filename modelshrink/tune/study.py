@@ -124,10 +124,12 @@ def check_trials(study: optuna.Study, wanted: dict[str, Any]) -> None:
 
 
 def make_sampler(name: str, objectives: int, spaces: dict[str, list[Any]] | None, fits: bool, max_trials: int,
-                 seed: int) -> BaseSampler:  # fmt: skip
+                 seed: int, own_seed: int) -> BaseSampler:  # fmt: skip
     """`auto`: the whole grid when it `fits` in `--max-trials`, else TPE (one objective) or NSGA-II (several).
     Startup and population sizes shrink with the budget: Optuna's defaults (10 random trials, a
-    population of 50) would leave a 20-trial search random. `spaces` is the grid (None: too large)."""
+    population of 50) would leave a 20-trial search random. `spaces` is the grid (None: too large).
+    The grid's order is shuffled by `seed`, the same in every worker (a grid point is known by its place in
+    that order); the other samplers draw with `own_seed`, this process's, so workers propose different points."""
     if name == "auto":
         name = "grid" if fits and spaces is not None else ("tpe" if objectives == 1 else "nsga2")
     if name == "grid":
@@ -135,6 +137,7 @@ def make_sampler(name: str, objectives: int, spaces: dict[str, list[Any]] | None
             raise UserError(f"--sampler grid: the space has more than {MAX_GRID:,} candidates; sample it (tpe, "
                             "nsga2, random)")  # fmt: skip
         return GridSampler(spaces, seed=seed)
+    seed = own_seed
     if name == "tpe":
         startup = max(2, min(10, max_trials // 4))
         return TPESampler(seed=seed, n_startup_trials=startup, constraints_func=constraints, multivariate=True)

@@ -123,13 +123,13 @@ def _run(search: Search, shared: Shared, trial: optuna.Trial, choice: dict[Space
         if len(search.objectives) == 1 and scores[-1] == scores[-1]:  # Optuna keeps them for one objective only
             trial.report(scores[-1], len(scores))
         if isinstance(search.pruner, studies.GatePruner) and search.pruner.cannot_pass(search.study, scores):
-            raise optuna.TrialPruned(f"pruned after epoch {len(scores)} (accuracy {scores[-1]:.4f})")
+            raise optuna.TrialPruned(f"stopped after epoch {len(scores)}, accuracy {scores[-1]:.4f}")
 
     try:
         recipe = validate_raw(search.parsed, data).trusting(search.trust)
         result = run_candidate(shared, recipe, data["stages"], name, spelled, search.objectives, on_score)
     except optuna.TrialPruned as exc:
-        log(f"tune {name}: {exc}, as no finished candidate recovered enough from there to pass")
+        log(f"tune {name}: pruned, {exc}: no finished candidate recovered enough from there to pass")
         _keep(trial, Trial(name, spelled, "pruned", note=str(exc)))
         raise
     except UserError as exc:  # this candidate cannot run on this model (e.g. nothing left to prune)

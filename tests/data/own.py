@@ -152,3 +152,11 @@ def raises(model: nn.Module, loader: DataLoader) -> dict[str, float]:
 
 def count_samples(model: nn.Module, loader: DataLoader) -> dict[str, float]:
     return {"samples": float(sum(len(targets) for _, targets in loader))}
+
+
+def slow_metric(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+    """Takes a second: a tune trial long enough for several workers to overlap (tests/test_tune_study.py)."""
+    import time
+
+    time.sleep(1.0)
+    return {"slow": 1.0}

@@ -1,0 +1,169 @@
+"""`tune` on Optuna (issue #28): workers sharing one journal storage, a worker killed mid-trial, the gate
+pruner stopping candidates mid-training, several objectives giving a Pareto front."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from modelshrink.cli import app
+from tests.conftest import FAST_EVAL, tiny_recipe, write_recipe
+
+runner = CliRunner()
+ROOT = Path(__file__).parents[1]
+AMOUNTS = {"search": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+
+
+def slow_recipe(tmp_path: Path, amounts: dict[str, Any] = AMOUNTS, slow: bool = True) -> Path:
+    """Channel pruning of the tiny MLP at several amounts; with `slow`, each candidate's evaluation takes a
+    second (a user metric that sleeps), so that workers overlap. The gate on parameters is exact on any CPU."""
+    recipe = tiny_recipe(
+        tmp_path,
+        stages=[{"kind": "prune", "method": "channel", "amount": amounts}],
+        evaluate={**FAST_EVAL, "metrics": ["tests.data.own:slow_metric"] if slow else []},
+        constraints={"params": {"min_ratio": 0.58}},
+    )
+    return write_recipe(tmp_path / f"recipe{'_slow' if slow else ''}.yaml", recipe)
+
+
+def tune_process(recipe: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "modelshrink.cli", "tune", str(recipe), "-o", str(out), "--objective", "macs",
+               *extra]  # fmt: skip
+    return subprocess.Popen(command, env=env, cwd=recipe.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def study_trials(journal: Path, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.load_study(storage=storage, study_name=name).get_trials()
+
+
+def summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "trials.json").read_text())
+
+
+def test_two_workers_share_one_journal_and_find_the_one_workers_best(tmp_path: Path) -> None:
+    """`--workers 2`: this process and one it starts (which joins after importing torch and measuring the
+    baseline, seconds later: candidates take a second each here) run distinct candidates of one grid."""
+    amounts = {"search": {"min": 0.04, "max": 0.48, "step": 0.04}}
+    alone = slow_recipe(tmp_path, amounts, slow=False)  # the same candidates and gates, measured at once
+    result = runner.invoke(app, ["tune", str(alone), "-o", str(tmp_path / "alone"), "--objective", "macs"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "two"
+    two = runner.invoke(app, ["tune", str(slow_recipe(tmp_path, amounts)), "-o", str(out), "--objective", "macs",
+                              "--workers", "2"])  # fmt: skip
+    assert two.exit_code == 0, two.output
+    assert summary(out)["best"] == summary(tmp_path / "alone")["best"] == "stages[0].amount=0.32"
+    trials = [t for t in study_trials(out / "study.journal") if "skipped" not in t.user_attrs]
+    labels = [t.user_attrs["label"] for t in trials]
+    assert sorted(labels) == sorted(t["label"] for t in summary(tmp_path / "alone")["trials"]), "each candidate once"
+    workers = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert len(workers) == 2, f"both processes ran candidates: {workers}"
+    assert (out / "best" / "report.json").is_file() and (out / "tuned.yaml").is_file()
+
+
+def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path: Path) -> None:
+    """Two `tune` processes (as on two machines: each its own output directory) on one journal; one is
+    killed while a trial of its own runs. The other fails that trial, runs its candidate again, and
+    writes the winner; the killed one wrote nothing."""
+    recipe, journal = slow_recipe(tmp_path), tmp_path / "shared.journal"
+    shared = ["--storage", str(journal), "--study", "s"]
+    victim = tune_process(recipe, tmp_path / "a", *shared)
+    survivor = tune_process(recipe, tmp_path / "b", *shared)
+    deadline, running = time.monotonic() + 120, []
+    while not running and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            trials = study_trials(journal, "s")
+        except KeyError:  # the study is not made yet
+            continue
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker", {}).get("pid")
+                   == victim.pid]  # fmt: skip
+    if not running:
+        pytest.fail("the first worker never ran a trial")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    _, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err.decode()
+    trials = study_trials(journal, "s")
+    lost = [t for t in trials if t.state == TrialState.FAIL and "lost" in t.user_attrs]
+    assert [t.number for t in lost] == [running[0].number], "only the killed worker's trial is lost"
+    done = summary(tmp_path / "b")["trials"]
+    assert sorted(t["label"] for t in done if t["status"] != "lost") == sorted(
+        f"stages[0].amount={a}" for a in AMOUNTS["search"]
+    ), "every candidate finished once, the lost one run again"
+    assert [t["status"] for t in done].count("lost") == 1
+    assert not (tmp_path / "a" / "trials.json").exists() and (tmp_path / "b" / "best" / "report.json").is_file()
+
+
+def digits_recipe(tmp_path: Path) -> Path:
+    """Train an MLP on the bundled digits, prune it by an amount searched, train again; the gate is an
+    accuracy floor that the heavily pruned candidates cannot reach."""
+    recipe = tiny_recipe(
+        tmp_path,
+        data={"kind": "digits", "channels": 1, "image_size": 8, "batch_size": 64},
+        stages=[
+            {"kind": "finetune", "name": "train", "epochs": 3, "lr": 0.01, "keep_best": False},
+            {"kind": "prune", "amount": {"search": [0.2, 0.97, 0.3, 0.98, 0.99]}},
+            {"kind": "finetune", "name": "recover", "epochs": 3, "lr": 0.003, "keep_best": False},
+        ],
+        constraints={"min_accuracy": 0.8},
+    )
+    return write_recipe(tmp_path / "digits.yaml", recipe)
+
+
+def test_the_gate_pruner_stops_hopeless_candidates_mid_training_and_keeps_the_winner(tmp_path: Path) -> None:
+    recipe = digits_recipe(tmp_path)
+    pruned = runner.invoke(app, ["tune", str(recipe), "-o", str(tmp_path / "pruned"), "--objective", "size"])
+    assert pruned.exit_code == 0, pruned.output
+    full = runner.invoke(app, ["tune", str(recipe), "-o", str(tmp_path / "full"), "--objective", "size",
+                               "--pruner", "none"])  # fmt: skip
+    assert full.exit_code == 0, full.output
+    assert summary(tmp_path / "pruned")["best"] == summary(tmp_path / "full")["best"], "the same winner"
+    trials = study_trials(tmp_path / "pruned" / "study.journal")
+    stopped = [t for t in trials if t.state == TrialState.PRUNED]
+    assert stopped, "a candidate that cannot reach 0.8 accuracy was stopped"
+    for trial in stopped:
+        assert len(trial.user_attrs["scores"]) < 6, "it ran fewer epochs than the 3 + 3 of a finished one"
+        assert trial.user_attrs["record"]["status"] == "pruned"
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all(len(t.user_attrs["scores"]) == 6 for t in finished)
+    unpruned = study_trials(tmp_path / "full" / "study.journal")
+    assert all(len(t.user_attrs["scores"]) == 6 for t in unpruned), "--pruner none: every candidate trains to its end"
+    assert "pruned (stopped after epoch 4, accuracy" in (tmp_path / "pruned" / "tune.md").read_text()
+
+
+def test_several_objectives_give_a_pareto_front_where_no_trial_dominates_another(tmp_path: Path) -> None:
+    recipe = digits_recipe(tmp_path)
+    out = tmp_path / "front"
+    result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--objective", "size", "--objective",
+                                 "accuracy_drop", "--sampler", "nsga2", "--max-trials", "5"])  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    found = summary(out)
+    assert found["objectives"] == ["size", "accuracy_drop"]
+    values = {t["label"]: t["values"] for t in found["trials"] if t["values"]}
+    front = found["pareto"]
+    assert front and set(front) <= set(values)
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+    assert not any(dominates(values[a], values[b]) for a in front for b in front), "no front trial dominates another"
+    for label in set(values) - set(front):
+        assert any(dominates(values[f], values[label]) for f in front), f"{label} is off the front for a reason"
+    study = study_trials(out / "study.journal")
+    assert all(len(t.values) == 2 for t in study if t.state == TrialState.COMPLETE)
+    assert "size | accuracy_drop" in (out / "tune.md").read_text()
