@@ -167,3 +167,29 @@ def test_several_objectives_give_a_pareto_front_where_no_trial_dominates_another
     study = study_trials(out / "study.journal")
     assert all(len(t.values) == 2 for t in study if t.state == TrialState.COMPLETE)
     assert "size | accuracy_drop" in (out / "tune.md").read_text()
+
+
+def test_an_objective_may_name_an_exports_metric(tmp_path: Path) -> None:
+    """`--objective model.onnx:size`: each candidate is exported as `run` exports it, and the search ranks the
+    deployable file; a file no export writes is one line."""
+    recipe = tiny_recipe(
+        tmp_path,
+        stages=[{"kind": "prune", "method": "channel", "amount": {"search": [0.1, 0.3]}}],
+        export=[{"format": "onnx"}],
+        constraints={"params": {"min_ratio": 0.58}},
+    )
+    path = write_recipe(tmp_path / "onnx.yaml", recipe)
+    out = tmp_path / "search"
+    result = runner.invoke(app, ["tune", str(path), "-o", str(out), "--objective", "model.onnx:size",
+                                 "--objective", "model.onnx:latency_b1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = summary(out)
+    assert found["best"] == "stages[0].amount=0.3", "the smaller file"
+    for trial in found["trials"]:
+        exported = trial["exports"]["model.onnx"]
+        assert trial["values"][0] == exported["size_bytes"] != trial["metrics"]["size_bytes"]
+        assert trial["values"][1] == pytest.approx(
+            exported["latency_ms"]["batch1_median"] / trial["original_latency_ms"]["batch1_median"]
+        ), "the file's latency as a ratio to the original model's, timed side by side"
+    missing = runner.invoke(app, ["tune", str(path), "-o", str(tmp_path / "x"), "--objective", "model.xml:size"])
+    assert missing.exit_code == 2 and "no export writes model.xml (the recipe's exports: model.onnx)" in missing.output

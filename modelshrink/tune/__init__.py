@@ -37,6 +37,7 @@ from modelshrink.data import build_data
 from modelshrink.data.bundle import DataBundle
 from modelshrink.engine import Baseline, seed_everything, start
 from modelshrink.errors import ConstraintFailed, UserError, first_line
+from modelshrink.export import check_extras
 from modelshrink.loading import load_model
 from modelshrink.progress import log
 from modelshrink.recipe.parse import RawRecipe, format_path, parse_raw, read_recipe_text, validate_raw
@@ -47,7 +48,7 @@ from modelshrink.resume import rng_state
 from modelshrink.tune import space as spacing
 from modelshrink.tune import study as studies
 from modelshrink.tune.report import markdown, pareto
-from modelshrink.tune.trials import OBJECTIVES, Shared, Trial, read_record
+from modelshrink.tune.trials import OBJECTIVES, Shared, Trial, export_file, read_record
 from modelshrink.tune.worker import Search, spawn, wait, work
 
 __all__ = ["OBJECTIVES", "tune"]
@@ -80,6 +81,7 @@ def tune(
     if not spaces:
         raise UserError(f"{recipe_path}: no search spaces ({{search: [...]}} under stages); use `modelshrink run`")
     first = check_values(parsed, spaces).trusting(trust)  # every listed value and each range's ends, up front
+    _check_export_objectives(objectives, first)
     if sampler == "grid" and combinations(spaces) > studies.MAX_GRID:
         raise UserError(f"--sampler grid: the space has {combinations(spaces):,} candidates (more than "
                         f"{studies.MAX_GRID:,}); sample it (tpe, nsga2, random)")  # fmt: skip
@@ -101,8 +103,9 @@ def tune(
 def _check_options(objectives: Sequence[str], max_trials: int, sampler: str, pruner: str, workers: int,
                    worker: bool, storage: str | None) -> None:  # fmt: skip
     for name in objectives:
-        if name not in OBJECTIVES:
-            raise UserError(f"--objective: {name!r} is not one of {', '.join(OBJECTIVES)}")
+        if name.rpartition(":")[2] not in OBJECTIVES:
+            raise UserError(f"--objective: {name!r} is not one of {', '.join(OBJECTIVES)}, or FILE:one of them "
+                            "for an export (e.g. model.int8.xml:latency_b1)")  # fmt: skip
     if not objectives or len(set(objectives)) != len(objectives):
         raise UserError("--objective: name each objective once")
     if sampler not in studies.SAMPLERS:
@@ -113,6 +116,17 @@ def _check_options(objectives: Sequence[str], max_trials: int, sampler: str, pru
         raise UserError("--max-trials and --workers: at least 1")
     if worker and storage is None:
         raise UserError("--worker: a process started by --workers; it needs the --storage its parent names")
+
+
+def _check_export_objectives(objectives: Sequence[str], recipe: Recipe) -> None:
+    """An objective on an export names a file the recipe's `export:` writes, with its extra installed."""
+    files = {spec.file_name: spec for spec in recipe.export}
+    for name in objectives:
+        wanted = export_file(name)
+        if wanted is not None and wanted not in files:
+            known = ", ".join(files) or "none: the recipe has no export section"
+            raise UserError(f"--objective {name}: no export writes {wanted} (the recipe's exports: {known})")
+    check_extras([files[export_file(name)] for name in objectives if export_file(name) is not None])
 
 
 # what a search writes; `tune --force` clears them all before it starts

@@ -27,6 +27,7 @@ from modelshrink.data.bundle import DataBundle
 from modelshrink.descriptors import Metrics
 from modelshrink.engine import Baseline, Progress, StageHooks, run_stages
 from modelshrink.errors import UserError
+from modelshrink.export.measure import ExportResult, export_all
 from modelshrink.loading import load_model
 from modelshrink.metrics import add_latencies
 from modelshrink.progress import log
@@ -35,7 +36,9 @@ from modelshrink.resume import restore_rng, rng_state
 from modelshrink.stages import StageContext
 
 # what each objective minimizes, read from a finished candidate's metrics and the original model's (latency:
-# as a ratio to the original's, timed side by side in the same trial, so drift between trials cancels)
+# as a ratio to the original's, timed side by side in the same trial, so drift between trials cancels). An
+# objective `FILE:NAME` reads the same from the metrics of the recipe's export that writes FILE (e.g.
+# `model.int8.xml:latency_b1`, the OpenVINO int8 IR's batch-1 latency), exported and timed in each trial.
 OBJECTIVES: dict[str, Callable[[Metrics, Metrics], float]] = {
     "latency_b1": lambda m, o: m["latency_ms"]["batch1_median"] / o["latency_ms"]["batch1_median"],
     "latency_bn": lambda m, o: m["latency_ms"]["batchN_median"] / o["latency_ms"]["batchN_median"],
@@ -43,6 +46,11 @@ OBJECTIVES: dict[str, Callable[[Metrics, Metrics], float]] = {
     "macs": lambda m, o: m["macs"],
     "accuracy_drop": lambda m, o: o["accuracy"] - m["accuracy"],
 }
+
+
+def export_file(objective: str) -> str | None:
+    """The export file an objective names (`model.int8.xml:latency_b1`), or None for the PyTorch model's."""
+    return objective.rpartition(":")[0] or None
 
 
 # What a stage may have chosen by timing for an `auto` key (`StageNotes.resolved`: quantize/compiling.py,
@@ -63,6 +71,7 @@ class Trial:
     note: str = ""
     original_latency_ms: dict[str, Any] | None = None  # the original model's, timed beside this candidate
     resolved: Resolved = field(default_factory=dict)  # stage index -> what its `auto`s chose
+    exports: dict[str, Any] = field(default_factory=dict)  # file -> its metrics, for an objective on an export
 
     @property
     def violation(self) -> float:
@@ -98,6 +107,7 @@ class _TrialRecord(BaseModel):
     note: str = ""
     original_latency_ms: dict[str, Any] | None = None
     resolved: Resolved = {}
+    exports: dict[str, dict[str, Any]] = {}
 
 
 def read_record(value: Any) -> Trial:
@@ -155,18 +165,39 @@ def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: 
         log(f"tune {label}: dropped after {name} ({failed[0]['name']} {failed[0]['value']:.4g})")
         return Trial(label, choice, "dropped", failed, metrics, note=f"dropped after {name}", resolved=resolved)
     final, original = copy.deepcopy(metrics), copy.deepcopy(baseline.metrics)
-    if any(name.startswith("latency") for name in objectives) or _gates_latency(recipe):
-        add_latencies([baseline.model, done.model], [original, final], shared.data, recipe.evaluate)
+    exports = _exports(shared, recipe, hooks, done, objectives)
+    if any(name.rpartition(":")[2].startswith("latency") for name in objectives) or _gates_latency(recipe):
+        runtimes = [e.exported.runtime for e in exports]
+        add_latencies([baseline.model, done.model, *runtimes], [original, final, *(e.metrics for e in exports)],
+                      shared.data, recipe.evaluate)  # fmt: skip
     results = check_constraints(recipe.constraints, original, final)
+    results += [result for e in exports for result in e.check_constraints(original)]
     passed = all(r["passed"] for r in results)
+    by_file = {e.exported.spec.file_name: e.metrics for e in exports}
     try:
-        values = [float(OBJECTIVES[name](final, original)) for name in objectives]
+        values = [float(OBJECTIVES[name.rpartition(":")[2]](by_file.get(export_file(name), final), original))
+                  for name in objectives]  # fmt: skip
     except KeyError as exc:
-        raise UserError(f"--objective {objectives[0]}: this model's metrics have no {exc}") from None
+        raise UserError(f"--objective: this model's metrics have no {exc}") from None
     shown = ", ".join(f"{name} {value:.4g}" for name, value in zip(objectives, values, strict=True))
     log(f"tune {label}: {'passes' if passed else 'fails'}, {shown}")
     return Trial(label, choice, "passed" if passed else "failed", results, final, values[0], values,
-                 original_latency_ms=original.get("latency_ms"), resolved=resolved)  # fmt: skip
+                 original_latency_ms=original.get("latency_ms"), resolved=resolved, exports=by_file)  # fmt: skip
+
+
+def _exports(shared: Shared, recipe: Recipe, hooks: _SharedPrefixes, done: Progress, objectives: Sequence[str]
+             ) -> list[ExportResult]:  # fmt: skip
+    """The exports an objective names, with those that have gates of their own, made and measured as `run`
+    makes them: each from the model after the stages its spec says (the cached prefixes hold those)."""
+    named = {export_file(name) for name in objectives} - {None}
+    if not named:
+        return []
+    specs = [spec for spec in recipe.export if spec.file_name in named or spec.constraints]
+    baseline = shared.baseline
+    assert baseline.metrics is not None and baseline.reference is not None
+    models = [baseline.model, *(hooks.made(i).model for i in range(len(done.results) - 1)), done.model]
+    measured = [baseline.metrics, *(r.metrics for r in done.results)]
+    return export_all(recipe.model_copy(update={"export": specs}), models, measured, shared.data, baseline.reference)
 
 
 def _gates_latency(recipe: Recipe) -> bool:
@@ -197,6 +228,10 @@ class _SharedPrefixes(StageHooks):
         for score in scores[len(self.scores) :]:  # the epochs that prefix trained, as if run here
             self.score(score)
         return progress
+
+    def made(self, index: int) -> Progress:
+        """What this candidate's stages up to `index` made (cached as a prefix when the stage finished)."""
+        return self.shared.prefixes[self._key(index)][0]
 
     def score(self, score: dict[str, float]) -> None:
         self.scores.append(score)
