@@ -1,19 +1,28 @@
 """Multi-process training with torch.distributed: every rank runs the same recipe, training stages
 share gradients through DistributedDataParallel, and only rank 0 measures and writes.
 
-Started by `modelshrink run --nproc N` (which launches torchrun on this machine) or by torchrun
-itself across machines; both set RANK / WORLD_SIZE / MASTER_ADDR, which is all we read.
+Started by `modelshrink run --nproc N` (N processes on this machine) or by torchrun itself across
+machines (`torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m
+modelshrink run recipe.yaml` on each; see docs/commands.md); both set RANK / WORLD_SIZE / MASTER_ADDR,
+which is all we read. The recipe's batch size is the global batch: each step, every rank trains on its
+slice of the batch one process would take, in the order one process would take them, so N processes
+make the model one process makes (up to the order floats are summed in). What rank 0 saved for
+`--resume` reaches the other ranks through the process group (`from_main`): no node reads another's
+files, only the output directory of the node that gets rank 0 is written.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
+
+T = TypeVar("T")
 
 # Threads torch would use in a single process; latency is always measured with these.
 DEFAULT_THREADS = torch.get_num_threads()
@@ -96,10 +105,50 @@ def sync_buffers(model: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def shard(loader: DataLoader, seed: int, epoch: int) -> DataLoader:
-    """This rank's share of a training loader for one epoch (the loader itself in one process)."""
-    if world_size() == 1:
+def shard(loader: DataLoader) -> DataLoader:
+    """This rank's share of a training loader (the loader itself in one process): each batch the loader
+    would give one process, sliced by rank. Every rank draws the same order (the loader's generator is
+    seeded alike on all), so the ranks' slices of a step are that one batch, and DDP's mean of their
+    gradients is the gradient one process takes."""
+    if world_size() == 1 or loader.batch_sampler is None:
         return loader
-    sampler = DistributedSampler(loader.dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers)
+    sliced = _RankSlices(loader.batch_sampler, rank(), world_size())
+    # the loader's generator, which one process's iterator also draws its base seed from before its order
+    return DataLoader(loader.dataset, batch_sampler=sliced, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, generator=loader.generator)  # fmt: skip
+
+
+class _RankSlices(Sampler[list[int]]):
+    """A batch sampler's batches, each cut to this rank's slice; a batch too small to give every rank a
+    sample is skipped by all ranks alike (a rank with nothing to train on would hang the others)."""
+
+    def __init__(self, batches: Iterable[list[int]], rank_: int, world: int):
+        self.batches, self.rank, self.world = batches, rank_, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            if len(batch) >= self.world:
+                yield list(batch)[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
+def batch_weight(local: int) -> float:
+    """How much this rank's mean loss weighs so that DDP's mean over ranks is the whole batch's mean: the
+    slices of a batch that does not divide by the ranks differ in size (1.0 in one process)."""
+    if world_size() == 1:
+        return 1.0
+    total = torch.tensor([local], dtype=torch.int64)
+    dist.all_reduce(total)
+    return local * world_size() / int(total.item())
+
+
+def from_main(read: Callable[[], T]) -> T:
+    """`read()` on rank 0, its result on every rank: what rank 0 keeps on its own disk (the resume state)
+    reaches ranks on other machines. Every rank must call it at the same point, as any collective."""
+    if world_size() == 1:
+        return read()
+    box: list[Any] = [read() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -205,10 +205,10 @@ def _start_or_resume(
     completed = saved["completed"]
     pickled, trusted = recipe.model.allow_pickle, recipe.model.trusted
     with store.reading(completed):
-        model, lineage = from_bytes(store.model_blob(completed), pickled, trusted)
+        model, lineage = from_bytes(store.shared_model_blob(completed), pickled, trusted)
         results = [StageResult.from_json(result) for result in saved["progress"]["results"]]
     with store.reading(0):
-        original, original_lineage = from_bytes(store.model_blob(0), pickled, trusted)
+        original, original_lineage = from_bytes(store.shared_model_blob(0), pickled, trusted)
     restore_rng(saved["rng"], data.train.generator)
     reference = reference_outputs(original, data, recipe.evaluate) if main else None
     baseline = Baseline(original, original_lineage, saved["progress"]["baseline"], reference)

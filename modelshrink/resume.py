@@ -41,7 +41,11 @@ class ResumeStore:
         self.recipe = json.dumps(recipe, sort_keys=True)
 
     def start(self, resume: bool) -> dict[str, Any] | None:
-        """The saved progress when resuming a run of this same recipe; otherwise a clean slate."""
+        """The saved progress when resuming a run of this same recipe; otherwise a clean slate. Rank 0
+        decides, from its own disk, for every rank."""
+        return distributed.from_main(lambda: self._start(resume))
+
+    def _start(self, resume: bool) -> dict[str, Any] | None:
         state_file = self.dir / "state.pt"
         if resume and state_file.is_file():
             state = _read(state_file, _valid_state)
@@ -54,9 +58,8 @@ class ResumeStore:
             log("the interrupted run used a different recipe: starting over")
         elif resume:
             log("nothing to resume: starting from the beginning")
-        if distributed.is_main():
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir.mkdir(parents=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
         return None
 
     def save_stage(
@@ -73,11 +76,19 @@ class ResumeStore:
     def model_blob(self, completed: int) -> bytes:
         return (self.dir / f"model_{completed}.pt").read_bytes()
 
+    def shared_model_blob(self, completed: int) -> bytes:
+        """`model_blob` as rank 0 has it, on every rank (all must call it)."""
+        return distributed.from_main(lambda: self.model_blob(completed))
+
     def save_epoch(self, stage: str, state: dict[str, Any]) -> None:
         if distributed.is_main():
             _save(self.dir / "epoch.pt", _to_bytes({"stage": stage, **state}))
 
     def epoch_state(self, stage: str) -> dict[str, Any] | None:
+        """The training state saved after the last epoch of `stage`, as rank 0 has it, on every rank."""
+        return distributed.from_main(lambda: self._epoch_state(stage))
+
+    def _epoch_state(self, stage: str) -> dict[str, Any] | None:
         path = self.dir / "epoch.pt"
         if not path.is_file():
             return None

@@ -70,7 +70,6 @@ def fit(
     spec: TrainingSettings,
     *,
     label: str,
-    seed: int = 0,
     params: NamedParams | None = None,
     extra_params: Sequence[nn.Parameter] = (),
     frozen_norms: Sequence[nn.Module] = (),
@@ -89,7 +88,7 @@ def fit(
     params = list(params) if params is not None else [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train (every parameter is frozen)")
-    steps = len(distributed.shard(data.train, seed, 0))
+    steps = len(distributed.shard(data.train))
     if spec.max_batches_per_epoch is not None:
         steps = min(steps, spec.max_batches_per_epoch)
     optimizer = make_optimizer(spec, params, extra_params)
@@ -120,7 +119,7 @@ def fit(
         trainer.train()
         for module in frozen_norms:
             module.eval()
-        batches = itertools.islice(distributed.shard(data.train, seed, epoch), steps)
+        batches = itertools.islice(distributed.shard(data.train), steps)
         progress = track(batches, f"{label} epoch {epoch}/{spec.epochs}", total=steps)
         train_loss = train_one_epoch(trainer, progress, optimizer, scheduler, loss_fn, masks, epoch)
         distributed.sync_buffers(model)
@@ -154,7 +153,7 @@ def train_one_epoch(
     step); returns the mean training loss."""
     loss_sum, seen = 0.0, 0
     for inputs, targets in batches:
-        loss = loss_fn(trainer, inputs, targets)
+        loss = loss_fn(trainer, inputs, targets) * distributed.batch_weight(batch_size(inputs))
         if not torch.isfinite(loss):
             raise UserError(f"training diverged (loss {loss.item()} in epoch {epoch}); lower the lr")
         optimizer.zero_grad(set_to_none=True)

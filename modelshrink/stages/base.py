@@ -90,7 +90,6 @@ class StageContext:
             self.data,
             spec,
             label=label or stage,
-            seed=self.seed,
             max_val_batches=self.evaluate.max_val_batches,
             resume=store.epoch_state(stage) if store else None,
             on_epoch=(lambda state: store.save_epoch(stage, state)) if store else None,
