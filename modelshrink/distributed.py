@@ -88,6 +88,20 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+class PeerLost(KeyboardInterrupt):
+    """Another rank (a process, or a node) stopped mid-run: an interruption like Ctrl-C, not a failure of
+    this run's input, so the progress saved for --resume is kept."""
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is the process group failing because another rank died (gloo and nccl raise plain
+    RuntimeErrors naming themselves, or torch's DistError)."""
+    if world_size() == 1 or not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(word in text for word in ("gloo", "nccl", "NCCL", "Connection"))
+
+
 def is_main() -> bool:
     return rank() == 0
 

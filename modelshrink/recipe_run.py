@@ -117,9 +117,11 @@ def _run_locked(
         if claim is not None:
             blob = store.model_blob(len(report["stages"]))
             _write_outputs(claim, out_dir, recipe, report, blob, exported, force, junit)
-    except Exception:
+    except Exception as exc:
         # bad input or a bug of ours: nothing worth resuming, nothing left behind. An interrupt
-        # (KeyboardInterrupt, a kill) is not an Exception and keeps the state for --resume.
+        # (KeyboardInterrupt, a kill, another rank dying) is not one and keeps the state for --resume.
+        if distributed.lost_peer(exc):
+            raise distributed.PeerLost(f"another process of this run stopped ({first_line(exc)})") from None
         store.finish()
         raise
     store.finish()
