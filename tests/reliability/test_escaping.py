@@ -212,11 +212,13 @@ def test_tune_md_names_trials_inertly() -> None:
     from modelshrink.tune.report import markdown
 
     gate = {"name": "[x](javascript:alert(1))", "passed": False}
-    trials = [{"label": h, "objective": 1.0, "status": "failed", "note": h, "gates": [gate],
+    trials = [{"label": h, "objective": 1.0, "values": [1.0], "status": "failed", "note": h, "gates": [gate],
                "metrics": {"accuracy": 0.5}} for h in HOSTILE]  # fmt: skip
-    summary = {"objective": "latency_b1", "pareto": [], "passed": False, "best": SCRIPT, "trials": trials}
+    summary = {"objective": "latency_b1", "objectives": ["latency_b1"], "pareto": [], "passed": False,
+               "best": SCRIPT, "study": SCRIPT, "trials": trials}  # fmt: skip
     page = markdown(summary, {"accuracy": 0.6}, picture=False)
-    markdown_cells_are_inert(page.replace(f"**{escape.markdown(SCRIPT)}**", ""))  # our own bold, around the name
+    ours = page.replace(f"**{escape.markdown(SCRIPT)}**", "")  # our own bold, around the name
+    markdown_cells_are_inert(ours.replace(f"(study {escape.markdown(SCRIPT)})", ""))  # the study's name: text
     assert not UNSAFE.search(page)
 
 
