@@ -58,6 +58,18 @@ class Gate:
             return speedup(before, now)
         return now
 
+    def lowest_passing(self, baseline: Metrics) -> float | None:
+        """The lowest final value that passes a gate keeping a metric up (min, max_drop, min_ratio); None for a
+        gate of another kind. What tune's pruner compares a candidate's accuracy mid-training with."""
+        before = self.metric.read(baseline)
+        if self.bound == "min":
+            return self.limit
+        if self.bound == "max_drop":
+            return before - self.limit
+        if self.bound == "min_ratio":
+            return before * self.limit
+        return None
+
     def check(self, baseline: Metrics, final: Metrics) -> GateResult:
         value = self.value(baseline, final)
         # A NaN (e.g. an empty validation split) compares False either way: it must never pass a gate.

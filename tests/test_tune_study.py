@@ -193,3 +193,19 @@ def test_an_objective_may_name_an_exports_metric(tmp_path: Path) -> None:
         ), "the file's latency as a ratio to the original model's, timed side by side"
     missing = runner.invoke(app, ["tune", str(path), "-o", str(tmp_path / "x"), "--objective", "model.xml:size"])
     assert missing.exit_code == 2 and "no export writes model.xml (the recipe's exports: model.onnx)" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("constraints", "limit"),
+    [({"min_accuracy": 0.8}, 0.8), ({"max_accuracy_drop": 0.01}, 0.89), ({"accuracy": {"min_ratio": 0.5}}, 0.45),
+     ({"min_accuracy": 0.8, "max_accuracy_drop": 0.05}, 0.85), ({"min_cosine": 0.9}, None)],
+)
+def test_the_pruner_aims_at_the_lowest_accuracy_every_gate_passes(constraints: dict, limit: float | None,
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    from modelshrink.engine import Baseline
+    from modelshrink.recipe.parse import load_recipe
+    from modelshrink.tune import accuracy_limit
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, constraints=constraints)))
+    found = accuracy_limit(recipe, Baseline(None, None, {"accuracy": 0.9, "cosine": 1.0}, None))  # type: ignore[arg-type]
+    assert found == (pytest.approx(limit) if limit is not None else None)

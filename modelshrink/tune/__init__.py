@@ -159,7 +159,7 @@ def _search(claim: outputs.Claim | None, out: Path, parsed: RawRecipe, spaces: d
         storage = studies.open_storage(None, journal)
         study = _study(storage, parsed, spaces, first, options, total)
     if isinstance(study.pruner, studies.GatePruner):
-        study.pruner.limit = _accuracy_limit(first, baseline)
+        study.pruner.limit = accuracy_limit(first, baseline)
         if study.pruner.limit is None:
             log("tune: no accuracy gate to prune against (constraints: min_accuracy or max_accuracy_drop); "
                 "every candidate trains to its end")  # fmt: skip
@@ -205,12 +205,13 @@ def _study(storage: optuna.storages.BaseStorage, parsed: RawRecipe, spaces: dict
     return study
 
 
-def _accuracy_limit(recipe: Recipe, baseline: Baseline) -> float | None:
+def accuracy_limit(recipe: Recipe, baseline: Baseline) -> float | None:
     """The strictest accuracy limit the recipe's gates set (against this baseline): what the pruner aims at."""
     assert baseline.metrics is not None
-    limits = [gate.check(baseline.metrics, baseline.metrics)["limit"]
-              for gate in gates(recipe.constraints) if gate.metric.name == "accuracy"]  # fmt: skip
-    return max(limits) if limits and all(math.isfinite(x) for x in limits) else None
+    limits = [gate.lowest_passing(baseline.metrics) for gate in gates(recipe.constraints)
+              if gate.metric.name == "accuracy"]  # fmt: skip
+    known = [limit for limit in limits if limit is not None and math.isfinite(limit)]
+    return max(known) if known else None
 
 
 def _worker_argv(recipe_path: Path, out: Path, options: dict[str, Any], overrides: Sequence[str]) -> list[str]:
