@@ -125,7 +125,8 @@ def deployed(args: argparse.Namespace) -> None:
     print(line("openvino int8 b1 objective", found))
     unpruned = args.work / "unpruned.int8.xml"
     subprocess.run([sys.executable, "-m", "modelshrink", "export", str(args.baseline), "--format", "openvino",
-                    "--quantize", "int8", "--data", str(args.recipe), "-o", str(unpruned), "--force"],
+                    "--quantize", "int8", "--data", str(args.work / "deployed" / "tuned.yaml"), "-o", str(unpruned),
+                    "--force"],
                    check=True, capture_output=True)  # fmt: skip
     winner = args.work / "deployed" / "best" / "model.int8.xml"
     report = json.loads((args.work / "deployed" / "best" / "report.json").read_text())

@@ -209,3 +209,23 @@ def test_the_pruner_aims_at_the_lowest_accuracy_every_gate_passes(constraints: d
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, constraints=constraints)))
     found = accuracy_limit(recipe, Baseline(None, None, {"accuracy": 0.9, "cosine": 1.0}, None))  # type: ignore[arg-type]
     assert found == (pytest.approx(limit) if limit is not None else None)
+
+
+def test_the_gate_pruner_waits_for_two_finished_candidates_and_their_largest_recovery() -> None:
+    from optuna.trial import create_trial
+
+    from modelshrink.tune.study import GatePruner
+
+    study = optuna.create_study()
+    pruner = GatePruner(limit=0.9)
+
+    def finished(scores: list[float], quality: float) -> None:
+        study.add_trial(create_trial(value=1.0, user_attrs={"scores": scores, "quality": quality}))
+
+    finished([0.85, 0.9, 0.95], 0.95)  # gained 0.10 from epoch 1
+    assert not pruner.cannot_pass(study, [0.5]), "one finished candidate is too little to judge by"
+    finished([0.6, 0.8, 0.92], 0.92)  # gained 0.32 from epoch 1, 0.12 from epoch 2
+    assert pruner.cannot_pass(study, [0.5]), "0.5 + 0.32 < 0.9"
+    assert not pruner.cannot_pass(study, [0.6]), "0.6 + 0.32 reaches 0.9: a finished one shows it can"
+    assert pruner.cannot_pass(study, [0.6, 0.7]), "0.7 + 0.12 < 0.9 after epoch 2"
+    assert not GatePruner(limit=None).cannot_pass(study, [0.0]), "no accuracy gate: it never stops one"

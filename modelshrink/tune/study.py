@@ -155,11 +155,13 @@ class GatePruner(BasePruner):
     """Stops a candidate that cannot pass the accuracy gate. After each training epoch the candidate's
     accuracy on the selection split is compared with `limit` (the strictest accuracy gate): it is stopped
     when even the largest gain any finished candidate made from the same epoch to its end would leave it
-    below. Conservative by design: it never stops a candidate that some finished one shows can recover,
-    so it keeps the winner; it needs one finished candidate before it stops any."""
+    below. It never stops a candidate that some finished one shows can recover; the largest gain of a few
+    finished candidates is an estimate, so it waits for `startup` of them before it stops any (with one, a
+    candidate that learned fast early made every slower starter look hopeless: seen on a 16-epoch onecycle
+    schedule)."""
 
-    def __init__(self, limit: float | None):
-        self.limit = limit
+    def __init__(self, limit: float | None, startup: int = 2):
+        self.limit, self.startup = limit, startup
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         return self.cannot_pass(study, trial.user_attrs.get("scores", []))
@@ -174,7 +176,7 @@ class GatePruner(BasePruner):
             for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if len(other.user_attrs.get("scores", [])) > step and _finite(other.user_attrs.get("quality"))
         ]
-        return bool(gains) and scores[-1] + max(gains) < self.limit
+        return len(gains) >= self.startup and scores[-1] + max(gains) < self.limit
 
 
 def make_pruner(name: str, limit: float | None) -> BasePruner:
