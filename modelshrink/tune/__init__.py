@@ -82,6 +82,8 @@ def tune(
         raise UserError(f"{recipe_path}: no search spaces ({{search: [...]}} under stages); use `modelshrink run`")
     first = check_values(parsed, spaces).trusting(trust)  # every listed value and each range's ends, up front
     _check_export_objectives(objectives, first)
+    if storage is not None and "://" not in storage:
+        _check_journal_file(Path(storage), first.inputs(recipe_path))
     if sampler == "grid" and combinations(spaces) > studies.MAX_GRID:
         raise UserError(f"--sampler grid: the space has {combinations(spaces):,} candidates (more than "
                         f"{studies.MAX_GRID:,}); sample it (tpe, nsga2, random)")  # fmt: skip
@@ -116,6 +118,21 @@ def _check_options(objectives: Sequence[str], max_trials: int, sampler: str, pru
         raise UserError("--max-trials and --workers: at least 1")
     if worker and storage is None:
         raise UserError("--worker: a process started by --workers; it needs the --storage its parent names")
+
+
+def _check_journal_file(path: Path, inputs: Sequence[tuple[str, Path]]) -> None:
+    """A `--storage` journal is appended to: never an input, never a file that is not a journal already."""
+    for name, given in inputs:
+        inside = given.is_dir() and path.resolve().is_relative_to(given.resolve())
+        if inside or (given.exists() and path.exists() and path.resolve() == given.resolve()):
+            raise UserError(f"--storage: {path} is or lies in the input {name}; name a journal file of its own")
+    if path.exists():
+        if not path.is_file():
+            raise UserError(f"--storage: {path} is not a file")
+        with path.open("rb") as file:
+            head = file.read(16)
+        if head and not head.startswith(b'{"op_code"'):
+            raise UserError(f"--storage: {path} is not an Optuna journal; name a new file or a journal")
 
 
 def _check_export_objectives(objectives: Sequence[str], recipe: Recipe) -> None:

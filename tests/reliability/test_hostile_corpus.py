@@ -367,6 +367,9 @@ COMMAND_CASES = [
             "min": 0.1, "max": 0.999, "step": 0.001}}} for _ in range(3)])))), message="--sampler grid"),
     Case("tune worker without a storage", searched("--worker"), message="--storage"),
     Case("tune unknown storage scheme", searched("--storage", "ftp://x/y"), message="--storage"),
+    Case("tune storage over the recipe", searched("--storage", "t.yaml"), message="is or lies in the input recipe"),
+    Case("tune storage over a foreign file", then(searched("--storage", "notes.txt"),
+         prepare=lambda tmp: (tmp / "notes.txt").write_text("my notes")), message="not an Optuna journal"),
     Case("validate 10^14 candidates at once", then(args("validate", "t.yaml"), prepare=lambda tmp: (
         tmp / "t.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, stages=[{"kind": "prune", "amount": {"search": {
             "min": 0.1, "max": 0.999, "step": 0.001}}}] * 5)))), exit_code=0),
