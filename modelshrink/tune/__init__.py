@@ -214,7 +214,7 @@ def _study(storage: optuna.storages.BaseStorage, parsed: RawRecipe, spaces: dict
         own_seed = zlib.crc32(f"{first.seed}:{socket.gethostname()}:{os.getpid()}".encode())
     sampler = studies.make_sampler(options["sampler"], len(objectives), grid, total <= max_trials, max_trials,
                                    first.seed, own_seed)  # fmt: skip
-    pruner = studies.make_pruner(options["pruner"], None)  # its limit comes with the baseline
+    pruner = studies.make_pruner(options["pruner"])
     print_ = studies.fingerprint(parsed.data, objectives)
     study = studies.open_study(storage, options["study"], print_, objectives, sampler, pruner,
                                options["resume"])  # fmt: skip

@@ -179,8 +179,9 @@ class GatePruner(BasePruner):
         return len(gains) >= self.startup and scores[-1] + max(gains) < self.limit
 
 
-def make_pruner(name: str, limit: float | None) -> BasePruner:
-    return GatePruner(limit) if name == "gate" else NopPruner()
+def make_pruner(name: str) -> BasePruner:
+    """`gate` starts without a limit: it comes with the baseline (`tune.accuracy_limit`)."""
+    return GatePruner(None) if name == "gate" else NopPruner()
 
 
 def _finite(value: Any) -> bool:
