@@ -358,9 +358,10 @@ def tune(
                           "nsga2 | grid | random.")
     ] = "auto",
     pruner: Annotated[
-        str, typer.Option("--pruner", help="gate (stop a candidate mid-training that cannot pass the accuracy gate) "
-                          "| none.")
-    ] = "gate",
+        str, typer.Option("--pruner", help="hopeless (stop a candidate that cannot pass the accuracy gate, or that a "
+                          "finished one beats on objectives its training cannot change) | gate (the first only) | "
+                          "none.")
+    ] = "hopeless",
     storage: Annotated[
         str | None, typer.Option("--storage", help="Where the study lives, shared by every worker: a journal file, "
                                  "sqlite:///, postgresql://, mysql:// or redis:// (default: <output>/study.journal).")

@@ -1,5 +1,6 @@
-"""`tune` on Optuna (issue #28): workers sharing one journal storage, a worker killed mid-trial, the gate
-pruner stopping candidates mid-training, several objectives giving a Pareto front."""
+"""`tune` on Optuna (issue #28): workers sharing one journal storage, a worker killed mid-trial, the pruner
+stopping candidates mid-training (the gate) or before training (beaten on settled objectives), several
+objectives giving a Pareto front."""
 
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ def digits_recipe(tmp_path: Path) -> Path:
 
 def test_the_gate_pruner_stops_hopeless_candidates_mid_training_and_keeps_the_winner(tmp_path: Path) -> None:
     recipe = digits_recipe(tmp_path)
-    pruned = runner.invoke(app, ["tune", str(recipe), "-o", str(tmp_path / "pruned"), "--objective", "size"])
+    pruned = runner.invoke(app, ["tune", str(recipe), "-o", str(tmp_path / "pruned"), "--objective", "size",
+                                 "--pruner", "gate"])  # fmt: skip
     assert pruned.exit_code == 0, pruned.output
     full = runner.invoke(app, ["tune", str(recipe), "-o", str(tmp_path / "full"), "--objective", "size",
                                "--pruner", "none"])  # fmt: skip
@@ -144,6 +146,88 @@ def test_the_gate_pruner_stops_hopeless_candidates_mid_training_and_keeps_the_wi
     unpruned = study_trials(tmp_path / "full" / "study.journal")
     assert all(len(t.user_attrs["scores"]) == 6 for t in unpruned), "--pruner none: every candidate trains to its end"
     assert "pruned (stopped after epoch 4, accuracy" in (tmp_path / "pruned" / "tune.md").read_text()
+
+
+def test_a_candidate_beaten_on_settled_objectives_stops_before_training_and_keeps_the_winner(tmp_path: Path) -> None:
+    """MACs are known once the pruning stage ran (training and quantization cannot change them): a candidate
+    with more than a finished one that passed cannot win, and stops before its training and quantization."""
+    recipe = tiny_recipe(
+        tmp_path,
+        stages=[
+            {"kind": "prune", "method": "channel", "amount": {"search": [0.1, 0.2, 0.3, 0.4, 0.5]}},
+            {"kind": "finetune", "name": "recover", "epochs": 2, "lr": 0.01},
+            {"kind": "quantize", "mode": "dynamic"},
+        ],
+        constraints={"params": {"min_ratio": 0.3}},
+    )
+    path = write_recipe(tmp_path / "macs.yaml", recipe)
+    runs = {}
+    for pruner in ("hopeless", "none"):
+        result = runner.invoke(app, ["tune", str(path), "-o", str(tmp_path / pruner), "--objective", "macs",
+                                     "--pruner", pruner])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        runs[pruner] = study_trials(tmp_path / pruner / "study.journal")
+    assert summary(tmp_path / "hopeless")["best"] == summary(tmp_path / "none")["best"] == "stages[0].amount=0.5"
+    stopped = [t for t in runs["hopeless"] if t.state == TrialState.PRUNED]
+    assert stopped, "the grid's order puts a smaller candidate before a larger one"
+    best_before = {}
+    for trial in runs["hopeless"]:
+        earlier = [t for t in runs["hopeless"] if t.number < trial.number and t.state == TrialState.COMPLETE]
+        best_before[trial.number] = min((t.values[0] for t in earlier), default=None)
+    for trial in stopped:
+        assert "scores" not in trial.user_attrs, "stopped before its training's first epoch"
+        assert trial.user_attrs["record"]["status"] == "pruned"
+        assert "stopped after prune1 with macs" in trial.user_attrs["record"]["note"]
+    assert all(len(t.user_attrs["scores"]) == 2 for t in runs["none"]), "--pruner none: every candidate trains"
+    finished = [t for t in runs["hopeless"] if t.state == TrialState.COMPLETE]
+    assert all(best_before[t.number] is None or t.values[0] < best_before[t.number] for t in finished), (
+        "only a candidate with fewer MACs than every finished one ran to its end"
+    )
+    assert "pruned (stopped after prune1" in (tmp_path / "hopeless" / "tune.md").read_text()
+
+
+def test_objectives_settle_once_no_later_stage_may_change_what_they_measure(tmp_path: Path) -> None:
+    from modelshrink.recipe.parse import load_recipe
+    from modelshrink.tune.trials import settled
+
+    def stages(*specs: dict[str, Any]) -> list[Any]:
+        return load_recipe(write_recipe(tmp_path / "s.yaml", tiny_recipe(tmp_path, stages=list(specs)))).stages
+
+    prune, train = {"kind": "prune", "method": "channel", "amount": 0.3}, {"kind": "finetune", "epochs": 1}
+    quantize = {"kind": "quantize", "mode": "dynamic"}
+    plan = stages(prune, train, quantize)
+    assert settled(plan, 0, ["macs"]), "training and quantization keep the count of MACs"
+    assert not settled(plan, 0, ["latency_b1"]) and not settled(plan, 0, ["size"]), "quantization changes both"
+    assert not settled(plan, 2, ["macs"]), "nothing left to skip after the last stage"
+    assert not settled(plan, 0, ["macs", "accuracy_drop"]), "accuracy is known only at the end"
+    assert not settled(plan, 0, ["model.onnx:macs"]), "an export's metrics only once it is made"
+    assert settled(stages(prune, train), 0, ["latency_b1", "size", "macs"])
+    assert not settled(stages(prune, {**train, "keep_sparsity": False}), 0, ["size"]), "zeros may fill in"
+    assert not settled(stages(prune, {**train, "num_classes": 3}), 0, ["macs"]), "a new classifier"
+    assert not settled(stages(train, prune, train), 0, ["macs"]), "a pruning stage is still to come"
+
+
+def test_the_pruner_stops_only_what_a_finished_passing_candidate_beats_on_every_objective() -> None:
+    from optuna.trial import create_trial
+
+    from modelshrink.tune.study import TIMING_MARGIN, HopelessPruner
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    pruner = HopelessPruner(["latency_b1", "macs"])
+    asked = []
+
+    def values(mine: list[float]) -> Any:
+        return lambda: asked.append(mine) or mine
+
+    assert pruner.beaten_by(study, values([9.0, 9.0])) is None and not asked, "nothing finished: nothing timed"
+    study.add_trial(create_trial(values=[0.1, 10.0], user_attrs={"record": {"status": "failed"}}))
+    assert pruner.beaten_by(study, values([9.0, 90.0])) is None and not asked, "a failed candidate beats none"
+    study.add_trial(create_trial(values=[0.5, 100.0], user_attrs={"record": {"status": "passed"}}))
+    assert pruner.beaten_by(study, values([0.6, 200.0])).values == [0.5, 100.0]
+    assert pruner.beaten_by(study, values([0.5 * TIMING_MARGIN * 0.99, 200.0])) is None, "within timing noise"
+    assert pruner.beaten_by(study, values([0.6, 100.0])) is None, "as few MACs: it may still be better"
+    assert pruner.beaten_by(study, values([0.4, 200.0])) is None, "faster: on the Pareto front"
+    assert HopelessPruner(["latency_b1", "macs"], gates_only=True).beaten_by(study, values([9.0, 900.0])) is None
 
 
 def test_several_objectives_give_a_pareto_front_where_no_trial_dominates_another(tmp_path: Path) -> None:
@@ -214,10 +298,10 @@ def test_the_pruner_aims_at_the_lowest_accuracy_every_gate_passes(constraints: d
 def test_the_gate_pruner_waits_for_two_finished_candidates_and_their_largest_recovery() -> None:
     from optuna.trial import create_trial
 
-    from modelshrink.tune.study import GatePruner
+    from modelshrink.tune.study import HopelessPruner
 
     study = optuna.create_study()
-    pruner = GatePruner(limit=0.9)
+    pruner = HopelessPruner(["size"], limit=0.9)
 
     def finished(scores: list[float], quality: float) -> None:
         study.add_trial(create_trial(value=1.0, user_attrs={"scores": scores, "quality": quality}))
@@ -228,4 +312,4 @@ def test_the_gate_pruner_waits_for_two_finished_candidates_and_their_largest_rec
     assert pruner.cannot_pass(study, [0.5]), "0.5 + 0.32 < 0.9"
     assert not pruner.cannot_pass(study, [0.6]), "0.6 + 0.32 reaches 0.9: a finished one shows it can"
     assert pruner.cannot_pass(study, [0.6, 0.7]), "0.7 + 0.12 < 0.9 after epoch 2"
-    assert not GatePruner(limit=None).cannot_pass(study, [0.0]), "no accuracy gate: it never stops one"
+    assert not HopelessPruner(["size"]).cannot_pass(study, [0.0]), "no accuracy gate: it never stops one"

@@ -3,7 +3,7 @@
 A recipe's `{kind: prune, method: channel, ...}` becomes a `ChannelPruneSpec` through a nested tagged
 union (kind, then method/mode with its default), so a key that belongs to another method is simply
 unknown here and every YAML written for the flat specs stays valid. Each spec declares what it needs
-and does (`training`, `needs_labels`, `replaces_head`, `quantizes`, `only_trains`); code asks the spec
+and does (`training`, `needs_labels`, `replaces_head`, `quantizes`, `only_trains`, `may_change`); code asks the spec
 instead of testing its type. A handler is registered for each spec type in `modelshrink/stages/`
 (`stages.base.register`). Adding a quantization mode: one spec class here, added to `QUANTIZE_MODES`,
 and one module in `modelshrink/stages/quantize/`.
@@ -81,6 +81,9 @@ class TrainingSettings(Strict):
         return self.keep_best or self.early_stopping is not None
 
 
+Measure = Literal["macs", "size", "latency"]  # what a search objective reads of a model, beside quality
+
+
 class BaseStageSpec(Strict):
     """What every stage spec has: a name, and the capabilities the rest of the tool asks about."""
 
@@ -103,6 +106,18 @@ class BaseStageSpec(Strict):
     def replaces_head(self) -> bool:
         """Whether the stage gives the model a new classifier (so its output need not fit the data yet)."""
         return False
+
+    def may_change(self, measure: Measure) -> bool:
+        """Whether this stage may change the model's MACs, bytes on disk or speed: a search judges a candidate
+        on these before its later stages run when none of them may (`tune.trials.settled`). Training
+        changes values, not shapes or dtypes (though zeros fill in unless kept); quantization changes
+        precision, not the count of multiply-accumulates; anything else may change all three."""
+        if self.only_trains and not self.replaces_head:
+            training = self.training
+            return measure == "size" and training is not None and not training.keep_sparsity
+        if self.quantizes:
+            return measure != "macs"
+        return True
 
 
 # ------------------------------------------------------------------------------------------- training

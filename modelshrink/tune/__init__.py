@@ -5,15 +5,17 @@ Candidates are judged on a selection split held out of the training data (the sp
 choose their epochs on), never on the validation split: best/ reports validation quality that no
 choice has seen, and its gates decide the exit code as in any run.
 
-The search is an Optuna study (`tune.study`): a sampler proposes candidates (the whole grid when it fits
-in `--max-trials`, else TPE, or NSGA-II for several objectives), a pruner stops a candidate mid-training
-that cannot pass the accuracy gate, and every trial is kept in a storage: by default a journal file in
-the output directory, which `--resume` continues; `--storage` and `--study` let processes on several
-machines share one search, `--workers N` runs N processes here (`tune.worker`). The winner is written as
-tuned.yaml (a plain recipe: no search spaces left) and run once more as `modelshrink run` would
-(`recipe_run`) into `best/`, once, by the worker that sees the study end (`study.elect_finisher`); what
-its stages chose by timing for `auto` keys is pinned there (`pin_resolved`). When nothing passes, the
-trials table and the closest candidate (closest.yaml) are still written and the exit code is 1.
+The search is an Optuna study (`tune.study`): a sampler proposes candidates (the whole grid when it fits in
+`--max-trials`, else TPE, or NSGA-II for several objectives), a pruner stops a candidate that cannot win:
+mid-training when it cannot pass the accuracy gate, before training when a finished candidate that passed
+beats it on objectives its training cannot change (MACs, speed), and every trial is kept in a storage: by
+default a journal file in the output directory, which `--resume` continues; `--storage` and `--study` let
+processes on several machines share one search, `--workers N` runs N processes here (`tune.worker`). The
+winner is written as tuned.yaml (a plain recipe: no search spaces left) and run once more as `modelshrink
+run` would (`recipe_run`) into `best/`, once, by the worker that sees the study end
+(`study.elect_finisher`); what its stages chose by timing for `auto` keys is pinned there (`pin_resolved`).
+When nothing passes, the trials table and the closest candidate (closest.yaml) are still written and the
+exit code is 1.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def tune(
     objectives: Sequence[str] = ("latency_b1",),
     max_trials: int = 20,
     sampler: str = "auto",
-    pruner: str = "gate",
+    pruner: str = "hopeless",
     storage: str | None = None,
     study: str | None = None,
     workers: int = 1,
@@ -175,11 +177,11 @@ def _search(claim: outputs.Claim | None, out: Path, parsed: RawRecipe, spaces: d
             claim.write(directories={out: {}})
         storage = studies.open_storage(None, journal)
         study = _study(storage, parsed, spaces, first, options, total)
-    if isinstance(study.pruner, studies.GatePruner):
+    if isinstance(study.pruner, studies.HopelessPruner):
         study.pruner.limit = accuracy_limit(first, baseline)
         if study.pruner.limit is None:
             log("tune: no accuracy gate to prune against (constraints: min_accuracy or max_accuracy_drop); "
-                "every candidate trains to its end")  # fmt: skip
+                "no candidate is stopped for its accuracy")  # fmt: skip
     search = Search(parsed, spaces, objectives, max_trials, study, study.pruner, options["trust"])
     workers = options["workers"]
     threads = max(1, distributed.DEFAULT_THREADS // workers)
@@ -214,7 +216,7 @@ def _study(storage: optuna.storages.BaseStorage, parsed: RawRecipe, spaces: dict
         own_seed = zlib.crc32(f"{first.seed}:{socket.gethostname()}:{os.getpid()}".encode())
     sampler = studies.make_sampler(options["sampler"], len(objectives), grid, total <= max_trials, max_trials,
                                    first.seed, own_seed)  # fmt: skip
-    pruner = studies.make_pruner(options["pruner"])
+    pruner = studies.make_pruner(options["pruner"], objectives)
     print_ = studies.fingerprint(parsed.data, objectives)
     study = studies.open_study(storage, options["study"], print_, objectives, sampler, pruner,
                                options["resume"])  # fmt: skip

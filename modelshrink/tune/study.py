@@ -4,10 +4,12 @@ processes, or `modelshrink tune` on other machines with the same `--storage` and
 
 Optuna does the searching (samplers, storages that many processes share, the dashboard); what is ours:
 - the record of each candidate (`Trial`, as user attribute `record`, read back through its schema),
-  its gate violations as Optuna constraints (feasible <= 0, which TPE and NSGA-II honour);
-- `GatePruner`, because Optuna's pruners compare a trial with the others' intermediate values and
-  know nothing of gates: ours stops a candidate whose accuracy cannot reach the gate's limit even
-  with the largest recovery a finished candidate made from the same epoch on;
+  its gate violations as Optuna constraints (`Trial.set_constraint`, feasible <= 0; TPE and NSGA-II honour
+  them);
+- `HopelessPruner`, because Optuna's pruners compare a trial with the others' intermediate values and
+  know nothing of gates or of objectives settled before training: ours stops a candidate whose accuracy
+  cannot reach the gate's limit even with the largest recovery a finished candidate made from the same
+  epoch on, and one that a finished candidate beats on every objective once its own cannot change;
 - the bookkeeping that makes `--max-trials` exact across workers: a trial counts once it names a
   candidate; a repeated candidate or one past the limit is marked and does not count; a trial whose
   worker died (a local process that is gone, or a heartbeat that stopped) is failed, losing only it;
@@ -23,7 +25,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from modelshrink.errors import UserError, first_line
 
 STORAGE_FILE = "study.journal"  # the default storage, in the search's output directory
 SAMPLERS = ("auto", "tpe", "nsga2", "grid", "random")
-PRUNERS = ("gate", "none")
+PRUNERS = ("hopeless", "gate", "none")
 MAX_GRID = 100_000  # Optuna's GridSampler lists its grid: a larger one is a mistake, sample it instead
 HEARTBEAT_S = 20.0  # a running trial's worker bumps its heartbeat this often
 STALE_S = 180.0  # a heartbeat seen unchanged this long (by the observer's own clock) means the worker died
@@ -140,28 +142,31 @@ def make_sampler(name: str, objectives: int, spaces: dict[str, list[Any]] | None
     seed = own_seed
     if name == "tpe":
         startup = max(2, min(10, max_trials // 4))
-        return TPESampler(seed=seed, n_startup_trials=startup, constraints_func=constraints, multivariate=True)
+        return TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
     if name == "nsga2":
-        return NSGAIISampler(seed=seed, population_size=max(4, min(50, max_trials // 3)), constraints_func=constraints)
+        return NSGAIISampler(seed=seed, population_size=max(4, min(50, max_trials // 3)))
     return RandomSampler(seed=seed)
 
 
-def constraints(trial: FrozenTrial) -> Sequence[float]:
-    """A finished candidate's gate violations, as Optuna's samplers read constraints (<= 0: feasible)."""
-    return trial.user_attrs.get("constraints", [0.0])
+class HopelessPruner(BasePruner):
+    """Stops a candidate that cannot win, as soon as that is known:
 
+    - `cannot_pass`: after each training epoch the candidate's accuracy on the selection split is compared
+      with `limit` (the strictest accuracy gate): it is stopped when even the largest gain any finished
+      candidate made from the same epoch to its end would leave it below. It never stops a candidate that
+      some finished one shows can recover; the largest gain of a few finished candidates is an estimate,
+      so it waits for `startup` of them before it stops any (with one, a candidate that learned fast
+      early made every slower starter look hopeless: seen on a 16-epoch onecycle schedule).
+    - `beaten_by` (not with `gates_only`, `--pruner gate`): once a candidate's objectives are settled (no
+      later stage may change them: MACs after the last pruning stage, speed when only training is left),
+      a finished candidate that passed and is better on every objective means this one cannot win (nor
+      join the Pareto front): it stops before its training. A timed objective must be worse by more than
+      `TIMING_MARGIN`, so that timing noise alone never stops the candidate that would have won.
+    """
 
-class GatePruner(BasePruner):
-    """Stops a candidate that cannot pass the accuracy gate. After each training epoch the candidate's
-    accuracy on the selection split is compared with `limit` (the strictest accuracy gate): it is stopped
-    when even the largest gain any finished candidate made from the same epoch to its end would leave it
-    below. It never stops a candidate that some finished one shows can recover; the largest gain of a few
-    finished candidates is an estimate, so it waits for `startup` of them before it stops any (with one, a
-    candidate that learned fast early made every slower starter look hopeless: seen on a 16-epoch onecycle
-    schedule)."""
-
-    def __init__(self, limit: float | None, startup: int = 2):
-        self.limit, self.startup = limit, startup
+    def __init__(self, objectives: Sequence[str], limit: float | None = None, startup: int = 2,
+                 gates_only: bool = False):  # fmt: skip
+        self.objectives, self.limit, self.startup, self.gates_only = list(objectives), limit, startup, gates_only
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         return self.cannot_pass(study, trial.user_attrs.get("scores", []))
@@ -178,10 +183,32 @@ class GatePruner(BasePruner):
         ]
         return len(gains) >= self.startup and scores[-1] + max(gains) < self.limit
 
+    def beaten_by(self, study: optuna.Study, values: Callable[[], Sequence[float]]) -> FrozenTrial | None:
+        """A finished candidate that passed and beats, on every objective, one whose settled objectives are
+        `values` (called only when there is a finished candidate that passed: timing one costs seconds)."""
+        if self.gates_only:
+            return None
+        passed = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if trial.user_attrs.get("record", {}).get("status") == "passed"]  # fmt: skip
+        if not passed:
+            return None
+        mine = values()
+        margins = [TIMING_MARGIN if name.rpartition(":")[2].startswith("latency") else 1.0 for name in self.objectives]
+        better = [trial for trial in passed if all(
+            theirs * margin < own for theirs, margin, own in zip(trial.values, margins, mine, strict=True))]
+        return min(better, key=lambda trial: trial.values, default=None)
 
-def make_pruner(name: str) -> BasePruner:
-    """`gate` starts without a limit: it comes with the baseline (`tune.accuracy_limit`)."""
-    return GatePruner(None) if name == "gate" else NopPruner()
+
+# A timed objective (a ratio of two timings taken side by side) still moved by up to ~10% between runs of one
+# candidate on a quiet machine: a candidate is stopped as slower only when it is slower by more than that.
+TIMING_MARGIN = 1.10
+
+
+def make_pruner(name: str, objectives: Sequence[str]) -> BasePruner:
+    """`hopeless` and `gate` start without an accuracy limit: it comes with the baseline (`tune.accuracy_limit`)."""
+    if name == "none":
+        return NopPruner()
+    return HopelessPruner(objectives, gates_only=name == "gate")
 
 
 def _finite(value: Any) -> bool:

@@ -32,6 +32,7 @@ from modelshrink.loading import load_model
 from modelshrink.metrics import add_latencies
 from modelshrink.progress import log
 from modelshrink.recipe.recipe import Recipe
+from modelshrink.recipe.stage_specs import BaseStageSpec, Measure
 from modelshrink.resume import restore_rng, rng_state
 from modelshrink.stages import StageContext
 
@@ -46,6 +47,20 @@ OBJECTIVES: dict[str, Callable[[Metrics, Metrics], float]] = {
     "macs": lambda m, o: m["macs"],
     "accuracy_drop": lambda m, o: o["accuracy"] - m["accuracy"],
 }
+
+
+# what each objective measures of the PyTorch model (`BaseStageSpec.may_change`): once no later stage may change
+# it, a candidate's value is known before its later stages run; accuracy_drop and an export's objectives are
+# known only when the candidate ends
+SETTLES_ON: dict[str, Measure] = {"latency_b1": "latency", "latency_bn": "latency", "size": "size", "macs": "macs"}
+
+
+def settled(stages: Sequence[BaseStageSpec], index: int, objectives: Sequence[str]) -> bool:
+    """Whether every objective is known once stage `index` ran, with stages left to run (so to skip)."""
+    later = stages[index + 1 :]
+    return bool(later) and all(
+        name in SETTLES_ON and not any(stage.may_change(SETTLES_ON[name]) for stage in later) for name in objectives
+    )
 
 
 def export_file(objective: str) -> str | None:
@@ -139,19 +154,23 @@ class Shared:
 
 
 ScoreHook = Callable[[dict[str, float]], None]
+SettledHook = Callable[[Callable[[], list[float]], str], None]
 
 
 def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: str, choice: dict[str, Any],
-                  objectives: Sequence[str], on_score: ScoreHook | None = None) -> Trial:  # fmt: skip
+                  objectives: Sequence[str], on_score: ScoreHook | None = None, on_settled: SettledHook | None = None
+                  ) -> Trial:  # fmt: skip
     """Run one candidate's stages and judge it; `on_score` hears each training epoch's selection score
-    (replayed for epochs a cached prefix ran) and may raise to stop the candidate."""
+    (replayed for epochs a cached prefix ran), `on_settled` each stage's name after which the objectives are
+    settled (`settled`) with a function that measures them (once; timing costs seconds); either may raise
+    to stop the candidate."""
     # compiled models of earlier candidates share dynamo's cache for the wrappers' forward code; past its
     # limit of 8 entries a new model runs eager (measured: a tuned int8 ResNet-18 at 3.0 ms instead of 0.9
     # ms at batch 1), so each candidate starts with an empty cache as a run does
     torch._dynamo.reset()
     baseline = shared.baseline
     assert baseline.metrics is not None
-    hooks = _SharedPrefixes(shared, recipe, stages_raw, on_score)
+    hooks = _SharedPrefixes(shared, recipe, stages_raw, on_score, _Settled(shared, recipe, objectives, on_settled))
     ctx = StageContext(
         data=shared.data, original_model=baseline.model, lineage=baseline.lineage, evaluate=recipe.evaluate,
         seed=recipe.seed, load_model=load_model, on_epoch_score=hooks.score,
@@ -168,21 +187,55 @@ def run_candidate(shared: Shared, recipe: Recipe, stages_raw: list[Any], label: 
     exports = _exports(shared, recipe, hooks, done, objectives)
     if any(name.rpartition(":")[2].startswith("latency") for name in objectives) or _gates_latency(recipe):
         runtimes = [e.exported.runtime for e in exports]
-        add_latencies([baseline.model, done.model, *runtimes], [original, final, *(e.metrics for e in exports)],
-                      shared.data, recipe.evaluate)  # fmt: skip
+        _timed(shared, recipe, [done.model, *runtimes], [original, final, *(e.metrics for e in exports)])
     results = check_constraints(recipe.constraints, original, final)
     results += [result for e in exports for result in e.check_constraints(original)]
     passed = all(r["passed"] for r in results)
     by_file = {e.exported.spec.file_name: e.metrics for e in exports}
-    try:
-        values = [float(OBJECTIVES[name.rpartition(":")[2]](by_file.get(export_file(name), final), original))
-                  for name in objectives]  # fmt: skip
-    except KeyError as exc:
-        raise UserError(f"--objective: this model's metrics have no {exc}") from None
+    values = objective_values(objectives, final, original, by_file)
     shown = ", ".join(f"{name} {value:.4g}" for name, value in zip(objectives, values, strict=True))
     log(f"tune {label}: {'passes' if passed else 'fails'}, {shown}")
     return Trial(label, choice, "passed" if passed else "failed", results, final, values[0], values,
                  original_latency_ms=original.get("latency_ms"), resolved=resolved, exports=by_file)  # fmt: skip
+
+
+def objective_values(objectives: Sequence[str], final: Metrics, original: Metrics,
+                     by_file: dict[str, Metrics] | None = None) -> list[float]:  # fmt: skip
+    """Each objective's value from a candidate's metrics (an export's, for `FILE:NAME`) and the original's."""
+    try:
+        return [float(OBJECTIVES[name.rpartition(":")[2]]((by_file or {}).get(export_file(name), final), original))
+                for name in objectives]  # fmt: skip
+    except KeyError as exc:
+        raise UserError(f"--objective: this model's metrics have no {exc}") from None
+
+
+def _timed(shared: Shared, recipe: Recipe, models: Sequence[torch.nn.Module], metrics: Sequence[Metrics]) -> None:
+    """The original model and `models` timed side by side, each time added to its `metrics`."""
+    add_latencies([shared.baseline.model, *models], list(metrics), shared.data, recipe.evaluate)
+
+
+class _Settled:
+    """Tells `on_settled` after each stage past which a candidate's objectives cannot change, with a function
+    that measures them on what that stage made (timed beside the original, as a finished candidate is)."""
+
+    def __init__(self, shared: Shared, recipe: Recipe, objectives: Sequence[str], hook: SettledHook | None):
+        self.shared, self.recipe, self.objectives, self.hook = shared, recipe, objectives, hook
+        self.values: list[float] | None = None
+
+    def __call__(self, index: int, progress: Progress) -> None:
+        if self.hook is None or not settled(self.recipe.stages, index, self.objectives):
+            return
+
+        def measured() -> list[float]:
+            if self.values is None:
+                original = copy.deepcopy(self.shared.baseline.metrics)
+                current = copy.deepcopy(progress.results[-1].metrics)
+                if any(SETTLES_ON[name] == "latency" for name in self.objectives):
+                    _timed(self.shared, self.recipe, [progress.model], [original, current])
+                self.values = objective_values(self.objectives, current, original)
+            return self.values
+
+        self.hook(measured, progress.results[-1].name)
 
 
 def _exports(shared: Shared, recipe: Recipe, hooks: _SharedPrefixes, done: Progress, objectives: Sequence[str]
@@ -210,8 +263,10 @@ class _SharedPrefixes(StageHooks):
     prefix stays as it was for the next candidate); and the candidate is dropped as soon as a quality gate
     fails with no training stage left to win quality back."""
 
-    def __init__(self, shared: Shared, recipe: Recipe, stages_raw: list[Any], on_score: ScoreHook | None):
+    def __init__(self, shared: Shared, recipe: Recipe, stages_raw: list[Any], on_score: ScoreHook | None,
+                 on_settled: _Settled):  # fmt: skip
         self.shared, self.recipe, self.stages_raw, self.on_score = shared, recipe, stages_raw, on_score
+        self.on_settled = on_settled
         self.rng = shared.rng
         self.scores: list[dict[str, float]] = []  # this candidate's epoch scores so far, a prefix's included
         self.gates = [gate for gate in gates(recipe.constraints) if not gate.metric.name.startswith("latency")]
@@ -254,4 +309,5 @@ class _SharedPrefixes(StageHooks):
         if failed and not any(later.training is not None for later in self.recipe.stages[index + 1 :]):
             self.dropped = (failed, progress.results[-1].name)
             return False
+        self.on_settled(index, progress)
         return True

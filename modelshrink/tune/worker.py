@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ class Search:
     objectives: list[str]
     max_trials: int
     study: optuna.Study
-    pruner: studies.GatePruner | optuna.pruners.BasePruner
+    pruner: studies.HopelessPruner | optuna.pruners.BasePruner
     trust: Sequence[str]
 
 
@@ -75,6 +75,8 @@ def work(search: Search, shared: Shared) -> int:
             repeats[0] += 1
             trial.set_user_attr("skipped", f"a repeat of trial {same.number}")
             if same.state == TrialState.COMPLETE and same.values is not None:
+                for gate, violation in same.constraints.items():
+                    trial.set_constraint(gate, violation)
                 return same.values if len(same.values) > 1 else same.values[0]
             raise _Skipped
         repeats[0] = 0
@@ -122,14 +124,25 @@ def _run(search: Search, shared: Shared, trial: optuna.Trial, choice: dict[Space
         trial.set_user_attr("scores", scores)
         if len(search.objectives) == 1 and scores[-1] == scores[-1]:  # Optuna keeps them for one objective only
             trial.report(scores[-1], len(scores))
-        if isinstance(search.pruner, studies.GatePruner) and search.pruner.cannot_pass(search.study, scores):
-            raise optuna.TrialPruned(f"stopped after epoch {len(scores)}, accuracy {scores[-1]:.4f}")
+        if isinstance(search.pruner, studies.HopelessPruner) and search.pruner.cannot_pass(search.study, scores):
+            raise optuna.TrialPruned(f"stopped after epoch {len(scores)}, accuracy {scores[-1]:.4f}: no finished "
+                                     "candidate recovered enough from there to pass")  # fmt: skip
+
+    def on_settled(values: Callable[[], list[float]], stage: str) -> None:
+        if not isinstance(search.pruner, studies.HopelessPruner):
+            return
+        beaten = search.pruner.beaten_by(search.study, values)
+        if beaten is not None:
+            theirs = ", ".join(f"{n} {v:.4g}" for n, v in zip(search.objectives, beaten.values, strict=True))
+            mine = ", ".join(f"{n} {v:.4g}" for n, v in zip(search.objectives, values(), strict=True))
+            raise optuna.TrialPruned(f"stopped after {stage} with {mine}, settled: trial {beaten.number} passed "
+                                     f"with {theirs}")  # fmt: skip
 
     try:
         recipe = validate_raw(search.parsed, data).trusting(search.trust)
-        result = run_candidate(shared, recipe, data["stages"], name, spelled, search.objectives, on_score)
+        result = run_candidate(shared, recipe, data["stages"], name, spelled, search.objectives, on_score, on_settled)
     except optuna.TrialPruned as exc:
-        log(f"tune {name}: pruned, {exc}: no finished candidate recovered enough from there to pass")
+        log(f"tune {name}: pruned, {exc}")
         _keep(trial, Trial(name, spelled, "pruned", note=str(exc)))
         raise
     except UserError as exc:  # this candidate cannot run on this model (e.g. nothing left to prune)
@@ -139,7 +152,8 @@ def _run(search: Search, shared: Shared, trial: optuna.Trial, choice: dict[Space
     _keep(trial, result)
     if result.status == "dropped" or result.values is None:
         raise optuna.TrialPruned(result.note)
-    trial.set_user_attr("constraints", [_violation(g) for g in result.gates] or [-1.0])
+    for index, gate in enumerate(result.gates):  # a gate's name may repeat (one per export)
+        trial.set_constraint(f"{index} {gate['name']}", _violation(gate))
     quality = (result.metrics or {}).get("accuracy")
     trial.set_user_attr("quality", quality)
     return result.values if len(result.values) > 1 else result.values[0]

@@ -37,6 +37,7 @@ def test_dynamic_int8_replaces_linears_and_keeps_outputs_close() -> None:
     assert type(quantized[5]) is nn.Linear, "excluded layer stays float"
     assert torch.allclose(quantized(x), expected, atol=0.05, rtol=0.05)
     assert (quantized(x).argmax(1) == expected.argmax(1)).float().mean() > 0.9
+    assert result.final["macs"] == result.baseline["macs"], "precision changes, not the count of MACs"
     assert result.lineage.records() == [
         {"kind": "quantize_dynamic", "version": 1, "modules": ["1", "3"], "dtype": "qint8", "per_channel": True}
     ]
@@ -114,6 +115,8 @@ def test_quantization_modes_keep_accuracy_and_reload(mode: str, trained_cnn) -> 
     after = evaluate_classifier(quantized, data.val)["accuracy"]
     assert after >= before - 0.02
     kinds = {type(m).__module__ for m in quantized.modules()}
+    # what `BaseStageSpec.may_change` declares, which lets tune stop a candidate on MACs before quantizing it
+    assert result.final["macs"] == result.baseline["macs"], "precision changes, not the count of MACs"
     if mode == "weight_only":
         from modelshrink.metrics.size import count_macs, count_parameters, module_tensors
 
@@ -269,6 +272,7 @@ def test_int4_weight_only_with_group_wise_scales() -> None:
     coarse, fine = run(128), run(32)
     base, final = coarse.baseline, coarse.stages[0].metrics
     assert final["size_bytes"] < base["size_bytes"] / 6 and final["params"] == base["params"]
+    assert final["macs"] == base["macs"], "precision changes, not the count of MACs"
     assert 0.98 < final["cosine"] < fine.stages[0].metrics["cosine"] < 1.0
     from modelshrink.metrics.size import layer_summary
 
