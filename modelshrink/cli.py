@@ -87,7 +87,8 @@ def _errors_to_exit_codes() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        _error(str(exc))
+        for problem in exc.problems:
+            _error(problem)
         raise typer.Exit(UserError.exit_code) from None
     except ConstraintFailed as exc:
         _error(str(exc))
@@ -120,13 +121,14 @@ def _notes(messages: list[str]) -> None:
 
 
 def _error(message: str) -> None:
-    """`error: ` lines on stderr; messages embed paths and names from inputs, shown inert (`escape.text`)."""
+    """One `error: ` line on stderr for one problem; messages embed paths and names from inputs, shown inert
+    (`escape.text`, and a line break as `\\n`, so that a name cannot forge a line of its own)."""
     from modelshrink import escape
 
     if os.environ.get("RANK", "0") != "0":  # every rank of a multi-process run hits the same error: say it once
         return
-    for line in message.splitlines():
-        print(f"error: {escape.text(line)}", file=sys.stderr)
+    shown = escape.text(message).replace("\r", "\\r").replace("\n", "\\n")  # one line, however a name reads
+    print(f"error: {shown}", file=sys.stderr)
 
 
 @app.command()
@@ -391,10 +393,12 @@ def tune(
         )  # fmt: skip
     if summary["best"] is None:
         if not worker:
-            _say(f"ran {summary['ran']} candidates; another worker of the study writes the winner")
+            ran = summary["ran"]
+            _say(f"ran {ran} candidate{'' if ran == 1 else 's'}; another worker of the study writes the winner")
         return
-    passed = sum(t["status"] == "passed" for t in summary["trials"])
-    _say(f"best: {summary['best']} ({passed} of {len(summary['trials'])} candidates passed)")
+    statuses = [t["status"] for t in summary["trials"]]
+    stopped = f", {statuses.count('pruned')} stopped as hopeless" if "pruned" in statuses else ""
+    _say(f"best: {summary['best']} ({statuses.count('passed')} of {len(statuses)} candidates passed{stopped})")
 
 
 @app.command("export")

@@ -12,9 +12,15 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
 
 
 class UserError(Exception):
-    """Bad input from the user (recipe, checkpoint, data, arguments): exit code 2, nothing written."""
+    """Bad input from the user (recipe, checkpoint, data, arguments): exit code 2, nothing written. Several
+    problems found at once (a recipe's) are several messages, one line each where they are shown; a line
+    break inside one comes from a name in the input and is shown escaped, never as a line of its own."""
 
     exit_code = 2
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 class ConstraintFailed(Exception):

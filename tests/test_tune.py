@@ -42,7 +42,7 @@ def test_tune_keeps_the_fastest_candidate_that_passes_and_runs_it(tmp_path: Path
     report = json.loads((out / "best" / "report.json").read_text())
     assert report["stages"][0]["params"]["amount"] == 0.3 and all(c["passed"] for c in report["constraints"])
     md = (out / "tune.md").read_text()
-    assert r"**stages\[0\].amount=0.3**" in md and "dropped (dropped after prune1)" in md  # escaped: a name is text
+    assert r"**stages\[0\].amount=0.3**" in md and "dropped (after prune1)" in md  # escaped: a name is text
     assert runner.invoke(app, ["run", str(out / "tuned.yaml"), "-o", str(tmp_path / "again")]).exit_code == 0
     latency = runner.invoke(app, ["tune", str(searched(recipe_file, 0.58)), "-o", str(tmp_path / "by_latency")])
     assert latency.exit_code == 0, latency.output

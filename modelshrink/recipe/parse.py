@@ -96,7 +96,7 @@ def validate_raw(parsed: RawRecipe, data: dict[str, Any] | None = None) -> Recip
         return Recipe.model_validate(parsed.data if data is None else data)
     except ValidationError as exc:
         lines = [_explain(err, parsed.root, parsed.source, parsed.overridden) for err in exc.errors()]
-        raise UserError("\n".join(dict.fromkeys(lines))) from None
+        raise UserError(*dict.fromkeys(lines)) from None
 
 
 def parse_raw(text: str, source: str = "<recipe>", overrides: Sequence[str] = ()) -> RawRecipe:

@@ -77,24 +77,26 @@ def tune(
     the summary (trials.json), or {"best": None, ...} from a worker that left the writing to another.
     `trust` adds modules whose factories the model's checkpoint may name, as `run --trust` does;
     `worker` is a process `--workers` started: it runs trials into the storage and writes nothing else."""
-    _check_options(objectives, max_trials, sampler, pruner, workers, worker, storage)
+    _check_options(objectives, max_trials, sampler, pruner, workers, worker, storage, study)
     parsed = parse_raw(read_recipe_text(recipe_path), str(recipe_path), overrides)
     spaces = find_spaces(parsed)
     if not spaces:
         raise UserError(f"{recipe_path}: no search spaces ({{search: [...]}} under stages); use `modelshrink run`")
     first = check_values(parsed, spaces).trusting(trust)  # every listed value and each range's ends, up front
     _check_export_objectives(objectives, first)
-    if storage is not None and "://" not in storage:
-        _check_journal_file(Path(storage), first.inputs(recipe_path))
+    out = out_dir or first.output.dir.with_name(f"{first.output.dir.name}_tune")
+    if storage is not None:
+        _check_storage_file(storage, first.inputs(recipe_path), out)
     if sampler == "grid" and combinations(spaces) > studies.MAX_GRID:
         raise UserError(f"--sampler grid: the space has {combinations(spaces):,} candidates (more than "
                         f"{studies.MAX_GRID:,}); sample it (tpe, nsga2, random)")  # fmt: skip
-    out = out_dir or first.output.dir.with_name(f"{first.output.dir.name}_tune")
     options = dict(objectives=list(objectives), max_trials=max_trials, sampler=sampler, pruner=pruner,
                    storage=storage, study=study or first.name, workers=workers, worker=worker, resume=resume,
                    trust=list(trust))  # fmt: skip
     if worker:  # the output directory (and its lock) belong to the process that started this one
         return _search(None, out, parsed, spaces, first, options, recipe_path, overrides)
+    if force and not resume and storage is not None:
+        _check_restart(storage, options["study"])
     # --resume continues (so replaces) an earlier search's directory as --force does
     with outputs.claim([outputs.search_directory(out)], first.inputs(recipe_path), force=force or resume) as claim:
         if resume and storage is None and not (out / studies.STORAGE_FILE).is_file():
@@ -105,7 +107,7 @@ def tune(
 
 
 def _check_options(objectives: Sequence[str], max_trials: int, sampler: str, pruner: str, workers: int,
-                   worker: bool, storage: str | None) -> None:  # fmt: skip
+                   worker: bool, storage: str | None, study: str | None) -> None:  # fmt: skip
     for name in objectives:
         if name.rpartition(":")[2] not in OBJECTIVES:
             raise UserError(f"--objective: {name!r} is not one of {', '.join(OBJECTIVES)}, or FILE:one of them "
@@ -118,16 +120,34 @@ def _check_options(objectives: Sequence[str], max_trials: int, sampler: str, pru
         raise UserError(f"--pruner: {pruner!r} is not one of {', '.join(studies.PRUNERS)}")
     if max_trials < 1 or workers < 1:
         raise UserError("--max-trials and --workers: at least 1")
+    cores = os.cpu_count() or 1
+    if workers > cores:  # each holds a model, data and a baseline, and needs a core of its own to train on
+        raise UserError(f"--workers {workers}: this machine has {cores} cores; at most one worker each")
+    if study is not None and studies.BALLOT in study:
+        raise UserError(f"--study: a name holding {studies.BALLOT!r} is the tool's own (it elects a writer)")
     if worker and storage is None:
         raise UserError("--worker: a process started by --workers; it needs the --storage its parent names")
 
 
-def _check_journal_file(path: Path, inputs: Sequence[tuple[str, Path]]) -> None:
-    """A `--storage` journal is appended to: never an input, never a file that is not a journal already."""
+def _check_storage_file(storage: str, inputs: Sequence[tuple[str, Path]], out: Path) -> None:
+    """A `--storage` file (a journal, a SQLite database) is written to: never an input, never the output
+    directory or a file the search writes there (only its own study.journal), never a file that is not a
+    journal already."""
+    if storage.split("://")[0].split("+")[0] == "sqlite":
+        studies.check_sqlite_file(storage)
+    path = studies.storage_file(storage, out / studies.STORAGE_FILE)
+    if path is None:
+        return
     for name, given in inputs:
         inside = given.is_dir() and path.resolve().is_relative_to(given.resolve())
         if inside or (given.exists() and path.exists() and path.resolve() == given.resolve()):
-            raise UserError(f"--storage: {path} is or lies in the input {name}; name a journal file of its own")
+            raise UserError(f"--storage: {path} is or lies in the input {name}; name a storage file of its own")
+    own = (out / studies.STORAGE_FILE).resolve()
+    if path.resolve() != own and path.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"--storage: {path} is or lies in the output directory {out}, which the search writes; "
+                        f"name a file elsewhere (or {studies.STORAGE_FILE} in it)")  # fmt: skip
+    if "://" in storage:
+        return
     if path.exists():
         if not path.is_file():
             raise UserError(f"--storage: {path} is not a file")
@@ -135,6 +155,14 @@ def _check_journal_file(path: Path, inputs: Sequence[tuple[str, Path]]) -> None:
             head = file.read(16)
         if head and not head.startswith(b'{"op_code"'):
             raise UserError(f"--storage: {path} is not an Optuna journal; name a new file or a journal")
+
+
+def _check_restart(storage: str, name: str) -> None:
+    """`--force` starts a search over in its output directory, but a study in a `--storage` that other
+    workers may share is never deleted: refused before anything is cleared."""
+    if studies.holds_anything(storage, Path()) and studies.has_study(studies.open_storage(storage, Path()), name):
+        raise UserError(f"--force: --storage already holds study {name!r}, which is not deleted (other workers "
+                        "may share it); name a new --study, or --resume it")  # fmt: skip
 
 
 def _check_export_objectives(objectives: Sequence[str], recipe: Recipe) -> None:
@@ -156,11 +184,15 @@ def _search(claim: outputs.Claim | None, out: Path, parsed: RawRecipe, spaces: d
             options: dict[str, Any], recipe_path: Path, overrides: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     objectives, max_trials = options["objectives"], options["max_trials"]
     total = combinations(spaces)
-    study, journal = None, out / studies.STORAGE_FILE
+    study, journal, storage = None, out / studies.STORAGE_FILE, None
     if options["storage"] is not None or options["resume"] or options["worker"]:  # an earlier study: checked first
-        storage = studies.open_storage(options["storage"], journal)
-        study = _study(storage, parsed, spaces, first, options, total)
-        _collect(study, parsed, spaces)
+        if studies.holds_anything(options["storage"], journal):
+            storage = studies.open_storage(options["storage"], journal)
+            if options["resume"] or options["worker"] or studies.has_study(storage, options["study"]):
+                study = _study(storage, parsed, spaces, first, options, total)
+                _collect(study, parsed, spaces)
+        elif options["resume"]:
+            raise UserError(f"--resume: {options['storage'] or journal} holds no earlier search")
     log(f"tune: {min(max_trials, total):,} of {total:,} candidates over {len(spaces)} search spaces, "
         f"objective{'s' if len(objectives) > 1 else ''} {', '.join(objectives)}")  # fmt: skip
     # as `run` does, in its order, so that a candidate's stages see the random state a run of it would
@@ -172,10 +204,10 @@ def _search(claim: outputs.Claim | None, out: Path, parsed: RawRecipe, spaces: d
     if "accuracy_drop" in objectives and not math.isfinite(baseline.metrics.get("accuracy", math.nan)):
         raise UserError("--objective accuracy_drop: the data has no class labels to measure accuracy on")
     shared = Shared(baseline, selection, rng_state(selection.train.generator))
-    if study is None:  # a new search: its directory (and journal) appear once model and data load
+    if study is None:  # a new study: its directory (and storage file) appear once model and data load
         if claim is not None and not out.is_dir():
             claim.write(directories={out: {}})
-        storage = studies.open_storage(None, journal)
+        storage = storage or studies.open_storage(options["storage"], journal)
         study = _study(storage, parsed, spaces, first, options, total)
     if isinstance(study.pruner, studies.HopelessPruner):
         study.pruner.limit = accuracy_limit(first, baseline)
@@ -185,7 +217,7 @@ def _search(claim: outputs.Claim | None, out: Path, parsed: RawRecipe, spaces: d
     search = Search(parsed, spaces, objectives, max_trials, study, study.pruner, options["trust"])
     workers = options["workers"]
     threads = max(1, distributed.DEFAULT_THREADS // workers)
-    children = spawn(workers - 1, _worker_argv(recipe_path, out, options, overrides), threads)
+    children = spawn(min(workers, max_trials) - 1, _worker_argv(recipe_path, out, options, overrides), threads)
     try:
         with distributed.sharing_threads(threads):
             ran = work(search, shared)
@@ -196,11 +228,11 @@ def _search(claim: outputs.Claim | None, out: Path, parsed: RawRecipe, spaces: d
         return {"best": None, "ran": ran}
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     if running:
-        log(f"tune: this worker ran {ran} candidates; {len(running)} still run elsewhere, and the worker that "
+        log(f"tune: this worker ran {_candidates(ran)}; {len(running)} still run elsewhere, and the worker that "
             "finishes the last one writes the winner")  # fmt: skip
         return {"best": None, "ran": ran}
-    if not options["resume"] and not studies.elect_finisher(storage, study.study_name):
-        log(f"tune: this worker ran {ran} candidates; another worker of study {study.study_name} writes the winner")
+    if not options["resume"] and not studies.elect_finisher(storage, study):
+        log(f"tune: this worker ran {_candidates(ran)}; another worker of study {study.study_name} writes the winner")
         return {"best": None, "ran": ran}
     assert claim is not None
     trials = _collect(study, parsed, spaces)
@@ -221,7 +253,12 @@ def _study(storage: optuna.storages.BaseStorage, parsed: RawRecipe, spaces: dict
     study = studies.open_study(storage, options["study"], print_, objectives, sampler, pruner,
                                options["resume"])  # fmt: skip
     studies.check_trials(study, spacing.distributions(spaces))
+    studies.stamp(study, print_, objectives)
     return study
+
+
+def _candidates(count: int) -> str:
+    return f"{count} candidate{'' if count == 1 else 's'}"
 
 
 def accuracy_limit(recipe: Recipe, baseline: Baseline) -> float | None:

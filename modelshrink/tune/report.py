@@ -49,8 +49,10 @@ def markdown(summary: dict[str, Any], baseline: dict[str, Any], picture: bool) -
         "",
         "Quality and gates here are measured on the selection split, held out of the training data; the "
         "validation split is reported only by the chosen candidate's run (best/report.md), which no choice saw. "
-        "A pruned candidate was stopped mid-training: its accuracy could not reach the gate even with the "
-        "largest recovery a finished candidate made from the same epoch.",
+        "A pruned candidate was stopped as soon as it could not win (its note says where): before training when "
+        "a finished candidate that passed was better on every objective, which no later stage could change; "
+        "mid-training when its accuracy could not reach the gate even with the largest recovery a finished "
+        "candidate made from the same epoch.",
         "",
         f"| trial | status | {name} | {heads} | failed gates | Pareto |",
         "|---|---|---|" + "---|" * len(objectives) + "---|---|",
@@ -58,8 +60,9 @@ def markdown(summary: dict[str, Any], baseline: dict[str, Any], picture: bool) -
     for t in summary["trials"]:
         values = " | ".join(f"{v:.4g}" for v in t["values"]) if t["values"] else " | ".join("-" for _ in objectives)
         failed = ", ".join(md(g["name"]) for g in t["gates"] if not g["passed"]) or "-"
-        status = md(t["status"] + (f" ({t['note']})" if t["note"] else ""))
-        mark = "yes" if t["label"] in front else ""
+        note = t["note"].removeprefix(f"{t['status']} ")  # "dropped (after recover)", not "dropped (dropped ...)"
+        status = md(t["status"] + (f" ({note})" if note else ""))
+        mark = "yes" if t["values"] and t["label"] in front else ""  # not the lost run of a candidate run again
         lines.append(f"| {md(t['label'])} | {status} | {quality(t['metrics']):.4f} | {values} | {failed} | {mark} |")
     if picture:
         lines += ["", "![tune](tune.png)"]

@@ -18,11 +18,13 @@ Optuna does the searching (samplers, storages that many processes share, the das
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +39,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from modelshrink.errors import UserError, first_line
+from modelshrink.metrics.latency import CONTROL
 
 STORAGE_FILE = "study.journal"  # the default storage, in the search's output directory
 SAMPLERS = ("auto", "tpe", "nsga2", "grid", "random")
@@ -45,6 +48,7 @@ MAX_GRID = 100_000  # Optuna's GridSampler lists its grid: a larger one is a mis
 HEARTBEAT_S = 20.0  # a running trial's worker bumps its heartbeat this often
 STALE_S = 180.0  # a heartbeat seen unchanged this long (by the observer's own clock) means the worker died
 MAX_REPEATS = 50  # proposals of already-tried candidates in a row: the sampler has nothing new to offer
+BALLOT = ":finish:"  # names the studies that elect a writer (`elect_finisher`): no --study may hold it
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial is logged by us, in our words
 
@@ -56,6 +60,8 @@ def open_storage(spec: str | None, default: Path) -> BaseStorage:
     target = spec if spec is not None else str(default)
     scheme = target.split("://", 1)[0] if "://" in target else ""
     try:
+        if scheme.split("+")[0] == "sqlite":
+            check_sqlite_file(target)
         if scheme.split("+")[0] in ("sqlite", "postgresql", "mysql"):
             return RDBStorage(target)
         if scheme in ("redis", "rediss"):
@@ -64,6 +70,7 @@ def open_storage(spec: str | None, default: Path) -> BaseStorage:
             return JournalStorage(JournalRedisBackend(target))
         if scheme:
             raise UserError(f"--storage: {target!r} is not a journal file path or a sqlite/postgresql/mysql/redis URL")
+        _check_journal_end(Path(target))
         return JournalStorage(JournalFileBackend(target))
     except ImportError as exc:
         raise UserError(f"--storage {target}: needs {exc.name or 'a driver'} installed (pip install it)") from None
@@ -75,10 +82,57 @@ def open_storage(spec: str | None, default: Path) -> BaseStorage:
         raise UserError(f"--storage: cannot open {target} as an Optuna storage ({first_line(exc)})") from None
 
 
+def storage_file(spec: str | None, default: Path) -> Path | None:
+    """The file a storage lives in (a journal, a SQLite database), or None for a server's."""
+    target = spec if spec is not None else str(default)
+    if "://" not in target:
+        return Path(target)
+    scheme, _, rest = target.partition("://")
+    return Path(rest[1:].split("?")[0]) if scheme.split("+")[0] == "sqlite" and rest.startswith("/") else None
+
+
+def holds_anything(spec: str | None, default: Path) -> bool:
+    """Whether a storage may hold a study already (a server's always may): one that cannot is opened only
+    once the search has a model and a baseline, so that a search that fails before leaves no file behind."""
+    path = storage_file(spec, default)
+    return path is None or (path.is_file() and path.stat().st_size > 0)
+
+
+def check_sqlite_file(url: str) -> None:
+    """A SQLite storage is a file every worker opens, never an in-memory database (each process would
+    have its own, and nothing would be kept for --resume), and never a database of something else, which
+    Optuna would add its tables to."""
+    path = storage_file(url, Path())
+    if path is None or str(path) in ("", ".", ":memory:") or "mode=memory" in url:
+        raise UserError(f"--storage {url}: an in-memory database is neither shared nor kept; name a file "
+                        "(sqlite:///tune.db)")  # fmt: skip
+    if path.is_file() and path.stat().st_size > 0:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"--storage {url}: {path} is not a SQLite database ({first_line(exc)})") from None
+        if "studies" not in tables or "alembic_version" not in tables:
+            raise UserError(f"--storage {url}: {path} is a database of something else, not an Optuna storage; "
+                            "name a new file")  # fmt: skip
+
+
+def _check_journal_end(path: Path) -> None:
+    """Optuna's journal reader skips a last line cut off mid-write, and the next record would be appended to
+    it, making both unreadable: such a journal is refused until the line is removed."""
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as file:
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":
+                raise UserError(f"--storage: the last record of {path} is cut off (a write was interrupted); remove "
+                                "that last line or name a new file")  # fmt: skip
+
+
 def fingerprint(data: dict[str, Any], objectives: Sequence[str]) -> str:
-    """What makes two `tune` processes work on one search: the same stages (spaces included),
-    constraints and objectives. The model and data paths may differ between machines."""
-    what = {key: data.get(key) for key in ("stages", "constraints", "evaluate")}
+    """What makes two `tune` processes work on one search: the same seed, stages (spaces included),
+    constraints, evaluation and objectives. The model and data may be named differently on each machine
+    (a path of its own), so they are not compared: the same model and data are the user's to give."""
+    what = {key: data.get(key) for key in ("seed", "stages", "constraints", "evaluate")}
     text = json.dumps({**what, "objectives": list(objectives)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -88,7 +142,7 @@ def open_study(storage: BaseStorage, name: str, print_: str, objectives: Sequenc
     """Create the study, or join it when another worker (or an interrupted search) made it for this recipe;
     with `resume`, it must be there."""
     try:
-        if name in optuna.get_all_study_names(storage):  # loaded, not created again: nothing is written to it yet
+        if has_study(storage, name):  # loaded, not created again: nothing is written to it yet
             study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
         elif resume:
             raise UserError(f"--resume: the storage holds no study {name!r} (--study names it)")
@@ -102,13 +156,25 @@ def open_study(storage: BaseStorage, name: str, print_: str, objectives: Sequenc
     except Exception as exc:  # a damaged storage trips its reader anywhere (see open_storage)
         raise UserError(f"--study {name}: cannot read it from the storage ({first_line(exc)})") from None
     made_for = study.user_attrs.get("modelshrink")
-    if made_for is None:
-        study.set_user_attr("modelshrink", print_)
-        study.set_user_attr("objectives", list(objectives))
-    elif made_for != print_ or len(study.directions) != len(objectives):
+    if made_for is not None and (made_for != print_ or len(study.directions) != len(objectives)):
         raise UserError(f"--study {name}: that study was made for other stages, constraints or objectives; "
                         "name another --study")  # fmt: skip
     return study
+
+
+def has_study(storage: BaseStorage, name: str) -> bool:
+    try:
+        return name in optuna.get_all_study_names(storage)
+    except Exception as exc:  # a damaged storage trips its reader anywhere (see open_storage)
+        raise UserError(f"--study {name}: cannot read the storage ({first_line(exc)})") from None
+
+
+def stamp(study: optuna.Study, print_: str, objectives: Sequence[str]) -> None:
+    """Mark a study as this search's (once its trials passed `check_trials`: a study of someone else's is
+    refused before anything is written to it)."""
+    if study.user_attrs.get("modelshrink") is None:
+        study.set_user_attr("modelshrink", print_)
+        study.set_user_attr("objectives", list(objectives))
 
 
 def check_trials(study: optuna.Study, wanted: dict[str, Any]) -> None:
@@ -199,9 +265,10 @@ class HopelessPruner(BasePruner):
         return min(better, key=lambda trial: trial.values, default=None)
 
 
-# A timed objective (a ratio of two timings taken side by side) still moved by up to ~10% between runs of one
-# candidate on a quiet machine: a candidate is stopped as slower only when it is slower by more than that.
-TIMING_MARGIN = 1.10
+# A timed objective is stopped on only when it is slower by more than what the latency measurement itself
+# calls machine noise (the original timed twice in one measurement may differ this much): ratios of one
+# candidate moved by 0.88x-1.26x between runs on a loaded 2-core machine
+TIMING_MARGIN = CONTROL
 
 
 def make_pruner(name: str, objectives: Sequence[str]) -> BasePruner:
@@ -315,11 +382,13 @@ class Heartbeat:
                 return
 
 
-def elect_finisher(storage: BaseStorage, name: str) -> bool:
+def elect_finisher(storage: BaseStorage, study: optuna.Study) -> bool:
     """Whether this process writes the study's winner: each worker that sees the study done asks a trial of
-    a second study, `<name>:finish`; the storage numbers them in one order, and the lowest is elected. A
-    worker that comes later sees an earlier ballot and stands down."""
-    ballots = optuna.create_study(storage=storage, study_name=f"{name}:finish", load_if_exists=True)
+    a ballot study, `<name>:finish:<candidates run>`; the storage numbers them in one order, and the lowest
+    is elected. A worker that comes later sees an earlier ballot and stands down. A study continued later
+    (a larger --max-trials) has run more candidates when it ends again: a new ballot, a new writer."""
+    name = f"{study.study_name}{BALLOT}{len(candidates_run(study))}"
+    ballots = optuna.create_study(storage=storage, study_name=name, load_if_exists=True)
     mine = ballots.ask()
     mine.set_user_attr("worker", worker_id())
     first = min(t.number for t in ballots.get_trials(deepcopy=False))

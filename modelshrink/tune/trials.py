@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, ValidationError, field_validator
 
 from modelshrink import escape
 from modelshrink.constraints import GateResult, check_constraints, gates
@@ -116,7 +116,8 @@ class _TrialRecord(BaseModel):
     choice: dict[str, Any]
     status: Literal["passed", "failed", "dropped", "pruned", "lost"]
     gates: list[_Gate] = []
-    metrics: dict[str, Any] | None = None
+    # a measure is a number (null: not measured), or a group of them (latency_ms, custom): never a string
+    metrics: dict[str, StrictInt | StrictFloat | dict[str, Any] | None] | None = None
     objective: Annotated[float, Field(allow_inf_nan=False)] | None = None
     values: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
     note: str = ""
@@ -132,6 +133,8 @@ def read_record(value: Any) -> Trial:
         record = _TrialRecord.model_validate(value)
     except ValidationError as exc:
         error = exc.errors()[0]
+        if error["loc"][0] == "metrics" and len(error["loc"]) > 2:  # past the key: which member of the union
+            raise ValueError(f"metrics.{error['loc'][1]}: not a number, null or a group of numbers") from None
         where = ".".join(str(part) for part in error["loc"])
         raise ValueError(f"{where}: {error['msg']}") from None
     return Trial(**record.model_dump())

@@ -10,7 +10,9 @@ exactly however many workers ask at once.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -176,7 +178,20 @@ def spawn(count: int, argv: Sequence[str], threads: int) -> list[subprocess.Pope
     """Start `count` more local workers (`modelshrink tune ... --worker`), each with `threads` threads."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "modelshrink.cli", "tune", *argv, "--worker"]
-    return [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) for _ in range(count)]
+    return [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            for _ in range(count)]  # fmt: skip
+
+
+def _die_with_parent() -> None:
+    """A local worker ends with the process that started it, even one killed outright (SIGKILL): left
+    running, it would go on taking candidates that no process writes a winner for. Its running trial is
+    then failed by the next worker or --resume (its pid is gone) and runs again. Linux's prctl
+    PR_SET_PDEATHSIG; elsewhere a worker outlives a killed parent (it still stops at --max-trials)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def wait(children: list[subprocess.Popen[bytes]]) -> None:

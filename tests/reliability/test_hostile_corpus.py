@@ -295,6 +295,25 @@ def other_study(path: Path) -> None:
     study.set_user_attr("modelshrink", "another recipe")
 
 
+def foreign_study(path: Path) -> None:
+    """A plain Optuna study of the recipe's name, made by someone else's script (not by tune)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="tiny")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+
+
+def app_database(tmp: Path) -> None:
+    """Another application's SQLite database, which Optuna would add its tables to."""
+    import sqlite3
+
+    with sqlite3.connect(tmp / "app.db") as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("INSERT INTO users VALUES ('ada')")
+
+
 def nested(depth: int) -> bytes:
     return b'{"schema_version": 1, "final": ' + b"[" * depth + b"]" * depth + b"}"
 
@@ -358,7 +377,7 @@ COMMAND_CASES = [
     Case("tune bad objective", searched("--objective", "speed"), message="--objective"),
     Case("tune damaged journal", searched("--resume", "-o", "search", journal=b"{not json\n"), message="no study"),
     Case("tune journal a list", searched("--resume", "-o", "search", journal=b"[1]\n"), message="as an Optuna storage"),
-    Case("tune empty journal", searched("--resume", "-o", "search", journal=b""), message="no study 'tiny'"),
+    Case("tune empty journal", searched("--resume", "-o", "search", journal=b""), message="holds no earlier search"),
     Case("tune journal of another recipe", searched("--resume", "-o", "search", journal=other_study),
          message="made for other stages"),
     Case("tune bad sampler", searched("--sampler", "bayes"), message="--sampler"),
@@ -370,6 +389,27 @@ COMMAND_CASES = [
     Case("tune storage over the recipe", searched("--storage", "t.yaml"), message="is or lies in the input recipe"),
     Case("tune storage over a foreign file", then(searched("--storage", "notes.txt"),
          prepare=lambda tmp: (tmp / "notes.txt").write_text("my notes")), message="not an Optuna journal"),
+    Case("tune --resume of a new storage file", searched("--resume", "--storage", "new.journal"),
+         message="new.journal holds no earlier search"),
+    Case("tune in-memory sqlite", searched("--storage", "sqlite://"), message="in-memory"),
+    Case("tune in-memory sqlite named", searched("--storage", "sqlite:///:memory:"), message="in-memory"),
+    Case("tune sqlite of another application", then(searched("--storage", "sqlite:///app.db"),
+         prepare=app_database), message="a database of something else"),
+    Case("tune storage is the output directory", searched("-o", "search", "--storage", "search"),
+         message="lies in the output directory"),
+    Case("tune storage over a file the search writes", searched("-o", "search", "--storage", "search/trials.json"),
+         message="lies in the output directory"),
+    Case("tune storage name with a line break", searched("--resume", "--storage", "no\nerror: forged"),
+         message="no\\nerror: forged"),
+    Case("tune journal cut off mid-record", searched("--resume", "-o", "search",
+         journal=b'{"op_code": 0, "worker_id": "w", "study_name": "tiny", "directions": [1]}\n{"op_code": 5, "tr'),
+         message="is cut off"),
+    Case("tune someone else's study in a storage", then(searched("--storage", "s.journal"),
+         prepare=lambda tmp: foreign_study(tmp / "s.journal")), message="is not a candidate of this recipe"),
+    Case("tune --force over a shared study", then(searched("--force", "--storage", "s.journal"),
+         prepare=lambda tmp: other_study(tmp / "s.journal")), message="already holds study 'tiny'"),
+    Case("tune a ballot study's name", searched("--study", "tiny:finish:3"), message="the tool's own"),
+    Case("tune more workers than cores", searched("--workers", "100000"), message="cores"),
     Case("validate 10^14 candidates at once", then(args("validate", "t.yaml"), prepare=lambda tmp: (
         tmp / "t.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, stages=[{"kind": "prune", "amount": {"search": {
             "min": 0.1, "max": 0.999, "step": 0.001}}}] * 5)))), exit_code=0),

@@ -140,3 +140,29 @@ def test_a_damaged_study_journal_is_one_line(tmp_path: Path, searched: tuple[Pat
     [line] = result.stderr.splitlines()
     assert line.startswith("error: "), line
     assert not (out / "best").exists()
+
+
+def test_a_journal_cut_off_mid_record_is_refused_and_left_as_it_was(tmp_path: Path, searched: tuple[Path, Path]
+                                                                    ) -> None:  # fmt: skip
+    """Optuna's reader skips a last line a crash cut off, and the next record would be appended to it."""
+    recipe, finished = searched
+    out = tmp_path / "search"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "best")
+    cut = (finished / "study.journal").read_bytes()[:-40]
+    (out / "study.journal").write_bytes(cut)
+    result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--objective", "macs", "--resume"])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert "the last record of" in line and "is cut off" in line, line
+    assert (out / "study.journal").read_bytes() == cut
+
+
+def test_a_records_measures_must_be_numbers(tmp_path: Path, searched: tuple[Path, Path]) -> None:
+    def edit(trials: list[dict[str, Any]]) -> None:
+        trials[0]["metrics"]["accuracy"] = "high"
+
+    result = _resume_with(tmp_path, searched, edit)
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert "metrics.accuracy: not a number, null or a group of numbers" in line, line
