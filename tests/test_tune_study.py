@@ -347,8 +347,9 @@ def test_the_gate_pruner_waits_for_two_finished_candidates_and_their_largest_rec
 
     finished([0.85, 0.9, 0.95], 0.95)  # gained 0.10 from epoch 1
     assert not pruner.cannot_pass(study, [0.5]), "one finished candidate is too little to judge by"
-    finished([0.6, 0.8, 0.92], 0.92)  # gained 0.32 from epoch 1, 0.12 from epoch 2
-    assert pruner.cannot_pass(study, [0.5]), "0.5 + 0.32 < 0.9"
+    finished([0.6, 0.8, 0.92], 0.92)  # gained 0.32 (0.8 of its way to 1.0) from epoch 1, 0.12 (0.6) from epoch 2
+    assert pruner.cannot_pass(study, [0.4]), "0.4 + 0.32 and 0.4 + 0.8 * 0.6 = 0.88 both stay under 0.9"
+    assert not pruner.cannot_pass(study, [0.5]), "0.5 + 0.8 * 0.5 reaches 0.9: from further down, more to climb"
     assert not pruner.cannot_pass(study, [0.6]), "0.6 + 0.32 reaches 0.9: a finished one shows it can"
-    assert pruner.cannot_pass(study, [0.6, 0.7]), "0.7 + 0.12 < 0.9 after epoch 2"
+    assert pruner.cannot_pass(study, [0.6, 0.7]), "0.7 + 0.6 * 0.3 = 0.88 < 0.9 after epoch 2"
     assert not HopelessPruner(["size"]).cannot_pass(study, [0.0]), "no accuracy gate: it never stops one"

@@ -222,7 +222,9 @@ class HopelessPruner(BasePruner):
       candidate made from the same epoch to its end would leave it below. It never stops a candidate that
       some finished one shows can recover; the largest gain of a few finished candidates is an estimate,
       so it waits for `startup` of them before it stops any (with one, a candidate that learned fast
-      early made every slower starter look hopeless: seen on a 16-epoch onecycle schedule).
+      early made every slower starter look hopeless: seen on a 16-epoch onecycle schedule). A gain is
+      also read as the share of the way to perfect accuracy it closed, whichever lets the candidate climb
+      higher: one that fell further has further to climb.
     - `beaten_by` (not with `gates_only`, `--pruner gate`): once a candidate's objectives are settled (no
       later stage may change them: MACs after the last pruning stage, speed when only training is left),
       a finished candidate that passed and is better on every objective means this one cannot win (nor
@@ -242,12 +244,20 @@ class HopelessPruner(BasePruner):
         if self.limit is None or not scores:
             return False
         step = len(scores) - 1
-        gains = [
-            other.user_attrs["quality"] - other.user_attrs["scores"][step]
+        finished = [
+            (other.user_attrs["scores"][step], other.user_attrs["quality"])
             for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if len(other.user_attrs.get("scores", [])) > step and _finite(other.user_attrs.get("quality"))
         ]
-        return len(gains) >= self.startup and scores[-1] + max(gains) < self.limit
+        if len(finished) < self.startup:
+            return False
+        now = scores[-1]
+        # the most any finished candidate gained from this epoch on, or closed of its distance to perfect
+        # accuracy (a candidate that fell further has further to climb: gains alone, from less pruned ones
+        # that fell less, stopped one at epoch 1 that passed when trained)
+        best = max(max(final - then, (final - then) / (1 - then) * (1 - now) if then < 1 else 0.0)
+                   for then, final in finished)  # fmt: skip
+        return now + best < self.limit
 
     def beaten_by(self, study: optuna.Study, values: Callable[[], Sequence[float]]) -> FrozenTrial | None:
         """A finished candidate that passed and beats, on every objective, one whose settled objectives are
