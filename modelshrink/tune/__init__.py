@@ -309,6 +309,8 @@ def _collect(study: optuna.Study, parsed: RawRecipe, spaces: dict[SpacePath, Spa
             raise UserError(f"{where}: its parameters are not a candidate of this recipe's search spaces")
         name = label(choice)
         if "record" not in frozen.user_attrs:
+            if frozen.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+                raise UserError(f"{where}: it finished without a record of modelshrink tune")
             if frozen.state == optuna.trial.TrialState.FAIL:
                 spelled = {format_path(path): value for path, value in choice.items()}
                 trials.append(Trial(name, spelled, "lost", note=frozen.user_attrs.get("lost", "interrupted")))

@@ -166,3 +166,17 @@ def test_a_records_measures_must_be_numbers(tmp_path: Path, searched: tuple[Path
     assert result.exit_code == 2, result.output
     [line] = result.stderr.splitlines()
     assert "metrics.accuracy: not a number, null or a group of numbers" in line, line
+
+
+def test_a_finished_trial_without_its_record_is_refused(tmp_path: Path, searched: tuple[Path, Path]) -> None:
+    """A record removed by hand would make its candidate vanish from trials.json and tune.md."""
+    recipe, finished = searched
+    out = tmp_path / "search"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "best")
+    _edit_journal(out / "study.journal", lambda ops: ops.remove(next(op for op in ops if "record" in op.get(
+        "user_attr", {}))))  # fmt: skip
+    result = runner.invoke(app, ["tune", str(recipe), "-o", str(out), "--objective", "macs", "--resume"])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert "finished without a record of modelshrink tune" in line, line
