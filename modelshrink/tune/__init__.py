@@ -193,8 +193,9 @@ def _search(claim: outputs.Claim | None, out: Path, parsed: RawRecipe, spaces: d
                 _collect(study, parsed, spaces)
         elif options["resume"]:
             raise UserError(f"--resume: {options['storage'] or journal} holds no earlier search")
-    log(f"tune: {min(max_trials, total):,} of {total:,} candidates over {len(spaces)} search spaces, "
-        f"objective{'s' if len(objectives) > 1 else ''} {', '.join(objectives)}")  # fmt: skip
+    log(f"tune: {min(max_trials, total):,} of {total:,} candidates over {len(spaces)} search "
+        f"space{'' if len(spaces) == 1 else 's'}, objective{'s' if len(objectives) > 1 else ''} "
+        f"{', '.join(objectives)}")  # fmt: skip
     # as `run` does, in its order, so that a candidate's stages see the random state a run of it would
     seed_everything(first.seed)
     selection = _selection_data(first)
