@@ -133,8 +133,7 @@ def _check_storage_file(storage: str, inputs: Sequence[tuple[str, Path]], out: P
     """A `--storage` file (a journal, a SQLite database) is written to: never an input, never the output
     directory or a file the search writes there (only its own study.journal), never a file that is not a
     journal already."""
-    if storage.split("://")[0].split("+")[0] == "sqlite":
-        studies.check_sqlite_file(storage)
+    studies.check_sqlite(storage)
     path = studies.storage_file(storage, out / studies.STORAGE_FILE)
     if path is None:
         return

@@ -58,17 +58,16 @@ def open_storage(spec: str | None, default: Path) -> BaseStorage:
     (`sqlite:///`, `postgresql://`, `mysql://`, with SQLAlchemy and the database's driver installed) or
     `redis://` (with redis-py); the default is a journal file in the output directory."""
     target = spec if spec is not None else str(default)
-    scheme = target.split("://", 1)[0] if "://" in target else ""
+    kind = scheme(target)
     try:
-        if scheme.split("+")[0] == "sqlite":
-            check_sqlite_file(target)
-        if scheme.split("+")[0] in ("sqlite", "postgresql", "mysql"):
+        check_sqlite(target)
+        if kind in ("sqlite", "postgresql", "mysql"):
             return RDBStorage(target)
-        if scheme in ("redis", "rediss"):
+        if kind in ("redis", "rediss"):
             from optuna.storages.journal import JournalRedisBackend
 
             return JournalStorage(JournalRedisBackend(target))
-        if scheme:
+        if kind:
             raise UserError(f"--storage: {target!r} is not a journal file path or a sqlite/postgresql/mysql/redis URL")
         _check_journal_end(Path(target))
         return JournalStorage(JournalFileBackend(target))
@@ -87,8 +86,13 @@ def storage_file(spec: str | None, default: Path) -> Path | None:
     target = spec if spec is not None else str(default)
     if "://" not in target:
         return Path(target)
-    scheme, _, rest = target.partition("://")
-    return Path(rest[1:].split("?")[0]) if scheme.split("+")[0] == "sqlite" and rest.startswith("/") else None
+    rest = target.partition("://")[2]
+    return Path(rest[1:].split("?")[0]) if scheme(target) == "sqlite" and rest.startswith("/") else None
+
+
+def scheme(target: str) -> str:
+    """A storage URL's kind (`sqlite` of `sqlite+pysqlite:///x.db`); "" for a file path."""
+    return target.partition("://")[0].split("+")[0] if "://" in target else ""
 
 
 def holds_anything(spec: str | None, default: Path) -> bool:
@@ -98,10 +102,12 @@ def holds_anything(spec: str | None, default: Path) -> bool:
     return path is None or (path.is_file() and path.stat().st_size > 0)
 
 
-def check_sqlite_file(url: str) -> None:
-    """A SQLite storage is a file every worker opens, never an in-memory database (each process would
+def check_sqlite(url: str) -> None:
+    """A SQLite storage (any other passes) is a file every worker opens, never an in-memory database (each process would
     have its own, and nothing would be kept for --resume), and never a database of something else, which
     Optuna would add its tables to."""
+    if scheme(url) != "sqlite":
+        return
     path = storage_file(url, Path())
     if path is None or str(path) in ("", ".", ":memory:") or "mode=memory" in url:
         raise UserError(f"--storage {url}: an in-memory database is neither shared nor kept; name a file "
