@@ -26,6 +26,14 @@ AMX = "amx_int8"
 PROPERTY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
 DENSE = "dense"
 CLEAR_WIN = 0.95  # sparse is kept only when it takes at most 95% of the dense time
+# The CPU plugin packs a FullyConnected weight only when both its sizes are multiples of this (its
+# `useSparseWeightsDecompression`); other layers stay dense whatever their zeros
+PACKED_MULTIPLE = 64
+
+
+def packable(module: nn.Module) -> bool:
+    multiple = PACKED_MULTIPLE
+    return isinstance(module, nn.Linear) and module.in_features % multiple == module.out_features % multiple == 0
 
 
 def sparse_rate(
@@ -45,10 +53,10 @@ def sparse_rate(
     if not amx:
         return None, [f"sparse weight decompression off: this CPU lacks AMX ({AMX}), which OpenVINO's sparse "
                       "int8 kernels need"]  # fmt: skip
-    sparsest = max((zero_fraction([m]) for m in model.modules() if isinstance(m, nn.Linear)), default=0.0)
+    sparsest = max((zero_fraction([m]) for m in model.modules() if packable(m)), default=0.0)
     if sparsest < DEFAULT_RATE:
-        return None, [f"sparse weight decompression off: no Linear weight is {DEFAULT_RATE:.0%} zeros "
-                      f"(the sparsest: {sparsest:.1%})"]  # fmt: skip
+        return None, [f"sparse weight decompression off: no Linear weight OpenVINO can pack (both sizes multiples "
+                      f"of {PACKED_MULTIPLE}) is {DEFAULT_RATE:.0%} zeros (the sparsest: {sparsest:.1%})"]  # fmt: skip
     sparse = f"sparse (rate {DEFAULT_RATE:g})"
     candidates = {DENSE: compiled(None), sparse: compiled(DEFAULT_RATE)}
     trials = choose.measure(model, candidates, list(data.calibration_inputs(2)), [data.example_inputs(1)])

@@ -33,7 +33,9 @@ def openvino_config(threads: int, precision: str, sparse_rate: float | None = No
     if precision == "f32":
         config["INFERENCE_PRECISION_HINT"] = "f32"
     if sparse_rate is not None:
-        config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = sparse_rate
+        # a string: OpenVINO 2024's Python binding refuses a float here ("Expected only float numbers");
+        # every version parses the string
+        config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = str(sparse_rate)
     return config
 
 

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from modelshrink.cli import app
+from modelshrink.runtimes.sessions import openvino_config
 from tests.conftest import output_files
 
 openvino = pytest.importorskip("openvino", reason="needs the [openvino] extra")
@@ -144,6 +145,8 @@ def test_sparse_decompression_is_off_with_one_line_on_a_cpu_without_amx(mlp_data
     forced = sparse_export(mlp_data, False, monkeypatch, sparse_decompression=0.7)
     assert forced.runtime.sparse_rate == 0.7 and "runs the weights dense here" in forced.notes[-1]
     assert forced.runtime.compiled.get_property("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE") == pytest.approx(0.7)
+    # OpenVINO 2024.6 refuses the rate as a Python float (seen on an AMX Xeon); every version takes "0.7"
+    assert openvino_config(1, "f32", 0.7)["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] == "0.7"
 
 
 @pytest.mark.parametrize(
@@ -180,4 +183,12 @@ def test_on_an_amx_cpu_auto_times_dense_against_sparse_and_keeps_the_faster(
     dense = sparse_export(mlp_data, True, monkeypatch, model=torch.nn.Sequential(torch.nn.Flatten(),
                                                                                   torch.nn.Linear(64, 10)))  # fmt: skip
     assert dense.runtime.sparse_rate is None and len(timed) == 1, "nothing sparse: nothing to time"
-    assert "no Linear weight is 50% zeros" in dense.notes[-1]
+    assert "no Linear weight OpenVINO can pack (both sizes multiples of 64) is 50% zeros" in dense.notes[-1]
+    # 90% zeros in a layer of 10 outputs: OpenVINO's CPU plugin would leave it dense, so nothing is timed
+    unpackable = sparse_mlp()[:2]
+    unpackable[1] = torch.nn.Linear(64, 10)
+    with torch.no_grad():
+        unpackable[1].weight.mul_(unpackable[1].weight.abs() > unpackable[1].weight.abs().quantile(0.9))
+    skipped = sparse_export(mlp_data, True, monkeypatch, model=unpackable)
+    assert skipped.runtime.sparse_rate is None and len(timed) == 1, skipped.notes
+    assert "(the sparsest: 0.0%)" in skipped.notes[-1]
