@@ -80,8 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"CPU: {cpu_summary(environment())}")
     if args.minilm:
-        texts = args.texts or package_texts(args.sentences, Path(tempfile.mkdtemp()) / "texts.txt")
-        minilm(texts, args.amounts, args.epochs, args.lr, args.scope, args.save)
+        with tempfile.TemporaryDirectory() as scratch:
+            texts = args.texts or package_texts(args.sentences, Path(scratch) / "texts.txt")
+            minilm(texts, args.amounts, args.epochs, args.lr, args.scope, args.save)
     else:
         sizes(args.repeats)
 

@@ -192,8 +192,8 @@ def semi_structured(batches: list[int], repeats: int) -> None:
                     diff = (output(dense(inputs)) - output(sparse(inputs))).abs().max().item()
                 dense_ms, sparse_ms = cuda_times([dense, sparse], inputs, repeats)
             except (RuntimeError, NotImplementedError) as exc:  # a GPU or build without these kernels
-                print(f"{name:>22s} {backend:>10s}: failed: {exc}".splitlines()[0])
-                continue
+                print(f"{name:>22s} {backend:>10s}: failed, so the rest of {backend} is skipped: {exc}".splitlines()[0])
+                break
             print(f"{name:>22s} {backend:>10s} {batch:6d} {dense_ms:9.3f} {sparse_ms:8.3f} "
                   f"{dense_ms / sparse_ms:7.2f}x {diff:10.2e}", flush=True)  # fmt: skip
 

@@ -63,7 +63,8 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def _finding(spec: NMPruneSpec, pruned: list[nn.Module], dense: list[str]) -> str:
     left = f"; left dense (input width not a multiple of {spec.m}): {', '.join(dense)}" if dense else ""
     kernels = (
-        "2:4 runs faster only on NVIDIA sparse tensor cores (torch.sparse.to_sparse_semi_structured)"
+        "2:4 kernels exist only for NVIDIA GPUs (torch.sparse.to_sparse_semi_structured), and pay off only on "
+        "large matrices: on an H200, eager PyTorch ran BERT-sized layers slower than dense (docs/performance.md)"
         if (spec.n, spec.m) == (2, 4)
         else f"no CPU or GPU kernel runs {spec.n}:{spec.m} faster"
     )
