@@ -1,21 +1,23 @@
 """Issue #27's sparse speed targets, which need particular hardware, each measured side by side in one run.
 
-    python scripts/bench_sparse_speed.py --openvino-ir DIR [--sweep 0.5 0.7 0.9] [--threads 1 4]
+    python scripts/bench_sparse_speed.py --openvino-ir DIR [--sweep 0.5 0.7 0.9] [--static] [--threads 1 4]
 
 An int8 OpenVINO IR (DIR/model.xml, model.bin and inputs.npy, as `bench_sparse.py --minilm --save DIR`
 writes them) compiled dense and with sparse weight decompression, timed at batch 1 round-robin, each in
 a worker process of its own (modelshrink's own export timing). `--sweep` also zeroes the smallest int8
 weights of every MatMul to each share and times that IR the same way: the curve of the speed-up against
-sparsity (a probe of OpenVINO's kernels: quality is not measured there). OpenVINO packs sparse weights
-only on CPUs with AMX; elsewhere both compile dense, which the output says. Target: >= 1.2x at batch 1.
+sparsity (a probe of OpenVINO's kernels: quality is not measured there); `--static` also times each IR
+reshaped to the input's fixed shape. After each IR comes the kernel every FullyConnected layer ran, dense
+and sparse, from OpenVINO's profiling. OpenVINO packs sparse weights only on CPUs with AMX; elsewhere both
+compile dense, which the output says. Target: >= 1.2x at batch 1.
 
     python scripts/bench_sparse_speed.py --semi-structured [--batches 1 8 64 256]
 
-On a CUDA GPU: MiniLM- and BERT-base-shaped encoders (random weights: speed does not depend on their
-values) with every Linear weight pruned 2:4 by modelshrink's own `nm_mask`, stored as
-`torch.sparse.to_sparse_semi_structured`, against the same pruned model dense, fp16, 128 tokens per
-sequence, timed with CUDA events, interleaved. Without CUDA it says so: on a CPU 2:4 brings only the
-size benefit.
+On a CUDA GPU, fp16, 128 tokens a sequence: single Linear layers (BERT-base's shapes and the 3072->10240 of
+PyTorch's 2:4 tutorial), then MiniLM- and BERT-base-shaped encoders (random weights: speed does not depend
+on their values), with every Linear weight pruned 2:4 by modelshrink's own `nm_mask` and stored by
+`torch.sparse.to_sparse_semi_structured`, against the same pruned model dense, timed with CUDA events,
+interleaved. Without CUDA it says so: on a CPU 2:4 brings only the size benefit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import copy
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,11 +109,7 @@ def fully_connected_kernels(ir: Any, rate: float | None, inputs: Any) -> dict[st
     compiled = openvino.Core().compile_model(ir, "CPU", {**openvino_config(1, "f32", rate), "PERF_COUNT": True})
     request = compiled.create_infer_request()
     request.infer({0: inputs.numpy()})
-    kernels: dict[str, int] = {}
-    for layer in request.profiling_info:
-        if layer.node_type == "FullyConnected":
-            kernels[layer.exec_type] = kernels.get(layer.exec_type, 0) + 1
-    return kernels
+    return dict(Counter(layer.exec_type for layer in request.profiling_info if layer.node_type == "FullyConnected"))
 
 
 def reshaped(ir: Any, shape: tuple[int, ...]) -> Any:
