@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,6 +122,31 @@ def test_a_study_continued_with_a_larger_budget_is_written_again(tmp_path: Path)
         assert result.exit_code in (0, 1), result.output  # 1: none of these candidates passed (reports written)
         assert len(summary(tmp_path / out)["trials"]) == int(budget), out
         assert (tmp_path / out / "tune.md").is_file()
+
+
+def test_a_candidate_left_running_by_a_dead_worker_runs_again_before_the_winner_is_written(tmp_path: Path) -> None:
+    """The race a killed worker can leave: every other candidate has run when its worker dies, so the
+    survivor has nothing left to draw; it must still run the lost candidate before writing the winner."""
+    recipe, journal = slow_recipe(tmp_path, slow=False), tmp_path / "shared.journal"
+    common = ["--objective", "macs", "--storage", str(journal), "--study", "s", "--sampler", "grid"]
+    first = runner.invoke(app, ["tune", str(recipe), "-o", str(tmp_path / "first"), "--max-trials", "5", *common])
+    assert first.exit_code in (0, 1), first.output
+    study = optuna.load_study(storage=JournalStorage(JournalFileBackend(str(journal))), study_name="s")
+    done = [t for t in study.get_trials() if "label" in t.user_attrs]
+    [missing] = {f"stages[0].amount={a}" for a in AMOUNTS["search"]} - {t.user_attrs["label"] for t in done}
+    [(name, distribution)] = done[0].distributions.items()
+    assert isinstance(distribution, optuna.distributions.CategoricalDistribution), "a list of amounts"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    study.enqueue_trial({name: float(missing.split("=")[1])})
+    orphan = study.ask()  # RUNNING, as a worker leaves it when killed
+    orphan.suggest_categorical(name, distribution.choices)
+    orphan.set_user_attr("label", missing)
+    orphan.set_user_attr("worker", {"host": socket.gethostname(), "pid": int(dead.stdout)})
+    more = runner.invoke(app, ["tune", str(recipe), "-o", str(tmp_path / "more"), "--max-trials", "6", *common])
+    assert more.exit_code in (0, 1), more.output
+    trials = summary(tmp_path / "more")["trials"]
+    assert [t["label"] for t in trials if t["status"] == "lost"] == [missing]
+    assert missing in [t["label"] for t in trials if t["status"] != "lost"], "the lost candidate ran again"
 
 
 def _alive(pid: int) -> bool:
@@ -321,8 +347,13 @@ def test_an_objective_may_name_an_exports_metric(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("constraints", "limit"),
-    [({"min_accuracy": 0.8}, 0.8), ({"max_accuracy_drop": 0.01}, 0.89), ({"accuracy": {"min_ratio": 0.5}}, 0.45),
-     ({"min_accuracy": 0.8, "max_accuracy_drop": 0.05}, 0.85), ({"min_cosine": 0.9}, None)],
+    [
+        ({"min_accuracy": 0.8}, 0.8),
+        ({"max_accuracy_drop": 0.01}, 0.89),
+        ({"accuracy": {"min_ratio": 0.5}}, 0.45),
+        ({"min_accuracy": 0.8, "max_accuracy_drop": 0.05}, 0.85),
+        ({"min_cosine": 0.9}, None),
+    ],
 )
 def test_the_pruner_aims_at_the_lowest_accuracy_every_gate_passes(constraints: dict, limit: float | None,
                                                                    tmp_path: Path) -> None:  # fmt: skip

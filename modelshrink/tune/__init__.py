@@ -223,7 +223,10 @@ def _search(claim: outputs.Claim | None, out: Path, parsed: RawRecipe, spaces: d
             ran = work(search, shared)
     finally:
         wait(children)
-    studies.Reaper().reap(study)
+    with distributed.sharing_threads(threads):
+        # a worker that died while this one ran out of candidates leaves its candidate to this one
+        while studies.Reaper().reap(study):
+            ran += work(search, shared)
     if options["worker"]:
         return {"best": None, "ran": ran}
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
